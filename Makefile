@@ -1,0 +1,45 @@
+# kdflow: `make run` (the main job) and `make test` bootstrap everything they need.
+PY       ?= python3.11
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+PROFILE  ?= default
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: run test test-fast lint compile golden data venv bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+data:
+	@scripts/ensure-data.sh
+
+## The main job: the whole DAG locally (KFP SubprocessRunner), embedded defaults, sqlite MLflow.
+run: $(STAMP) data
+	$(BIN)/python -m pipelines run --local --profile $(PROFILE)
+
+## The test suite, slow end-to-end tests included.
+test: $(STAMP) data
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP) data
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src components pipelines tests bench
+
+compile: $(STAMP)
+	$(BIN)/python -m pipelines compile
+
+## Regenerate the golden IR YAML the compile test compares against.
+golden: $(STAMP)
+	$(BIN)/python -m pipelines compile --out tests/golden/kdflow_distillation.yaml
+	cp tests/golden/kdflow_distillation.yaml pipelines/kdflow_distillation.yaml
+
+clean:
+	rm -rf local_outputs .kdflow/mlflow.db

@@ -1,0 +1,67 @@
+"""Entry points: compile the IR YAML, run the DAG locally, submit or schedule it on a KFP server.
+
+    python -m pipelines compile [--out pipelines/kdflow_distillation.yaml] [--gpu]
+    python -m pipelines run --local [--profile default] [--root local_outputs] [--set k=v ...]
+    python -m pipelines submit --host URL [--profile default]
+    python -m pipelines schedule --host URL --cron "0 0 3 * * *" [--data-window ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kdflow.errors import KdflowError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compile", help="write the KFP IR YAML")
+    c.add_argument("--out", default="pipelines/kdflow_distillation.yaml")
+    c.add_argument("--gpu", action="store_true", help="request one nvidia.com/gpu on training steps")
+    r = sub.add_parser("run", help="run the whole DAG")
+    r.add_argument("--local", action="store_true", required=True, help="use kfp.local.SubprocessRunner(use_venv=False)")
+    r.add_argument("--profile", default="default")
+    r.add_argument("--root", default="local_outputs", help="local pipeline root")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--data-window", default="")
+    r.add_argument("--teacher-source", default="", help="checkpoint path, s3:// or models:/ URI; skips teacher training")
+    for p in (sub.add_parser("submit", help="create a one-off run on a KFP server"),
+              sub.add_parser("schedule", help="create a recurring run on a KFP server")):
+        p.add_argument("--host", required=True)
+        p.add_argument("--profile", default="default")
+        p.add_argument("--experiment", default="kdflow")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--data-window", default="")
+        if p.prog.endswith("schedule"):
+            p.add_argument("--cron", required=True, help="6-field cron, seconds first, e.g. '0 0 3 * * *'")
+            p.add_argument("--name", default="kdflow-retrain")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "compile":
+            from pipelines.runner import compile_pipeline
+
+            print(compile_pipeline(args.out, use_gpu=args.gpu))
+        elif args.cmd == "run":
+            from pipelines.runner import run_local
+
+            run_local(profile=args.profile, root=args.root, overrides=args.overrides, data_window=args.data_window,
+                      teacher_source=args.teacher_source)
+        elif args.cmd == "submit":
+            from pipelines.runner import submit
+
+            print(submit(args.host, args.profile, args.overrides, args.data_window, args.experiment))
+        elif args.cmd == "schedule":
+            from pipelines.runner import schedule
+
+            print(schedule(args.host, args.cron, args.name, args.profile, args.overrides, args.data_window, args.experiment))
+    except KdflowError as e:
+        print(f"kdflow: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Compile, run locally, submit and schedule. Wiring only: the ML lives in kdflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from kdflow.config import load_config
+from kdflow.errors import ConfigError
+from pipelines.distillation import DEFAULT_CONFIG, PIPELINE_NAME, build_pipeline
+
+
+def compile_pipeline(out: str | Path, use_gpu: bool = False) -> Path:
+    from kfp import compiler
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.yaml")
+    compiler.Compiler().compile(build_pipeline(use_gpu=use_gpu), str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def _validate(profile: str, overrides: list[str], **knobs) -> None:
+    """Resolve the config and check the tracking URI here, before any step runs."""
+    from kdflow.config import knob_overrides
+    from kdflow.tracking import check_reachable, tracking_uri
+
+    cfg = load_config(DEFAULT_CONFIG, profile, knob_overrides(**knobs) + overrides)
+    if cfg.tracking.enabled:
+        check_reachable(tracking_uri(cfg))
+
+
+def run_local(profile: str = "default", root: str = "local_outputs", overrides: list[str] | None = None,
+              data_window: str = "", teacher_source: str = "") -> dict:
+    from kfp import local
+
+    overrides = overrides or []
+    _validate(profile, overrides, data_window=data_window, teacher_source=teacher_source)
+    state = Path(".kdflow").resolve()
+    state.mkdir(exist_ok=True)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow.db'}")
+    root_path = Path(root).resolve()
+    root_path.mkdir(parents=True, exist_ok=True)
+    local.config.LocalExecutionConfig.instance = None  # local.init is a process-wide singleton
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root_path), raise_on_error=True)
+    before = set(root_path.iterdir())
+    started = time.time()
+    pipeline = build_pipeline()
+    pipeline(profile=profile, extra_overrides=overrides, data_window=data_window, teacher_source=teacher_source)
+    new = sorted(set(root_path.iterdir()) - before, key=lambda p: p.stat().st_mtime)
+    run_dir = new[-1] if new else max(root_path.iterdir(), key=lambda p: p.stat().st_mtime)
+    summary = summarize(run_dir)
+    summary["wall_seconds"] = time.time() - started
+    print_summary(summary)
+    return summary
+
+
+def _find(run_dir: Path, name: str) -> Path | None:
+    hits = sorted(run_dir.rglob(name), key=lambda p: p.stat().st_mtime)
+    return hits[-1] if hits else None
+
+
+def summarize(run_dir: Path) -> dict:
+    evaluation = _find(run_dir, "evaluation.json")
+    export = _find(run_dir, "export.json")
+    promotion = None
+    out = {"run_dir": str(run_dir), "evaluation": json.loads(evaluation.read_text()) if evaluation else None,
+           "export": json.loads(export.read_text()) if export else None,
+           "report": str(_find(run_dir, "report.md") or ""), "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", "")}
+    promo_task = sorted(run_dir.glob("register-and-promote*"))
+    if promo_task:
+        executor = _find(promo_task[-1], "executor_output.json")
+        if executor:
+            params = json.loads(executor.read_text()).get("parameterValues", {})
+            if "Output" in params:
+                promotion = json.loads(params["Output"])
+    out["promotion"] = promotion
+    return out
+
+
+def print_summary(summary: dict) -> None:
+    from kdflow.report import render_table, summary_rows
+
+    ev, ex = summary["evaluation"], summary["export"]
+    print("\n=== kdflow summary ===")
+    if ev:
+        print(render_table(summary_rows(ev, ex)))
+        if ev.get("transfer_rate") is not None:
+            print(f"\nKD gain over scratch {100 * ev['kd_gain']:+.2f} pt, transfer rate {ev['transfer_rate']:.3f}")
+    if ex:
+        gate = ex["gate"]
+        print(f"\nGate: {'PASS' if gate['passed'] else 'FAIL'}")
+        for k, c in gate["checks"].items():
+            print(f"  - {k}: {'ok' if c['passed'] else 'FAILED'} ({c['rule']})")
+    promo = summary.get("promotion")
+    print(f"Promotion: {promo['reason'] if promo else 'not run (gate failed)' if ex else 'not run'}")
+    print(f"\nMLflow:        {summary['tracking_uri']}  (mlflow ui --backend-store-uri {summary['tracking_uri']})")
+    print(f"Pipeline root: {summary['run_dir']}")
+    print(f"Report:        {summary['report']}")
+    if "wall_seconds" in summary:
+        print(f"Wall time:     {summary['wall_seconds']:.0f} s")
+
+
+def _client(host: str):
+    import kfp
+
+    return kfp.Client(host=host)
+
+
+def _arguments(profile: str, overrides: list[str], data_window: str) -> dict:
+    return {"profile": profile, "extra_overrides": list(overrides), "data_window": data_window}
+
+
+def submit(host: str, profile: str, overrides: list[str], data_window: str, experiment: str) -> str:
+    _validate_offline(profile, overrides, data_window)
+    client = _client(host)
+    run = client.create_run_from_pipeline_func(build_pipeline(), arguments=_arguments(profile, overrides, data_window),
+                                               experiment_name=experiment, enable_caching=None)
+    return run.run_id
+
+
+def _validate_offline(profile: str, overrides: list[str], data_window: str) -> None:
+    from kdflow.config import knob_overrides
+
+    load_config(DEFAULT_CONFIG, profile, knob_overrides(data_window=data_window) + overrides)
+
+
+def validate_cron(cron: str) -> str:
+    fields = cron.split()
+    if len(fields) != 6:
+        raise ConfigError("--cron", f"'{cron}' has {len(fields)} fields; KFP wants 6 (seconds first)",
+                          "write e.g. '0 0 3 * * *' for 03:00 every day")
+    return cron
+
+
+def schedule(host: str, cron: str, name: str, profile: str, overrides: list[str], data_window: str,
+             experiment: str) -> str:
+    """Upload a pipeline version and create a recurring run (max_concurrency=1, no catch-up)."""
+    validate_cron(cron)
+    _validate_offline(profile, overrides, data_window)
+    import tempfile
+
+    client = _client(host)
+    with tempfile.TemporaryDirectory() as d:
+        package = compile_pipeline(Path(d) / "pipeline.yaml")
+        version_name = f"{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
+        except Exception:  # noqa: BLE001 - absent pipeline
+            pipeline_id = None
+        if pipeline_id:
+            version = client.upload_pipeline_version(str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id)
+        else:
+            uploaded = client.upload_pipeline(str(package), pipeline_name=PIPELINE_NAME)
+            pipeline_id = uploaded.pipeline_id
+            version = client.upload_pipeline_version(str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id)
+    exp = client.create_experiment(experiment)
+    job = client.create_recurring_run(
+        experiment_id=exp.experiment_id, job_name=name, cron_expression=cron, max_concurrency=1, no_catchup=True,
+        pipeline_id=pipeline_id, version_id=version.pipeline_version_id, params=_arguments(profile, overrides, data_window),
+        enabled=True)
+    return job.recurring_run_id

@@ -1,0 +1,61 @@
+"""Model checkpoints: architecture + weights only, loadable with ``weights_only=True``.
+
+A teacher ``source`` may be a local path, or a URI whose scheme a later layer registered
+(``s3://`` by storage, ``models:/`` and ``runs:/`` by tracking) with :func:`register_model_resolver`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch.nn as nn
+
+from kdflow.errors import CheckpointError, ModelError
+from kdflow.io import atomic_torch_save, safe_torch_load
+from kdflow.models import build_model
+
+_MODEL_RESOLVERS: dict[str, Callable[[str], Path]] = {}
+
+
+def register_model_resolver(scheme: str, resolver: Callable[[str], Path]) -> None:
+    _MODEL_RESOLVERS[scheme] = resolver
+
+
+def save_model(model: nn.Module, arch: str, num_classes: int, in_channels: int, image_size: int,
+               path: str | Path, extra: dict | None = None) -> Path:
+    blob = {"format": "kdflow-model-v1", "arch": arch, "num_classes": num_classes, "in_channels": in_channels,
+            "image_size": image_size, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "extra": extra or {}}
+    return atomic_torch_save(blob, path)
+
+
+def resolve_source(source: str, field: str) -> Path:
+    if "://" in source or source.startswith("models:/") or source.startswith("runs:/"):
+        scheme = source.split(":", 1)[0]
+        if scheme not in _MODEL_RESOLVERS:
+            raise CheckpointError(field, f"cannot resolve '{source}' (no handler for {scheme})",
+                                  "use a local checkpoint path, an s3:// URI or a models:/ URI with tracking enabled")
+        return _MODEL_RESOLVERS[scheme](source)
+    return Path(source)
+
+
+def load_model(source: str | Path, field: str = "checkpoint", expect_classes: int | None = None) -> tuple[nn.Module, dict]:
+    """Load a kdflow model checkpoint; returns (model in eval mode, metadata)."""
+    path = resolve_source(str(source), field)
+    blob = safe_torch_load(path, field)
+    if not isinstance(blob, dict) or blob.get("format") != "kdflow-model-v1" or "state_dict" not in blob:
+        raise CheckpointError(field, f"'{path}' is not a kdflow model checkpoint (no format/arch/state_dict)",
+                              "pass a model.pt written by a kdflow training step")
+    if expect_classes is not None and blob["num_classes"] != expect_classes:
+        raise ModelError(field, f"checkpoint has {blob['num_classes']} classes but the data has {expect_classes}",
+                         "use a teacher trained on the same label set")
+    model = build_model(blob["arch"], blob["num_classes"], blob["in_channels"], blob["image_size"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError:
+        raise CheckpointError(field, f"'{path}' weights do not fit architecture {blob['arch']}",
+                              "re-create the checkpoint; it is malformed") from None
+    model.eval()
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    return model, meta

@@ -1,0 +1,161 @@
+"""The ``kdflow`` command: one sub-command per pipeline step, plus predict.
+
+User errors print one line (``kdflow: error: FIELD: PROBLEM; fix: FIX``) and exit 2, without traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kdflow.errors import KdflowError
+
+DEFAULT_CONFIG = "configs/fashion_mnist.yaml"
+
+
+def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
+    p.add_argument("--config", default=None,
+                   help=f"experiment YAML (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)")
+    p.add_argument("--profile", default=None, help="profile inside the config: smoke, default or full (default: base values)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set distill.temperature=4 (repeatable)")
+    p.add_argument("--run-id", default="local", help="pipeline run id recorded in MLflow tags (default: local)")
+    if out:
+        p.add_argument("--out", required=True, help="output directory of this step (created; outputs written atomically)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdflow", description="Knowledge distillation steps (teacher -> student).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prep", help="resolve, split and preload the dataset")
+    _common(p)
+
+    p = sub.add_parser("train-teacher", help="train the teacher on a prepared dataset")
+    _common(p)
+    p.add_argument("--data", required=True, help="output directory of `kdflow prep`")
+
+    p = sub.add_parser("train-student", help="train the student from scratch (the baseline for the transfer rate)")
+    _common(p)
+    p.add_argument("--data", required=True, help="output directory of `kdflow prep`")
+
+    p = sub.add_parser("distill", help="distil the teacher into the student (runs prep when --data is absent)")
+    _common(p)
+    p.add_argument("--data", help="output directory of `kdflow prep` (default: prepare into OUT/data)")
+    p.add_argument("--teacher", help="teacher checkpoint (model.pt), s3:// or models:/ URI (default: teacher.source, "
+                                     "else train one into OUT/teacher)")
+    p.add_argument("--scratch", action="store_true", help="also train the scratch baseline and compare")
+
+    p = sub.add_parser("evaluate", help="compare teacher, scratch and distilled student on the test split")
+    _common(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--teacher", required=True, help="output directory of train-teacher (holds model.pt)")
+    p.add_argument("--student", required=True, help="output directory of distill")
+    p.add_argument("--scratch", help="output directory of train-student")
+
+    p = sub.add_parser("export", help="export the student to ONNX, int8 ONNX and TorchScript and verify them")
+    _common(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--student", required=True, help="output directory of distill")
+    p.add_argument("--evaluation", help="output directory of evaluate (adds the quality gate and the report)")
+
+    p = sub.add_parser("promote", help="register the student as challenger and promote it if it beats the champion")
+    _common(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--export", required=True)
+
+    p = sub.add_parser("predict", help="classify images with an exported model (ONNX, TorchScript or models:/ URI)")
+    p.add_argument("--model", required=True, help="path of a .onnx / .torchscript.pt export, or models:/NAME@ALIAS")
+    p.add_argument("images", nargs="+", help="image files (PNG/JPEG) of the model's input size")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    return parser
+
+
+def _config(args):
+    from kdflow.config import load_config
+
+    path = args.config if args.config else (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
+    return load_config(path, args.profile, args.overrides)
+
+
+def _print_eval(summary: dict) -> None:
+    from kdflow.report import render_table, summary_rows
+
+    print(render_table(summary_rows(summary)))
+    if summary.get("transfer_rate") is not None:
+        print(f"transfer rate {summary['transfer_rate']:.3f}; KD gain {100 * summary['kd_gain']:+.2f} pt")
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "predict":
+        from kdflow.predict import predict_cli
+
+        return predict_cli(args.model, args.images, as_json=args.json)
+    from kdflow import steps
+
+    cfg = _config(args)
+    ctx = steps.RunContext(pipeline_run_id=args.run_id)
+    out = Path(args.out)
+    if args.command == "prep":
+        info = steps.prep(cfg, out, ctx)
+        print(json.dumps({"digest": info["digest"], "counts": info["counts"]}))
+    elif args.command == "train-teacher":
+        steps.train(cfg, "teacher", args.data, out, ctx)
+    elif args.command == "train-student":
+        steps.train(cfg, "scratch", args.data, out, ctx)
+    elif args.command == "distill":
+        data_dir = Path(args.data) if args.data else out / "data"
+        if not args.data:
+            steps.prep(cfg, data_dir, ctx)
+        teacher = args.teacher or cfg.teacher.source
+        teacher_dir = None
+        if not teacher:
+            teacher_dir = out / "teacher"
+            steps.train(cfg, "teacher", data_dir, teacher_dir, ctx)
+            teacher = str(teacher_dir / "model.pt")
+        scratch_dir = None
+        if args.scratch:
+            scratch_dir = out / "scratch"
+            steps.train(cfg, "scratch", data_dir, scratch_dir, ctx)
+        student_dir = out / "student"
+        steps.distill(cfg, data_dir, teacher, student_dir, ctx)
+        if teacher_dir is None:
+            teacher_dir = out / "teacher_given"
+            teacher_dir.mkdir(parents=True, exist_ok=True)
+            from kdflow import checkpoints
+
+            model, meta = steps.load_teacher(teacher, json.loads((data_dir / "manifest.json").read_text())["num_classes"])
+            checkpoints.save_model(model, meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"],
+                                   teacher_dir / "model.pt")
+        _print_eval(steps.evaluate_models(cfg, data_dir, teacher_dir, scratch_dir, student_dir, out / "evaluation", ctx))
+    elif args.command == "evaluate":
+        _print_eval(steps.evaluate_models(cfg, args.data, args.teacher, args.scratch, args.student, out, ctx))
+    elif args.command == "export":
+        result = steps.export_student(cfg, args.data, args.student, args.evaluation, out, ctx)
+        for form, r in result["forms"].items():
+            print(f"{form}: accuracy {r['accuracy']:.4f}, max|diff| {r['max_abs_diff']:.2e}, "
+                  f"p50 {r['latency_p50_ms']:.3f} ms, {r['size_bytes']:,} bytes")
+        if not result["gate"]["passed"]:
+            print("gate: FAIL", file=sys.stderr)
+    elif args.command == "promote":
+        steps.promote(cfg, args.data, args.student, args.export, out, ctx)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except KdflowError as e:
+        print(f"kdflow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdflow: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""Experiment configuration: one YAML file, typed sections, profiles and ``--set`` overrides.
+
+A config file holds the sections below at top level plus an optional ``profiles:`` mapping from a
+profile name to a partial config that is deep-merged over the base. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kdflow.errors import ConfigError
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["fashion-mnist", "mnist", "cifar10", "imagefolder"] = "fashion-mnist"
+    source: str | None = Field(None, description="explicit directory, file or s3:// URI of the raw data")
+    download_root: str = Field(".kdflow/downloads", description="where a torchvision download may land")
+    val_size: int = Field(5000, ge=1)
+    train_subset: int | None = Field(None, ge=1, description="keep this many train samples (after the val split)")
+    test_subset: int | None = Field(None, ge=1)
+    augment: bool = True
+    crop_padding: int = Field(2, ge=0)
+    hflip: bool = True
+    split_seed: int = 0
+    window: str = Field("", description="data window or version label, recorded in lineage")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(15, ge=0)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    step_size: int = Field(5, ge=1, description="epochs between decays for schedule=step")
+    gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip: float | None = Field(None, gt=0)
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    num_threads: int | None = Field(None, ge=1)
+    seed: int = 0
+    select: Literal["final", "best_val"] = Field("final", description="which weights a step outputs")
+    device: str = "auto"
+
+
+class ModelSection(_Section):
+    arch: str
+    epochs: int | None = Field(None, ge=0, description="overrides train.epochs for this model")
+    lr: float | None = Field(None, gt=0, description="overrides train.lr for this model")
+
+
+class TeacherConfig(ModelSection):
+    arch: str = "resnet20"
+    source: str | None = Field(
+        None, description="use this teacher instead of training one: checkpoint path, s3:// URI or models:/ URI"
+    )
+
+
+class StudentConfig(ModelSection):
+    arch: str = "cnn-small"
+
+
+class FeatureLossSpec(_Section):
+    kind: Literal["fitnets", "at", "rkd", "sp"]
+    student_module: str
+    teacher_module: str
+    weight: float = Field(1.0, ge=0)
+    distance_weight: float = Field(25.0, ge=0, description="rkd only")
+    angle_weight: float = Field(50.0, ge=0, description="rkd only")
+
+
+class ExtraTeacher(_Section):
+    arch: str
+    source: str
+
+
+class DistillConfig(_Section):
+    method: Literal["kd", "dkd"] = "kd"
+    temperature: float = 4.0
+    alpha: float = Field(0.1, description="weight of the HARD loss: L = alpha*CE + (1-alpha)*soft")
+    dkd_alpha: float = Field(1.0, ge=0)
+    dkd_beta: float = Field(8.0, ge=0)
+    dkd_warmup_epochs: int = Field(0, ge=0)
+    features: list[FeatureLossSpec] = Field(default_factory=list)
+    extra_teachers: list[ExtraTeacher] = Field(default_factory=list)
+    ensemble: Literal["mean_logits", "mean_probs"] = "mean_probs"
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive_temperature(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"must be > 0 (got {v}); fix: set a positive temperature, e.g. distill.temperature=4")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_in_unit_interval(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"must be in [0, 1] (got {v}); fix: alpha weights the hard loss, e.g. distill.alpha=0.1")
+        return v
+
+    @property
+    def hard_weight(self) -> float:
+        return self.alpha
+
+    @property
+    def soft_weight(self) -> float:
+        return 1.0 - self.alpha
+
+
+class EvaluateConfig(_Section):
+    ece_bins: int = Field(15, ge=2)
+    latency_warmup: int = Field(10, ge=0)
+    latency_repeats: int = Field(100, ge=1)
+    throughput_batch: int = Field(256, ge=1)
+    throughput_repeats: int = Field(10, ge=1)
+
+
+class ExportConfig(_Section):
+    formats: list[Literal["onnx", "onnx_int8", "torchscript"]] = Field(
+        default_factory=lambda: ["onnx", "onnx_int8", "torchscript"]
+    )
+    opset: int = Field(17, ge=11)
+    calibration_samples: int = Field(512, ge=0)
+    parity_atol: float = Field(1e-3, gt=0, description="max |logit diff| allowed for fp32 exports")
+    int8_min_agreement: float = Field(0.97, ge=0, le=1, description="top-1 agreement int8 vs PyTorch")
+    int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+    promote_format: Literal["pytorch", "onnx_int8"] = "pytorch"
+
+
+class GateConfig(_Section):
+    min_accuracy: float = Field(0.5, ge=0, le=1)
+    min_retention: float = Field(0.8, ge=0)
+    max_latency_p95_ms: float = Field(50.0, gt=0)
+    max_size_bytes: int = Field(50_000_000, gt=0)
+    require_export_parity: bool = True
+    min_improvement: float = Field(0.0, ge=0, description="accuracy margin over the current champion")
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite in state_dir")
+    experiment: str = "kdflow"
+    registered_model: str = "kd-student"
+    teacher_registered_model: str = "kd-teacher"
+
+
+class StorageConfig(_Section):
+    root: str | None = Field(None, description="local directory or s3://bucket/prefix for artifacts")
+    state_dir: str = Field(".kdflow", description="local state: sqlite MLflow db, caches")
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    profile: str = "base"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """Hash of the resolved config, stable across key order."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def epochs_for(self, role: str) -> int:
+        section = self.teacher if role == "teacher" else self.student
+        return section.epochs if section.epochs is not None else self.train.epochs
+
+    def lr_for(self, role: str) -> float:
+        section = self.teacher if role == "teacher" else self.student
+        return section.lr if section.lr is not None else self.train.lr
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists are kept as JSON strings."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'distill.temperature=4' -> (['distill', 'temperature'], 4). Values are parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError("--set", f"'{text}' is not KEY=VALUE", "write it as section.key=value, e.g. distill.temperature=4")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError("--set", f"'{text}' has an empty key", "write it as section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(".".join(parts), f"'{p}' is not a section", "set a leaf key such as distill.temperature")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _format_validation_error(err: ValidationError) -> ConfigError:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        parent_loc = first["loc"][:-1]
+        model: Any = Config
+        for p in parent_loc:
+            field = model.model_fields.get(str(p)) if hasattr(model, "model_fields") else None
+            ann = getattr(field, "annotation", None)
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if model is None:
+                break
+        known = ", ".join(model.model_fields) if model is not None else "see README"
+        return ConfigError(loc, "unknown config key (typo?)", f"remove it or use one of: {known}")
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if "; fix:" in msg:
+        problem, fix = msg.split("; fix:", 1)
+        return ConfigError(loc, problem.strip(), fix.strip())
+    got = first.get("input")
+    return ConfigError(loc, f"{msg} (got {got!r})", f"correct {loc} in the config or with --set {loc}=...")
+
+
+def build_config(raw: dict[str, Any], profile: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Merge base + profile + overrides and validate into a Config."""
+    raw = copy.deepcopy(raw or {})
+    profiles = raw.pop("profiles", {}) or {}
+    resolved_profile = raw.pop("profile", None)  # set in a resolved config
+    profile = profile or resolved_profile
+    if profile and profile != "base" and profile != resolved_profile:
+        if profile not in profiles:
+            names = ", ".join(sorted(profiles)) or "none defined"
+            raise ConfigError("--profile", f"unknown profile '{profile}'", f"use one of: {names}")
+        raw = _deep_merge(raw, profiles[profile])
+    raw = apply_overrides(raw, overrides or [])
+    raw["profile"] = profile or "base"
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise _format_validation_error(err) from None
+
+
+def load_config(path: str | os.PathLike | None, profile: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML experiment file (or embedded defaults when path is None)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("--config", f"file '{p}' not found", "pass an existing YAML file, e.g. configs/fashion_mnist.yaml")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            where = f" at line {line + 1}" if line is not None else ""
+            raise ConfigError("--config", f"'{p}' is not valid YAML{where}", "fix the YAML syntax") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("--config", f"'{p}' must hold a mapping of sections", "see configs/fashion_mnist.yaml")
+    return build_config(raw, profile, overrides)
+
+
+def config_from_yaml_text(text: str, profile: str | None = None, overrides: list[str] | None = None) -> Config:
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        raise ConfigError("config_yaml", "is not valid YAML", "pass the text of a config file") from None
+    return build_config(raw, profile, overrides)
+
+
+def write_resolved(cfg: Config, out_dir: str | os.PathLike) -> Path:
+    """Write config.resolved.yaml next to a step's outputs (atomically)."""
+    from kdflow.io import atomic_write_text
+
+    path = Path(out_dir) / "config.resolved.yaml"
+    atomic_write_text(path, cfg.to_yaml())
+    return path
+
+
+KNOB_KEYS = {
+    "dataset_name": "data.dataset", "data_window": "data.window", "teacher_arch": "teacher.arch",
+    "teacher_source": "teacher.source", "student_arch": "student.arch", "method": "distill.method",
+    "temperature": "distill.temperature", "alpha": "distill.alpha", "teacher_epochs": "teacher.epochs",
+    "student_epochs": "student.epochs", "min_accuracy": "gate.min_accuracy", "min_retention": "gate.min_retention",
+    "min_improvement": "gate.min_improvement",
+}
+
+
+def knob_overrides(**knobs: Any) -> list[str]:
+    """Pipeline parameters -> --set overrides. Empty strings and negative numbers mean 'from the config'."""
+    out = []
+    for name, value in knobs.items():
+        if name not in KNOB_KEYS:
+            raise ConfigError(name, "unknown pipeline parameter", f"use one of: {', '.join(KNOB_KEYS)}")
+        if value is None or value == "" or (isinstance(value, int | float) and not isinstance(value, bool) and value < 0):
+            continue
+        out.append(f"{KNOB_KEYS[name]}={value}")
+    return out

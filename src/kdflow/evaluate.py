@@ -1,0 +1,171 @@
+"""Evaluation: classification metrics (torchmetrics), teacher agreement, calibration, speed, plots."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchmetrics.functional.classification as tmf
+
+from kdflow.config import EvaluateConfig
+
+
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int, ece_bins: int = 15) -> dict:
+    probs = logits.float().softmax(1)
+    kw = {"num_classes": num_classes}
+    return {
+        "accuracy": float(tmf.multiclass_accuracy(probs, y, average="micro", **kw)),
+        "precision_macro": float(tmf.multiclass_precision(probs, y, average="macro", **kw)),
+        "recall_macro": float(tmf.multiclass_recall(probs, y, average="macro", **kw)),
+        "f1_macro": float(tmf.multiclass_f1_score(probs, y, average="macro", **kw)),
+        "per_class_accuracy": [float(v) for v in tmf.multiclass_accuracy(probs, y, average=None, **kw)],
+        "confusion_matrix": tmf.multiclass_confusion_matrix(probs, y, **kw).tolist(),
+        "nll": float(F.cross_entropy(logits.float(), y)),
+        "ece": float(tmf.multiclass_calibration_error(probs, y, n_bins=ece_bins, norm="l1", **kw)),
+    }
+
+
+def accuracy_of(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float(tmf.multiclass_accuracy(logits, y, num_classes=logits.shape[1], average="micro")) if len(y) else 0.0
+
+
+def teacher_comparison(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> dict:
+    """Top-1 agreement and KL(teacher || student) at T (the seed's soft-target loss), batchmean."""
+    log_p_s = F.log_softmax(student_logits.float() / temperature, 1)
+    p_t = F.softmax(teacher_logits.float() / temperature, 1)
+    return {
+        "agreement_with_teacher": float((student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()),
+        "kl_teacher_student": float(F.kl_div(log_p_s, p_t, reduction="batchmean")),
+    }
+
+
+def transfer_rate(acc_kd: float, acc_scratch: float, acc_teacher: float) -> float | None:
+    """(acc_kd - acc_scratch) / (acc_teacher - acc_scratch); None when the teacher is not better."""
+    gap = acc_teacher - acc_scratch
+    if gap <= 1e-9:
+        return None
+    return (acc_kd - acc_scratch) / gap
+
+
+def retention(acc_student: float, acc_teacher: float) -> float:
+    return acc_student / acc_teacher if acc_teacher > 0 else 0.0
+
+
+def time_callable(fn, warmup: int, repeats: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    times = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - t0
+    return times
+
+
+def speed_profile(run_batch, input_shape: tuple[int, ...], cfg: EvaluateConfig) -> dict:
+    """Latency p50/p95 (ms) at batch 1 and throughput (img/s) at cfg.throughput_batch of ``run_batch(x)``."""
+    one = torch.randn(1, *input_shape)
+    big = torch.randn(cfg.throughput_batch, *input_shape)
+    lat = time_callable(lambda: run_batch(one), cfg.latency_warmup, cfg.latency_repeats) * 1000.0
+    thr = time_callable(lambda: run_batch(big), 2, cfg.throughput_repeats)
+    return {"latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
+            "throughput_ips": float(cfg.throughput_batch / np.median(thr)), "threads": torch.get_num_threads()}
+
+
+def torch_speed(model: nn.Module, input_shape: tuple[int, ...], cfg: EvaluateConfig) -> dict:
+    model.eval()
+
+    @torch.inference_mode()
+    def run(x):
+        return model(x)
+
+    return speed_profile(run, input_shape, cfg)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(cm: list[list[int]], class_names: list[str], title: str, path: Path) -> Path:
+    plt = _plt()
+    a = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(a, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            ax.text(j, i, str(a[i, j]), ha="center", va="center", fontsize=6,
+                    color="white" if a[i, j] > a.max() / 2 else "black")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def reliability_bins(logits: torch.Tensor, y: torch.Tensor, n_bins: int) -> list[dict]:
+    probs = logits.float().softmax(1)
+    conf, pred = probs.max(1)
+    correct = (pred == y).float()
+    edges = torch.linspace(0, 1, n_bins + 1)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            rows.append({"lo": float(lo), "hi": float(hi), "confidence": float(conf[m].mean()),
+                         "accuracy": float(correct[m].mean()), "count": int(m.sum())})
+    return rows
+
+
+def plot_reliability(curves: dict[str, list[dict]], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for name, rows in curves.items():
+        ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], marker="o", ms=3, label=name)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability diagram (test)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_history(histories: dict[str, list[dict]], path: Path) -> Path:
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, hist in histories.items():
+        if not hist:
+            continue
+        ep = [h["epoch"] for h in hist]
+        a1.plot(ep, [h["total"] for h in hist], marker="o", ms=3, label=name)
+        a2.plot(ep, [h["val_acc"] for h in hist], marker="o", ms=3, label=name)
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("training loss")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("val accuracy")
+    for a in (a1, a2):
+        a.legend(fontsize=8)
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

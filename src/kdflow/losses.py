@@ -1,0 +1,127 @@
+"""Distillation losses. All soft-target math runs in fp32, even under autocast.
+
+Convention (as in the seed formula): ``L = alpha * L_hard + (1 - alpha) * L_soft`` -- alpha weights
+the HARD (cross-entropy) loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (it weights the hard loss), got {alpha}")
+
+
+def soft_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher_probs || softmax(student/T)), batchmean. teacher_probs are already at T."""
+    _check_temperature(temperature)
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    return F.kl_div(log_p_s, teacher_probs.float(), reduction="batchmean") * temperature**2
+
+
+def soft_targets(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(teacher/T) in fp32: the only place teacher logits are divided by T."""
+    _check_temperature(temperature)
+    return F.softmax(teacher_logits.float() / temperature, dim=1)
+
+
+def kd_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return soft_kl(student_logits, soft_targets(teacher_logits, temperature), temperature)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """Hinton KD: alpha*CE(student, targets) + (1-alpha)*T^2*KL_batchmean(softmax(t/T) || softmax(s/T))."""
+    _check_temperature(temperature)
+    _check_alpha(alpha)
+    hard = F.cross_entropy(student_logits.float(), targets)
+    soft = kd_soft_loss(student_logits, teacher_logits, temperature)
+    return alpha * hard + (1.0 - alpha) * soft
+
+
+def ensemble_soft_targets(teacher_logits: list[torch.Tensor], temperature: float, rule: str) -> torch.Tensor:
+    """Several teachers -> one target distribution at temperature T.
+
+    ``mean_probs``: average of softmax(t_i/T); ``mean_logits``: softmax(mean(t_i)/T).
+    """
+    if rule == "mean_probs":
+        return torch.stack([soft_targets(t, temperature) for t in teacher_logits]).mean(0)
+    if rule == "mean_logits":
+        return soft_targets(torch.stack([t.float() for t in teacher_logits]).mean(0), temperature)
+    raise ValueError(f"unknown ensemble rule {rule!r}; use mean_probs or mean_logits")
+
+
+def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+             temperature: float, alpha: float = 1.0, beta: float = 8.0) -> torch.Tensor:
+    """Decoupled KD (Zhao et al., 2022): alpha*TCKD + beta*NCKD, each scaled by T^2, batchmean."""
+    _check_temperature(temperature)
+    s, t = student_logits.float(), teacher_logits.float()
+    gt = F.one_hot(targets, s.shape[1]).bool()
+    p_s = F.softmax(s / temperature, dim=1)
+    p_t = F.softmax(t / temperature, dim=1)
+    # target-class binary distributions [p_gt, 1 - p_gt]
+    b_s = torch.stack([(p_s * gt).sum(1), (p_s * ~gt).sum(1)], dim=1).clamp_min(1e-12)
+    b_t = torch.stack([(p_t * gt).sum(1), (p_t * ~gt).sum(1)], dim=1).clamp_min(1e-12)
+    tckd = (b_t * (b_t.log() - b_s.log())).sum(1).mean() * temperature**2
+    # non-target distributions: mask the ground-truth logit out with a large negative value
+    log_q_s = F.log_softmax(s / temperature - 1000.0 * gt, dim=1)
+    q_t = F.softmax(t / temperature - 1000.0 * gt, dim=1)
+    nckd = F.kl_div(log_q_s, q_t, reduction="batchmean") * temperature**2
+    return alpha * tckd + beta * nckd
+
+
+def fitnets_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """FitNets hint loss: MSE between the adapted student feature and the teacher feature."""
+    return F.mse_loss(student_feat.float(), teacher_feat.float())
+
+
+def attention_map(feat: torch.Tensor) -> torch.Tensor:
+    """Zagoruyko & Komodakis: L2-normalised spatial map of the channel mean of squared activations."""
+    return F.normalize(feat.float().pow(2).mean(1).flatten(1), dim=1)
+
+
+def at_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    return (attention_map(student_feat) - attention_map(teacher_feat)).pow(2).mean()
+
+
+def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
+    sq = e.pow(2).sum(1)
+    d = (sq[:, None] + sq[None, :] - 2 * e @ e.t()).clamp_min(1e-12).sqrt()
+    return d * (1 - torch.eye(len(e), device=e.device, dtype=e.dtype))
+
+
+def rkd_distance_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
+    s, t = student_emb.float().flatten(1), teacher_emb.float().flatten(1)
+    with torch.no_grad():
+        td = _pairwise_distances(t)
+        td = td / td[td > 0].mean()
+    sd = _pairwise_distances(s)
+    sd = sd / sd[sd > 0].mean()
+    return F.smooth_l1_loss(sd, td)
+
+
+def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
+    s, t = student_emb.float().flatten(1), teacher_emb.float().flatten(1)
+    with torch.no_grad():
+        tv = F.normalize(t.unsqueeze(0) - t.unsqueeze(1), p=2, dim=2)
+        t_angle = torch.bmm(tv, tv.transpose(1, 2)).flatten()
+    sv = F.normalize(s.unsqueeze(0) - s.unsqueeze(1), p=2, dim=2)
+    s_angle = torch.bmm(sv, sv.transpose(1, 2)).flatten()
+    return F.smooth_l1_loss(s_angle, t_angle)
+
+
+def sp_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """Similarity-preserving KD (Tung & Mori): ||norm(G_s) - norm(G_t)||_F^2 / b^2."""
+    s, t = student_feat.float().flatten(1), teacher_feat.float().flatten(1)
+    gs = F.normalize(s @ s.t(), p=2, dim=1)
+    gt = F.normalize(t @ t.t(), p=2, dim=1)
+    b = s.shape[0]
+    return (gs - gt).pow(2).sum() / (b * b)

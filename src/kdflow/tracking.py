@@ -1,0 +1,216 @@
+"""MLflow tracking: a parent run per pipeline run, a child run per step, LoggedModels with lineage.
+
+Default backend: ``sqlite:///<state_dir>/mlflow.db`` with local artifacts (the file store is refused by
+MLflow 3). ``$MLFLOW_TRACKING_URI`` or ``tracking.uri`` point it elsewhere (an ``mlflow server``).
+When KFP's MLflow integration injects ``MLFLOW_RUN_ID``, a step logs into that run instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kdflow.config import Config, flatten
+from kdflow.errors import TrackingError
+
+PIPELINE_TAG = "kdflow.pipeline_run_id"
+STEP_TAG = "kdflow.step"
+
+
+def tracking_uri(cfg: Config) -> str:
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    state = Path(cfg.storage.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{state / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any training, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        if uri.startswith("sqlite:///") or uri.startswith("databricks") or "://" not in uri:
+            return
+        raise TrackingError("tracking.uri", f"unsupported tracking URI '{uri}'",
+                            "use sqlite:///path/mlflow.db or http://host:port of an mlflow server")
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise TrackingError("tracking.uri", f"'{uri}' answered HTTP {resp.status}", "check the MLflow server")
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError("tracking.uri", f"MLflow server '{uri}' is unreachable ({reason})",
+                            "start it (make stack) or unset MLFLOW_TRACKING_URI to use the local sqlite store") from None
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=False).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+class Tracker:
+    """Thin wrapper over MlflowClient; every kdflow step talks to MLflow through it."""
+
+    def __init__(self, cfg: Config):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.cfg = cfg
+        self.uri = tracking_uri(cfg)
+        check_reachable(self.uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.mlflow = mlflow
+        self.client = MlflowClient(self.uri)
+        exp = self.client.get_experiment_by_name(cfg.tracking.experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(cfg.tracking.experiment)
+
+    # ------------------------------------------------------------------ runs
+    def parent_run(self, pipeline_run_id: str, tags: dict[str, str]) -> str:
+        """Get or create the parent run of one pipeline run (idempotent by tag)."""
+        found = self.client.search_runs([self.experiment_id],
+                                        filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and tags.`{STEP_TAG}` = 'pipeline'",
+                                        max_results=1)
+        if found:
+            return found[0].info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"pipeline-{pipeline_run_id[:40]}",
+                                     tags={PIPELINE_TAG: pipeline_run_id, STEP_TAG: "pipeline", **tags})
+        return run.info.run_id
+
+    @contextmanager
+    def step_run(self, step: str, parent_run_id: str | None, pipeline_run_id: str, tags: dict[str, str] | None = None):
+        """A child run for one step, or the run KFP injected through MLFLOW_RUN_ID."""
+        injected = os.environ.get("MLFLOW_RUN_ID")
+        all_tags = {STEP_TAG: step, PIPELINE_TAG: pipeline_run_id, **(tags or {})}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        if injected:
+            run_id = injected
+            for k, v in all_tags.items():
+                self.client.set_tag(run_id, k, v)
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=step, tags=all_tags).info.run_id
+        try:
+            with self.mlflow.start_run(run_id=run_id):
+                yield run_id
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+
+    # ------------------------------------------------------------------ logging
+    def log_config(self, run_id: str, cfg: Config) -> None:
+        params = flatten(cfg.to_dict())
+        params["distill.hard_weight"] = cfg.distill.hard_weight
+        params["distill.soft_weight"] = cfg.distill.soft_weight
+        params["config_hash"] = cfg.digest()
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+        self.client.log_text(run_id, cfg.to_yaml(), "config.resolved.yaml")
+
+    def log_history(self, run_id: str, history: list[dict], prefix: str = "") -> None:
+        from mlflow.entities import Metric
+
+        metrics = []
+        for row in history:
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, int | float):
+                    metrics.append(Metric(f"{prefix}{k}", float(v), 0, int(row["epoch"])))
+        for i in range(0, len(metrics), 500):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 500])
+        if history:
+            buf = io.StringIO()
+            keys = sorted({k for row in history for k in row})
+            writer = csv.DictWriter(buf, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(history)
+            self.client.log_text(run_id, buf.getvalue(), "history.csv")
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], prefix: str = "") -> None:
+        from mlflow.entities import Metric
+
+        flat = {f"{prefix}{k}": float(v) for k, v in flatten(metrics).items()
+                if isinstance(v, int | float) and not isinstance(v, bool)}
+        items = [Metric(k, v, 0, 0) for k, v in flat.items()]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i:i + 500])
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_dataset(self, manifest: dict, source_uri: str, context: str) -> None:
+        """Record the prepared split as an MLflow dataset input of the active run."""
+        import pandas as pd
+        from mlflow.data.pandas_dataset import from_pandas
+
+        counts = manifest["counts"]
+        df = pd.DataFrame([{"split": context, "count": counts.get(context, 0), "digest": manifest["digest"],
+                            "dataset": manifest["dataset"], "window": manifest.get("window", ""), "source": source_uri}])
+        # "debian:/usr/share/..." and "torchvision:/..." carry a local path after the label
+        location = source_uri.split(":", 1)[1] if source_uri.startswith(("debian:", "torchvision:")) else source_uri
+        ds = from_pandas(df, source=location, name=f"{manifest['dataset']}-{context}", digest=manifest["digest"][:32])
+        self.mlflow.log_input(ds, context=context)
+
+    def log_torch_model(self, model, name: str, input_example, tags: dict[str, str], checkpoint: Path | None = None) -> str:
+        """Log a LoggedModel (pytorch flavor, pickle serialization, signature from the example).
+
+        kdflow's own weights-only checkpoint rides along as an extra file, so a ``models:/`` teacher is
+        loaded with ``weights_only=True`` instead of unpickling the flavor's model.
+        """
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        model.eval()
+        import torch
+
+        with torch.no_grad():
+            out = model(torch.from_numpy(input_example)).numpy()
+        info = mlflow.pytorch.log_model(model, name=name, input_example=input_example,
+                                        signature=infer_signature(input_example, out),
+                                        serialization_format="pickle", pip_requirements=pip_requirements(),
+                                        extra_files=[str(checkpoint)] if checkpoint else None, tags=tags)
+        return info.model_id
+
+    def log_onnx_model(self, path: Path, name: str, input_example, tags: dict[str, str]) -> str:
+        import mlflow.onnx
+        import onnx
+
+        info = mlflow.onnx.log_model(onnx.load(str(path)), name=name, input_example=input_example,
+                                     pip_requirements=["onnxruntime", "onnx", "numpy"], tags=tags)
+        return info.model_id
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+
+def pip_requirements() -> list[str]:
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+
+
+def resolve_model_uri(uri: str) -> Path:
+    """models:/... or runs:/... -> the local path of the kdflow checkpoint logged with that model."""
+    import mlflow.artifacts
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as e:  # noqa: BLE001 - MlflowException and HTTP errors
+        raise TrackingError("teacher.source", f"cannot fetch '{uri}' ({type(e).__name__}: {str(e)[:100]})",
+                            "check the model name/alias in the MLflow registry and the tracking URI") from None
+    found = sorted(local.rglob("model.pt"))
+    if not found:
+        raise TrackingError("teacher.source", f"'{uri}' holds no kdflow checkpoint (model.pt)",
+                            "use a model logged by a kdflow training step")
+    return found[0]

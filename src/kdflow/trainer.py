@@ -1,0 +1,195 @@
+"""One trainer for teacher training, scratch training and distillation; the objective is the difference.
+
+Determinism: the batch order and augmentation of epoch ``e`` come from a generator seeded with
+``(seed, e)``, so a run resumed from the checkpoint of epoch ``e-1`` replays exactly what an
+uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from kdflow.config import TrainConfig
+from kdflow.data import Normalizer, PreparedData, Split, iterate, num_batches
+from kdflow.errors import TrainingDiverged
+from kdflow.io import atomic_torch_save, safe_torch_load
+
+HISTORY_KEYS = ("epoch", "hard", "soft", "feature", "total", "train_acc", "val_acc", "lr", "seconds")
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_val_acc: float = 0.0
+    best_epoch: int = -1
+    best_state: dict | None = None
+    resumed_from: int | None = None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine to 0 / step decay / constant. ``step`` counts optimizer steps."""
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if warm > 0 and step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.gamma ** (step // (cfg.step_size * steps_per_epoch))
+    total = max(1, epochs * steps_per_epoch - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, total) / total))
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "off":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if amp == "bf16" or device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, split: Split, normalizer: Normalizer, batch_size: int = 512,
+                   device: torch.device | None = None, channels_last: bool = False) -> torch.Tensor:
+    device = device or torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    outs = []
+    for xb, _, _ in iterate(split, batch_size, normalizer):
+        xb = xb.to(device)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        outs.append(model(xb).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean()) if len(y) else 0.0
+
+
+def fit(student: nn.Module, objective: nn.Module, data: PreparedData, cfg: TrainConfig, *, epochs: int, lr: float,
+        out_dir: str | Path, desc: str = "train", resume: bool = True, on_epoch=None,
+        teacher_logits_fn=None) -> FitResult:
+    """Train ``student`` with ``objective``; checkpoint every epoch to ``out_dir/checkpoint.pt``.
+
+    ``teacher_logits_fn(indices, epoch, batch_number)`` may supply cached teacher logits for a batch.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = pick_device(cfg.device)
+    student.to(device)
+    objective.to(device)
+    if cfg.channels_last:
+        student.to(memory_format=torch.channels_last)
+    params = [p for p in list(student.parameters()) + list(objective.parameters()) if p.requires_grad]
+    optimizer = build_optimizer(params, cfg, lr)
+    drop_last = len(data.train) > cfg.batch_size
+    steps_per_epoch = num_batches(len(data.train), cfg.batch_size, drop_last)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16" and device.type == "cuda")
+    normalizer = Normalizer(data.mean, data.std)
+    aug = data.manifest.get("augmentation")
+    result = FitResult()
+    start_epoch = 0
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.is_file():
+        ck = safe_torch_load(ckpt_path, "checkpoint")
+        student.load_state_dict(ck["student"])
+        objective.load_state_dict(ck["objective"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        result.history, result.best_val_acc, result.best_epoch = ck["history"], ck["best_val_acc"], ck["best_epoch"]
+        result.best_state = ck.get("best_state")
+        start_epoch = ck["epoch"] + 1
+        result.resumed_from = ck["epoch"]
+
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        student.train()
+        objective.train()
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        batches = iterate(data.train, cfg.batch_size, normalizer, shuffle=True, augment=aug,
+                          seed=epoch_seed(cfg.seed, epoch), drop_last=drop_last)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
+                   mininterval=1.0, dynamic_ncols=True, disable=None)
+        for bi, (xb, yb, idx) in enumerate(bar):
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            if cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            extra = {}
+            if teacher_logits_fn is not None:
+                extra["teacher_logits"] = teacher_logits_fn(idx, epoch, bi)
+            with _autocast(device, cfg.amp):
+                loss, logits, parts = objective(student, xb, yb, epoch, **extra)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged("train.lr", f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, batch {bi + 1}",
+                                       "lower train.lr, set train.grad_clip, or turn train.amp off")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            n = len(yb)
+            seen += n
+            correct += int((logits.detach().argmax(1) == yb).sum())
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            sums["total"] = sums.get("total", 0.0) + float(loss.detach()) * n
+            if bi % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{correct / max(seen, 1):.3f}")
+        bar.close()
+        val_acc = accuracy(predict_logits(student, data.val, normalizer, device=device, channels_last=cfg.channels_last),
+                           data.val.y)
+        row = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
+               "train_acc": correct / max(seen, 1), "val_acc": val_acc,
+               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        result.history.append(row)
+        if val_acc > result.best_val_acc or result.best_epoch < 0:
+            result.best_val_acc, result.best_epoch = val_acc, epoch + 1
+            result.best_state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+        atomic_torch_save({"epoch": epoch, "student": student.state_dict(), "objective": objective.state_dict(),
+                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                           "scaler": scaler.state_dict(), "history": result.history,
+                           "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
+                           "best_state": result.best_state}, ckpt_path)
+        tqdm.write(f"[{desc}] epoch {epoch + 1}/{epochs} loss {row['total']:.4f} train_acc {row['train_acc']:.4f} "
+                   f"val_acc {val_acc:.4f} lr {row['lr']:.4g} ({row['seconds']:.1f}s)")
+        if on_epoch is not None:
+            on_epoch(row)
+    if cfg.select == "best_val" and result.best_state is not None:
+        student.load_state_dict(result.best_state)
+    student.to("cpu")
+    if cfg.channels_last:
+        student.to(memory_format=torch.contiguous_format)
+    return result
