@@ -1,7 +1,10 @@
 """The DAG: prep -> (teacher || scratch) -> distill -> evaluate -> export -> If(gate) promote, in an ExitHandler."""
 
 
+import json
 from pathlib import Path
+
+import yaml
 
 from kfp import dsl, kubernetes
 
@@ -18,7 +21,9 @@ from components import (
 
 PIPELINE_NAME = "kdflow-distillation"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml"
-EMBEDDED_CONFIG = DEFAULT_CONFIG.read_text()
+# One line of JSON (valid YAML): KFP copies parameter defaults into a comment header of the compiled
+# file, and a multi-line default would break that file as YAML.
+EMBEDDED_CONFIG = json.dumps(yaml.safe_load(DEFAULT_CONFIG.read_text()), sort_keys=True)
 
 # Kubernetes Secrets read by reference (k8s/base/secrets.yaml); values never enter the compiled YAML.
 S3_SECRET = "kdflow-s3"
