@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import yaml
-
 from kfp import dsl, kubernetes
 
 from components import (

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from kdflow import checkpoints, models
 from kdflow.cli import main
-
-from conftest import ROOT
 
 
 class Evil:  # pickled code: weights_only loading must refuse it

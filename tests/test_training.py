@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from kdflow import data, models
 from kdflow.config import FeatureLossSpec
 from kdflow.errors import ModelError
 from kdflow.objective import DistillObjective, SupervisedObjective
 from kdflow.trainer import fit
-
-from conftest import tiny_config
 
 
 def _prepared(tiny_data, n=640):

@@ -1,0 +1,136 @@
+"""Config profiles and overrides; data resolution, IDX parsing, seeded splits, augmentation, manifest."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT, tiny_config
+
+from kdflow import data
+from kdflow.config import (
+    build_config,
+    config_from_yaml_text,
+    flatten,
+    knob_overrides,
+    load_config,
+    write_resolved,
+)
+from kdflow.errors import ConfigError, DataError
+
+CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
+
+
+def test_profiles_merge_over_base():
+    full = load_config(CONFIG, "full")
+    default = load_config(CONFIG, "default")
+    smoke = load_config(CONFIG, "smoke")
+    assert full.teacher.arch == "resnet20" and full.epochs_for("teacher") == 15  # BENCH.md recipe
+    assert default.teacher.arch == "cnn-wide" and default.epochs_for("student") == 4
+    assert smoke.data.train_subset == 6000 and smoke.distill.temperature == 4.0
+    assert smoke.profile == "smoke"
+
+
+def test_overrides_and_resolved_roundtrip(tmp_path):
+    cfg = load_config(CONFIG, "smoke", ["distill.temperature=2.5", "distill.features=[{kind: at, student_module: block1, teacher_module: block1}]"])
+    assert cfg.distill.temperature == 2.5 and cfg.distill.features[0].kind == "at"
+    path = write_resolved(cfg, tmp_path)
+    again = load_config(path)
+    assert again == cfg and again.digest() == cfg.digest()
+
+
+def test_hard_and_soft_weight_are_explicit():
+    cfg = build_config({"distill": {"alpha": 0.3}})
+    assert cfg.distill.hard_weight == 0.3 and cfg.distill.soft_weight == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("raw,field", [
+    ({"train": {"epochz": 3}}, "train.epochz"),
+    ({"nonsense": {}}, "nonsense"),
+    ({"distill": {"temperature": 0}}, "distill.temperature"),
+    ({"train": {"batch_size": 0}}, "train.batch_size"),
+])
+def test_config_errors_name_the_field(raw, field):
+    with pytest.raises(ConfigError) as e:
+        build_config(raw)
+    assert str(e.value).startswith(field + ":") and "fix:" in str(e.value)
+
+
+def test_knob_overrides_skip_sentinels():
+    assert knob_overrides(temperature=-1.0, method="", alpha=0.3, data_window="2026-11") == [
+        "distill.alpha=0.3", "data.window=2026-11"]
+
+
+def test_embedded_json_config_parses():
+    cfg = config_from_yaml_text('{"distill": {"alpha": 0.5}}', None, [])
+    assert cfg.distill.alpha == 0.5
+    assert "distill.alpha" in flatten(cfg.to_dict())
+
+
+def test_debian_idx_and_manifest(tiny_data):
+    d = data.load_prepared(tiny_data)
+    m = d.manifest
+    assert m["source"].startswith("debian:") and m["counts"] == {"train": 1500, "val": 500, "test": 500}
+    assert m["class_names"][9] == "Ankle boot" and len(m["digest"]) == 64
+    assert d.train.x.dtype == torch.uint8 and d.train.x.shape[1:] == (1, 28, 28)
+    # the test split is the first test_subset samples of the official test set, untouched by the split seed
+    full = data.read_idx(data.DEBIAN_DIRS["fashion-mnist"][0] / "t10k-labels-idx1-ubyte.gz")
+    assert d.test.y.tolist() == full[:500].tolist()
+
+
+def test_split_is_seeded_and_disjoint(fashion_available, tmp_path):
+    cfg = tiny_config(tmp_path)
+    raw = data.load_raw(cfg.data)
+    a = data.split_raw(raw, cfg.data)
+    b = data.split_raw(raw, cfg.data)
+    assert torch.equal(a[0].x, b[0].x) and torch.equal(a[1].y, b[1].y)
+    other = data.split_raw(raw, cfg.data.model_copy(update={"split_seed": 5}))
+    assert not torch.equal(a[1].x, other[1].x)
+    # train and val never share a sample
+    tr = {bytes(x.numpy()) for x in a[0].x}
+    assert not any(bytes(x.numpy()) in tr for x in a[1].x[:200])
+
+
+def test_augmentation_is_deterministic_and_shape_preserving():
+    x = torch.randint(0, 255, (16, 1, 28, 28), dtype=torch.uint8)
+    a = data.augment_batch(x, 2, True, torch.Generator().manual_seed(3))
+    b = data.augment_batch(x, 2, True, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)
+    none = data.augment_batch(x, 0, False, torch.Generator().manual_seed(3))
+    assert torch.equal(none, x)
+    flipped = data.augment_batch(x, 0, True, torch.Generator().manual_seed(0))
+    for i in range(16):
+        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(-1))
+
+
+def test_truncated_idx_is_a_data_error(tmp_path, fashion_available):
+    src = fashion_available / "train-labels-idx1-ubyte.gz"
+    raw = gzip.open(src).read()
+    bad = tmp_path / "labels.gz"
+    with gzip.open(bad, "wb") as fh:
+        fh.write(raw[:1000])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        data.read_idx(bad)
+    bad.write_bytes(open(src, "rb").read()[:500])  # a cut gzip stream
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        data.read_idx(bad)
+
+
+def test_imagefolder(tmp_path):
+    from PIL import Image
+
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(torch.randint(0, 255, (12, 12, 3), dtype=torch.uint8).numpy()).save(tmp_path / "imgs" / c / f"{i}.png")
+    cfg = build_config({"data": {"dataset": "imagefolder", "source": str(tmp_path / "imgs"), "val_size": 4}})
+    m = data.prepare(cfg.data, tmp_path / "out")
+    assert m["class_names"] == ["cat", "dog"] and m["input_shape"] == [3, 12, 12]
+    assert sum(m["counts"].values()) == 20 and len(m["mean"]) == 3
+
+
+def test_config_file_is_valid_yaml():
+    raw = yaml.safe_load(CONFIG.read_text())
+    assert set(raw["profiles"]) == {"smoke", "default", "full"}
