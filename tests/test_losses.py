@@ -167,11 +167,11 @@ def test_soft_gradient_does_not_shrink_as_one_over_t_squared():
 
 
 def test_teacher_divided_by_t_exactly_once():
-    s = torch.zeros(1, 3)
-    t = torch.tensor([[2.0, 0.0, 0.0]])
+    t = torch.tensor([[2.0, 0.0, -1.0], [0.5, 3.0, 0.0]])
     T = 2.0
-    expected_pt = torch.softmax(t / T, 1)
-    assert torch.allclose(losses.soft_targets(t, T), expected_pt)
+    assert torch.allclose(losses.soft_targets(t, T), torch.softmax(t / T, 1))
+    # identical logits give zero soft loss only if both sides are divided by T the same number of times
+    assert float(losses.kd_soft_loss(t.clone(), t, T)) == pytest.approx(0.0, abs=1e-7)
 
 
 @pytest.mark.parametrize("T,a", [(0.0, 0.5), (-1.0, 0.5), (2.0, -0.1), (2.0, 1.5)])
