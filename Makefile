@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.installed
 PROFILE  ?= default
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test test-fast lint compile golden data venv bench bench-quick clean
+.PHONY: run test test-fast lint compile golden data venv stack stack-down stack-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,16 @@ compile: $(STAMP)
 golden: $(STAMP)
 	$(BIN)/python -m pipelines compile --out tests/golden/kdflow_distillation.yaml
 	cp tests/golden/kdflow_distillation.yaml pipelines/kdflow_distillation.yaml
+
+## Local SeaweedFS S3 + mlflow server on loopback (state in .kdflow/stack); prints the env to use.
+stack: $(STAMP)
+	$(BIN)/python -m kdflow.localstack up
+
+stack-env: $(STAMP)
+	@$(BIN)/python -m kdflow.localstack env
+
+stack-down: $(STAMP)
+	$(BIN)/python -m kdflow.localstack down
 
 clean:
 	rm -rf local_outputs .kdflow/mlflow.db

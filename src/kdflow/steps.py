@@ -27,6 +27,49 @@ class RunContext:
     parent_run_id: str | None = None
 
 
+def _register_uri_handlers() -> None:
+    from kdflow.storage import s3_model_resolver, s3_source_resolver
+
+    data.register_source_resolver("s3", s3_source_resolver)
+    checkpoints.register_model_resolver("s3", s3_model_resolver)
+
+
+_register_uri_handlers()
+
+
+def storage_root(cfg: Config) -> str | None:
+    return cfg.storage.root or os.environ.get("KDFLOW_STORAGE_ROOT") or None
+
+
+def _store(cfg: Config):
+    """The artifact store (local dir or s3://), checked before any work; None when not configured."""
+    root = storage_root(cfg)
+    if not root:
+        return None
+    from kdflow.storage import open_store
+
+    store = open_store(root)
+    store.check()
+    return store
+
+
+def _upload(cfg: Config, ctx: RunContext, step: str, out: Path, files: list[str] | None = None) -> str | None:
+    """Copy a step's outputs to <storage root>/<pipeline run id>/<step>/ (verified); returns that URI."""
+    store = _store(cfg)
+    if store is None:
+        return None
+    from kdflow.storage import put_dir
+
+    prefix = f"{ctx.pipeline_run_id}/{step}"
+    if files is None:
+        put_dir(store, out, prefix)
+    else:
+        for f in files:
+            if (out / f).is_file():
+                store.put_file(out / f, f"{prefix}/{f}")
+    return f"{store.uri.rstrip('/')}/{prefix}"
+
+
 def _tracker(cfg: Config):
     if not cfg.tracking.enabled:
         return None
@@ -61,6 +104,7 @@ def start_pipeline(cfg: Config, ctx: RunContext, image: str = "") -> tuple[objec
     Every step does this, so a step whose predecessors were served from KFP's cache still lands
     under this run's parent.
     """
+    _store(cfg)  # fails fast on bad S3 credentials, a missing bucket or a malformed URI
     tracker = _tracker(cfg)
     if tracker is None or ctx.parent_run_id:
         return tracker, ctx
@@ -152,6 +196,8 @@ def _train_common(cfg: Config, role: str, data_dir: Path, out: Path, ctx: RunCon
         info = {"role": role, "arch": student_arch, "data_digest": prepared.digest, "metrics": metrics,
                 "parent_run_id": ctx.parent_run_id, "pipeline_run_id": ctx.pipeline_run_id,
                 "config_hash": cfg.digest(), **(lineage or {})}
+        info["artifact_uri"] = _upload(cfg, ctx, step, out, ["model.pt", "history.csv", "metrics.json",
+                                                             "config.resolved.yaml"])
         if tracker is not None:
             tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
             tracker.log_artifact(run_id, out / "history.csv")
@@ -365,7 +411,8 @@ def export_student(cfg: Config, data_dir: str | Path, student_dir: str | Path, e
             (out / png.name).write_bytes(png.read_bytes())
     write_resolved(cfg, out)
     info = {"gate_passed": gate["passed"], "parity_ok": result["parity_ok"], "student_model_uri": student_info.get("model_uri"),
-            "parent_run_id": ctx.parent_run_id, "pipeline_run_id": ctx.pipeline_run_id}
+            "parent_run_id": ctx.parent_run_id, "pipeline_run_id": ctx.pipeline_run_id,
+            "artifact_uri": _upload(cfg, ctx, "export", out)}
     if tracker is not None:
         with tracker.step_run("export", info["parent_run_id"], info["pipeline_run_id"],
                               {"kdflow.student_model_id": student_info.get("model_id", "")}) as run_id:
