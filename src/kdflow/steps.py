@@ -200,7 +200,8 @@ def _train_common(cfg: Config, role: str, data_dir: Path, out: Path, ctx: RunCon
                                                              "config.resolved.yaml"])
         if tracker is not None:
             tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
-            tracker.log_artifact(run_id, out / "history.csv")
+            if (out / "history.csv").is_file():
+                tracker.log_artifact(run_id, out / "history.csv")
             example = prepared.test.x[:2].float().numpy() / 255.0
             model_id = tracker.log_torch_model(model, name=role, input_example=example, checkpoint=out / "model.pt",
                                                tags={"kdflow.role": role, "kdflow.arch": student_arch,

@@ -27,8 +27,7 @@ def validate_key(key: str, field: str = "key") -> str:
     """Relative POSIX key without '..', empty parts or a leading '/'."""
     if not key or key.startswith("/") or "\\" in key:
         raise StorageError(field, f"key '{key}' must be a relative path", "use a relative key such as runs/123/model.pt")
-    parts = PurePosixPath(key).parts
-    if any(p in ("..", ".", "") for p in parts) or "//" in key:
+    if any(p in ("..", ".", "") for p in key.split("/")):
         raise StorageError(field, f"key '{key}' contains '..', '.' or an empty part", "use a plain relative key")
     return key
 
@@ -99,7 +98,8 @@ class S3Store:
         self.uri = uri.rstrip("/")
         self.bucket, self.prefix = parse_s3_uri(uri)
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        self.client = boto3.client(
+        # a fresh session per store: boto3's default session caches credentials for the process lifetime
+        self.client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
             config=BotoConfig(retries={"max_attempts": max_attempts, "mode": "standard"},
                               connect_timeout=connect_timeout, read_timeout=read_timeout,

@@ -155,7 +155,7 @@ class Tracker:
         from mlflow.data.pandas_dataset import from_pandas
 
         counts = manifest["counts"]
-        df = pd.DataFrame([{"split": context, "count": counts.get(context, 0), "digest": manifest["digest"],
+        df = pd.DataFrame([{"split": context, "count": float(counts.get(context, 0)), "digest": manifest["digest"],
                             "dataset": manifest["dataset"], "window": manifest.get("window", ""), "source": source_uri}])
         # "debian:/usr/share/..." and "torchvision:/..." carry a local path after the label
         location = source_uri.split(":", 1)[1] if source_uri.startswith(("debian:", "torchvision:")) else source_uri
