@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from kdflow.errors import KdflowError
+from kdflow.errors import ConfigError, KdflowError
 
 DEFAULT_CONFIG = "configs/fashion_mnist.yaml"
 
@@ -26,6 +27,32 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
         p.add_argument("--out", required=True, help="output directory of this step (created; outputs written atomically)")
 
 
+def _nproc(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train with N processes (torch DDP under torchrun; gloo on CPU, NCCL on CUDA). "
+                        "train.batch_size stays the global batch; the LR is not rescaled")
+
+
+def _relaunch_under_torchrun(argv: list[str], nproc: int) -> int:
+    """Re-run this same command as N torchrun workers on this machine."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "kdflow.cli", *rest]
+    return subprocess.call(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdflow", description="Knowledge distillation steps (teacher -> student).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,14 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-teacher", help="train the teacher on a prepared dataset")
     _common(p)
+    _nproc(p)
     p.add_argument("--data", required=True, help="output directory of `kdflow prep`")
 
     p = sub.add_parser("train-student", help="train the student from scratch (the baseline for the transfer rate)")
     _common(p)
+    _nproc(p)
     p.add_argument("--data", required=True, help="output directory of `kdflow prep`")
 
     p = sub.add_parser("distill", help="distil the teacher into the student (runs prep when --data is absent)")
     _common(p)
+    _nproc(p)
     p.add_argument("--data", help="output directory of `kdflow prep` (default: prepare into OUT/data)")
     p.add_argument("--teacher", help="teacher checkpoint (model.pt), s3:// or models:/ URI (default: teacher.source, "
                                      "else train one into OUT/teacher)")
@@ -90,7 +120,13 @@ def _print_eval(summary: dict) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw_argv)
+    if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:
+        if args.nproc < 1:
+            raise ConfigError("--nproc", f"must be >= 1 (got {args.nproc})", "pass a positive process count")
+        _config(args)  # validate before spawning workers
+        return _relaunch_under_torchrun(raw_argv, args.nproc)
     if args.command == "predict":
         from kdflow.predict import predict_cli
 
@@ -108,6 +144,12 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "train-student":
         steps.train(cfg, "scratch", args.data, out, ctx)
     elif args.command == "distill":
+        from kdflow.distributed import info_from_env
+
+        dist_info = info_from_env()
+        if dist_info.enabled and (not args.data or not (args.teacher or cfg.teacher.source) or args.scratch):
+            raise ConfigError("--nproc", "a distributed distill runs the distillation step alone",
+                              "run prep and train-teacher first and pass --data and --teacher (drop --scratch)")
         data_dir = Path(args.data) if args.data else out / "data"
         if not args.data:
             steps.prep(cfg, data_dir, ctx)
@@ -123,6 +165,8 @@ def run(argv: list[str] | None = None) -> int:
             steps.train(cfg, "scratch", data_dir, scratch_dir, ctx)
         student_dir = out / "student"
         steps.distill(cfg, data_dir, teacher, student_dir, ctx)
+        if not dist_info.is_main:
+            return 0
         if teacher_dir is None:
             teacher_dir = out / "teacher_given"
             teacher_dir.mkdir(parents=True, exist_ok=True)

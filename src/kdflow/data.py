@@ -362,13 +362,28 @@ class Normalizer:
         return (x_uint8.float() - self.mean) * self.inv_std
 
 
+def shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """DistributedSampler's rule: pad by wrapping to a multiple of world, then take every world-th index."""
+    n = len(order)
+    per = -(-n // world)
+    padded = torch.cat([order, order[: per * world - n]]) if per * world > n else order
+    return padded[rank::world]
+
+
 def iterate(split: Split, batch_size: int, normalizer: Normalizer, *, shuffle: bool = False,
-            augment: dict | None = None, seed: int = 0, drop_last: bool = False
+            augment: dict | None = None, seed: int = 0, drop_last: bool = False, rank: int = 0, world: int = 1
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (normalized float batch, labels, sample indices). Same seed -> same batches."""
-    n = len(split)
+    """Yield (normalized float batch, labels, sample indices). Same seed -> same batches.
+
+    With ``world > 1`` every rank draws the same permutation and keeps its shard; augmentation then
+    uses a per-rank stream so ranks do not share crop offsets.
+    """
     gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    order = torch.randperm(len(split), generator=gen) if shuffle else torch.arange(len(split))
+    if world > 1:
+        order = shard(order, rank, world)
+        gen = torch.Generator().manual_seed(seed * 7919 + rank + 1)
+    n = len(order)
     stop = n - (n % batch_size) if drop_last and n > batch_size else n
     for start in range(0, stop, batch_size):
         idx = order[start: start + batch_size]

@@ -145,10 +145,13 @@ def prep(cfg: Config, out_dir: str | Path, ctx: RunContext | None = None) -> dic
 
 def _train_common(cfg: Config, role: str, data_dir: Path, out: Path, ctx: RunContext, objective_factory,
                   student_arch: str, lineage: dict | None = None) -> dict:
+    from kdflow.distributed import LR_SCALING_RULE, info_from_env
     from kdflow.trainer import fit, predict_logits
 
     prepared = data.load_prepared(data_dir)
-    tracker, ctx = start_pipeline(cfg, ctx)  # fails fast on a bad tracking URI, before any training
+    dist_info = info_from_env()
+    # fails fast on a bad tracking URI, before any training; only rank 0 talks to MLflow
+    tracker, ctx = start_pipeline(cfg, ctx) if dist_info.is_main else (None, ctx)
     torch.manual_seed(cfg.train.seed)
     model = models.build_model(student_arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0])
     objective = objective_factory(model, prepared)
@@ -173,6 +176,8 @@ def _train_common(cfg: Config, role: str, data_dir: Path, out: Path, ctx: RunCon
                      lr=cfg.lr_for("teacher" if role == "teacher" else "student"), out_dir=out / "train_state",
                      desc=step, on_epoch=history_cb)
         objective.close()
+        if not dist_info.is_main:
+            return {"rank": dist_info.rank}
         norm = data.Normalizer(prepared.mean, prepared.std)
         test_logits = predict_logits(model, prepared.test, norm)
         test_acc = evaluate.accuracy_of(test_logits, prepared.test.y)
@@ -185,7 +190,8 @@ def _train_common(cfg: Config, role: str, data_dir: Path, out: Path, ctx: RunCon
         metrics = {"test_accuracy": test_acc, "val_selected_test_accuracy": val_selected,
                    "best_val_accuracy": result.best_val_acc, "best_epoch": result.best_epoch,
                    "final_val_accuracy": result.history[-1]["val_acc"] if result.history else None,
-                   **report, "epochs": len(result.history),
+                   **report, "epochs": len(result.history), "world_size": dist_info.world,
+                   "global_batch": cfg.train.batch_size, "lr_scaling_rule": LR_SCALING_RULE,
                    "seconds_per_epoch": (sum(h["seconds"] for h in result.history) / len(result.history)) if result.history else 0.0}
         checkpoints.save_model(model, student_arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0],
                                out / "model.pt", extra={"role": role, "data_digest": prepared.digest, **(lineage or {})})

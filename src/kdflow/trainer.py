@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from kdflow import distributed
 from kdflow.config import TrainConfig
 from kdflow.data import Normalizer, PreparedData, Split, iterate, num_batches
-from kdflow.errors import TrainingDiverged
+from kdflow.errors import ConfigError, TrainingDiverged
 from kdflow.io import atomic_torch_save, safe_torch_load
 
 HISTORY_KEYS = ("epoch", "hard", "soft", "feature", "total", "train_acc", "val_acc", "lr", "seconds")
@@ -31,6 +32,22 @@ class FitResult:
     best_epoch: int = -1
     best_state: dict | None = None
     resumed_from: int | None = None
+
+
+class _TrainStep(nn.Module):
+    """Student + objective (adapters) as one module, so DDP all-reduces adapter gradients too.
+
+    Teachers live outside the objective's module tree and are therefore never wrapped in DDP.
+    """
+
+    def __init__(self, student: nn.Module, objective: nn.Module):
+        super().__init__()
+        self.student = student
+        self.objective = objective
+
+    def forward(self, x, y, epoch: int, teacher_logits=None):
+        extra = {} if teacher_logits is None else {"teacher_logits": teacher_logits}
+        return self.objective(self.student, x, y, epoch, **extra)
 
 
 def pick_device(name: str) -> torch.device:
@@ -102,14 +119,27 @@ def fit(student: nn.Module, objective: nn.Module, data: PreparedData, cfg: Train
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = pick_device(cfg.device)
+    dist_info = distributed.init(device)
+    if dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank) if device.type == "cuda" else device
+    if cfg.batch_size % dist_info.world:
+        raise ConfigError("train.batch_size", f"global batch {cfg.batch_size} does not split over {dist_info.world} processes",
+                          "use a batch size divisible by --nproc")
+    batch = cfg.batch_size // dist_info.world
     student.to(device)
     objective.to(device)
     if cfg.channels_last:
         student.to(memory_format=torch.channels_last)
+    step_module: nn.Module = _TrainStep(student, objective)
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        step_module = DDP(step_module, device_ids=[dist_info.local_rank] if device.type == "cuda" else None)
     params = [p for p in list(student.parameters()) + list(objective.parameters()) if p.requires_grad]
     optimizer = build_optimizer(params, cfg, lr)
-    drop_last = len(data.train) > cfg.batch_size
-    steps_per_epoch = num_batches(len(data.train), cfg.batch_size, drop_last)
+    n_local = -(-len(data.train) // dist_info.world)
+    drop_last = n_local > batch
+    steps_per_epoch = num_batches(n_local, batch, drop_last)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16" and device.type == "cuda")
@@ -132,23 +162,20 @@ def fit(student: nn.Module, objective: nn.Module, data: PreparedData, cfg: Train
 
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
-        student.train()
-        objective.train()
+        step_module.train()
         sums: dict[str, float] = {}
         correct = seen = 0
-        batches = iterate(data.train, cfg.batch_size, normalizer, shuffle=True, augment=aug,
-                          seed=epoch_seed(cfg.seed, epoch), drop_last=drop_last)
+        batches = iterate(data.train, batch, normalizer, shuffle=True, augment=aug, seed=epoch_seed(cfg.seed, epoch),
+                          drop_last=drop_last, rank=dist_info.rank, world=dist_info.world)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
-                   mininterval=1.0, dynamic_ncols=True, disable=None)
+                   mininterval=1.0, dynamic_ncols=True, disable=None if dist_info.is_main else True)
         for bi, (xb, yb, idx) in enumerate(bar):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            extra = {}
-            if teacher_logits_fn is not None:
-                extra["teacher_logits"] = teacher_logits_fn(idx, epoch, bi)
+            cached = teacher_logits_fn(idx, epoch, bi) if teacher_logits_fn is not None else None
             with _autocast(device, cfg.amp):
-                loss, logits, parts = objective(student, xb, yb, epoch, **extra)
+                loss, logits, parts = step_module(xb, yb, epoch, cached)
             if not torch.isfinite(loss):
                 raise TrainingDiverged("train.lr", f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, batch {bi + 1}",
                                        "lower train.lr, set train.grad_clip, or turn train.amp off")
@@ -169,15 +196,24 @@ def fit(student: nn.Module, objective: nn.Module, data: PreparedData, cfg: Train
             if bi % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{correct / max(seen, 1):.3f}")
         bar.close()
+        if dist_info.enabled:  # report the global loss and accuracy, not rank 0's shard
+            keys = sorted(sums)
+            t = torch.tensor([seen, correct, *[sums[k] for k in keys]], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(t)
+            seen, correct = int(t[0]), int(t[1])
+            sums = {k: float(v) for k, v in zip(keys, t[2:].tolist(), strict=True)}
         val_acc = accuracy(predict_logits(student, data.val, normalizer, device=device, channels_last=cfg.channels_last),
                            data.val.y)
         row = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
+               "global_batch": cfg.batch_size, "world_size": dist_info.world,
                "train_acc": correct / max(seen, 1), "val_acc": val_acc,
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         result.history.append(row)
         if val_acc > result.best_val_acc or result.best_epoch < 0:
             result.best_val_acc, result.best_epoch = val_acc, epoch + 1
             result.best_state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+        if not dist_info.is_main:  # rank 0 alone writes and reports
+            continue
         atomic_torch_save({"epoch": epoch, "student": student.state_dict(), "objective": objective.state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "scaler": scaler.state_dict(), "history": result.history,
