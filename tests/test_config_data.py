@@ -134,3 +134,16 @@ def test_imagefolder(tmp_path):
 def test_config_file_is_valid_yaml():
     raw = yaml.safe_load(CONFIG.read_text())
     assert set(raw["profiles"]) == {"smoke", "default", "full"}
+
+
+def test_data_window_selects_train_samples_and_keeps_test(fashion_available, tmp_path):
+    cfg = tiny_config(tmp_path)
+    raw = data.load_raw(cfg.data)
+    a = data.split_raw(raw, cfg.data.model_copy(update={"window": "0:3000", "train_subset": None}))
+    b = data.split_raw(raw, cfg.data.model_copy(update={"window": "3000:9000", "train_subset": None}))
+    assert len(a[0]) + len(a[1]) == 3000 and len(b[0]) + len(b[1]) == 6000
+    assert torch.equal(a[2].x, b[2].x)  # the frozen test split never moves with the window
+    label = data.split_raw(raw, cfg.data.model_copy(update={"window": "2026-11", "train_subset": None}))
+    assert len(label[0]) + len(label[1]) == 60000
+    with pytest.raises(DataError, match="data.window"):
+        data.split_raw(raw, cfg.data.model_copy(update={"window": "0:99999"}))

@@ -161,7 +161,7 @@ def test_pipeline_tracking_lineage_and_promotion(stack_env, tmp_path, monkeypatc
     better = steps.promote(cfg, data_dir, tmp_path / "better", tmp_path / "noexport", tmp_path / "p3", ctx)
     assert better["promoted"] is True, better
     new = client.get_model_version_by_alias("kd-student", "champion")
-    assert new.version == better["version"]
+    assert str(new.version) == better["version"]
     assert client.get_model_version_by_alias("kd-student", "previous_champion").version == champion.version
     assert new.tags["kdflow.promotion"].startswith("beats champion")
     again = steps.promote(cfg, data_dir, tmp_path / "better", tmp_path / "noexport", tmp_path / "p4", ctx)

@@ -36,7 +36,8 @@ class DataConfig(_Section):
     crop_padding: int = Field(2, ge=0)
     hflip: bool = True
     split_seed: int = 0
-    window: str = Field("", description="data window or version label, recorded in lineage")
+    window: str = Field("", description="START:END selects raw train samples [START, END); any other text is a "
+                                        "version label. Recorded in lineage either way")
 
 
 class TrainConfig(_Section):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -273,7 +274,23 @@ def _normalization(dataset: str, train_x: torch.Tensor) -> tuple[tuple[float, ..
     return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
 
 
+def window_slice(window: str, n: int) -> slice | None:
+    """'START:END' selects raw train samples [START, END) (a time window of a growing stream); other text is a label."""
+    m = re.fullmatch(r"(\d*):(\d*)", window.strip())
+    if not m:
+        return None
+    start = int(m.group(1) or 0)
+    end = int(m.group(2) or n)
+    if not 0 <= start < end <= n:
+        raise DataError("data.window", f"window '{window}' is outside the {n} train samples",
+                        f"use START:END with 0 <= START < END <= {n}")
+    return slice(start, end)
+
+
 def split_raw(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split]:
+    window = window_slice(cfg.window, len(raw.train_y))
+    if window is not None:
+        raw = RawData(raw.train_x[window], raw.train_y[window], raw.test_x, raw.test_y, raw.class_names, raw.source)
     n = len(raw.train_y)
     if cfg.val_size >= n:
         raise DataError("data.val_size", f"{cfg.val_size} is not smaller than the {n} train samples", "lower data.val_size")

@@ -1,0 +1,41 @@
+"""Scheduled retraining for real: two successive local pipeline runs on growing data windows.
+
+The first run sets the champion; the retrained challenger (more data) is promoted only because it beats
+the champion on the same frozen test split; the champion of the first window is kept as previous_champion.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_windows_champion_logic(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.runner import run_local
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    common = ["data.train_subset=null", "data.val_size=500", "train.batch_size=32", "teacher.epochs=3",
+              "student.epochs=3", "gate.min_retention=0.5", "gate.min_accuracy=0.5"]
+    first = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:2500", overrides=common)
+    assert first["promotion"], first["export"]["gate"]
+    assert first["promotion"]["promoted"] and first["promotion"]["reason"] == "first champion"
+    second = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:12500", overrides=common)
+    client = MlflowClient(uri)
+    acc1 = first["evaluation"]["models"]["student"]["accuracy"]
+    acc2 = second["evaluation"]["models"]["student"]["accuracy"]
+    decision = second["promotion"]
+    champion = client.get_model_version_by_alias("kd-student", "champion")
+    if acc2 > acc1:  # the expected case: 5x the data
+        assert decision["promoted"] is True
+        assert str(champion.version) == decision["version"]
+        assert str(client.get_model_version_by_alias("kd-student", "previous_champion").version) == first["promotion"]["version"]
+    else:
+        assert decision["promoted"] is False and str(champion.version) == first["promotion"]["version"]
+    assert acc2 > acc1, "more data should have produced a better student"
+    windows = {v.version: v.tags.get("kdflow.data_digest") for v in client.search_model_versions("name='kd-student'")}
+    assert len(set(windows.values())) == 2  # each version records the digest of its own window
