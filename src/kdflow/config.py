@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdflow.errors import ConfigError
 
@@ -102,6 +102,10 @@ class DistillConfig(_Section):
     features: list[FeatureLossSpec] = Field(default_factory=list)
     extra_teachers: list[ExtraTeacher] = Field(default_factory=list)
     ensemble: Literal["mean_logits", "mean_probs"] = "mean_probs"
+    cache: bool = Field(False, description="offline KD: replay cached teacher logits of K stored augmented views")
+    cache_views: int = Field(0, ge=0, description="K views per sample; 0 = one per student epoch")
+    cache_seed: int = 0
+    cache_dir: str | None = Field(None, description="default: <storage.state_dir>/teacher_cache")
 
     @field_validator("temperature")
     @classmethod
@@ -116,6 +120,15 @@ class DistillConfig(_Section):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"must be in [0, 1] (got {v}); fix: alpha weights the hard loss, e.g. distill.alpha=0.1")
         return v
+
+    @model_validator(mode="after")
+    def _cache_needs_logits_only(self) -> DistillConfig:
+        if self.cache and self.features:
+            raise ValueError("a teacher cache holds logits only, feature losses need the live teacher; "
+                             "fix: set distill.cache=false or remove distill.features")
+        if self.cache and self.extra_teachers:
+            raise ValueError("the teacher cache supports one teacher; fix: set distill.cache=false or drop extra_teachers")
+        return self
 
     @property
     def hard_weight(self) -> float:

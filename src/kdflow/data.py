@@ -354,20 +354,31 @@ def load_prepared(directory: str | Path) -> PreparedData:
 # ----------------------------------------------------------------------------- batching
 
 
-def augment_batch(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
-    """RandomCrop(padding) + RandomHorizontalFlip on a uint8 batch, vectorised, driven by ``gen``."""
+def draw_augmentation(b: int, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample augmentation parameters (row offset, column offset, flip) as a (b, 3) int tensor."""
+    i = torch.randint(0, 2 * padding + 1, (b,), generator=gen) if padding > 0 else torch.zeros(b, dtype=torch.long)
+    j = torch.randint(0, 2 * padding + 1, (b,), generator=gen) if padding > 0 else torch.zeros(b, dtype=torch.long)
+    flip = (torch.rand(b, generator=gen) < 0.5).long() if hflip else torch.zeros(b, dtype=torch.long)
+    return torch.stack([i, j, flip], dim=1)
+
+
+def apply_augmentation(x: torch.Tensor, params: torch.Tensor, padding: int) -> torch.Tensor:
+    """RandomCrop(padding) + horizontal flip of a uint8 batch with explicit per-sample parameters."""
     b, c, h, w = x.shape
     if padding > 0:
         xp = F.pad(x, (padding, padding, padding, padding))
-        i = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
-        j = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
-        rows = (i[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (j[:, None] + torch.arange(w))[:, None, None, :]
+        rows = (params[:, 0, None] + torch.arange(h))[:, None, :, None]
+        cols = (params[:, 1, None] + torch.arange(w))[:, None, None, :]
         x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    if hflip:
-        flip = torch.rand(b, generator=gen) < 0.5
+    flip = params[:, 2].bool()
+    if flip.any():
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return x
+
+
+def augment_batch(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
+    """RandomCrop(padding) + RandomHorizontalFlip on a uint8 batch, vectorised, driven by ``gen``."""
+    return apply_augmentation(x, draw_augmentation(len(x), padding, hflip, gen), padding)
 
 
 class Normalizer:
@@ -388,12 +399,14 @@ def shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 
 def iterate(split: Split, batch_size: int, normalizer: Normalizer, *, shuffle: bool = False,
-            augment: dict | None = None, seed: int = 0, drop_last: bool = False, rank: int = 0, world: int = 1
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+            augment: dict | None = None, seed: int = 0, drop_last: bool = False, rank: int = 0, world: int = 1,
+            views: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (normalized float batch, labels, sample indices). Same seed -> same batches.
 
     With ``world > 1`` every rank draws the same permutation and keeps its shard; augmentation then
-    uses a per-rank stream so ranks do not share crop offsets.
+    uses a per-rank stream so ranks do not share crop offsets. ``views`` (N x 3 per-sample augmentation
+    parameters, e.g. from a teacher cache) replaces the random augmentation: each sample gets exactly
+    the view stored for it.
     """
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(split), generator=gen) if shuffle else torch.arange(len(split))
@@ -405,7 +418,9 @@ def iterate(split: Split, batch_size: int, normalizer: Normalizer, *, shuffle: b
     for start in range(0, stop, batch_size):
         idx = order[start: start + batch_size]
         xb = split.x[idx]
-        if augment and augment.get("enabled"):
+        if views is not None:
+            xb = apply_augmentation(xb, views[idx], augment.get("crop_padding", 0) if augment else 0)
+        elif augment and augment.get("enabled"):
             xb = augment_batch(xb, augment.get("crop_padding", 0), augment.get("hflip", False), gen)
         yield normalizer(xb), split.y[idx], idx
 

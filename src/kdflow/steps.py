@@ -144,7 +144,7 @@ def prep(cfg: Config, out_dir: str | Path, ctx: RunContext | None = None) -> dic
 
 
 def _train_common(cfg: Config, role: str, data_dir: Path, out: Path, ctx: RunContext, objective_factory,
-                  student_arch: str, lineage: dict | None = None) -> dict:
+                  student_arch: str, lineage: dict | None = None, cache_factory=None) -> dict:
     from kdflow.distributed import LR_SCALING_RULE, info_from_env
     from kdflow.trainer import fit, predict_logits
 
@@ -171,10 +171,11 @@ def _train_common(cfg: Config, role: str, data_dir: Path, out: Path, ctx: RunCon
 
         def history_cb(row):
             tracker.log_history(run_id, [row])
+    teacher_cache, cache_info = cache_factory(prepared) if cache_factory is not None else (None, {})
     try:
         result = fit(model, objective, prepared, cfg.train, epochs=cfg.epochs_for("teacher" if role == "teacher" else "student"),
                      lr=cfg.lr_for("teacher" if role == "teacher" else "student"), out_dir=out / "train_state",
-                     desc=step, on_epoch=history_cb)
+                     desc=step, on_epoch=history_cb, teacher_cache=teacher_cache)
         objective.close()
         if not dist_info.is_main:
             return {"rank": dist_info.rank}
@@ -191,7 +192,7 @@ def _train_common(cfg: Config, role: str, data_dir: Path, out: Path, ctx: RunCon
                    "best_val_accuracy": result.best_val_acc, "best_epoch": result.best_epoch,
                    "final_val_accuracy": result.history[-1]["val_acc"] if result.history else None,
                    **report, "epochs": len(result.history), "world_size": dist_info.world,
-                   "global_batch": cfg.train.batch_size, "lr_scaling_rule": LR_SCALING_RULE,
+                   "global_batch": cfg.train.batch_size, "lr_scaling_rule": LR_SCALING_RULE, **cache_info,
                    "seconds_per_epoch": (sum(h["seconds"] for h in result.history) / len(result.history)) if result.history else 0.0}
         checkpoints.save_model(model, student_arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0],
                                out / "model.pt", extra={"role": role, "data_digest": prepared.digest, **(lineage or {})})
@@ -294,7 +295,24 @@ def distill(cfg: Config, data_dir: str | Path, teacher_path: str | Path, out_dir
     def factory(model, prepared):
         return DistillObjective(teachers, model, cfg.distill, tuple(prepared.train.x.shape[1:]), prepared.num_classes)
 
-    return _train_common(cfg, "distill", Path(data_dir), Path(out_dir), ctx or RunContext(), factory, cfg.student.arch, lineage)
+    def cache_factory(prepared):
+        if not cfg.distill.cache:
+            return None, {}
+        from kdflow import cache
+        from kdflow.io import sha256_file
+
+        views = cfg.distill.cache_views or max(1, cfg.epochs_for("student"))
+        cache_dir = Path(cfg.distill.cache_dir or Path(cfg.storage.state_dir) / "teacher_cache")
+        teacher_file = checkpoints.resolve_source(str(teacher_path), "teacher")
+        tc, path, reused = cache.get_or_build(teacher, sha256_file(teacher_file), prepared, views,
+                                              cfg.distill.cache_seed, cache_dir)
+        print(f"[distill_student] teacher cache {'reused' if reused else 'built'}: {path} "
+              f"({tc.views} views, {tc.build_seconds:.1f}s to build)")
+        return tc, {"cache_views": tc.views, "cache_reused": reused, "cache_build_seconds": tc.build_seconds,
+                    "cache_path": str(path)}
+
+    return _train_common(cfg, "distill", Path(data_dir), Path(out_dir), ctx or RunContext(), factory, cfg.student.arch,
+                         lineage, cache_factory)
 
 
 # ----------------------------------------------------------------------------- evaluation

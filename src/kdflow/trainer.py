@@ -109,10 +109,11 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 def fit(student: nn.Module, objective: nn.Module, data: PreparedData, cfg: TrainConfig, *, epochs: int, lr: float,
         out_dir: str | Path, desc: str = "train", resume: bool = True, on_epoch=None,
-        teacher_logits_fn=None) -> FitResult:
+        teacher_cache=None) -> FitResult:
     """Train ``student`` with ``objective``; checkpoint every epoch to ``out_dir/checkpoint.pt``.
 
-    ``teacher_logits_fn(indices, epoch, batch_number)`` may supply cached teacher logits for a batch.
+    ``teacher_cache`` (a :class:`kdflow.cache.TeacherCache`) replays the stored augmented views and
+    supplies the teacher logits recorded for exactly those views, instead of a live teacher forward.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,15 +166,16 @@ def fit(student: nn.Module, objective: nn.Module, data: PreparedData, cfg: Train
         step_module.train()
         sums: dict[str, float] = {}
         correct = seen = 0
+        views = teacher_cache.params_for_epoch(epoch) if teacher_cache is not None else None
         batches = iterate(data.train, batch, normalizer, shuffle=True, augment=aug, seed=epoch_seed(cfg.seed, epoch),
-                          drop_last=drop_last, rank=dist_info.rank, world=dist_info.world)
+                          drop_last=drop_last, rank=dist_info.rank, world=dist_info.world, views=views)
         bar = tqdm(batches, total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
                    mininterval=1.0, dynamic_ncols=True, disable=None if dist_info.is_main else True)
         for bi, (xb, yb, idx) in enumerate(bar):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            cached = teacher_logits_fn(idx, epoch, bi) if teacher_logits_fn is not None else None
+            cached = [teacher_cache.logits_for(idx, epoch).to(device)] if teacher_cache is not None else None
             with _autocast(device, cfg.amp):
                 loss, logits, parts = step_module(xb, yb, epoch, cached)
             if not torch.isfinite(loss):

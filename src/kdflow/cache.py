@@ -1,0 +1,117 @@
+"""Offline KD: a teacher-output cache that stays correct under augmentation (rule 7 of KD-CORRECTNESS).
+
+For K seeded augmented views of every train sample the cache stores the augmentation parameters
+(crop offsets, flip) and the teacher's RAW logits (fp16; never temperature-scaled probabilities). At
+epoch e the student is shown view ``e mod K`` of each sample -- exactly the image the teacher saw -- and
+the logits are looked up by (view, sample index). The cache is keyed by the teacher checkpoint's
+sha256, the data digest, the augmentation spec, K and the view seed; any mismatch is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from kdflow.data import Normalizer, PreparedData, apply_augmentation, draw_augmentation
+from kdflow.errors import ConfigError
+from kdflow.io import atomic_torch_save, safe_torch_load
+
+FORMAT = "kdflow-teacher-cache-v1"
+
+
+def cache_key(teacher_sha256: str, data: PreparedData, views: int, seed: int) -> dict:
+    return {"format": FORMAT, "teacher_sha256": teacher_sha256, "data_digest": data.digest,
+            "augmentation": data.manifest["augmentation"], "views": views, "seed": seed,
+            "num_train": len(data.train)}
+
+
+def key_name(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def view_params(n: int, augmentation: dict, seed: int, view: int) -> torch.Tensor:
+    """(n, 3) augmentation parameters of one view; a pure function of (seed, view)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + view)
+    if not augmentation.get("enabled"):
+        return torch.zeros(n, 3, dtype=torch.long)
+    return draw_augmentation(n, augmentation.get("crop_padding", 0), augmentation.get("hflip", False), gen)
+
+
+@dataclass
+class TeacherCache:
+    key: dict
+    params: torch.Tensor  # views x N x 3 (int16)
+    logits: torch.Tensor  # views x N x C (fp16, raw)
+    build_seconds: float = 0.0
+
+    @property
+    def views(self) -> int:
+        return int(self.params.shape[0])
+
+    def view_of(self, epoch: int) -> int:
+        return epoch % self.views
+
+    def params_for_epoch(self, epoch: int) -> torch.Tensor:
+        return self.params[self.view_of(epoch)].long()
+
+    def logits_for(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        return self.logits[self.view_of(epoch)][indices].float()
+
+
+@torch.no_grad()
+def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 1024) -> TeacherCache:
+    teacher.eval()
+    norm = Normalizer(data.mean, data.std)
+    n = len(data.train)
+    aug = data.manifest["augmentation"]
+    pad = aug.get("crop_padding", 0) if aug.get("enabled") else 0
+    t0 = time.perf_counter()
+    all_params, all_logits = [], []
+    for v in range(key["views"]):
+        params = view_params(n, aug, key["seed"], v)
+        out = []
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            x = apply_augmentation(data.train.x[sl], params[sl], pad)
+            out.append(teacher(norm(x)).float().half())
+        all_params.append(params.to(torch.int16))
+        all_logits.append(torch.cat(out))
+    return TeacherCache(key, torch.stack(all_params), torch.stack(all_logits), time.perf_counter() - t0)
+
+
+def save(cache: TeacherCache, path: Path) -> Path:
+    return atomic_torch_save({"key": cache.key, "params": cache.params, "logits": cache.logits,
+                              "build_seconds": cache.build_seconds}, path)
+
+
+def load(path: Path, expected: dict) -> TeacherCache:
+    """Load a cache and refuse it unless every key field matches what this run would build."""
+    blob = safe_torch_load(path, "distill.cache")
+    key = blob.get("key", {}) if isinstance(blob, dict) else {}
+    for field in ("format", "teacher_sha256", "data_digest", "augmentation", "views", "seed", "num_train"):
+        if key.get(field) != expected[field]:
+            raise ConfigError("distill.cache", f"stale teacher cache '{path}': {field} is {key.get(field)!r}, "
+                              f"this run needs {expected[field]!r}",
+                              "delete the file or let kdflow rebuild it (distill.cache_dir)")
+    params, logits = blob["params"], blob["logits"]
+    if params.shape[:2] != (expected["views"], expected["num_train"]) or logits.shape[:2] != params.shape[:2]:
+        raise ConfigError("distill.cache", f"teacher cache '{path}' has inconsistent shapes", "delete it and rebuild")
+    return TeacherCache(key, params, logits, float(blob.get("build_seconds", 0.0)))
+
+
+def get_or_build(teacher: nn.Module, teacher_sha256: str, data: PreparedData, views: int, seed: int,
+                 cache_dir: Path) -> tuple[TeacherCache, Path, bool]:
+    """Reuse a matching cache from ``cache_dir`` or build and save one. Returns (cache, path, reused)."""
+    key = cache_key(teacher_sha256, data, views, seed)
+    path = Path(cache_dir) / f"teacher-cache-{key_name(key)}.pt"
+    if path.is_file():
+        return load(path, key), path, True
+    cache = build(teacher, data, key)
+    save(cache, path)
+    return cache, path, False

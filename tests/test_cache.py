@@ -1,0 +1,89 @@
+"""The teacher-output cache: same view for teacher and student, keys, refusal of stale caches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from kdflow import cache, checkpoints, data, models
+from kdflow.config import build_config
+from kdflow.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cache")
+    d = data.load_prepared(tiny_data)
+    torch.manual_seed(0)
+    teacher = models.build_model("cnn-wide").eval()
+    teacher_pt = tmp / "teacher.pt"
+    checkpoints.save_model(teacher, "cnn-wide", 10, 1, 28, teacher_pt)
+    from kdflow.io import sha256_file
+
+    sha = sha256_file(teacher_pt)
+    tc, path, reused = cache.get_or_build(teacher, sha, d, views=3, seed=5, cache_dir=tmp / "c")
+    return {"d": d, "teacher": teacher, "sha": sha, "cache": tc, "path": path, "reused": reused, "tmp": tmp,
+            "teacher_pt": teacher_pt}
+
+
+def test_student_sees_exactly_the_view_the_teacher_saw(setup):
+    d, tc, teacher = setup["d"], setup["cache"], setup["teacher"]
+    norm = data.Normalizer(d.mean, d.std)
+    for epoch in (0, 1, 4):  # epoch 4 wraps to view 1
+        batches = data.iterate(d.train, 64, norm, shuffle=True, augment=d.manifest["augmentation"], seed=epoch,
+                               views=tc.params_for_epoch(epoch))
+        xb, _, idx = next(batches)
+        with torch.no_grad():
+            live = teacher(xb)
+        assert torch.allclose(tc.logits_for(idx, epoch), live, atol=2e-2, rtol=1e-2)
+    # views differ from each other (augmentation is on) and from the un-augmented image
+    assert not torch.equal(tc.params[0], tc.params[1])
+
+
+def test_raw_logits_not_probabilities(setup):
+    tc = setup["cache"]
+    assert tc.logits.dtype == torch.float16
+    sums = tc.logits[0][:50].float().sum(1)
+    assert not torch.allclose(sums, torch.ones_like(sums))
+    assert (tc.logits[0][:50] < 0).any()
+
+
+def test_reuse_and_key(setup):
+    assert setup["reused"] is False
+    again, path, reused = cache.get_or_build(setup["teacher"], setup["sha"], setup["d"], 3, 5, setup["tmp"] / "c")
+    assert reused and path == setup["path"] and torch.equal(again.logits, setup["cache"].logits)
+    key = setup["cache"].key
+    assert key["teacher_sha256"] == setup["sha"] and key["data_digest"] == setup["d"].digest
+    assert key["augmentation"] == setup["d"].manifest["augmentation"] and key["views"] == 3 and key["seed"] == 5
+
+
+@pytest.mark.parametrize("field,value", [("teacher_sha256", "0" * 64), ("data_digest", "f" * 64),
+                                         ("augmentation", {"enabled": False, "crop_padding": 0, "hflip": False}),
+                                         ("views", 4), ("seed", 6)])
+def test_stale_cache_refused(setup, field, value):
+    expected = dict(setup["cache"].key)
+    expected[field] = value
+    with pytest.raises(ConfigError, match=f"stale teacher cache.*{field}"):
+        cache.load(setup["path"], expected)
+
+
+def test_config_refuses_cache_with_feature_losses():
+    with pytest.raises(ConfigError, match="distill"):
+        build_config({"distill": {"cache": True, "features": [
+            {"kind": "at", "student_module": "block1", "teacher_module": "block1"}]}})
+
+
+def test_cached_distillation_step(setup, tiny_data, tmp_path):
+    from kdflow import steps
+
+    cfg = tiny_config(tmp_path, distill={"cache": True}, student={"epochs": 2})
+    info = steps.distill(cfg, tiny_data, setup["teacher_pt"], tmp_path / "kd")
+    m = info["metrics"]
+    assert m["cache_views"] == 2 and m["cache_reused"] is False and m["epochs"] == 2
+    info2 = steps.distill(cfg, tiny_data, setup["teacher_pt"], tmp_path / "kd2")
+    assert info2["metrics"]["cache_reused"] is True
+    # same cache + same seed -> the same student as the first cached run
+    a = checkpoints.load_model(tmp_path / "kd" / "model.pt")[0].state_dict()
+    b = checkpoints.load_model(tmp_path / "kd2" / "model.pt")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
