@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.installed
 PROFILE  ?= default
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test test-fast lint compile golden data venv stack stack-down stack-env clean
+.PHONY: run test test-fast lint compile golden data venv stack stack-down stack-env bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,17 @@ compile: $(STAMP)
 golden: $(STAMP)
 	$(BIN)/python -m pipelines compile --out tests/golden/kdflow_distillation.yaml
 	cp tests/golden/kdflow_distillation.yaml pipelines/kdflow_distillation.yaml
+
+## Benchmarks of ../shared/BENCH.md (never in CI). `bench` takes hours here: it runs in the background.
+bench: $(STAMP) data
+	nohup sh -c '$(BIN)/python bench/speed.py && $(BIN)/python bench/protocol.py && $(BIN)/python bench/inference.py' \
+	  > bench/_bench.log 2>&1 &
+	@echo "bench running in the background: tail -f bench/_bench.log; results land in bench/RESULTS.md"
+
+## A minutes-long sanity pass of the same code.
+bench-quick: $(STAMP) data
+	$(BIN)/python bench/speed.py --quick
+	$(BIN)/python bench/protocol.py --quick
 
 ## Local SeaweedFS S3 + mlflow server on loopback (state in .kdflow/stack); prints the env to use.
 stack: $(STAMP)
