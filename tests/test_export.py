@@ -113,3 +113,18 @@ def test_predict_bad_inputs(exported, tmp_path, capsys):
         assert main(["predict", "--model", argv[0], *argv[1:]]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("kdflow: error:") and needle in err and "\n" not in err
+
+
+class _FFTNet(torch.nn.Module):
+    """An op (aten::fft_fft2) the ONNX exporter cannot express at opset 17."""
+
+    def forward(self, x):
+        return torch.fft.fft2(x).abs().flatten(1)[:, :10]
+
+
+def test_unexportable_op_is_a_clear_error(tmp_path):
+    from kdflow.export import export_onnx
+
+    with pytest.raises(ExportError, match=r"export\.opset: the model cannot be exported at opset 17"):
+        export_onnx(_FFTNet(), (1, 28, 28), tmp_path / "fft.onnx", 17)
+    assert not (tmp_path / "fft.onnx").exists()
