@@ -65,7 +65,7 @@ class TeacherCache:
 
 
 @torch.no_grad()
-def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 1024) -> TeacherCache:
+def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 256) -> TeacherCache:
     teacher.eval()
     norm = Normalizer(data.mean, data.std)
     n = len(data.train)
