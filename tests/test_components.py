@@ -33,7 +33,9 @@ def run(tmp_path_factory, fashion_available):
     overrides = ["tracking.enabled=true", f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"storage.state_dir={tmp}/state",
                  "data.train_subset=2000", "data.val_size=400", "data.test_subset=400", "train.batch_size=64",
                  "evaluate.latency_repeats=5", "evaluate.throughput_repeats=2",
-                 "export.calibration_samples=64", "gate.min_accuracy=0.3", "gate.min_retention=0.3"]
+                 "export.calibration_samples=256", "gate.min_accuracy=0.3", "gate.min_retention=0.3",
+                 # the test checks wiring, not speed: a loaded CI machine must not fail the latency budget
+                 "gate.max_latency_p95_ms=1000", "export.int8_min_agreement=0.9"]
     a = {n: _art(cls, tmp, n) for n, cls in [
         ("dataset", Dataset), ("config", Artifact), ("teacher", Model), ("teacher_metrics", Metrics),
         ("scratch", Model), ("scratch_metrics", Metrics), ("student", Model), ("student_metrics", Metrics),
@@ -93,7 +95,8 @@ def test_metrics_and_report(run):
 
 
 def test_gate_and_promotion(run):
-    assert run["quality"] is True and run["gate"] is True
+    report = open(run["a"]["export_report"].path).read()
+    assert run["quality"] is True and run["gate"] is True, report
     assert run["promo"]["promoted"] is True and run["promo"]["reason"] == "first champion"
 
 

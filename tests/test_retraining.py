@@ -20,7 +20,8 @@ def test_two_windows_champion_logic(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     common = ["data.train_subset=null", "data.val_size=500", "train.batch_size=32", "teacher.epochs=3",
-              "student.epochs=3", "gate.min_retention=0.5", "gate.min_accuracy=0.5"]
+              "student.epochs=3", "gate.min_retention=0.5", "gate.min_accuracy=0.5",
+              "gate.max_latency_p95_ms=1000", "export.int8_min_agreement=0.95"]
     first = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:2500", overrides=common)
     assert first["promotion"], first["export"]["gate"]
     assert first["promotion"]["promoted"] and first["promotion"]["reason"] == "first champion"

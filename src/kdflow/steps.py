@@ -6,6 +6,7 @@ later steps and lineage need: digests, architecture, MLflow run and model ids).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from dataclasses import dataclass
@@ -146,7 +147,7 @@ def prep(cfg: Config, out_dir: str | Path, ctx: RunContext | None = None) -> dic
 def _train_common(cfg: Config, role: str, data_dir: Path, out: Path, ctx: RunContext, objective_factory,
                   student_arch: str, lineage: dict | None = None, cache_factory=None) -> dict:
     from kdflow.distributed import LR_SCALING_RULE, info_from_env
-    from kdflow.trainer import fit, predict_logits
+    from kdflow.trainer import fit
 
     prepared = data.load_prepared(data_dir)
     dist_info = info_from_env()
@@ -158,36 +159,23 @@ def _train_common(cfg: Config, role: str, data_dir: Path, out: Path, ctx: RunCon
     input_shape = tuple(prepared.train.x.shape[1:])
     report = models.model_report(model, input_shape)
     step = {"teacher": "train_teacher", "scratch": "train_student_scratch", "distill": "distill_student"}[role]
-    history_cb = None
-    run_cm = None
-    if tracker is not None:
-        run_cm = tracker.step_run(step, ctx.parent_run_id, ctx.pipeline_run_id,
-                                  {"kdflow.role": role, "kdflow.arch": student_arch,
-                                   "kdflow.data_digest": prepared.digest, **(lineage or {})})
-        run_id = run_cm.__enter__()
-        tracker.log_config(run_id, cfg)
-        tracker.log_dataset(prepared.manifest, prepared.manifest["source"], "train")
-        tracker.log_dataset(prepared.manifest, prepared.manifest["source"], "val")
-
-        def history_cb(row):
-            tracker.log_history(run_id, [row])
-    teacher_cache, cache_info = cache_factory(prepared) if cache_factory is not None else (None, {})
-    try:
-        result = fit(model, objective, prepared, cfg.train, epochs=cfg.epochs_for("teacher" if role == "teacher" else "student"),
-                     lr=cfg.lr_for("teacher" if role == "teacher" else "student"), out_dir=out / "train_state",
-                     desc=step, on_epoch=history_cb, teacher_cache=teacher_cache)
+    model_role = "teacher" if role == "teacher" else "student"
+    tags = {"kdflow.role": role, "kdflow.arch": student_arch, "kdflow.data_digest": prepared.digest, **(lineage or {})}
+    with contextlib.ExitStack() as stack:  # the MLflow step run ends FAILED if anything below raises
+        run_id = None
+        if tracker is not None:
+            run_id = stack.enter_context(tracker.step_run(step, ctx.parent_run_id, ctx.pipeline_run_id, tags))
+            tracker.log_config(run_id, cfg)
+            tracker.log_dataset(prepared.manifest, prepared.manifest["source"], "train")
+            tracker.log_dataset(prepared.manifest, prepared.manifest["source"], "val")
+        teacher_cache, cache_info = cache_factory(prepared) if cache_factory is not None else (None, {})
+        result = fit(model, objective, prepared, cfg.train, epochs=cfg.epochs_for(model_role), lr=cfg.lr_for(model_role),
+                     out_dir=out / "train_state", desc=step, teacher_cache=teacher_cache,
+                     on_epoch=(lambda row: tracker.log_history(run_id, [row])) if run_id else None)
         objective.close()
         if not dist_info.is_main:
             return {"rank": dist_info.rank}
-        norm = data.Normalizer(prepared.mean, prepared.std)
-        test_logits = predict_logits(model, prepared.test, norm)
-        test_acc = evaluate.accuracy_of(test_logits, prepared.test.y)
-        val_selected = None
-        if result.best_state is not None:
-            final_state = {k: v.clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(result.best_state)
-            val_selected = evaluate.accuracy_of(predict_logits(model, prepared.test, norm), prepared.test.y)
-            model.load_state_dict(final_state)
+        test_acc, val_selected = _final_and_val_selected_accuracy(model, result, prepared)
         metrics = {"test_accuracy": test_acc, "val_selected_test_accuracy": val_selected,
                    "best_val_accuracy": result.best_val_acc, "best_epoch": result.best_epoch,
                    "final_val_accuracy": result.history[-1]["val_acc"] if result.history else None,
@@ -205,26 +193,33 @@ def _train_common(cfg: Config, role: str, data_dir: Path, out: Path, ctx: RunCon
                 "config_hash": cfg.digest(), **(lineage or {})}
         info["artifact_uri"] = _upload(cfg, ctx, step, out, ["model.pt", "history.csv", "metrics.json",
                                                              "config.resolved.yaml"])
-        if tracker is not None:
+        if run_id:
             tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
             if (out / "history.csv").is_file():
                 tracker.log_artifact(run_id, out / "history.csv")
             example = prepared.test.x[:2].float().numpy() / 255.0
             model_id = tracker.log_torch_model(model, name=role, input_example=example, checkpoint=out / "model.pt",
-                                               tags={"kdflow.role": role, "kdflow.arch": student_arch,
-                                                     "kdflow.data_digest": prepared.digest,
-                                                     "kdflow.pipeline_run_id": ctx.pipeline_run_id,
-                                                     "kdflow.config_hash": cfg.digest(), **(lineage or {})})
+                                               tags={**tags, "kdflow.pipeline_run_id": ctx.pipeline_run_id,
+                                                     "kdflow.config_hash": cfg.digest()})
             info.update(run_id=run_id, model_id=model_id, model_uri=f"models:/{model_id}")
-            run_cm.__exit__(None, None, None)
-            run_cm = None
         atomic_write_json(out / "step.json", info)
-        print(f"[{step}] {student_arch}: test accuracy {test_acc:.4f} (val-selected {val_selected}) -> {out / 'model.pt'}")
-        return info
-    except BaseException as e:
-        if run_cm is not None:
-            run_cm.__exit__(type(e), e, e.__traceback__)
-        raise
+    print(f"[{step}] {student_arch}: test accuracy {test_acc:.4f} (val-selected {val_selected}) -> {out / 'model.pt'}")
+    return info
+
+
+def _final_and_val_selected_accuracy(model, result, prepared) -> tuple[float, float | None]:
+    """Test accuracy of the final weights (the headline) and of the val-selected ones (reported apart)."""
+    from kdflow.trainer import predict_logits
+
+    norm = data.Normalizer(prepared.mean, prepared.std)
+    final = evaluate.accuracy_of(predict_logits(model, prepared.test, norm), prepared.test.y)
+    if result.best_state is None:
+        return final, None
+    final_state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(result.best_state)
+    selected = evaluate.accuracy_of(predict_logits(model, prepared.test, norm), prepared.test.y)
+    model.load_state_dict(final_state)
+    return final, selected
 
 
 def train(cfg: Config, role: str, data_dir: str | Path, out_dir: str | Path, ctx: RunContext | None = None) -> dict:
