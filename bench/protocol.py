@@ -5,7 +5,7 @@ teacher (one cache shared by all seeds), KD + each feature/relation method, DKD;
 Each finished row is written to bench/RESULTS.md at once, so a long run leaves its partial results.
 
     .venv/bin/python bench/protocol.py                 # the full protocol (hours on 2 cores)
-    .venv/bin/python bench/protocol.py --quick         # minutes: 1 epoch, a 5k subset, one seed
+    .venv/bin/python bench/protocol.py --quick         # minutes: 3 epochs, a 10k subset, one seed
     .venv/bin/python bench/protocol.py --rows scratch,kd,kd-cached --seeds 0,1,2
 """
 
@@ -60,7 +60,7 @@ def main() -> int:
     work = Path(a.work) / ("quick" if a.quick else "full")
     base = ["tracking.enabled=false", f"storage.state_dir={work / 'state'}", "train.num_threads=2"]
     if a.quick:
-        base += ["data.train_subset=5000", "train.epochs=1"]
+        base += ["data.train_subset=10000", "train.epochs=3", "train.warmup_epochs=0.5"]
     cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", base)
     data_dir = work / "data"
     if not (data_dir / "manifest.json").is_file():
@@ -100,7 +100,7 @@ def main() -> int:
                      f"{statistics.mean(walls):.0f} | {','.join(map(str, seeds))} |")
         body = ("Recipe of ../shared/BENCH.md (`configs/fashion_mnist.yaml`, profile `full`): SGD nesterov lr 0.1, "
                 "wd 5e-4, 1 warm-up epoch then cosine, batch 128, T=4, alpha=0.1 (hard weight), 15 epochs"
-                + (" -- QUICK: 1 epoch on 5k samples, one seed" if a.quick else "") + ". Mean ± std over seeds.\n\n"
+                + (" -- QUICK: 3 epochs (0.5 warm-up) on 10k samples, one seed" if a.quick else "") + ". Mean ± std over seeds.\n\n"
                 + "\n".join(lines) + f"\n\nRows not listed were not run in this invocation (asked for: {', '.join(rows)}).")
         write_section("Quality (protocol)" + (" (quick)" if a.quick else ""), body)
     print("\n".join(lines))

@@ -77,7 +77,8 @@ def test_server_killed_mid_test(tmp_path, monkeypatch):
         localstack.stop_pid(st.s3_pid, timeout=0.5)
     st2 = localstack.start_s3(tmp_path / "s3", lifetime_s=600)  # same data directory
     try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", st2.s3_endpoint)
+        for k, v in st2.env().items():  # new ports and freshly generated keys, same data directory
+            monkeypatch.setenv(k, v)
         assert S3Store("s3://killtest").list() == ["before.bin"]
     finally:
         st2.stop()

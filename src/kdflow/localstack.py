@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,9 +19,6 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-ACCESS_KEY = "kdflow-local"  # local-only development keys for the loopback server, not secrets
-SECRET_KEY = "kdflow-local-secret"
 
 
 def free_port() -> int:
@@ -90,6 +88,8 @@ class Stack:
     state_dir: str
     s3_port: int
     s3_pid: int
+    access_key: str = ""
+    secret_key: str = ""
     mlflow_port: int = 0
     mlflow_pid: int = 0
     bucket: str = "kdflow"
@@ -103,15 +103,18 @@ class Stack:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
     def env(self) -> dict[str, str]:
-        env = {"AWS_ENDPOINT_URL": self.s3_endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-               "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1",
+        env = {"AWS_ENDPOINT_URL": self.s3_endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
+               "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": "us-east-1",
                "KDFLOW_STORAGE_ROOT": f"s3://{self.bucket}/runs"}
         if self.mlflow_port:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         return env
 
     def save(self) -> None:
-        (Path(self.state_dir) / "stack.json").write_text(json.dumps(asdict(self)))
+        path = Path(self.state_dir) / "stack.json"  # holds the generated keys: owner-only
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(asdict(self)))
 
     def stop(self) -> None:
         for pid in (self.mlflow_pid, self.s3_pid):
@@ -121,23 +124,26 @@ class Stack:
 
 
 def start_s3(state_dir: str | Path, lifetime_s: int = 3600) -> Stack:
-    """Start `weed mini` on free loopback ports, enforcing the local keys; returns when S3 answers."""
+    """Start `weed mini` on free loopback ports with freshly generated keys it enforces; returns when S3 answers."""
     state = Path(state_dir)
+    access_key, secret_key = "kdflow-" + secrets.token_hex(6), secrets.token_urlsafe(24)
     (state / "weed").mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in ("s3", "master", "volume", "filer")}
     log = state / "weed.log"
     cfg = state / "s3.json"
-    cfg.write_text(json.dumps({"identities": [{"name": "kdflow", "credentials": [
-        {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps({"identities": [{"name": "kdflow", "credentials": [
+            {"accessKey": access_key, "secretKey": secret_key}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     cmd = ["timeout", "-s", "KILL", str(lifetime_s), _weed_binary(), "mini", f"-dir={state / 'weed'}",
            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
            f"-s3.port={ports['s3']}", f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
            f"-filer.port={ports['filer']}", f"-s3.config={cfg}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+    env.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    stack = Stack(str(state), ports["s3"], proc.pid)
+    stack = Stack(str(state), ports["s3"], proc.pid, access_key, secret_key)
     try:
         _wait(lambda: _port_open(ports["s3"]) and _s3_ready(stack), 90, "SeaweedFS S3", proc, log)
     except BaseException:
@@ -159,8 +165,8 @@ def s3_client(stack: Stack):
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=stack.s3_endpoint, aws_access_key_id=ACCESS_KEY,
-                        aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
+    return boto3.session.Session().client("s3", endpoint_url=stack.s3_endpoint, aws_access_key_id=stack.access_key,
+                        aws_secret_access_key=stack.secret_key, region_name="us-east-1",
                         config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=2,
                                       s3={"addressing_style": "path"}))
 
@@ -185,7 +191,8 @@ def start_mlflow(stack: Stack, lifetime_s: int = 3600) -> Stack:
            "--artifacts-destination", f"s3://{stack.bucket}/mlflow", "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]
     env = {**os.environ, "AWS_ENDPOINT_URL": stack.s3_endpoint, "MLFLOW_S3_ENDPOINT_URL": stack.s3_endpoint,
-           "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+           "AWS_ACCESS_KEY_ID": stack.access_key, "AWS_SECRET_ACCESS_KEY": stack.secret_key,
+           "AWS_DEFAULT_REGION": "us-east-1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
