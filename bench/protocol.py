@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FEATURES = {  # student module <- teacher module (resnet20 -> cnn-small), weights from the papers' defaults
     "fitnets": "[{kind: fitnets, student_module: block2, teacher_module: layer3, weight: 1.0}]",
     "at": "[{kind: at, student_module: block1, teacher_module: layer2, weight: 1000.0}]",
-    "rkd": "[{kind: rkd, student_module: block2, teacher_module: layer3, weight: 1.0}]",
+    "rkd": "[{kind: rkd, student_module: block2, teacher_module: pool, weight: 1.0}]",  # pooled embeddings
     "sp": "[{kind: sp, student_module: block2, teacher_module: layer3, weight: 3000.0}]",
 }
 ROWS = {

@@ -98,7 +98,8 @@ class DistillConfig(_Section):
     alpha: float = Field(0.1, description="weight of the HARD loss: L = alpha*CE + (1-alpha)*soft")
     dkd_alpha: float = Field(1.0, ge=0)
     dkd_beta: float = Field(8.0, ge=0)
-    dkd_warmup_epochs: int = Field(0, ge=0)
+    dkd_warmup_epochs: int = Field(3, ge=0, description="DKD weight ramps linearly over this many epochs; 0 = none "
+                                   "(without a warm-up DKD collapsed to chance in bench/protocol.py)")
     features: list[FeatureLossSpec] = Field(default_factory=list)
     extra_teachers: list[ExtraTeacher] = Field(default_factory=list)
     ensemble: Literal["mean_logits", "mean_probs"] = "mean_probs"
