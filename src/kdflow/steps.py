@@ -360,7 +360,8 @@ def evaluate_models(cfg: Config, data_dir: str | Path, teacher_dir: str | Path, 
         summary["kd_gain"] = results["student"]["accuracy"] - results["scratch"]["accuracy"]
     summary["quality_gate"] = quality_gate(cfg, results["student"])
     evaluate.plot_reliability(curves, out / "reliability.png")
-    histories = {n: read_json(d / "history.json") for n, d in dirs.items() if (d / "history.json").is_file()}
+    labels = {"teacher": "teacher", "scratch": "scratch student", "student": "distilled student"}
+    histories = {labels[n]: read_json(d / "history.json") for n, d in dirs.items() if (d / "history.json").is_file()}
     evaluate.plot_history(histories, out / "loss_curves.png")
     summary["lineage"] = {k: v for k, v in _step_info(dirs["student"]).items() if k.startswith("kdflow.") or k in (
         "model_id", "model_uri", "run_id", "config_hash", "pipeline_run_id", "data_digest")}
