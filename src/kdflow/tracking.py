@@ -50,6 +50,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                             "start it (make stack) or unset MLFLOW_TRACKING_URI to use the local sqlite store") from None
 
 
+def local_artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a sqlite store live beside the database, not in ./mlruns of whatever the cwd is.
+
+    Servers (http://) choose their own artifact root (e.g. proxied to S3), so None there.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+
+
 def git_sha() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -72,7 +83,8 @@ class Tracker:
         self.mlflow = mlflow
         self.client = MlflowClient(self.uri)
         exp = self.client.get_experiment_by_name(cfg.tracking.experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(cfg.tracking.experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            cfg.tracking.experiment, artifact_location=local_artifact_location(self.uri, cfg.tracking.experiment))
 
     # ------------------------------------------------------------------ runs
     def parent_run(self, pipeline_run_id: str, tags: dict[str, str]) -> str:
