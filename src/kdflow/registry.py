@@ -7,9 +7,10 @@ re-reading the champion after the decision and re-judging when it moved.
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
 from kdflow.data import Normalizer, PreparedData
+from kdflow.errors import TrackingError
 from kdflow.evaluate import accuracy_of
 from kdflow.trainer import predict_logits
 
@@ -23,13 +24,30 @@ def _alias_version(client, name: str, alias: str):
         return None
 
 
-def accuracy_of_registered(tracker, name: str, version: str, prepared: PreparedData) -> float:
-    import mlflow.pytorch
+def accuracy_of_registered(name: str, version: str, prepared: PreparedData) -> float:
+    """Test accuracy of a registered version, loaded without unpickling code.
 
-    model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
+    A kdflow pytorch model carries its weights-only ``model.pt`` (loaded with ``weights_only=True``);
+    an ONNX model (``export.promote_format: onnx_int8``) runs in onnxruntime.
+    """
+    import mlflow.artifacts
+
+    from kdflow.checkpoints import load_model
+    from kdflow.export import logits_over, onnx_runner, onnx_session
+
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
     norm = Normalizer(prepared.mean, prepared.std)
-    with torch.no_grad():
-        return accuracy_of(predict_logits(model, prepared.test, norm), prepared.test.y)
+    checkpoints = sorted(local.rglob("model.pt"))
+    onnx_files = sorted(local.rglob("*.onnx"))
+    if checkpoints:
+        model, _ = load_model(checkpoints[0], field=f"models:/{name}/{version}")
+        logits = predict_logits(model, prepared.test, norm)
+    elif onnx_files:
+        logits = logits_over(onnx_runner(onnx_session(onnx_files[0])), prepared.test, norm)
+    else:
+        raise TrackingError(f"models:/{name}/{version}", "holds neither a kdflow model.pt nor an ONNX file",
+                            "register models logged by kdflow steps")
+    return accuracy_of(logits, prepared.test.y)
 
 
 def register_and_promote(tracker, model_uri: str, name: str, prepared: PreparedData, run_id: str,
@@ -42,14 +60,14 @@ def register_and_promote(tracker, model_uri: str, name: str, prepared: PreparedD
     else:
         version = tracker.mlflow.register_model(model_uri, name, tags=tags)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
-    challenger_acc = accuracy_of_registered(tracker, name, version.version, prepared)
+    challenger_acc = accuracy_of_registered(name, version.version, prepared)
     decision = {"name": name, "version": str(version.version), "challenger_accuracy": challenger_acc}
     for _ in range(max_rounds):
         champ = _alias_version(client, name, CHAMPION)
         if champ is not None and str(champ.version) == str(version.version):
             decision.update(promoted=False, reason="already champion (idempotent re-run)", champion_version=str(champ.version))
             return decision
-        champ_acc = accuracy_of_registered(tracker, name, champ.version, prepared) if champ else None
+        champ_acc = accuracy_of_registered(name, champ.version, prepared) if champ else None
         decision["champion_accuracy"] = champ_acc
         decision["champion_version"] = str(champ.version) if champ else None
         if champ is not None and challenger_acc < champ_acc + min_improvement:

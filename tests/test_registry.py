@@ -1,0 +1,50 @@
+"""Registry paths on a real sqlite MLflow store: models:/ teachers, ONNX promotion, weights-only loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from kdflow import checkpoints, data, steps
+from kdflow.registry import accuracy_of_registered
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("registry")
+    cfg = tiny_config(tmp, tracking={"enabled": True, "uri": f"sqlite:///{tmp}/mlflow.db"},
+                      teacher={"epochs": 2}, student={"epochs": 2})
+    ctx = steps.RunContext("registry-test")
+    teacher = steps.provide_teacher(cfg, tiny_data, tmp / "teacher", ctx)
+    return {"cfg": cfg, "tmp": tmp, "teacher": teacher, "ctx": ctx}
+
+
+def test_teacher_from_registry_alias_loads_weights_only(trained, tiny_data, tmp_path):
+    cfg = trained["cfg"].model_copy(deep=True)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking.uri)
+    client.set_registered_model_alias("kd-teacher", "champion", trained["teacher"]["registered_version"])
+    cfg.teacher.source = "models:/kd-teacher@champion"
+    info = steps.provide_teacher(cfg, tiny_data, tmp_path / "t", steps.RunContext("registry-test-2"))
+    assert info["source"] == "models:/kd-teacher@champion"
+    a = checkpoints.load_model(trained["tmp"] / "teacher" / "model.pt")[0].state_dict()
+    b = checkpoints.load_model(tmp_path / "t" / "model.pt")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_onnx_int8_promotion(trained, tiny_data, tmp_path):
+    cfg = trained["cfg"].model_copy(deep=True)
+    cfg.export.promote_format = "onnx_int8"
+    cfg.tracking.registered_model = "kd-student-int8"
+    ctx = steps.RunContext("registry-test-3")
+    steps.distill(cfg, tiny_data, trained["tmp"] / "teacher" / "model.pt", tmp_path / "student", ctx)
+    result = steps.export_student(cfg, tiny_data, tmp_path / "student", None, tmp_path / "export", ctx)
+    decision = steps.promote(cfg, tiny_data, tmp_path / "student", tmp_path / "export", tmp_path / "promo", ctx)
+    assert decision["promoted"] is True and decision["reason"] == "first champion"
+    # the champion is the int8 ONNX model, judged by onnxruntime on the same test split
+    assert decision["challenger_accuracy"] == pytest.approx(result["forms"]["onnx_int8"]["accuracy"], abs=1e-6)
+    prepared = data.load_prepared(tiny_data)
+    assert accuracy_of_registered("kd-student-int8", decision["version"], prepared) == pytest.approx(
+        decision["challenger_accuracy"])
