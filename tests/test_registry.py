@@ -48,3 +48,25 @@ def test_onnx_int8_promotion(trained, tiny_data, tmp_path):
     prepared = data.load_prepared(tiny_data)
     assert accuracy_of_registered("kd-student-int8", decision["version"], prepared) == pytest.approx(
         decision["challenger_accuracy"])
+
+
+def test_predict_from_registered_onnx_model(trained, tiny_data, tmp_path, monkeypatch, capsys):
+    """`kdflow predict --model models:/NAME@champion` on real Fashion-MNIST PNGs (the champion is the int8
+    ONNX model test_onnx_int8_promotion registered above; pytest runs a file in order)."""
+    import json
+
+    from PIL import Image
+
+    from kdflow.cli import main
+
+    cfg = trained["cfg"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking.uri)
+    d = data.load_prepared(tiny_data)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(d.test.x[i, 0].numpy()).save(p)
+        paths.append(str(p))
+    assert main(["predict", "--model", "models:/kd-student-int8@champion", "--json", *paths]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3 and all(r["class"] in d.class_names for r in rows)

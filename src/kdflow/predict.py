@@ -13,20 +13,29 @@ from kdflow.errors import ExportError
 from kdflow.io import read_json
 
 
-def _resolve(model: str) -> Path:
+def _resolve(model: str) -> tuple[Path, Path]:
+    """(model file, its kdflow manifest) for a local export or a registered ONNX model."""
     if model.startswith("models:/"):
-        import mlflow
         import mlflow.artifacts
 
-        local = Path(mlflow.artifacts.download_artifacts(model))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(model))
+        except Exception as e:  # noqa: BLE001 - MlflowException, HTTP errors
+            raise ExportError("--model", f"cannot fetch '{model}' ({type(e).__name__})",
+                              "check the name/alias and MLFLOW_TRACKING_URI") from None
         onnx_files = sorted(local.rglob("*.onnx"))
-        if not onnx_files:
-            raise ExportError("--model", f"'{model}' holds no ONNX file", "register an onnx-flavor model or pass a file")
-        return onnx_files[0]
+        manifests = sorted(local.rglob("*.manifest.json"))
+        if not onnx_files or not manifests:
+            raise ExportError("--model", f"'{model}' holds no ONNX file with a kdflow manifest",
+                              "register the int8 ONNX model logged by `kdflow export`, or pass an exported file")
+        return onnx_files[0], manifests[0]
     p = Path(model)
     if not p.is_file():
         raise ExportError("--model", f"'{model}' not found", "pass an exported .onnx or .torchscript.pt file")
-    return p
+    manifest = p.with_name(p.name + ".manifest.json")
+    if not manifest.is_file():
+        raise ExportError("--model", f"no manifest beside '{p}'", "use a model written by `kdflow export`")
+    return p, manifest
 
 
 def load_images(paths: list[str], shape: list[int]) -> np.ndarray:
@@ -51,12 +60,7 @@ def load_images(paths: list[str], shape: list[int]) -> np.ndarray:
 
 
 def predict_cli(model: str, images: list[str], as_json: bool = False) -> int:
-    path = _resolve(model)
-    manifest_path = path.with_name(path.name + ".manifest.json")
-    if model.startswith("models:/") and not manifest_path.is_file():
-        raise ExportError("--model", "the registered model has no kdflow manifest", "predict with the exported file")
-    if not manifest_path.is_file():
-        raise ExportError("--model", f"no manifest beside '{path}'", "use a model written by `kdflow export`")
+    path, manifest_path = _resolve(model)
     manifest = read_json(manifest_path)
     x = load_images(images, manifest["input_shape"][1:])
     mean = np.asarray(manifest["normalization"]["mean"], np.float32).reshape(1, -1, 1, 1)

@@ -198,8 +198,10 @@ class Tracker:
         import mlflow.onnx
         import onnx
 
+        manifest = path.with_name(path.name + ".manifest.json")  # predict reads preprocessing from it
         info = mlflow.onnx.log_model(onnx.load(str(path)), name=name, input_example=input_example,
-                                     pip_requirements=["onnxruntime", "onnx", "numpy"], tags=tags)
+                                     pip_requirements=["onnxruntime", "onnx", "numpy"], tags=tags,
+                                     extra_files=[str(manifest)] if manifest.is_file() else None)
         return info.model_id
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
