@@ -6,7 +6,6 @@ Nothing is mocked. Each server binds 127.0.0.1 on a free port, has a bounded lif
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -69,10 +68,11 @@ def test_server_killed_mid_test(tmp_path, monkeypatch):
         f.write_bytes(os.urandom(50_000))
         store.put_file(f, "before.bin")
         localstack.stop_pid(st.s3_pid, timeout=0.5)
-        started = time.time()
+        attempts = []
+        store.client.meta.events.register("before-send.s3.PutObject", lambda **kw: attempts.append(1))
         with pytest.raises(StorageError, match="unreachable after retries"):
             store.put_file(f, "during.bin")
-        assert time.time() - started < 60
+        assert len(attempts) == 5  # bounded: the first try + max_attempts=4 retries (botocore standard mode)
     finally:
         localstack.stop_pid(st.s3_pid, timeout=0.5)
     st2 = localstack.start_s3(tmp_path / "s3", lifetime_s=600)  # same data directory
@@ -94,12 +94,10 @@ def test_bad_remote_input_fails_fast(stack_env, monkeypatch, tmp_path, capsys, e
     for k, v in env.items():
         monkeypatch.setenv(k, v.format(free=localstack.free_port()))
     sets = [x for o in overrides for x in ("--set", o)]
-    started = time.time()
     code = main(["prep", "--out", str(tmp_path / "out"), "--set", "data.train_subset=100", *sets])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"kdflow: error: {field}:") and "\n" not in err, err
-    assert not (tmp_path / "out" / "data.pt").exists()
-    assert time.time() - started < 60
+    assert not (tmp_path / "out" / "data.pt").exists()  # stopped before any data or training work
 
 
 def test_pipeline_tracking_lineage_and_promotion(stack_env, tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 Uploads are never visible half-written (local: temp name + rename; S3: a single PUT is atomic) and are
 verified (size and sha256 kept as object metadata and checked after the upload). Downloads land under a
 temp name and are checked against the stored sha256 before the rename. Transient S3 errors are retried
-by botocore's standard mode within ``max_attempts``; the endpoint comes from ``AWS_ENDPOINT_URL`` /
+by botocore's standard mode: at most ``max_attempts`` retries after the first try; the endpoint comes from ``AWS_ENDPOINT_URL`` /
 ``AWS_ENDPOINT_URL_S3`` and credentials from the standard chain.
 """
 
