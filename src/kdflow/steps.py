@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,10 @@ class RunContext:
 
     pipeline_run_id: str = "local"
     parent_run_id: str | None = None
+    # Opened (and checked) once by start_pipeline, then reused by the step: one S3 HEAD and one MLflow client per step.
+    store: object | None = field(default=None, repr=False, compare=False)
+    tracker: object | None = field(default=None, repr=False, compare=False)
+    opened: bool = field(default=False, repr=False, compare=False)
 
 
 def _register_uri_handlers() -> None:
@@ -56,7 +60,7 @@ def _store(cfg: Config):
 
 def _upload(cfg: Config, ctx: RunContext, step: str, out: Path, files: list[str] | None = None) -> str | None:
     """Copy a step's outputs to <storage root>/<pipeline run id>/<step>/ (verified); returns that URI."""
-    store = _store(cfg)
+    store = ctx.store if ctx.opened else _store(cfg)
     if store is None:
         return None
     from kdflow.storage import put_dir
@@ -105,8 +109,11 @@ def start_pipeline(cfg: Config, ctx: RunContext, image: str = "") -> tuple[objec
     Every step does this, so a step whose predecessors were served from KFP's cache still lands
     under this run's parent.
     """
-    _store(cfg)  # fails fast on bad S3 credentials, a missing bucket or a malformed URI
-    tracker = _tracker(cfg)
+    if not ctx.opened:
+        ctx.store = _store(cfg)  # fails fast on bad S3 credentials, a missing bucket or a malformed URI
+        ctx.tracker = _tracker(cfg)
+        ctx.opened = True
+    tracker = ctx.tracker
     if tracker is None or ctx.parent_run_id:
         return tracker, ctx
     from kdflow.tracking import git_sha
@@ -233,9 +240,10 @@ def train(cfg: Config, role: str, data_dir: str | Path, out_dir: str | Path, ctx
 
 def provide_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, ctx: RunContext | None = None) -> dict:
     """Train the teacher, or take the one ``teacher.source`` names (checkpoint path, s3:// or models:/ URI)."""
+    ctx = ctx or RunContext()
     if not cfg.teacher.source:
         info = train(cfg, "teacher", data_dir, out_dir, ctx)
-        tracker = _tracker(cfg)
+        tracker = ctx.tracker
         if tracker is not None:
             version = tracker.mlflow.register_model(info["model_uri"], cfg.tracking.teacher_registered_model,
                                                     tags={"kdflow.data_digest": info["data_digest"]})
@@ -246,7 +254,7 @@ def provide_teacher(cfg: Config, data_dir: str | Path, out_dir: str | Path, ctx:
     from kdflow.trainer import predict_logits
 
     out = Path(out_dir)
-    _, ctx = start_pipeline(cfg, ctx or RunContext())  # registers models:/ resolvers; fails fast on a bad URI
+    _, ctx = start_pipeline(cfg, ctx)  # registers models:/ resolvers; fails fast on a bad URI
     prepared = data.load_prepared(data_dir)
     model, meta = load_teacher(cfg.teacher.source, prepared.num_classes)
     checkpoints.save_model(model, meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"],
