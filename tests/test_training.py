@@ -144,6 +144,38 @@ def test_nan_guard(tiny_data, tmp_path):
         fit(student, SupervisedObjective(), d, cfg.train, epochs=1, lr=1e12, out_dir=tmp_path / "nan", resume=False)
 
 
+def test_collapsed_epochs_counts_trailing_chance_after_a_rise():
+    from kdflow.trainer import collapsed_epochs
+
+    h = [{"val_acc": v} for v in (0.10, 0.11)]
+    assert collapsed_epochs(h, 10) == 0  # never rose: a slow start, not a collapse
+    h = [{"val_acc": v} for v in (0.10, 0.80, 0.104, 0.103)]
+    assert collapsed_epochs(h, 10) == 2
+    h = [{"val_acc": v} for v in (0.80, 0.10, 0.60, 0.10)]
+    assert collapsed_epochs(h, 10) == 1  # recovered once, so only the last epoch counts
+
+
+class _CollapsingObjective(SupervisedObjective):
+    """True labels in epoch 1, then every label is class 0: the student falls to one constant answer."""
+
+    def forward(self, student, x, y, epoch):
+        return super().forward(student, x, y if epoch == 0 else torch.zeros_like(y), epoch)
+
+
+def test_collapse_guard_stops_a_collapsed_student(tiny_data, tmp_path):
+    from kdflow.errors import TrainingDiverged
+
+    cfg = tiny_config(tmp_path)
+    d = data.load_prepared(tiny_data)
+    with pytest.raises(TrainingDiverged, match=r"collapsed to chance.*epoch 3.*fix: lower train.lr"):
+        fit(models.build_model("cnn-small"), _CollapsingObjective(), d, cfg.train, epochs=6, lr=0.03,
+            out_dir=tmp_path / "collapse", resume=False)
+    cfg.train.collapse_patience = 0  # off: the same run finishes, at chance
+    result = fit(models.build_model("cnn-small"), _CollapsingObjective(), d, cfg.train, epochs=4, lr=0.03,
+                 out_dir=tmp_path / "off", resume=False)
+    assert result.history[0]["val_acc"] > 0.3 and result.history[-1]["val_acc"] <= 0.15
+
+
 def test_zoo_sizes():
     assert 260_000 < models.num_parameters(models.build_model("resnet20")) < 280_000
     assert 8_000 < models.num_parameters(models.build_model("cnn-small")) < 10_000

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from kdflow.data import Normalizer, PreparedData, apply_augmentation, draw_augmentation
 from kdflow.errors import ConfigError
@@ -73,15 +74,20 @@ def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 2
     pad = aug.get("crop_padding", 0) if aug.get("enabled") else 0
     t0 = time.perf_counter()
     all_params, all_logits = [], []
+    bar = tqdm(total=key["views"] * ((n + batch_size - 1) // batch_size), desc="teacher cache", unit="batch",
+               mininterval=5.0)
     for v in range(key["views"]):
         params = view_params(n, aug, key["seed"], v)
         out = []
         for start in range(0, n, batch_size):
+            bar.update(1)
             sl = slice(start, start + batch_size)
             x = apply_augmentation(data.train.x[sl], params[sl], pad)
             out.append(teacher(norm(x)).float().half())
         all_params.append(params.to(torch.int16))
         all_logits.append(torch.cat(out))
+        tqdm.write(f"[teacher cache] view {v + 1}/{key['views']} done, {time.perf_counter() - t0:.0f} s")
+    bar.close()
     return TeacherCache(key, torch.stack(all_params), torch.stack(all_logits), time.perf_counter() - t0)
 
 

@@ -53,6 +53,8 @@ class TrainConfig(_Section):
     step_size: int = Field(5, ge=1, description="epochs between decays for schedule=step")
     gamma: float = Field(0.1, gt=0, le=1)
     grad_clip: float | None = Field(None, gt=0)
+    collapse_patience: int = Field(2, ge=0, description="stop with an error once val accuracy has sat at chance for "
+                                   "this many epochs after rising above it (a collapsed student); 0 = off")
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
     num_threads: int | None = Field(None, ge=1)

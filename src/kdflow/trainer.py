@@ -107,6 +107,33 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean()) if len(y) else 0.0
 
 
+def collapsed_epochs(history: list[dict], num_classes: int) -> int:
+    """Trailing epochs whose val accuracy sits at chance (<= 1.5/C) after an earlier one rose above 2/C.
+
+    A student that fell to one constant prediction (dead units after an oversized step) never comes back
+    under a decaying lr: finishing the schedule only spends hours making a 1/C model.
+    """
+    chance, risen, trailing = 1.5 / num_classes, False, 0
+    for row in history:
+        if row["val_acc"] > 2.0 / num_classes:
+            risen, trailing = True, 0
+        elif risen and row["val_acc"] <= chance:
+            trailing += 1
+        else:
+            trailing = 0
+    return trailing
+
+
+def _raise_if_collapsed(history: list[dict], num_classes: int, patience: int, desc: str) -> None:
+    if patience and collapsed_epochs(history, num_classes) >= patience:
+        best = max(history, key=lambda r: r["val_acc"])
+        raise TrainingDiverged(
+            "train.lr", f"{desc}: the model collapsed to chance (val_acc {history[-1]['val_acc']:.3f} for {patience} "
+            f"epochs up to epoch {history[-1]['epoch']}, after {best['val_acc']:.3f} at epoch {best['epoch']})",
+            "lower train.lr or set train.grad_clip (e.g. 5); for DKD lower distill.dkd_beta (e.g. 2); "
+            "train.collapse_patience=0 turns this check off")
+
+
 def fit(student: nn.Module, objective: nn.Module, data: PreparedData, cfg: TrainConfig, *, epochs: int, lr: float,
         out_dir: str | Path, desc: str = "train", resume: bool = True, on_epoch=None,
         teacher_cache=None) -> FitResult:
@@ -215,6 +242,7 @@ def fit(student: nn.Module, objective: nn.Module, data: PreparedData, cfg: Train
             result.best_val_acc, result.best_epoch = val_acc, epoch + 1
             result.best_state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
         if not dist_info.is_main:  # rank 0 alone writes and reports
+            _raise_if_collapsed(result.history, data.num_classes, cfg.collapse_patience, desc)
             continue
         atomic_torch_save({"epoch": epoch, "student": student.state_dict(), "objective": objective.state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -225,6 +253,7 @@ def fit(student: nn.Module, objective: nn.Module, data: PreparedData, cfg: Train
                    f"val_acc {val_acc:.4f} lr {row['lr']:.4g} ({row['seconds']:.1f}s)")
         if on_epoch is not None:
             on_epoch(row)
+        _raise_if_collapsed(result.history, data.num_classes, cfg.collapse_patience, desc)
     if cfg.select == "best_val" and result.best_state is not None:
         student.load_state_dict(result.best_state)
     student.to("cpu")
