@@ -70,6 +70,8 @@ def measured(work: Path, row: str) -> dict[int, dict]:
     for path in sorted((work / row).glob("seed*/metrics.json")):
         m = json.loads(path.read_text())
         m["wall"] = json.loads((path.parent / "wall.json").read_text())["seconds"]
+        hist = path.parent / "history.json"
+        m["epoch_seconds"] = [h["seconds"] for h in json.loads(hist.read_text())] if hist.is_file() else []
         found[int(path.parent.name[4:])] = m
     return found
 
@@ -105,10 +107,11 @@ def report(work: Path, quick: bool) -> str:
     """The table of every row finished under `work`, whichever invocation measured it."""
     tm = json.loads((work / "teacher" / "metrics.json").read_text())
     t_wall = json.loads((work / "teacher" / "wall.json").read_text())["seconds"]
-    lines = ["| row | final test acc | val-selected test acc | s/epoch | wall (s, per seed) | seeds |",
+    t_hist = json.loads((work / "teacher" / "history.json").read_text())
+    lines = ["| row | final test acc | val-selected test acc | s/epoch (median) | wall (s, mean per seed) | seeds |",
              "|---|---|---|---|---|---|",
              f"| teacher resnet20 | {100 * tm['test_accuracy']:.2f}% | {100 * tm['val_selected_test_accuracy']:.2f}% | "
-             f"{tm['seconds_per_epoch']:.1f} | {t_wall:.0f} | 0 |"]
+             f"{statistics.median(h['seconds'] for h in t_hist):.1f} | {t_wall:.0f} | 0 |"]
     runs = {row: measured(work, row) for row in ROWS}
     for row, (arch, _, _) in ROWS.items():
         found = runs[row]
@@ -123,7 +126,7 @@ def report(work: Path, quick: bool) -> str:
             continue
         lines.append(f"| {arch} {row}{note} | {fmt([m['test_accuracy'] for m in ms])} | "
                      f"{fmt([m['val_selected_test_accuracy'] for m in ms])} | "
-                     f"{statistics.mean(m['seconds_per_epoch'] for m in ms):.1f} | "
+                     f"{statistics.median(e for m in ms for e in m['epoch_seconds']):.1f} | "
                      f"{statistics.mean(m['wall'] for m in ms):.0f} | {','.join(map(str, found))} |")
     gains = [("cnn-small KD (online) - scratch", "kd", "scratch"),
              ("cnn-small KD (cached) - scratch", "kd-cached", "scratch"),
@@ -140,8 +143,8 @@ def report(work: Path, quick: bool) -> str:
     cached = [m for row in CACHED for m in runs[row].values() if not m.get("cache_reused")]
     if cached and runs["scratch"]:
         c = cached[0]
-        ratio = statistics.mean(m["seconds_per_epoch"] for m in runs["kd-cached"].values()) / statistics.mean(
-            m["seconds_per_epoch"] for m in runs["scratch"].values()) if runs["kd-cached"] else None
+        ratio = statistics.median(e for m in runs["kd-cached"].values() for e in m["epoch_seconds"]) / statistics.median(
+            e for m in runs["scratch"].values() for e in m["epoch_seconds"]) if runs["kd-cached"] else None
         text += (f"\n\nTeacher cache: {c['cache_views']} views (one per student epoch) built once in "
                  f"{c['cache_build_seconds']:.0f} s ({c['cache_build_seconds'] / c['cache_views']:.1f} s per view), "
                  "counted in the wall of the first run that built it and reused by the other cached rows"
@@ -178,7 +181,8 @@ def main() -> int:
     header = ("Recipe of ../shared/BENCH.md (`configs/fashion_mnist.yaml`, profile `full`): SGD nesterov lr 0.1, "
               "wd 5e-4, 1 warm-up epoch then cosine, batch 128, T=4, alpha=0.1 (hard weight), 15 epochs"
               + (" -- QUICK: 3 epochs (0.5 warm-up) on 10k samples, one seed" if a.quick else "")
-              + ". Mean ± std over the seeds listed. Each row was measured by `bench/protocol.py --rows <row> "
+              + ". Mean ± std over the seeds listed; s/epoch is the median over every epoch of every seed (robust to "
+              "other work on this shared 2-core machine, which the wall column is not). Each row was measured by `bench/protocol.py --rows <row> "
               "--seeds <seeds>`; the table gathers every finished run under " + f"`{work}`.\n\n")
     for row, seed in [(r, s) for r in rows for s in seeds]:  # the section is rewritten after every run
         run_row(base, row, [seed], work)
