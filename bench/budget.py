@@ -73,6 +73,7 @@ def main() -> int:
           f"{costs['per_epoch']:.1f} s + {costs['fixed']:.1f} s fixed", flush=True)
     recipe = [f"distill.alpha={a.alpha}", f"distill.temperature={a.temperature}", "distill.cache=true",
               f"distill.cache_views={a.views}", f"student.epochs={epochs}"]
+    warmup = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", quick).train.warmup_epochs
     finals, selected, walls = [], [], []
     for seed in [int(s) for s in a.seeds.split(",")]:
         out = work / "budget" / f"seed{seed}"
@@ -99,7 +100,7 @@ def main() -> int:
             "everything after the teacher counted: teacher-cache build and student training, in one `distill` step.\n\n"
             f"Recipe: resnet20 -> cnn-small, KD T={a.temperature:g}, alpha={a.alpha:g} (hard weight), teacher cache of "
             f"{a.views} seeded augmented views per sample built inside the budget (cache seed = train seed), then "
-            f"{epochs} epochs replaying those views (SGD nesterov lr 0.1, wd 5e-4, 1 warm-up epoch, cosine to 0, "
+            f"{epochs} epochs replaying those views (SGD nesterov lr 0.1, wd 5e-4, {warmup:g} warm-up epoch, cosine to 0, "
             f"batch 128). Epochs planned from the kd-cached row's measured costs: {costs['per_view']:.1f} s per view, "
             f"{costs['per_epoch']:.1f} s per epoch, {costs['fixed']:.1f} s fixed, {SAFETY:.0%} of the budget.\n\n"
             "| row | final test acc | val-selected test acc | epochs | wall (s, per seed) | max wall | fits | seeds |\n"
