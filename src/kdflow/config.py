@@ -57,6 +57,8 @@ class TrainConfig(_Section):
                                    "this many epochs after rising above it (a collapsed student); 0 = off")
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
+    keep_freed_memory: bool = Field(True, description="glibc: keep freed activation buffers for reuse instead of "
+                                    "returning them to the OS each batch (see kdflow.allocator)")
     num_threads: int | None = Field(None, ge=1)
     seed: int = 0
     select: Literal["final", "best_val"] = Field("final", description="which weights a step outputs")

@@ -302,7 +302,11 @@ def distill(cfg: Config, data_dir: str | Path, teacher_path: str | Path, out_dir
         if not cfg.distill.cache:
             return None, {}
         from kdflow import cache
+        from kdflow.allocator import keep_freed_memory
         from kdflow.io import sha256_file
+
+        if cfg.train.keep_freed_memory:
+            keep_freed_memory()
 
         views = cfg.distill.cache_views or max(1, cfg.epochs_for("student"))
         cache_dir = Path(cfg.distill.cache_dir or Path(cfg.storage.state_dir) / "teacher_cache")

@@ -17,6 +17,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from kdflow import distributed
+from kdflow.allocator import keep_freed_memory
 from kdflow.config import TrainConfig
 from kdflow.data import Normalizer, PreparedData, Split, iterate, num_batches
 from kdflow.errors import ConfigError, TrainingDiverged
@@ -146,6 +147,8 @@ def fit(student: nn.Module, objective: nn.Module, data: PreparedData, cfg: Train
     out.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     device = pick_device(cfg.device)
     dist_info = distributed.init(device)
     if dist_info.enabled:
