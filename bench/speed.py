@@ -27,6 +27,7 @@ import reference_kd  # noqa: E402
 from results import write_section  # noqa: E402
 
 from kdflow import cache, data, models  # noqa: E402
+from kdflow.allocator import keep_freed_memory  # noqa: E402
 from kdflow.config import build_config  # noqa: E402
 from kdflow.objective import DistillObjective, SupervisedObjective  # noqa: E402
 from kdflow.trainer import _TrainStep, build_optimizer, fit  # noqa: E402
@@ -49,6 +50,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    # kdflow's trainer applies this on its first fit(); applying it up front keeps every row in one allocator
+    # state (it is process-wide, so the hand-written rows get it too). bench/allocator.py measures its effect.
+    keep_freed_memory()
     repeats = 7 if a.quick else 25
     work = Path(tempfile.mkdtemp(prefix="kdflow-bench-"))
     cfg = build_config({"data": {"train_subset": 5000 if a.quick else None}, "train": {"num_threads": a.threads}})
