@@ -1,12 +1,15 @@
 """Quality rows of ../shared/BENCH.md through kdflow's own steps (tracking off).
 
 Teacher resnet20 (seed 0); students over seeds 0,1,2: cnn-small scratch, KD online, KD with the cached
-teacher (one cache shared by all seeds), KD + each feature/relation method, DKD; mlp scratch and KD.
-Each finished row is written to bench/RESULTS.md at once, so a long run leaves its partial results.
+teacher (one cache shared by all seeds and cached rows), KD + each feature/relation method, DKD (online and
+cached; beta 8 kept as a row that collapses), mlp scratch and KD (online and cached), and a diagnosis row
+(the kd-cached recipe on a second set of cached views). Finished runs live in bench/_work and are reused;
+the section is rewritten after every run from all of them, so a long run leaves its partial results.
 
     .venv/bin/python bench/protocol.py                 # the full protocol (hours on 2 cores)
     .venv/bin/python bench/protocol.py --quick         # minutes: 3 epochs, a 10k subset, one seed
     .venv/bin/python bench/protocol.py --rows scratch,kd,kd-cached --seeds 0,1,2
+    .venv/bin/python bench/protocol.py --report        # rewrite the table from finished runs only
 """
 
 from __future__ import annotations
