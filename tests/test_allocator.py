@@ -43,9 +43,3 @@ def test_keep_freed_memory_stops_per_batch_page_faults():
     assert default > 20_000, "the probe no longer re-allocates: it cannot show the effect"
     assert tuned < default / 10
 
-
-def test_config_knob_defaults_on_and_can_be_turned_off(tmp_path):
-    from conftest import tiny_config
-
-    assert tiny_config(tmp_path).train.keep_freed_memory is True
-    assert tiny_config(tmp_path, train={"keep_freed_memory": False}).train.keep_freed_memory is False
