@@ -68,6 +68,7 @@ class TeacherCache:
 @torch.no_grad()
 def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 256) -> TeacherCache:
     teacher.eval()
+    device = next(teacher.parameters()).device  # the batches follow the teacher (CPU or GPU); the cache lives on CPU
     norm = Normalizer(data.mean, data.std)
     n = len(data.train)
     aug = data.manifest["augmentation"]
@@ -83,7 +84,7 @@ def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 2
             bar.update(1)
             sl = slice(start, start + batch_size)
             x = apply_augmentation(data.train.x[sl], params[sl], pad)
-            out.append(teacher(norm(x)).float().half())
+            out.append(teacher(norm(x).to(device)).float().half().cpu())
         all_params.append(params.to(torch.int16))
         all_logits.append(torch.cat(out))
         tqdm.write(f"[teacher cache] view {v + 1}/{key['views']} done, {time.perf_counter() - t0:.0f} s")

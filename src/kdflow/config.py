@@ -111,6 +111,8 @@ class DistillConfig(_Section):
     cache_views: int = Field(0, ge=0, description="K views per sample; 0 = one per student epoch")
     cache_seed: int = 0
     cache_dir: str | None = Field(None, description="default: <storage.state_dir>/teacher_cache")
+    compile_teacher: bool = Field(False, description="torch.compile the frozen teacher(s) for the online forward and "
+                                  "the cache build (bench/compile.py measures it; on CPU it needs a C++ compiler)")
 
     @field_validator("temperature")
     @classmethod
@@ -133,6 +135,9 @@ class DistillConfig(_Section):
                              "fix: set distill.cache=false or remove distill.features")
         if self.cache and self.extra_teachers:
             raise ValueError("the teacher cache supports one teacher; fix: set distill.cache=false or drop extra_teachers")
+        if self.compile_teacher and self.features:
+            raise ValueError("a compiled teacher exposes no intermediate features to the feature taps; "
+                             "fix: set distill.compile_teacher=false or remove distill.features")
         return self
 
     @property

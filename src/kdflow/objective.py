@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdflow import losses
+from kdflow.compiled import compile_frozen
 from kdflow.config import DistillConfig
 from kdflow.errors import ModelError
 from kdflow.features import Adapter, FeatureTap, probe_shapes
@@ -66,10 +67,20 @@ class DistillObjective(nn.Module):
                                              project=spec.kind == "fitnets", where=where))
             self.student_tap = FeatureTap(student, s_paths, "distill.features.student_module", "student")
             self.teacher_tap = FeatureTap(self._teachers[0], t_paths, "distill.features.teacher_module", "teacher")
+        # compiled after the shape probes, so the compiled forward only ever sees training batches
+        self._teacher_forwards = ([compile_frozen(t) for t in self._teachers] if cfg.compile_teacher
+                                  else self._teachers)
 
     @property
     def teachers(self) -> list[nn.Module]:
         return self._teachers
+
+    def _apply(self, fn, recurse: bool = True):
+        """``objective.to(device)`` moves the teachers too: they sit outside the module tree (see above)."""
+        super()._apply(fn, recurse)
+        for t in self._teachers:
+            t._apply(fn, recurse)
+        return self
 
     def train(self, mode: bool = True) -> DistillObjective:
         super().train(mode)
@@ -80,9 +91,9 @@ class DistillObjective(nn.Module):
     @torch.no_grad()
     def teacher_forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         outs = []
-        for t in self._teachers:
+        for t, forward in zip(self._teachers, self._teacher_forwards, strict=True):
             t.eval()  # re-asserted every step
-            outs.append(t(x))
+            outs.append(forward(x))
         feats = self.teacher_tap.pop() if self.teacher_tap else {}
         return outs, feats
 

@@ -303,7 +303,9 @@ def distill(cfg: Config, data_dir: str | Path, teacher_path: str | Path, out_dir
             return None, {}
         from kdflow import cache
         from kdflow.allocator import keep_freed_memory
+        from kdflow.compiled import compile_frozen
         from kdflow.io import sha256_file
+        from kdflow.trainer import pick_device
 
         if cfg.train.keep_freed_memory:
             keep_freed_memory()
@@ -311,7 +313,10 @@ def distill(cfg: Config, data_dir: str | Path, teacher_path: str | Path, out_dir
         views = cfg.distill.cache_views or max(1, cfg.epochs_for("student"))
         cache_dir = Path(cfg.distill.cache_dir or Path(cfg.storage.state_dir) / "teacher_cache")
         teacher_file = checkpoints.resolve_source(str(teacher_path), "teacher")
-        tc, path, reused = cache.get_or_build(teacher, sha256_file(teacher_file), prepared, views,
+        forward = teacher.to(pick_device(cfg.train.device))  # built where training runs, stored on CPU
+        if cfg.distill.compile_teacher:
+            forward = compile_frozen(teacher)
+        tc, path, reused = cache.get_or_build(forward, sha256_file(teacher_file), prepared, views,
                                               cfg.distill.cache_seed, cache_dir)
         print(f"[distill_student] teacher cache {'reused' if reused else 'built'}: {path} "
               f"({tc.views} views, {tc.build_seconds:.1f}s to build)")
