@@ -185,7 +185,8 @@ def main() -> int:
     body += ["", "kdflow's epochs include its end-of-epoch validation pass and checkpoint write.", "",
              "CPU choices on the KD step (interleaved medians):", "",
              "| variant | ms per batch | vs default |", "|---|---|---|", *choices,
-             "", "torch.compile is not measured by this script; the trainer runs eager."]
+             "", "torch.compile is measured by bench/compile.py (its own section); the trainer runs eager unless "
+             "distill.compile_teacher is set."]
     text = "\n".join(body)
     print(text)
     print(write_section("Speed" + (" (quick)" if a.quick else ""), text))
