@@ -1,9 +1,10 @@
 """Quality rows of ../shared/BENCH.md through kdflow's own steps (tracking off).
 
 Teacher resnet20 (seed 0); students over seeds 0,1,2: cnn-small scratch, KD online, KD with the cached
-teacher (one cache shared by all seeds and cached rows), KD + each feature/relation method, DKD (online and
-cached; beta 8 kept as a row that collapses), mlp scratch and KD (online and cached), and a diagnosis row
-(the kd-cached recipe on a second set of cached views). Finished runs live in bench/_work and are reused;
+teacher (one cache shared by all seeds and cached rows), KD online with the teacher compiled
+(distill.compile_teacher), KD + each feature/relation method, DKD (online and cached; beta 8 kept as a row
+that collapses), mlp scratch and KD (online and cached), and a diagnosis row (the kd-cached recipe on a
+second set of cached views). Finished runs live in bench/_work and are reused;
 the section is rewritten after every run from all of them, so a long run leaves its partial results.
 
     .venv/bin/python bench/protocol.py                 # the full protocol (hours on 2 cores)
@@ -39,6 +40,8 @@ ROWS = {
     "scratch": ("cnn-small", "scratch", []),
     "kd": ("cnn-small", "distill", []),
     "kd-cached": ("cnn-small", "distill", ["distill.cache=true"]),
+    # the kd recipe with distill.compile_teacher (torch.compile'd teacher forward): same targets, less time
+    "kd-compiled": ("cnn-small", "distill", ["distill.compile_teacher=true"]),
     **{f"kd+{k}": ("cnn-small", "distill", [f"distill.features={v}"]) for k, v in FEATURES.items()},
     # DKD (Zhao et al. 2022): CE + DKD, alpha_tckd 1, T 4, loss ramp over 3 epochs. The paper's CIFAR beta of 8
     # collapses cnn-small to chance at lr 0.1 (kept as a row: the collapse guard stops it); beta 2 trains.
@@ -141,7 +144,8 @@ def report(work: Path, quick: bool) -> str:
              ("mlp KD (cached) - scratch", "mlp-kd-cached", "mlp-scratch"),
              ("cnn-small KD cached - KD online (accuracy)", "kd-cached", "kd"),
              ("cnn-small KD cached (view seed 1) - KD online (accuracy)", "kd-cached-views1", "kd"),
-             ("cnn-small KD cached: view seed 1 - view seed 0", "kd-cached-views1", "kd-cached")]
+             ("cnn-small KD cached: view seed 1 - view seed 0", "kd-cached-views1", "kd-cached"),
+             ("cnn-small KD online: compiled teacher - eager teacher (accuracy)", "kd-compiled", "kd")]
     gain_lines = [f"| {name} | {fmt_pt(d)} | {len(d)} |" for name, a, b in gains if (d := paired(runs[a], runs[b]))]
     text = "\n".join(lines)
     if gain_lines:
