@@ -84,12 +84,9 @@ def measured(work: Path, row: str) -> dict[int, dict]:
     return found
 
 
-def run_row(cfg_args: list[str], row: str, seeds: list[int], work: Path) -> None:
-    arch, kind, extra = ROWS[row]
-    for seed in seeds:
-        out = work / row / f"seed{seed}"
-        if (out / "metrics.json").is_file():
-            continue
+def run_one(cfg_args: list[str], arch: str, kind: str, extra: list[str], seed: int, out: Path, work: Path) -> dict:
+    """Train one student run into ``out`` (skipped when finished); a collapse is recorded, not raised."""
+    if not (out / "metrics.json").is_file():
         rcfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full",
                            cfg_args + [f"student.arch={arch}", f"train.seed={seed}", *extra])
         t0 = time.time()
@@ -101,7 +98,13 @@ def run_row(cfg_args: list[str], row: str, seeds: list[int], work: Path) -> None
         except TrainingDiverged as e:  # a measured outcome of this recipe, not a crash of the benchmark
             (out / "metrics.json").write_text(json.dumps({"failed": str(e)}))
         (out / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
-        m = json.loads((out / "metrics.json").read_text())
+    return json.loads((out / "metrics.json").read_text())
+
+
+def run_row(cfg_args: list[str], row: str, seeds: list[int], work: Path) -> None:
+    arch, kind, extra = ROWS[row]
+    for seed in seeds:
+        m = run_one(cfg_args, arch, kind, extra, seed, work / row / f"seed{seed}", work)
         print(f"{row} seed {seed}: {m.get('test_accuracy', m.get('failed'))}", flush=True)
 
 
