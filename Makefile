@@ -43,7 +43,7 @@ golden: $(STAMP)
 
 ## Benchmarks of ../shared/BENCH.md (never in CI). `bench` takes hours here: it runs in the background.
 bench: $(STAMP) data
-	nohup sh -c '$(BIN)/python bench/speed.py && $(BIN)/python bench/protocol.py && $(BIN)/python bench/budget.py && $(BIN)/python bench/allocator.py && $(BIN)/python bench/compile.py && $(BIN)/python bench/inference.py' \
+	nohup sh -c '$(BIN)/python bench/speed.py && $(BIN)/python bench/protocol.py && $(BIN)/python bench/sweep.py && $(BIN)/python bench/budget.py && $(BIN)/python bench/allocator.py && $(BIN)/python bench/compile.py && $(BIN)/python bench/inference.py' \
 	  > bench/_bench.log 2>&1 &
 	@echo "bench running in the background: tail -f bench/_bench.log; results land in bench/RESULTS.md"
 
