@@ -18,6 +18,20 @@ from kdflow.io import sha256_file
 from kdflow.objective import DistillObjective
 
 
+def _graphs_compiled() -> int:
+    """Graphs dynamo has compiled since the last reset: proves the compiled path ran (parity alone would not)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def _reset_compile_counters() -> None:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+
+
 def _pair(compile_teacher: bool):
     torch.manual_seed(0)
     teacher = models.build_model("cnn-small")
@@ -31,9 +45,11 @@ def test_compiled_teacher_gives_the_eager_loss_and_gradients():
     x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
     grads = []
     for compile_teacher in (False, True):
+        _reset_compile_counters()
         student, objective = _pair(compile_teacher)
         loss, _, parts = objective(student, x, y, 0)
         loss.backward()
+        assert (_graphs_compiled() > 0) == compile_teacher
         grads.append((loss.detach(), parts["soft"], [p.grad.clone() for p in student.parameters()]))
     (l0, s0, g0), (l1, s1, g1) = grads
     assert torch.allclose(l0, l1, atol=1e-5) and torch.allclose(s0, s1, atol=1e-5)
@@ -60,8 +76,10 @@ def test_compiled_teacher_builds_the_same_cache(tiny_data, tmp_path):
     for compile_teacher in (False, True):
         cfg = tiny_config(tmp_path, distill={"cache": True, "cache_views": 1, "compile_teacher": compile_teacher,
                                              "cache_dir": str(tmp_path / f"cache-{compile_teacher}")})
+        _reset_compile_counters()
         info = steps.distill(cfg, tiny_data, teacher_pt, tmp_path / f"kd-{compile_teacher}")
         assert info["metrics"]["cache_reused"] is False
+        assert (_graphs_compiled() > 0) == compile_teacher  # the cache was built through the compiled teacher
         key = cache.cache_key(sha256_file(teacher_pt), d, 1, 0)
         caches[compile_teacher] = cache.load(info["metrics"]["cache_path"], key)
     assert torch.allclose(caches[False].logits.float(), caches[True].logits.float(), atol=1e-2, rtol=1e-3)
