@@ -1,9 +1,9 @@
 """Entry points: compile the IR YAML, run the DAG locally, submit or schedule it on a KFP server.
 
-    python -m pipelines compile [--out pipelines/kdflow_distillation.yaml] [--gpu]
-    python -m pipelines run --local [--profile default] [--root local_outputs] [--set k=v ...]
-    python -m pipelines submit --host URL [--profile default]
-    python -m pipelines schedule --host URL --cron "0 0 3 * * *" [--data-window ...]
+python -m pipelines compile [--out pipelines/kdflow_distillation.yaml] [--gpu]
+python -m pipelines run --local [--profile default] [--root local_outputs] [--set k=v ...]
+python -m pipelines submit --host URL [--profile default]
+python -m pipelines schedule --host URL --cron "0 0 3 * * *" [--data-window ...]
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from kdflow.errors import KdflowError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compile", help="write the KFP IR YAML")
     c.add_argument("--out", default="pipelines/kdflow_distillation.yaml")
@@ -27,9 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--root", default="local_outputs", help="local pipeline root")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--data-window", default="")
-    r.add_argument("--teacher-source", default="", help="checkpoint path, s3:// or models:/ URI; skips teacher training")
-    for p in (sub.add_parser("submit", help="create a one-off run on a KFP server"),
-              sub.add_parser("schedule", help="create a recurring run on a KFP server")):
+    r.add_argument(
+        "--teacher-source", default="", help="checkpoint path, s3:// or models:/ URI; skips teacher training"
+    )
+    for p in (
+        sub.add_parser("submit", help="create a one-off run on a KFP server"),
+        sub.add_parser("schedule", help="create a recurring run on a KFP server"),
+    ):
         p.add_argument("--host", required=True)
         p.add_argument("--profile", default="default")
         p.add_argument("--experiment", default="kdflow")
@@ -47,8 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "run":
             from pipelines.runner import run_local
 
-            run_local(profile=args.profile, root=args.root, overrides=args.overrides, data_window=args.data_window,
-                      teacher_source=args.teacher_source)
+            run_local(
+                profile=args.profile,
+                root=args.root,
+                overrides=args.overrides,
+                data_window=args.data_window,
+                teacher_source=args.teacher_source,
+            )
         elif args.cmd == "submit":
             from pipelines.runner import submit
 
@@ -56,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "schedule":
             from pipelines.runner import schedule
 
-            print(schedule(args.host, args.cron, args.name, args.profile, args.overrides, args.data_window, args.experiment))
+            print(
+                schedule(
+                    args.host, args.cron, args.name, args.profile, args.overrides, args.data_window, args.experiment
+                )
+            )
     except KdflowError as e:
         print(f"kdflow: error: {e}", file=sys.stderr)
         return 2

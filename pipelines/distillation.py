@@ -1,6 +1,5 @@
 """The DAG: prep -> (teacher || scratch) -> distill -> evaluate -> export -> If(gate) promote, in an ExitHandler."""
 
-
 import json
 from pathlib import Path
 
@@ -37,8 +36,9 @@ RESOURCES = {  # cpu request, cpu limit, memory request, memory limit
 }
 
 
-def _configure(task: dsl.PipelineTask, kind: str, *, cache: bool, retries: int = 0, shm: bool = False,
-               secrets: bool = True) -> dsl.PipelineTask:
+def _configure(
+    task: dsl.PipelineTask, kind: str, *, cache: bool, retries: int = 0, shm: bool = False
+) -> dsl.PipelineTask:
     cpu_req, cpu_lim, mem_req, mem_lim = RESOURCES[kind]
     task.set_cpu_request(cpu_req).set_cpu_limit(cpu_lim).set_memory_request(mem_req).set_memory_limit(mem_lim)
     task.set_caching_options(cache)
@@ -46,10 +46,10 @@ def _configure(task: dsl.PipelineTask, kind: str, *, cache: bool, retries: int =
         task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0)
     if shm:
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="1Gi")
-    if secrets:
-        kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_KEYS, optional=True)
-        kubernetes.use_secret_as_env(task, secret_name=TRACKING_SECRET, secret_key_to_env=TRACKING_SECRET_KEYS,
-                                     optional=True)
+    kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_KEYS, optional=True)
+    kubernetes.use_secret_as_env(
+        task, secret_name=TRACKING_SECRET, secret_key_to_env=TRACKING_SECRET_KEYS, optional=True
+    )
     return task
 
 
@@ -59,14 +59,9 @@ def _gpu(task: dsl.PipelineTask, use_gpu: bool) -> dsl.PipelineTask:
     return task
 
 
-def build_pipeline(use_gpu: bool = False, k8s: bool = True):
-    """Return the pipeline function. ``k8s=False`` drops the Kubernetes-only settings for the local runner."""
-
-    def conf(task, kind, **kw):
-        if not k8s:
-            kw["shm"] = False
-            kw["secrets"] = False
-        return _configure(task, kind, **kw)
+def build_pipeline(use_gpu: bool = False):
+    """Return the pipeline function (the local runner ignores the Kubernetes-only settings)."""
+    conf = _configure
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Distil a teacher into a small student; export; promote if better.")
     def kdflow_distillation(
@@ -88,16 +83,31 @@ def build_pipeline(use_gpu: bool = False, k8s: bool = True):
         min_improvement: float = -1.0,
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        fin = finalize(config_yaml=config_yaml, profile=profile, extra_overrides=extra_overrides, pipeline_run_id=run_id)
+        fin = finalize(
+            config_yaml=config_yaml, profile=profile, extra_overrides=extra_overrides, pipeline_run_id=run_id
+        )
         conf(fin, "light", cache=False)
         fin.set_display_name("finalize")
         with dsl.ExitHandler(fin, name="kdflow-run"):
             prep = prep_data(
-                config_yaml=config_yaml, profile=profile, extra_overrides=extra_overrides, pipeline_run_id=run_id,
-                dataset_name=dataset_name, data_window=data_window, teacher_arch=teacher_arch,
-                teacher_source=teacher_source, student_arch=student_arch, method=method, temperature=temperature,
-                alpha=alpha, teacher_epochs=teacher_epochs, student_epochs=student_epochs, min_accuracy=min_accuracy,
-                min_retention=min_retention, min_improvement=min_improvement)
+                config_yaml=config_yaml,
+                profile=profile,
+                extra_overrides=extra_overrides,
+                pipeline_run_id=run_id,
+                dataset_name=dataset_name,
+                data_window=data_window,
+                teacher_arch=teacher_arch,
+                teacher_source=teacher_source,
+                student_arch=student_arch,
+                method=method,
+                temperature=temperature,
+                alpha=alpha,
+                teacher_epochs=teacher_epochs,
+                student_epochs=student_epochs,
+                min_accuracy=min_accuracy,
+                min_retention=min_retention,
+                min_improvement=min_improvement,
+            )
             conf(prep, "prep", cache=True)
             cfg, ds = prep.outputs["config"], prep.outputs["dataset"]
 
@@ -106,20 +116,38 @@ def build_pipeline(use_gpu: bool = False, k8s: bool = True):
             scratch = train_student_scratch(config=cfg, dataset=ds, pipeline_run_id=run_id)
             _gpu(conf(scratch, "train", cache=False, retries=2, shm=True), use_gpu)
 
-            student = distill_student(config=cfg, dataset=ds, teacher=teacher.outputs["teacher"], pipeline_run_id=run_id)
+            student = distill_student(
+                config=cfg, dataset=ds, teacher=teacher.outputs["teacher"], pipeline_run_id=run_id
+            )
             _gpu(conf(student, "train", cache=False, retries=2, shm=True), use_gpu)
 
-            ev = evaluate(config=cfg, dataset=ds, teacher=teacher.outputs["teacher"], scratch=scratch.outputs["student"],
-                          student=student.outputs["student"], pipeline_run_id=run_id)
+            ev = evaluate(
+                config=cfg,
+                dataset=ds,
+                teacher=teacher.outputs["teacher"],
+                scratch=scratch.outputs["student"],
+                student=student.outputs["student"],
+                pipeline_run_id=run_id,
+            )
             conf(ev, "light", cache=False)
 
-            ex = export(config=cfg, dataset=ds, student=student.outputs["student"], evaluation=ev.outputs["evaluation"],
-                        pipeline_run_id=run_id)
+            ex = export(
+                config=cfg,
+                dataset=ds,
+                student=student.outputs["student"],
+                evaluation=ev.outputs["evaluation"],
+                pipeline_run_id=run_id,
+            )
             conf(ex, "light", cache=False)
 
             with dsl.If(ex.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
-                promo = register_and_promote(config=cfg, dataset=ds, student=student.outputs["student"],
-                                             exported=ex.outputs["exported"], pipeline_run_id=run_id)
+                promo = register_and_promote(
+                    config=cfg,
+                    dataset=ds,
+                    student=student.outputs["student"],
+                    exported=ex.outputs["exported"],
+                    pipeline_run_id=run_id,
+                )
                 conf(promo, "light", cache=False)
 
     return kdflow_distillation

@@ -33,8 +33,13 @@ def _validate(profile: str, overrides: list[str], **knobs) -> None:
         check_reachable(tracking_uri(cfg))
 
 
-def run_local(profile: str = "default", root: str = "local_outputs", overrides: list[str] | None = None,
-              data_window: str = "", teacher_source: str = "") -> dict:
+def run_local(
+    profile: str = "default",
+    root: str = "local_outputs",
+    overrides: list[str] | None = None,
+    data_window: str = "",
+    teacher_source: str = "",
+) -> dict:
     from kfp import local
 
     overrides = overrides or []
@@ -67,9 +72,13 @@ def summarize(run_dir: Path) -> dict:
     evaluation = _find(run_dir, "evaluation.json")
     export = _find(run_dir, "export.json")
     promotion = None
-    out = {"run_dir": str(run_dir), "evaluation": json.loads(evaluation.read_text()) if evaluation else None,
-           "export": json.loads(export.read_text()) if export else None,
-           "report": str(_find(run_dir, "report.md") or ""), "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", "")}
+    out = {
+        "run_dir": str(run_dir),
+        "evaluation": json.loads(evaluation.read_text()) if evaluation else None,
+        "export": json.loads(export.read_text()) if export else None,
+        "report": str(_find(run_dir, "report.md") or ""),
+        "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", ""),
+    }
     promo_task = sorted(run_dir.glob("register-and-promote*"))
     if promo_task:
         executor = _find(promo_task[-1], "executor_output.json")
@@ -82,6 +91,7 @@ def summarize(run_dir: Path) -> dict:
 
 
 def print_summary(summary: dict) -> None:
+    from kdflow.gate import gate_lines, verdict
     from kdflow.report import render_table, summary_rows
 
     ev, ex = summary["evaluation"], summary["export"]
@@ -91,10 +101,8 @@ def print_summary(summary: dict) -> None:
         if ev.get("transfer_rate") is not None:
             print(f"\nKD gain over scratch {100 * ev['kd_gain']:+.2f} pt, transfer rate {ev['transfer_rate']:.3f}")
     if ex:
-        gate = ex["gate"]
-        print(f"\nGate: {'PASS' if gate['passed'] else 'FAIL'}")
-        for k, c in gate["checks"].items():
-            print(f"  - {k}: {'ok' if c['passed'] else 'FAILED'} ({c['rule']})")
+        print(f"\nGate: {verdict(ex['gate'])}")
+        print("\n".join(gate_lines(ex["gate"], "  - ")))
     promo = summary.get("promotion")
     print(f"Promotion: {promo['reason'] if promo else 'not run (gate failed)' if ex else 'not run'}")
     print(f"\nMLflow:        {summary['tracking_uri']}  (mlflow ui --backend-store-uri {summary['tracking_uri']})")
@@ -117,8 +125,12 @@ def _arguments(profile: str, overrides: list[str], data_window: str) -> dict:
 def submit(host: str, profile: str, overrides: list[str], data_window: str, experiment: str) -> str:
     _validate_offline(profile, overrides, data_window)
     client = _client(host)
-    run = client.create_run_from_pipeline_func(build_pipeline(), arguments=_arguments(profile, overrides, data_window),
-                                               experiment_name=experiment, enable_caching=None)
+    run = client.create_run_from_pipeline_func(
+        build_pipeline(),
+        arguments=_arguments(profile, overrides, data_window),
+        experiment_name=experiment,
+        enable_caching=None,
+    )
     return run.run_id
 
 
@@ -131,13 +143,17 @@ def _validate_offline(profile: str, overrides: list[str], data_window: str) -> N
 def validate_cron(cron: str) -> str:
     fields = cron.split()
     if len(fields) != 6:
-        raise ConfigError("--cron", f"'{cron}' has {len(fields)} fields; KFP wants 6 (seconds first)",
-                          "write e.g. '0 0 3 * * *' for 03:00 every day")
+        raise ConfigError(
+            "--cron",
+            f"'{cron}' has {len(fields)} fields; KFP wants 6 (seconds first)",
+            "write e.g. '0 0 3 * * *' for 03:00 every day",
+        )
     return cron
 
 
-def schedule(host: str, cron: str, name: str, profile: str, overrides: list[str], data_window: str,
-             experiment: str) -> str:
+def schedule(
+    host: str, cron: str, name: str, profile: str, overrides: list[str], data_window: str, experiment: str
+) -> str:
     """Upload a pipeline version and create a recurring run (max_concurrency=1, no catch-up)."""
     validate_cron(cron)
     _validate_offline(profile, overrides, data_window)
@@ -152,14 +168,25 @@ def schedule(host: str, cron: str, name: str, profile: str, overrides: list[str]
         except Exception:  # noqa: BLE001 - absent pipeline
             pipeline_id = None
         if pipeline_id:
-            version = client.upload_pipeline_version(str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id)
+            version = client.upload_pipeline_version(
+                str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id
+            )
         else:
             uploaded = client.upload_pipeline(str(package), pipeline_name=PIPELINE_NAME)
             pipeline_id = uploaded.pipeline_id
-            version = client.upload_pipeline_version(str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id)
+            version = client.upload_pipeline_version(
+                str(package), pipeline_version_name=version_name, pipeline_id=pipeline_id
+            )
     exp = client.create_experiment(experiment)
     job = client.create_recurring_run(
-        experiment_id=exp.experiment_id, job_name=name, cron_expression=cron, max_concurrency=1, no_catchup=True,
-        pipeline_id=pipeline_id, version_id=version.pipeline_version_id, params=_arguments(profile, overrides, data_window),
-        enabled=True)
+        experiment_id=exp.experiment_id,
+        job_name=name,
+        cron_expression=cron,
+        max_concurrency=1,
+        no_catchup=True,
+        pipeline_id=pipeline_id,
+        version_id=version.pipeline_version_id,
+        params=_arguments(profile, overrides, data_window),
+        enabled=True,
+    )
     return job.recurring_run_id

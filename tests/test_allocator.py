@@ -42,4 +42,3 @@ def test_keep_freed_memory_stops_per_batch_page_faults():
     assert applied
     assert default > 20_000, "the probe no longer re-allocates: it cannot show the effect"
     assert tuned < default / 10
-

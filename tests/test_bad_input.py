@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 
 from kdflow import checkpoints, models
 from kdflow.cli import main
@@ -38,29 +38,88 @@ def inputs(tmp_path_factory, tiny_data):
     raw = gzip.open(idx / "t10k-labels-idx1-ubyte.gz").read()
     with gzip.open(idx / "t10k-labels-idx1-ubyte.gz", "wb") as fh:
         fh.write(raw[: len(raw) // 2])
-    return {"tiny": str(tiny_data), "teacher": str(teacher), "five": str(five), "garbage": str(d / "garbage.pt"),
-            "evil": str(d / "evil.pt"), "resnet18": str(d / "resnet18.pt"), "idx_truncated": str(idx)}
+    return {
+        "tiny": str(tiny_data),
+        "teacher": str(teacher),
+        "five": str(five),
+        "garbage": str(d / "garbage.pt"),
+        "evil": str(d / "evil.pt"),
+        "resnet18": str(d / "resnet18.pt"),
+        "idx_truncated": str(idx),
+    }
 
 
 BASE = ["--set", "tracking.enabled=false", "--set", "train.epochs=1"]
 
 CASES = [
     # (name, argv template, field named in the error)
-    ("temperature<=0", ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set", "distill.temperature=0"], "distill.temperature"),
-    ("alpha>1", ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set", "distill.alpha=1.5"], "distill.alpha"),
-    ("alpha<0", ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set", "distill.alpha=-0.1"], "distill.alpha"),
-    ("unknown model", ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set", "student.arch=resnet9000"], "arch"),
-    ("unknown loss", ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set", "distill.method=magic"], "distill.method"),
-    ("unknown feature loss", ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set",
-                              "distill.features=[{kind: nope, student_module: block2, teacher_module: block2}]"], "distill.features"),
+    (
+        "temperature<=0",
+        ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set", "distill.temperature=0"],
+        "distill.temperature",
+    ),
+    (
+        "alpha>1",
+        ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set", "distill.alpha=1.5"],
+        "distill.alpha",
+    ),
+    (
+        "alpha<0",
+        ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set", "distill.alpha=-0.1"],
+        "distill.alpha",
+    ),
+    (
+        "unknown model",
+        ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set", "student.arch=resnet9000"],
+        "arch",
+    ),
+    (
+        "unknown loss",
+        ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set", "distill.method=magic"],
+        "distill.method",
+    ),
+    (
+        "unknown feature loss",
+        [
+            "distill",
+            "--data",
+            "{tiny}",
+            "--teacher",
+            "{teacher}",
+            "--set",
+            "distill.features=[{kind: nope, student_module: block2, teacher_module: block2}]",
+        ],
+        "distill.features",
+    ),
     ("unknown dataset", ["prep", "--set", "data.dataset=imagenet-9k"], "data.dataset"),
     ("class count mismatch", ["distill", "--data", "{tiny}", "--teacher", "{five}"], "teacher"),
-    ("missing feature module", ["distill", "--data", "{tiny}", "--teacher", "{teacher}", "--set",
-                                "distill.features=[{kind: fitnets, student_module: nothere, teacher_module: block2}]"], "distill.features"),
+    (
+        "missing feature module",
+        [
+            "distill",
+            "--data",
+            "{tiny}",
+            "--teacher",
+            "{teacher}",
+            "--set",
+            "distill.features=[{kind: fitnets, student_module: nothere, teacher_module: block2}]",
+        ],
+        "distill.features",
+    ),
     # student block2 is 7x7; torchvision resnet18's layer2 is 4x4 on 28x28 input: no integer ratio
-    ("unbridgeable shapes", ["distill", "--data", "{tiny}", "--teacher", "{resnet18}", "--set",
-                             "distill.features=[{kind: fitnets, student_module: block2, teacher_module: layer2}]"],
-     "distill.features[0]"),
+    (
+        "unbridgeable shapes",
+        [
+            "distill",
+            "--data",
+            "{tiny}",
+            "--teacher",
+            "{resnet18}",
+            "--set",
+            "distill.features=[{kind: fitnets, student_module: block2, teacher_module: layer2}]",
+        ],
+        "distill.features[0]",
+    ),
     ("missing data directory", ["prep", "--set", "data.source=/nonexistent/fashion"], "data.source"),
     ("truncated IDX", ["prep", "--set", "data.source={idx_truncated}"], "data.source"),
     ("missing checkpoint", ["distill", "--data", "{tiny}", "--teacher", "/nonexistent/model.pt"], "teacher"),
@@ -94,10 +153,17 @@ def test_bad_input(name, argv, field, inputs, tmp_path, capsys):
     assert not leftovers
 
 
+@pytest.mark.unit
 def test_cli_process_exit_code_and_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "kdflow.cli", "prep", "--out", str(tmp_path / "o"),
-                           "--set", "distill.temperature=-2"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdflow.cli", "prep", "--out", str(tmp_path / "o"), "--set", "distill.temperature=-2"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "kdflow: error: distill.temperature: must be > 0 (got -2.0); fix: set a positive temperature, e.g. distill.temperature=4"]
+        "kdflow: error: distill.temperature: must be > 0 (got -2.0); fix: set a positive temperature, e.g. distill.temperature=4"
+    ]

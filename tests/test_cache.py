@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from kdflow import cache, checkpoints, data, models
 from kdflow.config import build_config
@@ -23,16 +23,31 @@ def setup(tiny_data, tmp_path_factory):
 
     sha = sha256_file(teacher_pt)
     tc, path, reused = cache.get_or_build(teacher, sha, d, views=3, seed=5, cache_dir=tmp / "c")
-    return {"d": d, "teacher": teacher, "sha": sha, "cache": tc, "path": path, "reused": reused, "tmp": tmp,
-            "teacher_pt": teacher_pt}
+    return {
+        "d": d,
+        "teacher": teacher,
+        "sha": sha,
+        "cache": tc,
+        "path": path,
+        "reused": reused,
+        "tmp": tmp,
+        "teacher_pt": teacher_pt,
+    }
 
 
 def test_student_sees_exactly_the_view_the_teacher_saw(setup):
     d, tc, teacher = setup["d"], setup["cache"], setup["teacher"]
     norm = data.Normalizer(d.mean, d.std)
     for epoch in (0, 1, 4):  # epoch 4 wraps to view 1
-        batches = data.iterate(d.train, 64, norm, shuffle=True, augment=d.manifest["augmentation"], seed=epoch,
-                               views=tc.params_for_epoch(epoch))
+        batches = data.iterate(
+            d.train,
+            64,
+            norm,
+            shuffle=True,
+            augment=d.manifest["augmentation"],
+            seed=epoch,
+            views=tc.params_for_epoch(epoch),
+        )
         xb, _, idx = next(batches)
         with torch.no_grad():
             live = teacher(xb)
@@ -53,14 +68,24 @@ def test_reuse_and_key(setup):
     assert setup["reused"] is False
     again, path, reused = cache.get_or_build(setup["teacher"], setup["sha"], setup["d"], 3, 5, setup["tmp"] / "c")
     assert reused and path == setup["path"] and torch.equal(again.logits, setup["cache"].logits)
-    key = setup["cache"].key
-    assert key["teacher_sha256"] == setup["sha"] and key["data_digest"] == setup["d"].digest
-    assert key["augmentation"] == setup["d"].manifest["augmentation"] and key["views"] == 3 and key["seed"] == 5
+    # another view seed is another set of views: a separate cache, never the stored one
+    other, other_path, other_reused = cache.get_or_build(
+        setup["teacher"], setup["sha"], setup["d"], 3, 6, setup["tmp"] / "c"
+    )
+    assert not other_reused and other_path != setup["path"]
+    assert not torch.equal(other.params, setup["cache"].params)
 
 
-@pytest.mark.parametrize("field,value", [("teacher_sha256", "0" * 64), ("data_digest", "f" * 64),
-                                         ("augmentation", {"enabled": False, "crop_padding": 0, "hflip": False}),
-                                         ("views", 4), ("seed", 6)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("teacher_sha256", "0" * 64),
+        ("data_digest", "f" * 64),
+        ("augmentation", {"enabled": False, "crop_padding": 0, "hflip": False}),
+        ("views", 4),
+        ("seed", 6),
+    ],
+)
 def test_stale_cache_refused(setup, field, value):
     expected = dict(setup["cache"].key)
     expected[field] = value
@@ -70,8 +95,14 @@ def test_stale_cache_refused(setup, field, value):
 
 def test_config_refuses_cache_with_feature_losses():
     with pytest.raises(ConfigError, match="distill"):
-        build_config({"distill": {"cache": True, "features": [
-            {"kind": "at", "student_module": "block1", "teacher_module": "block1"}]}})
+        build_config(
+            {
+                "distill": {
+                    "cache": True,
+                    "features": [{"kind": "at", "student_module": "block1", "teacher_module": "block1"}],
+                }
+            }
+        )
 
 
 def test_cached_distillation_step(setup, tiny_data, tmp_path):

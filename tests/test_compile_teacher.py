@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from kdflow import cache, checkpoints, data, models, steps
 from kdflow.compiled import require_cpp_compiler
@@ -74,8 +74,15 @@ def test_compiled_teacher_builds_the_same_cache(tiny_data, tmp_path):
     d = data.load_prepared(tiny_data)
     caches = {}
     for compile_teacher in (False, True):
-        cfg = tiny_config(tmp_path, distill={"cache": True, "cache_views": 1, "compile_teacher": compile_teacher,
-                                             "cache_dir": str(tmp_path / f"cache-{compile_teacher}")})
+        cfg = tiny_config(
+            tmp_path,
+            distill={
+                "cache": True,
+                "cache_views": 1,
+                "compile_teacher": compile_teacher,
+                "cache_dir": str(tmp_path / f"cache-{compile_teacher}"),
+            },
+        )
         _reset_compile_counters()
         info = steps.distill(cfg, tiny_data, teacher_pt, tmp_path / f"kd-{compile_teacher}")
         assert info["metrics"]["cache_reused"] is False
@@ -88,8 +95,14 @@ def test_compiled_teacher_builds_the_same_cache(tiny_data, tmp_path):
 
 def test_compile_teacher_refused_with_feature_losses():
     with pytest.raises(ConfigError, match="compile_teacher"):
-        build_config({"distill": {"compile_teacher": True, "features": [
-            {"kind": "at", "student_module": "block1", "teacher_module": "block1"}]}})
+        build_config(
+            {
+                "distill": {
+                    "compile_teacher": True,
+                    "features": [{"kind": "at", "student_module": "block1", "teacher_module": "block1"}],
+                }
+            }
+        )
 
 
 def test_missing_cpp_compiler_is_a_one_line_error(monkeypatch):

@@ -30,39 +30,117 @@ def _art(cls, tmp, name):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, fashion_available):
     tmp = tmp_path_factory.mktemp("components")
-    overrides = ["tracking.enabled=true", f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"storage.state_dir={tmp}/state",
-                 "data.train_subset=2000", "data.val_size=400", "data.test_subset=400", "train.batch_size=64",
-                 "evaluate.latency_repeats=5", "evaluate.throughput_repeats=2",
-                 "export.calibration_samples=256", "gate.min_accuracy=0.3", "gate.min_retention=0.3",
-                 # the test checks wiring, not speed: a loaded CI machine must not fail the latency budget
-                 "gate.max_latency_p95_ms=1000", "export.int8_min_agreement=0.9"]
-    a = {n: _art(cls, tmp, n) for n, cls in [
-        ("dataset", Dataset), ("config", Artifact), ("teacher", Model), ("teacher_metrics", Metrics),
-        ("scratch", Model), ("scratch_metrics", Metrics), ("student", Model), ("student_metrics", Metrics),
-        ("eval_metrics", Metrics), ("confusion", ClassificationMetrics), ("report", Markdown),
-        ("evaluation", Artifact), ("exported", Model), ("export_metrics", Metrics), ("export_report", Markdown)]}
+    overrides = [
+        "tracking.enabled=true",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        f"storage.state_dir={tmp}/state",
+        "data.train_subset=2000",
+        "data.val_size=400",
+        "data.test_subset=400",
+        "train.batch_size=64",
+        "evaluate.latency_repeats=5",
+        "evaluate.throughput_repeats=2",
+        "export.calibration_samples=256",
+        "gate.min_accuracy=0.3",
+        "gate.min_retention=0.3",
+        # the test checks wiring, not speed: a loaded CI machine must not fail the latency budget
+        "gate.max_latency_p95_ms=1000",
+        "export.int8_min_agreement=0.9",
+    ]
+    a = {
+        n: _art(cls, tmp, n)
+        for n, cls in [
+            ("dataset", Dataset),
+            ("config", Artifact),
+            ("teacher", Model),
+            ("teacher_metrics", Metrics),
+            ("scratch", Model),
+            ("scratch_metrics", Metrics),
+            ("student", Model),
+            ("student_metrics", Metrics),
+            ("eval_metrics", Metrics),
+            ("confusion", ClassificationMetrics),
+            ("report", Markdown),
+            ("evaluation", Artifact),
+            ("exported", Model),
+            ("export_metrics", Metrics),
+            ("export_report", Markdown),
+        ]
+    }
     rid = "component-test-run"
     C.prep_data.python_func(
-        config_yaml=EMBEDDED_CONFIG, profile="smoke", extra_overrides=overrides, pipeline_run_id=rid,
-        dataset_name="", data_window="w1", teacher_arch="", teacher_source="", student_arch="", method="",
-        temperature=-1.0, alpha=0.2, teacher_epochs=-1, student_epochs=-1, min_accuracy=-1.0, min_retention=-1.0,
-        min_improvement=-1.0, dataset=a["dataset"], config=a["config"])
-    C.train_teacher.python_func(config=a["config"], dataset=a["dataset"], pipeline_run_id=rid,
-                                teacher=a["teacher"], metrics=a["teacher_metrics"])
-    C.train_student_scratch.python_func(config=a["config"], dataset=a["dataset"], pipeline_run_id=rid,
-                                        student=a["scratch"], metrics=a["scratch_metrics"])
-    C.distill_student.python_func(config=a["config"], dataset=a["dataset"], teacher=a["teacher"], pipeline_run_id=rid,
-                                  student=a["student"], metrics=a["student_metrics"])
-    quality = C.evaluate.python_func(config=a["config"], dataset=a["dataset"], teacher=a["teacher"], scratch=a["scratch"],
-                                     student=a["student"], pipeline_run_id=rid, metrics=a["eval_metrics"],
-                                     confusion=a["confusion"], report=a["report"], evaluation=a["evaluation"])
-    gate = C.export.python_func(config=a["config"], dataset=a["dataset"], student=a["student"],
-                                evaluation=a["evaluation"], pipeline_run_id=rid, exported=a["exported"],
-                                metrics=a["export_metrics"], report=a["export_report"])
-    promo = json.loads(C.register_and_promote.python_func(config=a["config"], dataset=a["dataset"], student=a["student"],
-                                                          exported=a["exported"], pipeline_run_id=rid))
-    C.finalize.python_func(config_yaml=EMBEDDED_CONFIG, profile="smoke", extra_overrides=overrides,
-                           pipeline_run_id=rid, status=_Status())
+        config_yaml=EMBEDDED_CONFIG,
+        profile="smoke",
+        extra_overrides=overrides,
+        pipeline_run_id=rid,
+        dataset_name="",
+        data_window="w1",
+        teacher_arch="",
+        teacher_source="",
+        student_arch="",
+        method="",
+        temperature=-1.0,
+        alpha=0.2,
+        teacher_epochs=-1,
+        student_epochs=-1,
+        min_accuracy=-1.0,
+        min_retention=-1.0,
+        min_improvement=-1.0,
+        dataset=a["dataset"],
+        config=a["config"],
+    )
+    C.train_teacher.python_func(
+        config=a["config"],
+        dataset=a["dataset"],
+        pipeline_run_id=rid,
+        teacher=a["teacher"],
+        metrics=a["teacher_metrics"],
+    )
+    C.train_student_scratch.python_func(
+        config=a["config"],
+        dataset=a["dataset"],
+        pipeline_run_id=rid,
+        student=a["scratch"],
+        metrics=a["scratch_metrics"],
+    )
+    C.distill_student.python_func(
+        config=a["config"],
+        dataset=a["dataset"],
+        teacher=a["teacher"],
+        pipeline_run_id=rid,
+        student=a["student"],
+        metrics=a["student_metrics"],
+    )
+    quality = C.evaluate.python_func(
+        config=a["config"],
+        dataset=a["dataset"],
+        teacher=a["teacher"],
+        scratch=a["scratch"],
+        student=a["student"],
+        pipeline_run_id=rid,
+        metrics=a["eval_metrics"],
+        confusion=a["confusion"],
+        report=a["report"],
+        evaluation=a["evaluation"],
+    )
+    gate = C.export.python_func(
+        config=a["config"],
+        dataset=a["dataset"],
+        student=a["student"],
+        evaluation=a["evaluation"],
+        pipeline_run_id=rid,
+        exported=a["exported"],
+        metrics=a["export_metrics"],
+        report=a["export_report"],
+    )
+    promo = json.loads(
+        C.register_and_promote.python_func(
+            config=a["config"], dataset=a["dataset"], student=a["student"], exported=a["exported"], pipeline_run_id=rid
+        )
+    )
+    C.finalize.python_func(
+        config_yaml=EMBEDDED_CONFIG, profile="smoke", extra_overrides=overrides, pipeline_run_id=rid, status=_Status()
+    )
     return {"a": a, "quality": quality, "gate": gate, "promo": promo, "tmp": tmp, "rid": rid}
 
 
@@ -107,8 +185,16 @@ def test_mlflow_parent_and_children_closed(run):
     exp = client.get_experiment_by_name("kdflow")
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`kdflow.pipeline_run_id` = '{run['rid']}'")
     steps = {r.data.tags["kdflow.step"]: r for r in runs}
-    assert set(steps) >= {"pipeline", "prep_data", "train_teacher", "train_student_scratch", "distill_student",
-                          "evaluate", "export", "register_and_promote"}
+    assert set(steps) >= {
+        "pipeline",
+        "prep_data",
+        "train_teacher",
+        "train_student_scratch",
+        "distill_student",
+        "evaluate",
+        "export",
+        "register_and_promote",
+    }
     parent = steps["pipeline"]
     assert parent.info.status == "FINISHED"  # closed by finalize
     for name, r in steps.items():

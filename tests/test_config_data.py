@@ -6,23 +6,16 @@ import gzip
 
 import pytest
 import torch
-import yaml
-from conftest import ROOT, tiny_config
+from helpers import ROOT, tiny_config
 
 from kdflow import data
-from kdflow.config import (
-    build_config,
-    config_from_yaml_text,
-    flatten,
-    knob_overrides,
-    load_config,
-    write_resolved,
-)
+from kdflow.config import build_config, config_from_yaml_text, flatten, knob_overrides, load_config, write_resolved
 from kdflow.errors import ConfigError, DataError
 
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 
 
+@pytest.mark.unit
 def test_profiles_merge_over_base():
     full = load_config(CONFIG, "full")
     default = load_config(CONFIG, "default")
@@ -33,36 +26,44 @@ def test_profiles_merge_over_base():
     assert smoke.profile == "smoke"
 
 
+@pytest.mark.unit
 def test_overrides_and_resolved_roundtrip(tmp_path):
-    cfg = load_config(CONFIG, "smoke", ["distill.temperature=2.5", "distill.features=[{kind: at, student_module: block1, teacher_module: block1}]"])
+    cfg = load_config(
+        CONFIG,
+        "smoke",
+        ["distill.temperature=2.5", "distill.features=[{kind: at, student_module: block1, teacher_module: block1}]"],
+    )
     assert cfg.distill.temperature == 2.5 and cfg.distill.features[0].kind == "at"
     path = write_resolved(cfg, tmp_path)
     again = load_config(path)
     assert again == cfg and again.digest() == cfg.digest()
 
 
-def test_hard_and_soft_weight_are_explicit():
-    cfg = build_config({"distill": {"alpha": 0.3}})
-    assert cfg.distill.hard_weight == 0.3 and cfg.distill.soft_weight == pytest.approx(0.7)
-
-
-@pytest.mark.parametrize("raw,field", [
-    ({"train": {"epochz": 3}}, "train.epochz"),
-    ({"nonsense": {}}, "nonsense"),
-    ({"distill": {"temperature": 0}}, "distill.temperature"),
-    ({"train": {"batch_size": 0}}, "train.batch_size"),
-])
+@pytest.mark.parametrize(
+    "raw,field",
+    [
+        ({"train": {"epochz": 3}}, "train.epochz"),
+        ({"nonsense": {}}, "nonsense"),
+        ({"distill": {"temperature": 0}}, "distill.temperature"),
+        ({"train": {"batch_size": 0}}, "train.batch_size"),
+    ],
+)
+@pytest.mark.unit
 def test_config_errors_name_the_field(raw, field):
     with pytest.raises(ConfigError) as e:
         build_config(raw)
     assert str(e.value).startswith(field + ":") and "fix:" in str(e.value)
 
 
+@pytest.mark.unit
 def test_knob_overrides_skip_sentinels():
     assert knob_overrides(temperature=-1.0, method="", alpha=0.3, data_window="2026-11") == [
-        "distill.alpha=0.3", "data.window=2026-11"]
+        "distill.alpha=0.3",
+        "data.window=2026-11",
+    ]
 
 
+@pytest.mark.unit
 def test_embedded_json_config_parses():
     cfg = config_from_yaml_text('{"distill": {"alpha": 0.5}}', None, [])
     assert cfg.distill.alpha == 0.5
@@ -93,6 +94,7 @@ def test_split_is_seeded_and_disjoint(fashion_available, tmp_path):
     assert not any(bytes(x.numpy()) in tr for x in a[1].x[:200])
 
 
+@pytest.mark.unit
 def test_augmentation_is_deterministic_and_shape_preserving():
     x = torch.randint(0, 255, (16, 1, 28, 28), dtype=torch.uint8)
     a = data.augment_batch(x, 2, True, torch.Generator().manual_seed(3))
@@ -118,22 +120,20 @@ def test_truncated_idx_is_a_data_error(tmp_path, fashion_available):
         data.read_idx(bad)
 
 
+@pytest.mark.unit
 def test_imagefolder(tmp_path):
     from PIL import Image
 
     for c in ("cat", "dog"):
         (tmp_path / "imgs" / c).mkdir(parents=True)
         for i in range(10):
-            Image.fromarray(torch.randint(0, 255, (12, 12, 3), dtype=torch.uint8).numpy()).save(tmp_path / "imgs" / c / f"{i}.png")
+            Image.fromarray(torch.randint(0, 255, (12, 12, 3), dtype=torch.uint8).numpy()).save(
+                tmp_path / "imgs" / c / f"{i}.png"
+            )
     cfg = build_config({"data": {"dataset": "imagefolder", "source": str(tmp_path / "imgs"), "val_size": 4}})
     m = data.prepare(cfg.data, tmp_path / "out")
     assert m["class_names"] == ["cat", "dog"] and m["input_shape"] == [3, 12, 12]
     assert sum(m["counts"].values()) == 20 and len(m["mean"]) == 3
-
-
-def test_config_file_is_valid_yaml():
-    raw = yaml.safe_load(CONFIG.read_text())
-    assert set(raw["profiles"]) == {"smoke", "default", "full"}
 
 
 def test_data_window_selects_train_samples_and_keeps_test(fashion_available, tmp_path):

@@ -7,18 +7,27 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from kdflow import checkpoints, models
 
 pytestmark = pytest.mark.slow
-COMMON = ["--set", "tracking.enabled=false", "--set", "train.epochs=2", "--set", "train.num_threads=1",
-          "--set", "train.batch_size=64"]
+COMMON = [
+    "--set",
+    "tracking.enabled=false",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "train.num_threads=1",
+    "--set",
+    "train.batch_size=64",
+]
 
 
 def _kdflow(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "kdflow.cli", *args, *COMMON], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdflow.cli", *args, *COMMON], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -26,8 +35,17 @@ def _kdflow(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, fashion_available):
     d = tmp_path_factory.mktemp("ddp")
-    _kdflow("prep", "--out", str(d / "data"), "--set", "data.train_subset=4000", "--set", "data.val_size=1000",
-            "--set", "data.test_subset=2000")
+    _kdflow(
+        "prep",
+        "--out",
+        str(d / "data"),
+        "--set",
+        "data.train_subset=4000",
+        "--set",
+        "data.val_size=1000",
+        "--set",
+        "data.test_subset=2000",
+    )
     return d
 
 
@@ -49,8 +67,18 @@ def test_distill_with_adapters_under_ddp(prepared, tmp_path):
     d = prepared
     teacher = tmp_path / "teacher.pt"
     checkpoints.save_model(models.build_model("cnn-wide"), "cnn-wide", 10, 1, 28, teacher)
-    _kdflow("distill", "--nproc", "2", "--data", str(d / "data"), "--teacher", str(teacher), "--out",
-            str(tmp_path / "kd"), "--set",
-            "distill.features=[{kind: fitnets, student_module: block2, teacher_module: block2, weight: 0.5}]")
-    m = json.loads((tmp_path / "kd" / "student" / "metrics.json").read_text())
+    _kdflow(
+        "distill",
+        "--nproc",
+        "2",
+        "--data",
+        str(d / "data"),
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(tmp_path / "kd"),
+        "--set",
+        "distill.features=[{kind: fitnets, student_module: block2, teacher_module: block2, weight: 0.5}]",
+    )
+    m = json.loads((tmp_path / "kd" / "metrics.json").read_text())  # the distill step writes into --out
     assert m["world_size"] == 2 and m["test_accuracy"] > 0.3

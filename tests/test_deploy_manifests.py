@@ -11,9 +11,11 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 from components.image import KDFLOW_IMAGE
+
+pytestmark = pytest.mark.unit
 
 K8S = ROOT / "k8s"
 K8S_VERSION = "1.30.0"
@@ -29,7 +31,9 @@ def _hadolint() -> str:
 
 
 def test_dockerfile_lints_clean():
-    proc = subprocess.run([_hadolint(), str(ROOT / "docker" / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [_hadolint(), str(ROOT / "docker" / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -46,13 +50,19 @@ def test_dockerfile_matches_pins_and_image_constant():
 
 
 def _patch_files() -> set[Path]:
-    return {(k.parent / patch["path"]).resolve() for k in K8S.rglob("kustomization.yaml")
-            for patch in yaml.safe_load(k.read_text()).get("patches", [])}
+    return {
+        (k.parent / patch["path"]).resolve()
+        for k in K8S.rglob("kustomization.yaml")
+        for patch in yaml.safe_load(k.read_text()).get("patches", [])
+    }
 
 
 # full built-in objects: everything except kustomizations, partial patches and the custom resources in jobs/
-BUILTIN = sorted(p for p in K8S.rglob("*.yaml")
-                 if p.name != "kustomization.yaml" and "jobs" not in p.parts and p.resolve() not in _patch_files())
+BUILTIN = sorted(
+    p
+    for p in K8S.rglob("*.yaml")
+    if p.name != "kustomization.yaml" and "jobs" not in p.parts and p.resolve() not in _patch_files()
+)
 
 
 @pytest.mark.parametrize("path", BUILTIN, ids=lambda p: str(p.relative_to(K8S)))

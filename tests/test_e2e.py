@@ -8,16 +8,33 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 
 @pytest.mark.slow
-def test_cli_distill_smoke(tmp_path):
-    """`kdflow distill --config configs/fashion_mnist.yaml --profile smoke` from the command line alone."""
+def test_cli_run_smoke(tmp_path):
+    """`kdflow run --config configs/fashion_mnist.yaml --profile smoke --scratch`: every step, one command."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
-    proc = subprocess.run([sys.executable, "-m", "kdflow.cli", "distill", "--config", "configs/fashion_mnist.yaml",
-                           "--profile", "smoke", "--scratch", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kdflow.cli",
+            "run",
+            "--config",
+            "configs/fashion_mnist.yaml",
+            "--profile",
+            "smoke",
+            "--scratch",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| student (distilled) |" in proc.stdout and "| teacher |" in proc.stdout
     ev = json.loads((tmp_path / "run" / "evaluation" / "evaluation.json").read_text())
@@ -34,16 +51,29 @@ def test_local_pipeline_smoke(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # state dir and pipeline root land in the temp dir
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    summary = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="2026-11")
+    summary = run_local(
+        profile="smoke",
+        root=str(tmp_path / "root"),
+        data_window="2026-11",
+        overrides=["gate.max_latency_p95_ms=1000", "export.int8_min_agreement=0.95"],
+    )
     ev, ex = summary["evaluation"], summary["export"]
     assert ev["models"]["student"]["accuracy"] > 0.6  # chance is 0.1
     assert ex["parity_ok"] and set(ex["forms"]) == {"onnx", "onnx_int8", "torchscript"}
     report = open(summary["report"]).read()
     assert "## Gate" in report and "student ONNX int8" in report
     run_dir = summary["run_dir"]
-    for name in ("student.onnx", "student.int8.onnx", "student.torchscript.pt", "model.pt", "data.pt",
-                 "manifest.json", "evaluation.json", "reliability.png"):
+    for name in (
+        "student.onnx",
+        "student.int8.onnx",
+        "student.torchscript.pt",
+        "model.pt",
+        "data.pt",
+        "manifest.json",
+        "evaluation.json",
+        "reliability.png",
+    ):
         hits = list(__import__("pathlib").Path(run_dir).rglob(name))
         assert hits and all(h.stat().st_size > 0 for h in hits), name
-    if ex["gate"]["passed"]:
-        assert summary["promotion"]["promoted"] is True
+    assert ex["gate"]["passed"], ex["gate"]  # budgets loosened above: this test is about wiring, not speed
+    assert summary["promotion"]["promoted"] is True

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from PIL import Image
 
 from kdflow import checkpoints, data, models
@@ -64,8 +64,8 @@ def test_parity_failure_is_reported(exported):
     cfg.export.parity_atol = 1e-12
     cfg.export.formats = ["onnx"]
     r = export_all(exported["model"], exported["data"], cfg.export, cfg.evaluate, exported["tmp"] / "strict", "t")
-    if r["forms"]["onnx"]["max_abs_diff"] > 1e-12:
-        assert not r["parity_ok"] and "max |logit diff|" in r["parity_problems"][0]
+    assert r["forms"]["onnx"]["max_abs_diff"] > cfg.export.parity_atol  # onnxruntime is never bit-exact here
+    assert not r["parity_ok"] and "max |logit diff|" in r["parity_problems"][0]
 
 
 def test_empty_calibration_set(exported):
@@ -106,10 +106,15 @@ def test_predict_bad_inputs(exported, tmp_path, capsys):
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(rgb)
     corrupt = tmp_path / "bad.onnx"
     corrupt.write_bytes(b"\x08\x01garbage")
-    (tmp_path / "bad.onnx.manifest.json").write_text((exported["tmp"] / "out" / "student.onnx.manifest.json").read_text())
+    (tmp_path / "bad.onnx.manifest.json").write_text(
+        (exported["tmp"] / "out" / "student.onnx.manifest.json").read_text()
+    )
     good = _pngs(exported["data"], tmp_path, 1)
-    for argv, needle in [([onnx_path, str(big)], "resize to 28x28"), ([onnx_path, str(rgb)], "1 channel"),
-                         ([str(corrupt), *good], "not a valid ONNX model")]:
+    for argv, needle in [
+        ([onnx_path, str(big)], "resize to 28x28"),
+        ([onnx_path, str(rgb)], "1 channel"),
+        ([str(corrupt), *good], "not a valid ONNX model"),
+    ]:
         assert main(["predict", "--model", argv[0], *argv[1:]]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("kdflow: error:") and needle in err and "\n" not in err

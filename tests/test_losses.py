@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from kdflow import losses
 
+pytestmark = pytest.mark.unit
+
 GOLDEN = Path(__file__).parent / "golden" / "losses.json"
 
 
@@ -56,8 +58,9 @@ def np_dkd(s, t, y, T, alpha, beta):
 
 def np_at(fs, ft):
     def am(f):
-        a = (f ** 2).mean(1).reshape(len(f), -1)
+        a = (f**2).mean(1).reshape(len(f), -1)
         return a / np.linalg.norm(a, axis=1, keepdims=True)
+
     return ((am(fs) - am(ft)) ** 2).mean()
 
 
@@ -66,6 +69,7 @@ def np_sp(fs, ft):
         f = f.reshape(len(f), -1)
         m = f @ f.T
         return m / np.linalg.norm(m, axis=1, keepdims=True)
+
     b = len(fs)
     return ((g(fs) - g(ft)) ** 2).sum() / (b * b)
 
@@ -79,6 +83,7 @@ def np_rkd_distance(es, et):
     def pd(e):
         d = np.sqrt(((e[:, None] - e[None]) ** 2).sum(-1))
         return d / d[d > 0].mean()
+
     return _smooth_l1(pd(es), pd(et))
 
 
@@ -88,6 +93,7 @@ def np_rkd_angle(es, et):
         n = np.linalg.norm(v, axis=2, keepdims=True)
         v = v / np.maximum(n, 1e-12)
         return np.einsum("ijk,ilk->ijl", v, v).reshape(-1)
+
     return _smooth_l1(ang(es), ang(et))
 
 
@@ -97,10 +103,15 @@ def expected_values() -> dict:
     fs, ft = g.normal(size=(4, 3, 5, 5)), g.normal(size=(4, 6, 5, 5))
     es, et = g.normal(size=(5, 4)), g.normal(size=(5, 7))
     return {
-        "kd_T4_a0.1": np_kd(s, t, y, 4.0, 0.1), "kd_T1_a0.5": np_kd(s, t, y, 1.0, 0.5),
-        "kd_T8_a0": np_kd(s, t, y, 8.0, 0.0), "kd_T2_a1": np_kd(s, t, y, 2.0, 1.0),
-        "dkd_T4": np_dkd(s, t, y, 4.0, 1.0, 8.0), "at": np_at(fs, ft), "sp": np_sp(fs, ft),
-        "rkd_distance": np_rkd_distance(es, et), "rkd_angle": np_rkd_angle(es, et),
+        "kd_T4_a0.1": np_kd(s, t, y, 4.0, 0.1),
+        "kd_T1_a0.5": np_kd(s, t, y, 1.0, 0.5),
+        "kd_T8_a0": np_kd(s, t, y, 8.0, 0.0),
+        "kd_T2_a1": np_kd(s, t, y, 2.0, 1.0),
+        "dkd_T4": np_dkd(s, t, y, 4.0, 1.0, 8.0),
+        "at": np_at(fs, ft),
+        "sp": np_sp(fs, ft),
+        "rkd_distance": np_rkd_distance(es, et),
+        "rkd_angle": np_rkd_angle(es, et),
         "_features": {"fs": fs.tolist(), "ft": ft.tolist(), "es": es.tolist(), "et": et.tolist()},
     }
 
@@ -110,10 +121,15 @@ def library_values(feats: dict) -> dict:
     fs, ft = torch.tensor(feats["fs"]), torch.tensor(feats["ft"])
     es, et = torch.tensor(feats["es"]), torch.tensor(feats["et"])
     return {
-        "kd_T4_a0.1": losses.kd_loss(s, t, y, 4.0, 0.1), "kd_T1_a0.5": losses.kd_loss(s, t, y, 1.0, 0.5),
-        "kd_T8_a0": losses.kd_loss(s, t, y, 8.0, 0.0), "kd_T2_a1": losses.kd_loss(s, t, y, 2.0, 1.0),
-        "dkd_T4": losses.dkd_loss(s, t, y, 4.0, 1.0, 8.0), "at": losses.at_loss(fs, ft), "sp": losses.sp_loss(fs, ft),
-        "rkd_distance": losses.rkd_distance_loss(es, et), "rkd_angle": losses.rkd_angle_loss(es, et),
+        "kd_T4_a0.1": losses.kd_loss(s, t, y, 4.0, 0.1),
+        "kd_T1_a0.5": losses.kd_loss(s, t, y, 1.0, 0.5),
+        "kd_T8_a0": losses.kd_loss(s, t, y, 8.0, 0.0),
+        "kd_T2_a1": losses.kd_loss(s, t, y, 2.0, 1.0),
+        "dkd_T4": losses.dkd_loss(s, t, y, 4.0, 1.0, 8.0),
+        "at": losses.at_loss(fs, ft),
+        "sp": losses.sp_loss(fs, ft),
+        "rkd_distance": losses.rkd_distance_loss(es, et),
+        "rkd_angle": losses.rkd_angle_loss(es, et),
     }
 
 
@@ -121,13 +137,15 @@ def test_golden_file_matches_independent_formula():
     """The committed JSON was computed by the numpy formulas above; neither may drift."""
     golden = json.loads(GOLDEN.read_text())
     fresh = expected_values()
-    for k, v in golden.items():
-        if not k.startswith("_"):
-            assert fresh[k] == pytest.approx(v, rel=1e-9), k
+    values = {k: v for k, v in golden.items() if not k.startswith("_")}
+    assert set(values) == {k for k in fresh if not k.startswith("_")}
+    for k, v in values.items():
+        assert fresh[k] == pytest.approx(v, rel=1e-9), k
 
 
-@pytest.mark.parametrize("name", ["kd_T4_a0.1", "kd_T1_a0.5", "kd_T8_a0", "kd_T2_a1", "dkd_T4", "at", "sp",
-                                  "rkd_distance", "rkd_angle"])
+@pytest.mark.parametrize(
+    "name", ["kd_T4_a0.1", "kd_T1_a0.5", "kd_T8_a0", "kd_T2_a1", "dkd_T4", "at", "sp", "rkd_distance", "rkd_angle"]
+)
 def test_library_matches_golden(name):
     golden = json.loads(GOLDEN.read_text())
     got = float(library_values(golden["_features"])[name])

@@ -10,7 +10,10 @@ import yaml
 from components.image import KDFLOW_IMAGE
 from pipelines.runner import compile_pipeline
 
-GOLDEN = Path(__file__).parent / "golden" / "kdflow_distillation.yaml"
+pytestmark = pytest.mark.unit
+
+# The one committed compiled pipeline: what users upload, and the golden copy this test compares against.
+GOLDEN = Path(__file__).resolve().parent.parent / "pipelines" / "kdflow_distillation.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +77,19 @@ def test_pinned_image_everywhere(compiled):
 
 def test_caching_per_task(compiled):
     inner = _inner(compiled["ir"])
-    cache = {n: t.get("cachingOptions", {}).get("enableCache", False) for n, t in inner.items()
-             if not n.startswith("condition-")}
-    assert cache == {"prep-data": True, "train-teacher": True, "train-student-scratch": False,
-                     "distill-student": False, "evaluate": False, "export": False}
+    cache = {
+        n: t.get("cachingOptions", {}).get("enableCache", False)
+        for n, t in inner.items()
+        if not n.startswith("condition-")
+    }
+    assert cache == {
+        "prep-data": True,
+        "train-teacher": True,
+        "train-student-scratch": False,
+        "distill-student": False,
+        "evaluate": False,
+        "export": False,
+    }
     promo = compiled["ir"]["components"][f"comp-{_condition(compiled['ir'])}"]["dag"]["tasks"]["register-and-promote"]
     assert not promo.get("cachingOptions", {}).get("enableCache", False)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from kdflow import checkpoints, data, steps
 from kdflow.registry import accuracy_of_registered
@@ -13,8 +13,12 @@ from kdflow.registry import accuracy_of_registered
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("registry")
-    cfg = tiny_config(tmp, tracking={"enabled": True, "uri": f"sqlite:///{tmp}/mlflow.db"},
-                      teacher={"epochs": 2}, student={"epochs": 2})
+    cfg = tiny_config(
+        tmp,
+        tracking={"enabled": True, "uri": f"sqlite:///{tmp}/mlflow.db"},
+        teacher={"epochs": 2},
+        student={"epochs": 2},
+    )
     ctx = steps.RunContext("registry-test")
     teacher = steps.provide_teacher(cfg, tiny_data, tmp / "teacher", ctx)
     return {"cfg": cfg, "tmp": tmp, "teacher": teacher, "ctx": ctx}
@@ -34,25 +38,34 @@ def test_teacher_from_registry_alias_loads_weights_only(trained, tiny_data, tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_onnx_int8_promotion(trained, tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def int8_champion(trained, tiny_data, tmp_path_factory):
+    """A distilled student exported and promoted as int8 ONNX: the champion the tests below read."""
+    tmp = tmp_path_factory.mktemp("int8")
     cfg = trained["cfg"].model_copy(deep=True)
     cfg.export.promote_format = "onnx_int8"
     cfg.tracking.registered_model = "kd-student-int8"
     ctx = steps.RunContext("registry-test-3")
-    steps.distill(cfg, tiny_data, trained["tmp"] / "teacher" / "model.pt", tmp_path / "student", ctx)
-    result = steps.export_student(cfg, tiny_data, tmp_path / "student", None, tmp_path / "export", ctx)
-    decision = steps.promote(cfg, tiny_data, tmp_path / "student", tmp_path / "export", tmp_path / "promo", ctx)
+    steps.distill(cfg, tiny_data, trained["tmp"] / "teacher" / "model.pt", tmp / "student", ctx)
+    exported = steps.export_student(cfg, tiny_data, tmp / "student", None, tmp / "export", ctx)
+    decision = steps.promote(cfg, tiny_data, tmp / "student", tmp / "export", tmp / "promo", ctx)
+    return {"exported": exported, "decision": decision}
+
+
+def test_onnx_int8_promotion(int8_champion, tiny_data):
+    decision, exported = int8_champion["decision"], int8_champion["exported"]
     assert decision["promoted"] is True and decision["reason"] == "first champion"
     # the champion is the int8 ONNX model, judged by onnxruntime on the same test split
-    assert decision["challenger_accuracy"] == pytest.approx(result["forms"]["onnx_int8"]["accuracy"], abs=1e-6)
+    assert decision["challenger_accuracy"] == pytest.approx(exported["forms"]["onnx_int8"]["accuracy"], abs=1e-6)
     prepared = data.load_prepared(tiny_data)
     assert accuracy_of_registered("kd-student-int8", decision["version"], prepared) == pytest.approx(
-        decision["challenger_accuracy"])
+        decision["challenger_accuracy"]
+    )
 
 
-def test_predict_from_registered_onnx_model(trained, tiny_data, tmp_path, monkeypatch, capsys):
+def test_predict_from_registered_onnx_model(trained, int8_champion, tiny_data, tmp_path, monkeypatch, capsys):
     """`kdflow predict --model models:/NAME@champion` on real Fashion-MNIST PNGs (the champion is the int8
-    ONNX model test_onnx_int8_promotion registered above; pytest runs a file in order)."""
+    ONNX model the int8_champion fixture registered, whatever order the tests run in)."""
     import json
 
     from PIL import Image

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from kdflow import steps, storage, tracking
 
@@ -36,8 +36,11 @@ def counted(monkeypatch):
 
 
 def test_teacher_step_opens_store_and_tracker_once(tiny_data, tmp_path, counted):
-    cfg = tiny_config(tmp_path, tracking={"enabled": True, "uri": f"sqlite:///{tmp_path}/mlflow.db"},
-                      storage={"root": str(tmp_path / "store")})
+    cfg = tiny_config(
+        tmp_path,
+        tracking={"enabled": True, "uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        storage={"root": str(tmp_path / "store")},
+    )
     info = steps.provide_teacher(cfg, tiny_data, tmp_path / "teacher", steps.RunContext("run-1"))
     # provide_teacher trains, logs, uploads and registers: still one store check and one tracker.
     assert counted == {"open_store": 1, "check": 1, "Tracker": 1}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from kdflow import data, models
 from kdflow.config import FeatureLossSpec
@@ -92,13 +92,17 @@ def test_same_seed_same_result(tiny_data, tmp_path):
         assert torch.equal(v1, v2)
 
 
-@pytest.mark.parametrize("teacher_arch,student_arch,t_mod,s_mod,kind", [
-    ("cnn-wide", "cnn-small", "block2", "block2", "fitnets"),   # CNN -> CNN, 64 vs 16 channels
-    ("resnet20", "mlp", "layer3", "fc2", "fitnets"),           # ResNet -> MLP, 4-D -> 2-D
-    ("resnet20", "cnn-small", "layer2", "block1", "at"),       # 14x14 both, channel-free
-    ("resnet20", "cnn-small", "layer3", "block2", "sp"),
-    ("resnet20", "mlp", "fc", "fc3", "rkd"),
-])
+@pytest.mark.parametrize(
+    "teacher_arch,student_arch,t_mod,s_mod,kind",
+    [
+        ("cnn-wide", "cnn-small", "block2", "block2", "fitnets"),  # CNN -> CNN, 64 vs 16 channels
+        ("resnet20", "mlp", "layer3", "fc2", "fitnets"),  # ResNet -> MLP, 4-D -> 2-D
+        ("resnet20", "cnn-small", "layer2", "block1", "at"),  # 14x14 both, channel-free
+        ("resnet20", "cnn-small", "layer3", "block2", "sp"),
+        ("resnet20", "mlp", "fc", "fc3", "rkd"),
+    ],
+)
+@pytest.mark.unit
 def test_hooks_and_adapters(teacher_arch, student_arch, t_mod, s_mod, kind, tmp_path):
     cfg = tiny_config(tmp_path)
     cfg.distill.features = [FeatureLossSpec(kind=kind, student_module=s_mod, teacher_module=t_mod, weight=1.0)]
@@ -116,6 +120,7 @@ def test_hooks_and_adapters(teacher_arch, student_arch, t_mod, s_mod, kind, tmp_
     assert not any("adapter" in n for n, _ in student.named_modules())
 
 
+@pytest.mark.unit
 def test_missing_module_and_unbridgeable_shapes(tmp_path):
     cfg = tiny_config(tmp_path)
     cfg.distill.features = [FeatureLossSpec(kind="fitnets", student_module="block9", teacher_module="block2")]
@@ -127,6 +132,7 @@ def test_missing_module_and_unbridgeable_shapes(tmp_path):
         DistillObjective([_teacher("resnet18")], models.build_model("cnn-small"), cfg.distill, (1, 28, 28), 10)
 
 
+@pytest.mark.unit
 def test_class_count_mismatch(tmp_path):
     cfg = tiny_config(tmp_path)
     teacher = models.build_model("cnn-small", num_classes=5)
@@ -144,6 +150,7 @@ def test_nan_guard(tiny_data, tmp_path):
         fit(student, SupervisedObjective(), d, cfg.train, epochs=1, lr=1e12, out_dir=tmp_path / "nan", resume=False)
 
 
+@pytest.mark.unit
 def test_collapsed_epochs_counts_trailing_chance_after_a_rise():
     from kdflow.trainer import collapsed_epochs
 
@@ -168,14 +175,31 @@ def test_collapse_guard_stops_a_collapsed_student(tiny_data, tmp_path):
     cfg = tiny_config(tmp_path)
     d = data.load_prepared(tiny_data)
     with pytest.raises(TrainingDiverged, match=r"collapsed to chance.*epoch 3.*fix: lower train.lr"):
-        fit(models.build_model("cnn-small"), _CollapsingObjective(), d, cfg.train, epochs=6, lr=0.03,
-            out_dir=tmp_path / "collapse", resume=False)
+        fit(
+            models.build_model("cnn-small"),
+            _CollapsingObjective(),
+            d,
+            cfg.train,
+            epochs=6,
+            lr=0.03,
+            out_dir=tmp_path / "collapse",
+            resume=False,
+        )
     cfg.train.collapse_patience = 0  # off: the same run finishes, at chance
-    result = fit(models.build_model("cnn-small"), _CollapsingObjective(), d, cfg.train, epochs=4, lr=0.03,
-                 out_dir=tmp_path / "off", resume=False)
+    result = fit(
+        models.build_model("cnn-small"),
+        _CollapsingObjective(),
+        d,
+        cfg.train,
+        epochs=4,
+        lr=0.03,
+        out_dir=tmp_path / "off",
+        resume=False,
+    )
     assert result.history[0]["val_acc"] > 0.3 and result.history[-1]["val_acc"] <= 0.15
 
 
+@pytest.mark.unit
 def test_zoo_sizes():
     assert 260_000 < models.num_parameters(models.build_model("resnet20")) < 280_000
     assert 8_000 < models.num_parameters(models.build_model("cnn-small")) < 10_000

@@ -30,7 +30,8 @@ def keep_freed_memory() -> bool:
             try:
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
                 _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-                    libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+                    libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+                )
             except (OSError, AttributeError):
                 _applied = False
     return _applied

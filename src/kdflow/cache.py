@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from kdflow.data import Normalizer, PreparedData, apply_augmentation, draw_augmentation
+from kdflow.data import Normalizer, PreparedData, apply_augmentation, draw_augmentation, stream_seed
 from kdflow.errors import ConfigError
 from kdflow.io import atomic_torch_save, safe_torch_load
 
@@ -27,9 +27,15 @@ FORMAT = "kdflow-teacher-cache-v1"
 
 
 def cache_key(teacher_sha256: str, data: PreparedData, views: int, seed: int) -> dict:
-    return {"format": FORMAT, "teacher_sha256": teacher_sha256, "data_digest": data.digest,
-            "augmentation": data.manifest["augmentation"], "views": views, "seed": seed,
-            "num_train": len(data.train)}
+    return {
+        "format": FORMAT,
+        "teacher_sha256": teacher_sha256,
+        "data_digest": data.digest,
+        "augmentation": data.manifest["augmentation"],
+        "views": views,
+        "seed": seed,
+        "num_train": len(data.train),
+    }
 
 
 def key_name(key: dict) -> str:
@@ -38,7 +44,7 @@ def key_name(key: dict) -> str:
 
 def view_params(n: int, augmentation: dict, seed: int, view: int) -> torch.Tensor:
     """(n, 3) augmentation parameters of one view; a pure function of (seed, view)."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + view)
+    gen = torch.Generator().manual_seed(stream_seed(seed, view))
     if not augmentation.get("enabled"):
         return torch.zeros(n, 3, dtype=torch.long)
     return draw_augmentation(n, augmentation.get("crop_padding", 0), augmentation.get("hflip", False), gen)
@@ -75,8 +81,9 @@ def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 2
     pad = aug.get("crop_padding", 0) if aug.get("enabled") else 0
     t0 = time.perf_counter()
     all_params, all_logits = [], []
-    bar = tqdm(total=key["views"] * ((n + batch_size - 1) // batch_size), desc="teacher cache", unit="batch",
-               mininterval=5.0)
+    bar = tqdm(
+        total=key["views"] * ((n + batch_size - 1) // batch_size), desc="teacher cache", unit="batch", mininterval=5.0
+    )
     for v in range(key["views"]):
         params = view_params(n, aug, key["seed"], v)
         out = []
@@ -93,8 +100,9 @@ def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 2
 
 
 def save(cache: TeacherCache, path: Path) -> Path:
-    return atomic_torch_save({"key": cache.key, "params": cache.params, "logits": cache.logits,
-                              "build_seconds": cache.build_seconds}, path)
+    return atomic_torch_save(
+        {"key": cache.key, "params": cache.params, "logits": cache.logits, "build_seconds": cache.build_seconds}, path
+    )
 
 
 def load(path: Path, expected: dict) -> TeacherCache:
@@ -103,17 +111,20 @@ def load(path: Path, expected: dict) -> TeacherCache:
     key = blob.get("key", {}) if isinstance(blob, dict) else {}
     for field in ("format", "teacher_sha256", "data_digest", "augmentation", "views", "seed", "num_train"):
         if key.get(field) != expected[field]:
-            raise ConfigError("distill.cache", f"stale teacher cache '{path}': {field} is {key.get(field)!r}, "
-                              f"this run needs {expected[field]!r}",
-                              "delete the file or let kdflow rebuild it (distill.cache_dir)")
+            raise ConfigError(
+                "distill.cache",
+                f"stale teacher cache '{path}': {field} is {key.get(field)!r}, this run needs {expected[field]!r}",
+                "delete the file or let kdflow rebuild it (distill.cache_dir)",
+            )
     params, logits = blob["params"], blob["logits"]
     if params.shape[:2] != (expected["views"], expected["num_train"]) or logits.shape[:2] != params.shape[:2]:
         raise ConfigError("distill.cache", f"teacher cache '{path}' has inconsistent shapes", "delete it and rebuild")
     return TeacherCache(key, params, logits, float(blob.get("build_seconds", 0.0)))
 
 
-def get_or_build(teacher: nn.Module, teacher_sha256: str, data: PreparedData, views: int, seed: int,
-                 cache_dir: Path) -> tuple[TeacherCache, Path, bool]:
+def get_or_build(
+    teacher: nn.Module, teacher_sha256: str, data: PreparedData, views: int, seed: int, cache_dir: Path
+) -> tuple[TeacherCache, Path, bool]:
     """Reuse a matching cache from ``cache_dir`` or build and save one. Returns (cache, path, reused)."""
     key = cache_key(teacher_sha256, data, views, seed)
     path = Path(cache_dir) / f"teacher-cache-{key_name(key)}.pt"

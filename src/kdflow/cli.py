@@ -17,20 +17,37 @@ DEFAULT_CONFIG = "configs/fashion_mnist.yaml"
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
-    p.add_argument("--config", default=None,
-                   help=f"experiment YAML (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)")
-    p.add_argument("--profile", default=None, help="profile inside the config: smoke, default or full (default: base values)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set distill.temperature=4 (repeatable)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help=f"experiment YAML (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)",
+    )
+    p.add_argument(
+        "--profile", default=None, help="profile inside the config: smoke, default or full (default: base values)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set distill.temperature=4 (repeatable)",
+    )
     p.add_argument("--run-id", default="local", help="pipeline run id recorded in MLflow tags (default: local)")
     if out:
-        p.add_argument("--out", required=True, help="output directory of this step (created; outputs written atomically)")
+        p.add_argument(
+            "--out", required=True, help="output directory of this step (created; outputs written atomically)"
+        )
 
 
 def _nproc(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nproc", type=int, default=1,
-                   help="train with N processes (torch DDP under torchrun; gloo on CPU, NCCL on CUDA). "
-                        "train.batch_size stays the global batch; the LR is not rescaled")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train with N processes (torch DDP under torchrun; gloo on CPU, NCCL on CUDA). "
+        "train.batch_size stays the global batch; the LR is not rescaled",
+    )
 
 
 def _relaunch_under_torchrun(argv: list[str], nproc: int) -> int:
@@ -48,8 +65,16 @@ def _relaunch_under_torchrun(argv: list[str], nproc: int) -> int:
         if a.startswith("--nproc="):
             continue
         rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "kdflow.cli", *rest]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "kdflow.cli",
+        *rest,
+    ]
     return subprocess.call(cmd)
 
 
@@ -70,12 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     _nproc(p)
     p.add_argument("--data", required=True, help="output directory of `kdflow prep`")
 
-    p = sub.add_parser("distill", help="distil the teacher into the student (runs prep when --data is absent)")
+    p = sub.add_parser("distill", help="distil the teacher into the student (the distill step; writes OUT/model.pt)")
     _common(p)
     _nproc(p)
+    p.add_argument("--data", help="output directory of `kdflow prep` (without it: every step, as `kdflow run`)")
+    p.add_argument("--teacher", help="teacher checkpoint (model.pt), s3:// or models:/ URI (default: teacher.source)")
+    p.add_argument("--scratch", action="store_true", help=argparse.SUPPRESS)  # the all-in-one form, kept working
+
+    p = sub.add_parser("run", help="every step in one command: prep, teacher, (scratch), distill, evaluate")
+    _common(p)
     p.add_argument("--data", help="output directory of `kdflow prep` (default: prepare into OUT/data)")
-    p.add_argument("--teacher", help="teacher checkpoint (model.pt), s3:// or models:/ URI (default: teacher.source, "
-                                     "else train one into OUT/teacher)")
+    p.add_argument(
+        "--teacher",
+        help="teacher checkpoint, s3:// or models:/ URI (default: teacher.source, else train one into OUT/teacher)",
+    )
     p.add_argument("--scratch", action="store_true", help="also train the scratch baseline and compare")
 
     p = sub.add_parser("evaluate", help="compare teacher, scratch and distilled student on the test split")
@@ -119,12 +152,74 @@ def _print_eval(summary: dict) -> None:
         print(f"transfer rate {summary['transfer_rate']:.3f}; KD gain {100 * summary['kd_gain']:+.2f} pt")
 
 
+def _run_all(cfg, args, ctx) -> None:
+    from kdflow import steps
+
+    summary = steps.run_all(cfg, args.out, ctx, args.data, args.teacher or cfg.teacher.source, args.scratch)
+    if summary is not None:
+        _print_eval(summary)
+
+
+def _distill(cfg, args, ctx) -> None:
+    from kdflow import steps
+
+    if not args.data or args.scratch:  # the all-in-one form of earlier releases: the same as `kdflow run`
+        print(
+            "kdflow: note: `kdflow distill` without --data (or with --scratch) runs every step; "
+            "`kdflow run` is that command",
+            file=sys.stderr,
+        )
+        return _run_all(cfg, args, ctx)
+    teacher = args.teacher or cfg.teacher.source
+    if not teacher:
+        raise ConfigError(
+            "--teacher",
+            "the distill step needs a teacher",
+            "pass --teacher runs/teacher/model.pt (or set teacher.source), or train one with `kdflow run`",
+        )
+    steps.distill(cfg, args.data, teacher, args.out, ctx)
+
+
+def _export(cfg, args, ctx) -> None:
+    from kdflow import steps
+    from kdflow.gate import verdict
+
+    report = steps.export_student(cfg, args.data, args.student, args.evaluation, args.out, ctx)
+    for form, r in report["forms"].items():
+        print(
+            f"{form}: accuracy {r['accuracy']:.4f}, max|diff| {r['max_abs_diff']:.2e}, "
+            f"p50 {r['latency_p50_ms']:.3f} ms, {r['size_bytes']:,} bytes"
+        )
+    if not report["gate"]["passed"]:
+        print(f"gate: {verdict(report['gate'])}", file=sys.stderr)
+
+
+COMMANDS = {
+    "prep": lambda cfg, a, ctx: print(
+        json.dumps({k: v for k, v in _steps().prep(cfg, a.out, ctx).items() if k in ("digest", "counts")})
+    ),
+    "train-teacher": lambda cfg, a, ctx: _steps().train(cfg, "teacher", a.data, a.out, ctx),
+    "train-student": lambda cfg, a, ctx: _steps().train(cfg, "scratch", a.data, a.out, ctx),
+    "distill": _distill,
+    "run": _run_all,
+    "evaluate": lambda cfg, a, ctx: _print_eval(
+        _steps().evaluate_models(cfg, a.data, a.teacher, a.scratch, a.student, a.out, ctx)
+    ),
+    "export": _export,
+    "promote": lambda cfg, a, ctx: _steps().promote(cfg, a.data, a.student, a.export, a.out, ctx),
+}
+
+
+def _steps():
+    from kdflow import steps
+
+    return steps
+
+
 def run(argv: list[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(raw_argv)
     if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:
-        if args.nproc < 1:
-            raise ConfigError("--nproc", f"must be >= 1 (got {args.nproc})", "pass a positive process count")
         _config(args)  # validate before spawning workers
         return _relaunch_under_torchrun(raw_argv, args.nproc)
     if args.command == "predict":
@@ -134,59 +229,7 @@ def run(argv: list[str] | None = None) -> int:
     from kdflow import steps
 
     cfg = _config(args)
-    ctx = steps.RunContext(pipeline_run_id=args.run_id)
-    out = Path(args.out)
-    if args.command == "prep":
-        info = steps.prep(cfg, out, ctx)
-        print(json.dumps({"digest": info["digest"], "counts": info["counts"]}))
-    elif args.command == "train-teacher":
-        steps.train(cfg, "teacher", args.data, out, ctx)
-    elif args.command == "train-student":
-        steps.train(cfg, "scratch", args.data, out, ctx)
-    elif args.command == "distill":
-        from kdflow.distributed import info_from_env
-
-        dist_info = info_from_env()
-        if dist_info.enabled and (not args.data or not (args.teacher or cfg.teacher.source) or args.scratch):
-            raise ConfigError("--nproc", "a distributed distill runs the distillation step alone",
-                              "run prep and train-teacher first and pass --data and --teacher (drop --scratch)")
-        data_dir = Path(args.data) if args.data else out / "data"
-        if not args.data:
-            steps.prep(cfg, data_dir, ctx)
-        teacher = args.teacher or cfg.teacher.source
-        teacher_dir = None
-        if not teacher:
-            teacher_dir = out / "teacher"
-            steps.train(cfg, "teacher", data_dir, teacher_dir, ctx)
-            teacher = str(teacher_dir / "model.pt")
-        scratch_dir = None
-        if args.scratch:
-            scratch_dir = out / "scratch"
-            steps.train(cfg, "scratch", data_dir, scratch_dir, ctx)
-        student_dir = out / "student"
-        steps.distill(cfg, data_dir, teacher, student_dir, ctx)
-        if not dist_info.is_main:
-            return 0
-        if teacher_dir is None:
-            teacher_dir = out / "teacher_given"
-            teacher_dir.mkdir(parents=True, exist_ok=True)
-            from kdflow import checkpoints
-
-            model, meta = steps.load_teacher(teacher, json.loads((data_dir / "manifest.json").read_text())["num_classes"])
-            checkpoints.save_model(model, meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"],
-                                   teacher_dir / "model.pt")
-        _print_eval(steps.evaluate_models(cfg, data_dir, teacher_dir, scratch_dir, student_dir, out / "evaluation", ctx))
-    elif args.command == "evaluate":
-        _print_eval(steps.evaluate_models(cfg, args.data, args.teacher, args.scratch, args.student, out, ctx))
-    elif args.command == "export":
-        result = steps.export_student(cfg, args.data, args.student, args.evaluation, out, ctx)
-        for form, r in result["forms"].items():
-            print(f"{form}: accuracy {r['accuracy']:.4f}, max|diff| {r['max_abs_diff']:.2e}, "
-                  f"p50 {r['latency_p50_ms']:.3f} ms, {r['size_bytes']:,} bytes")
-        if not result["gate"]["passed"]:
-            print("gate: FAIL", file=sys.stderr)
-    elif args.command == "promote":
-        steps.promote(cfg, args.data, args.student, args.export, out, ctx)
+    COMMANDS[args.command](cfg, args, steps.RunContext(pipeline_run_id=args.run_id))
     return 0
 
 

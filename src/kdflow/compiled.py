@@ -22,12 +22,15 @@ def require_cpp_compiler() -> None:
     """Inductor builds C++ kernels on CPU; without a compiler it would fail deep inside the first batch."""
     candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
     if not any(shutil.which(c) for c in candidates):
-        raise ConfigError(FIELD, f"torch.compile needs a C++ compiler and none of {', '.join(candidates)} is on PATH",
-                          "install one (apt-get install g++) or set distill.compile_teacher=false")
+        raise ConfigError(
+            FIELD,
+            f"torch.compile needs a C++ compiler and none of {', '.join(candidates)} is on PATH",
+            "install one (apt-get install g++) or set distill.compile_teacher=false",
+        )
 
 
 def compile_frozen(model: nn.Module) -> nn.Module:
     """A compiled forward of ``model`` in eval mode; parameters stay shared with ``model``."""
     require_cpp_compiler()
     model.eval().requires_grad_(False)
-    return torch.compile(model)
+    return torch.compile(model)  # type: ignore[return-value]  # an OptimizedModule, called like the model

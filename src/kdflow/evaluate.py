@@ -12,25 +12,66 @@ import torch.nn.functional as F
 import torchmetrics.functional.classification as tmf
 
 from kdflow.config import EvaluateConfig
+from kdflow.data import Normalizer, PreparedData, Split, iterate
+from kdflow.io import atomic_write_bytes
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    split: Split,
+    normalizer: Normalizer,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """fp32 logits of ``model`` (in eval mode for the call) over a whole split, on the CPU."""
+    device = device or torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    outs = []
+    for xb, _, _ in iterate(split, batch_size, normalizer):
+        xb = xb.to(device)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        outs.append(model(xb).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy, the one definition every step, the trainer and export use."""
+    return int((logits.argmax(1) == y).sum()) / len(y) if len(y) else 0.0
+
+
+def final_and_val_selected_accuracy(
+    model: nn.Module, best_state: dict | None, prepared: PreparedData
+) -> tuple[float, float | None]:
+    """Test accuracy of the final weights (the headline) and of the val-selected ones (reported apart)."""
+    norm = prepared.normalizer()
+    final = accuracy(predict_logits(model, prepared.test, norm), prepared.test.y)
+    if best_state is None:
+        return final, None
+    final_state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    selected = accuracy(predict_logits(model, prepared.test, norm), prepared.test.y)
+    model.load_state_dict(final_state)
+    return final, selected
 
 
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int, ece_bins: int = 15) -> dict:
     probs = logits.float().softmax(1)
-    kw = {"num_classes": num_classes}
+    n = num_classes
     return {
-        "accuracy": float(tmf.multiclass_accuracy(probs, y, average="micro", **kw)),
-        "precision_macro": float(tmf.multiclass_precision(probs, y, average="macro", **kw)),
-        "recall_macro": float(tmf.multiclass_recall(probs, y, average="macro", **kw)),
-        "f1_macro": float(tmf.multiclass_f1_score(probs, y, average="macro", **kw)),
-        "per_class_accuracy": [float(v) for v in tmf.multiclass_accuracy(probs, y, average=None, **kw)],
-        "confusion_matrix": tmf.multiclass_confusion_matrix(probs, y, **kw).tolist(),
+        "accuracy": accuracy(logits, y),
+        "precision_macro": float(tmf.multiclass_precision(probs, y, average="macro", num_classes=n)),
+        "recall_macro": float(tmf.multiclass_recall(probs, y, average="macro", num_classes=n)),
+        "f1_macro": float(tmf.multiclass_f1_score(probs, y, average="macro", num_classes=n)),
+        "per_class_accuracy": [float(v) for v in tmf.multiclass_accuracy(probs, y, average=None, num_classes=n)],
+        "confusion_matrix": tmf.multiclass_confusion_matrix(probs, y, num_classes=n).tolist(),
         "nll": float(F.cross_entropy(logits.float(), y)),
-        "ece": float(tmf.multiclass_calibration_error(probs, y, n_bins=ece_bins, norm="l1", **kw)),
+        "ece": float(tmf.multiclass_calibration_error(probs, y, n_bins=ece_bins, norm="l1", num_classes=n)),
     }
-
-
-def accuracy_of(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return float(tmf.multiclass_accuracy(logits, y, num_classes=logits.shape[1], average="micro")) if len(y) else 0.0
 
 
 def teacher_comparison(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> dict:
@@ -72,8 +113,12 @@ def speed_profile(run_batch, input_shape: tuple[int, ...], cfg: EvaluateConfig) 
     big = torch.randn(cfg.throughput_batch, *input_shape)
     lat = time_callable(lambda: run_batch(one), cfg.latency_warmup, cfg.latency_repeats) * 1000.0
     thr = time_callable(lambda: run_batch(big), 2, cfg.throughput_repeats)
-    return {"latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
-            "throughput_ips": float(cfg.throughput_batch / np.median(thr)), "threads": torch.get_num_threads()}
+    return {
+        "latency_p50_ms": float(np.percentile(lat, 50)),
+        "latency_p95_ms": float(np.percentile(lat, 95)),
+        "throughput_ips": float(cfg.throughput_batch / np.median(thr)),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def torch_speed(model: nn.Module, input_shape: tuple[int, ...], cfg: EvaluateConfig) -> dict:
@@ -87,6 +132,16 @@ def torch_speed(model: nn.Module, input_shape: tuple[int, ...], cfg: EvaluateCon
 
 
 # ----------------------------------------------------------------------------- plots
+
+
+def _save(fig, path: Path) -> Path:
+    """Render to memory, then write atomically: a plot is complete or absent, never half-written."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    _plt().close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _plt():
@@ -109,14 +164,19 @@ def plot_confusion(cm: list[list[int]], class_names: list[str], title: str, path
     ax.set_ylabel("true")
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
-            ax.text(j, i, str(a[i, j]), ha="center", va="center", fontsize=6,
-                    color="white" if a[i, j] > a.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(a[i, j]),
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if a[i, j] > a.max() / 2 else "black",
+            )
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def reliability_bins(logits: torch.Tensor, y: torch.Tensor, n_bins: int) -> list[dict]:
@@ -128,8 +188,15 @@ def reliability_bins(logits: torch.Tensor, y: torch.Tensor, n_bins: int) -> list
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         m = (conf > lo) & (conf <= hi)
         if m.any():
-            rows.append({"lo": float(lo), "hi": float(hi), "confidence": float(conf[m].mean()),
-                         "accuracy": float(correct[m].mean()), "count": int(m.sum())})
+            rows.append(
+                {
+                    "lo": float(lo),
+                    "hi": float(hi),
+                    "confidence": float(conf[m].mean()),
+                    "accuracy": float(correct[m].mean()),
+                    "count": int(m.sum()),
+                }
+            )
     return rows
 
 
@@ -144,9 +211,7 @@ def plot_reliability(curves: dict[str, list[dict]], path: Path) -> Path:
     ax.set_title("Reliability diagram (test)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_history(histories: dict[str, list[dict]], path: Path) -> Path:
@@ -166,6 +231,4 @@ def plot_history(histories: dict[str, list[dict]], path: Path) -> Path:
         a.legend(fontsize=8)
         a.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

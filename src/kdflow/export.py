@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from contextlib import redirect_stdout
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +20,43 @@ import torch.nn as nn
 from kdflow.config import EvaluateConfig, ExportConfig
 from kdflow.data import Normalizer, PreparedData, Split, iterate
 from kdflow.errors import ExportError
-from kdflow.evaluate import speed_profile
+from kdflow.evaluate import accuracy, speed_profile
 from kdflow.io import atomic_write_bytes, atomic_write_json, sha256_file
 
 ONNX_INPUT = "input"
 ONNX_OUTPUT = "logits"
 
 
+@contextmanager
+def _failures_as_export_error(field: str, problem: str, fix: str) -> Iterator[None]:
+    """Any exception inside becomes one ExportError line: ``problem`` names the error type and message."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - the exporter and onnxruntime raise many types
+        raise ExportError(field, f"{problem} ({type(e).__name__}: {str(e)[:120]})", fix) from None
+
+
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int) -> Path:
     model = model.eval()
     buf = io.BytesIO()
-    try:
+    refusal = (
+        "export.opset",
+        f"the model cannot be exported at opset {opset}",
+        "raise export.opset or replace the unsupported op",
+    )
+    with _failures_as_export_error(*refusal):
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.zeros(1, *input_shape),), buf, input_names=[ONNX_INPUT],
-                              output_names=[ONNX_OUTPUT], opset_version=opset, dynamo=False,
-                              dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}})
-    except Exception as e:  # noqa: BLE001 - the exporter raises many types
-        raise ExportError("export.opset", f"the model cannot be exported at opset {opset} ({type(e).__name__}: {str(e)[:120]})",
-                          "raise export.opset or replace the unsupported op") from None
+            torch.onnx.export(
+                model,
+                (torch.zeros(1, *input_shape),),
+                buf,  # type: ignore[arg-type]
+                input_names=[ONNX_INPUT],
+                output_names=[ONNX_OUTPUT],
+                opset_version=opset,
+                dynamo=False,
+                dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+            )
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -65,8 +84,11 @@ class _Calibration:
 
 def calibration_batches(data: PreparedData, n: int, seed: int) -> list[np.ndarray]:
     if n <= 0 or len(data.train) == 0:
-        raise ExportError("export.calibration_samples", "the calibration set is empty",
-                          "set export.calibration_samples > 0 (and keep a non-empty train split)")
+        raise ExportError(
+            "export.calibration_samples",
+            "the calibration set is empty",
+            "set export.calibration_samples > 0 (and keep a non-empty train split)",
+        )
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
     sub = Split(data.train.x[idx], data.train.y[idx])
     norm = Normalizer(data.mean, data.std)
@@ -79,8 +101,15 @@ def quantize_int8(fp32_path: Path, out_path: Path, batches: list[np.ndarray]) ->
 
     tmp = out_path.with_suffix(".tmp.onnx")
     try:
-        quantize_static(str(fp32_path), str(tmp), _Calibration(batches), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(fp32_path),
+            str(tmp),
+            _Calibration(batches),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         mode = "static-qdq-per-channel"
     except Exception:  # noqa: BLE001 - fall back, recorded in the manifest
         quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8)
@@ -96,11 +125,8 @@ def onnx_session(path: Path, threads: int | None = None):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    try:
+    with _failures_as_export_error("model", f"'{path}' is not a valid ONNX model", "re-export it with `kdflow export`"):
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-        raise ExportError("model", f"'{path}' is not a valid ONNX model ({type(e).__name__})",
-                          "re-export it with `kdflow export`") from None
 
 
 def onnx_runner(session):
@@ -134,25 +160,42 @@ def verify(name: str, run, reference: torch.Tensor, data: PreparedData, eval_cfg
     out = {
         "max_abs_diff": float((logits - reference).abs().max()),
         "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).float().mean()),
-        "accuracy": float((logits.argmax(1) == data.test.y).float().mean()),
+        "accuracy": accuracy(logits, data.test.y),
     }
     out.update(speed_profile(run, input_shape, eval_cfg))
     return out
 
 
-def write_manifest(path: Path, *, fmt: str, data: PreparedData, opset: int | None, source_model: str, extra: dict) -> dict:
+def write_manifest(
+    path: Path, *, fmt: str, data: PreparedData, opset: int | None, source_model: str, extra: dict
+) -> dict:
     manifest = {
-        "format": fmt, "file": path.name, "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
-        "input_name": ONNX_INPUT, "input_shape": ["batch", *data.manifest["input_shape"]], "input_dtype": "float32",
+        "format": fmt,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "size_bytes": path.stat().st_size,
+        "input_name": ONNX_INPUT,
+        "input_shape": ["batch", *data.manifest["input_shape"]],
+        "input_dtype": "float32",
         "normalization": {"mean": list(data.mean), "std": list(data.std), "scale": "pixel/255"},
-        "class_names": data.class_names, "opset": opset, "source_model": source_model, **extra,
+        "class_names": data.class_names,
+        "opset": opset,
+        "source_model": source_model,
+        **extra,
     }
     atomic_write_json(path.with_name(path.name + ".manifest.json"), manifest)
     return manifest
 
 
-def export_all(model: nn.Module, data: PreparedData, cfg: ExportConfig, eval_cfg: EvaluateConfig, out_dir: Path,
-               source_model: str, seed: int = 0) -> dict:
+def export_all(
+    model: nn.Module,
+    data: PreparedData,
+    cfg: ExportConfig,
+    eval_cfg: EvaluateConfig,
+    out_dir: Path,
+    source_model: str,
+    seed: int = 0,
+) -> dict:
     """Write every configured form, verify it, and judge parity. Returns metrics per form plus ``parity_ok``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
@@ -167,23 +210,35 @@ def export_all(model: nn.Module, data: PreparedData, cfg: ExportConfig, eval_cfg
     if "onnx" in cfg.formats:
         session = onnx_session(fp32, torch.get_num_threads())
         results["onnx"] = verify("onnx", onnx_runner(session), reference, data, eval_cfg)
-        results["onnx"]["manifest"] = write_manifest(fp32, fmt="onnx", data=data, opset=cfg.opset,
-                                                     source_model=source_model, extra={"exporter": "torch.onnx (torchscript)"})
+        results["onnx"]["manifest"] = write_manifest(
+            fp32,
+            fmt="onnx",
+            data=data,
+            opset=cfg.opset,
+            source_model=source_model,
+            extra={"exporter": "torch.onnx (torchscript)"},
+        )
     if "onnx_int8" in cfg.formats:
         q = out_dir / "student.int8.onnx"
         mode = quantize_int8(fp32, q, calibration_batches(data, cfg.calibration_samples, seed))
         session = onnx_session(q, torch.get_num_threads())
         results["onnx_int8"] = verify("onnx_int8", onnx_runner(session), reference, data, eval_cfg)
         results["onnx_int8"]["manifest"] = write_manifest(
-            q, fmt="onnx_int8", data=data, opset=cfg.opset, source_model=source_model,
-            extra={"quantization": mode, "calibration_samples": cfg.calibration_samples, "calibration_seed": seed})
+            q,
+            fmt="onnx_int8",
+            data=data,
+            opset=cfg.opset,
+            source_model=source_model,
+            extra={"quantization": mode, "calibration_samples": cfg.calibration_samples, "calibration_seed": seed},
+        )
     if "torchscript" in cfg.formats:
         ts = out_dir / "student.torchscript.pt"
         export_torchscript(model, input_shape, ts)
         results["torchscript"] = verify("torchscript", torchscript_runner(ts), reference, data, eval_cfg)
-        results["torchscript"]["manifest"] = write_manifest(ts, fmt="torchscript", data=data, opset=None,
-                                                            source_model=source_model, extra={})
-    acc_ref = float((reference.argmax(1) == data.test.y).float().mean())
+        results["torchscript"]["manifest"] = write_manifest(
+            ts, fmt="torchscript", data=data, opset=None, source_model=source_model, extra={}
+        )
+    acc_ref = accuracy(reference, data.test.y)
     problems = []
     for fmt, r in results.items():
         r["size_bytes"] = r["manifest"]["size_bytes"]

@@ -19,8 +19,11 @@ def resolve_module(model: nn.Module, path: str, field: str, role: str) -> nn.Mod
     try:
         return model.get_submodule(path)
     except AttributeError:
-        raise ModelError(field, f"{role} has no module '{path}'",
-                         f"use a module path such as one of: {_top_level_names(model)} (see `kdflow models --modules`)") from None
+        raise ModelError(
+            field,
+            f"{role} has no module '{path}'",
+            f"use a module path such as one of: {_top_level_names(model)} (or a dotted path into them, as named by model.named_modules())",
+        ) from None
 
 
 class FeatureTap:
@@ -66,8 +69,11 @@ class Adapter(nn.Module):
         self.s_pool: int | str | None = None
         self.t_pool: int | str | None = None
         self.proj: nn.Module = nn.Identity()
-        bad = ModelError(where, f"cannot bridge student shape {tuple(s_shape[1:])} and teacher shape {tuple(t_shape[1:])}",
-                         "pick modules whose spatial sizes are equal or integer multiples, or 2-D/4-D outputs")
+        bad = ModelError(
+            where,
+            f"cannot bridge student shape {tuple(s_shape[1:])} and teacher shape {tuple(t_shape[1:])}",
+            "pick modules whose spatial sizes are equal or integer multiples, or 2-D/4-D outputs",
+        )
         if s_rank not in (2, 4) or t_rank not in (2, 4):
             raise bad
         if s_rank == 4 and t_rank == 4:
@@ -95,15 +101,16 @@ class Adapter(nn.Module):
             return x
         if how == "global":
             return x.float().mean(dim=(2, 3))
-        return F.avg_pool2d(x, how)
+        return F.avg_pool2d(x, int(how))
 
     def forward(self, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.proj(self._pool(s, self.s_pool)), self._pool(t, self.t_pool)
 
 
 @torch.no_grad()
-def probe_shapes(model: nn.Module, paths: list[str], input_shape: tuple[int, ...], field: str, role: str
-                 ) -> dict[str, torch.Size]:
+def probe_shapes(
+    model: nn.Module, paths: list[str], input_shape: tuple[int, ...], field: str, role: str
+) -> dict[str, torch.Size]:
     """Run one dummy batch of 2 through ``model`` (in eval mode, restored after) and record shapes."""
     tap = FeatureTap(model, paths, field, role)
     was_training = model.training

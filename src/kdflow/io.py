@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -54,6 +56,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def csv_text(rows: list[dict]) -> str:
+    """Rows of dicts as CSV text, columns sorted over all rows; empty for no rows (e.g. a training history)."""
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=sorted({k for row in rows for k in row}))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
@@ -69,8 +82,12 @@ def safe_torch_load(path: str | os.PathLike, field: str = "checkpoint") -> Any:
         text = str(e)
         if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
             raise CheckpointError(
-                field, f"'{p}' carries pickled code or objects, refused (weights_only loading)",
+                field,
+                f"'{p}' carries pickled code or objects, refused (weights_only loading)",
                 "save only tensors and plain types (a state_dict), e.g. with kdflow's own steps",
             ) from None
-        raise CheckpointError(field, f"'{p}' is not a readable checkpoint ({type(e).__name__})",
-                              "re-create it; the file is truncated or not a torch checkpoint") from None
+        raise CheckpointError(
+            field,
+            f"'{p}' is not a readable checkpoint ({type(e).__name__})",
+            "re-create it; the file is truncated or not a torch checkpoint",
+        ) from None

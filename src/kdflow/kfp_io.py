@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from kdflow.config import flatten
 
-LINEAGE_KEYS = ("arch", "data_digest", "run_id", "model_id", "model_uri", "parent_run_id", "config_hash",
-                "registered_version", "registered_uri", "source")
+LINEAGE_KEYS = (
+    "arch",
+    "data_digest",
+    "run_id",
+    "model_id",
+    "model_uri",
+    "parent_run_id",
+    "config_hash",
+    "registered_version",
+    "registered_uri",
+    "source",
+)
 
 
-def fill_model_metadata(artifact, info: dict) -> None:
+def fill_model_metadata(artifact, info: Mapping[str, Any]) -> None:
+    """A step's TrainResult as KFP artifact metadata: lineage ids, teacher lineage tags and size metrics."""
     artifact.metadata.update({k: info[k] for k in LINEAGE_KEYS if info.get(k) is not None})
-    artifact.metadata.update({k: v for k, v in info.items() if k.startswith("kdflow.")})
+    artifact.metadata.update(info.get("lineage", {}))
     metrics = info.get("metrics", {})
     for k in ("parameters", "size_bytes", "macs", "test_accuracy"):
         if metrics.get(k) is not None:

@@ -103,9 +103,13 @@ class Stack:
         return f"http://127.0.0.1:{self.mlflow_port}"
 
     def env(self) -> dict[str, str]:
-        env = {"AWS_ENDPOINT_URL": self.s3_endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
-               "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": "us-east-1",
-               "KDFLOW_STORAGE_ROOT": f"s3://{self.bucket}/runs"}
+        env = {
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "KDFLOW_STORAGE_ROOT": f"s3://{self.bucket}/runs",
+        }
         if self.mlflow_port:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         return env
@@ -133,12 +137,36 @@ def start_s3(state_dir: str | Path, lifetime_s: int = 3600) -> Stack:
     cfg = state / "s3.json"
     fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps({"identities": [{"name": "kdflow", "credentials": [
-            {"accessKey": access_key, "secretKey": secret_key}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    cmd = ["timeout", "-s", "KILL", str(lifetime_s), _weed_binary(), "mini", f"-dir={state / 'weed'}",
-           "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-           f"-s3.port={ports['s3']}", f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-           f"-filer.port={ports['filer']}", f"-s3.config={cfg}"]
+        fh.write(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "kdflow",
+                            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+    cmd = [
+        "timeout",
+        "-s",
+        "KILL",
+        str(lifetime_s),
+        _weed_binary(),
+        "mini",
+        f"-dir={state / 'weed'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        f"-s3.port={ports['s3']}",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-s3.config={cfg}",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
     with open(log, "wb") as fh:
@@ -165,10 +193,16 @@ def s3_client(stack: Stack):
     import boto3
     from botocore.config import Config
 
-    return boto3.session.Session().client("s3", endpoint_url=stack.s3_endpoint, aws_access_key_id=stack.access_key,
-                        aws_secret_access_key=stack.secret_key, region_name="us-east-1",
-                        config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=2,
-                                      s3={"addressing_style": "path"}))
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=stack.s3_endpoint,
+        aws_access_key_id=stack.access_key,
+        aws_secret_access_key=stack.secret_key,
+        region_name="us-east-1",
+        config=Config(
+            retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=2, s3={"addressing_style": "path"}
+        ),
+    )
 
 
 def ensure_bucket(stack: Stack, bucket: str) -> None:
@@ -186,13 +220,32 @@ def start_mlflow(stack: Stack, lifetime_s: int = 3600) -> Stack:
     port = free_port()
     log = state / "mlflow.log"
     mlflow_bin = Path(sys.executable).parent / "mlflow"
-    cmd = ["timeout", "-s", "KILL", str(lifetime_s), str(mlflow_bin), "server",
-           "--backend-store-uri", f"sqlite:///{state / 'mlflow.db'}",
-           "--artifacts-destination", f"s3://{stack.bucket}/mlflow", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    env = {**os.environ, "AWS_ENDPOINT_URL": stack.s3_endpoint, "MLFLOW_S3_ENDPOINT_URL": stack.s3_endpoint,
-           "AWS_ACCESS_KEY_ID": stack.access_key, "AWS_SECRET_ACCESS_KEY": stack.secret_key,
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    cmd = [
+        "timeout",
+        "-s",
+        "KILL",
+        str(lifetime_s),
+        str(mlflow_bin),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{state / 'mlflow.db'}",
+        "--artifacts-destination",
+        f"s3://{stack.bucket}/mlflow",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": stack.s3_endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": stack.s3_endpoint,
+        "AWS_ACCESS_KEY_ID": stack.access_key,
+        "AWS_SECRET_ACCESS_KEY": stack.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -6,6 +6,8 @@ the HARD (cross-entropy) loss.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -37,14 +39,29 @@ def kd_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return soft_kl(student_logits, soft_targets(teacher_logits, temperature), temperature)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-            temperature: float, alpha: float) -> torch.Tensor:
+class KDTerms(NamedTuple):
+    total: torch.Tensor
+    hard: torch.Tensor
+    soft: torch.Tensor
+
+
+def distillation_terms(
+    student_logits: torch.Tensor, targets: torch.Tensor, soft: torch.Tensor, alpha: float
+) -> KDTerms:
+    """alpha * CE(student, targets) + (1 - alpha) * soft, with both terms kept for logging."""
+    hard = F.cross_entropy(student_logits.float(), targets)
+    return KDTerms(alpha * hard + (1.0 - alpha) * soft, hard, soft)
+
+
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
     """Hinton KD: alpha*CE(student, targets) + (1-alpha)*T^2*KL_batchmean(softmax(t/T) || softmax(s/T))."""
     _check_temperature(temperature)
     _check_alpha(alpha)
-    hard = F.cross_entropy(student_logits.float(), targets)
-    soft = kd_soft_loss(student_logits, teacher_logits, temperature)
-    return alpha * hard + (1.0 - alpha) * soft
+    return distillation_terms(
+        student_logits, targets, kd_soft_loss(student_logits, teacher_logits, temperature), alpha
+    ).total
 
 
 def ensemble_soft_targets(teacher_logits: list[torch.Tensor], temperature: float, rule: str) -> torch.Tensor:
@@ -59,8 +76,14 @@ def ensemble_soft_targets(teacher_logits: list[torch.Tensor], temperature: float
     raise ValueError(f"unknown ensemble rule {rule!r}; use mean_probs or mean_logits")
 
 
-def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-             temperature: float, alpha: float = 1.0, beta: float = 8.0) -> torch.Tensor:
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+) -> torch.Tensor:
     """Decoupled KD (Zhao et al., 2022): alpha*TCKD + beta*NCKD, each scaled by T^2, batchmean."""
     _check_temperature(temperature)
     s, t = student_logits.float(), teacher_logits.float()
@@ -116,6 +139,15 @@ def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torc
     sv = F.normalize(s.unsqueeze(0) - s.unsqueeze(1), p=2, dim=2)
     s_angle = torch.bmm(sv, sv.transpose(1, 2)).flatten()
     return F.smooth_l1_loss(s_angle, t_angle)
+
+
+def rkd_loss(
+    student_emb: torch.Tensor, teacher_emb: torch.Tensor, distance_weight: float = 25.0, angle_weight: float = 50.0
+) -> torch.Tensor:
+    """Relational KD (Park et al.): weighted distance and angle terms."""
+    return distance_weight * rkd_distance_loss(student_emb, teacher_emb) + angle_weight * rkd_angle_loss(
+        student_emb, teacher_emb
+    )
 
 
 def sp_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:

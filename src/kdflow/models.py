@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -51,7 +52,7 @@ class ResNet20(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))  # type: ignore[operator]  # nn.Sequential of blocks
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
@@ -62,8 +63,9 @@ def _conv_bn(cin: int, cout: int) -> nn.Sequential:
 class SmallCNN(nn.Module):
     """conv(1->w1)-BN-ReLU-pool, conv(w1->w2)-BN-ReLU-pool, linear. w=(8,16) is BENCH.md's cnn-small."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, int] = (8, 16),
-                 image_size: int = 28):
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, int] = (8, 16), image_size: int = 28
+    ):
         super().__init__()
         self.block1 = _conv_bn(in_channels, widths[0])
         self.block2 = _conv_bn(widths[0], widths[1])
@@ -91,8 +93,12 @@ class MLP(nn.Module):
 
 def _dw_separable(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(inplace=True),
-        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True),
+        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+        nn.BatchNorm2d(cin),
+        nn.ReLU6(inplace=True),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(inplace=True),
     )
 
 
@@ -101,7 +107,9 @@ class MobileNetTiny(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(inplace=True)
+        )
         self.features = nn.Sequential(_dw_separable(16, 32, 2), _dw_separable(32, 64, 2), _dw_separable(64, 64, 1))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
@@ -116,7 +124,9 @@ def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
     try:
         model = tvm.get_model(name, weights=None, num_classes=num_classes)
     except (ValueError, KeyError):
-        raise ModelError("arch", f"unknown model '{name}'", f"use one of {', '.join(ZOO)} or a torchvision name") from None
+        raise ModelError(
+            "arch", f"unknown model '{name}'", f"use one of {', '.join(ZOO)} or a torchvision name"
+        ) from None
     if in_channels != 3:
         _adapt_first_conv(model, in_channels)
     return model
@@ -125,8 +135,19 @@ def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
 def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Conv2d) and mod.in_channels == 3:
-            new = nn.Conv2d(in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
-                            mod.dilation, mod.groups if mod.groups == 1 else in_channels, mod.bias is not None)
+            geometry: dict[str, Any] = {
+                "kernel_size": mod.kernel_size,
+                "stride": mod.stride,
+                "padding": mod.padding,
+                "dilation": mod.dilation,
+            }
+            new = nn.Conv2d(
+                in_channels,
+                mod.out_channels,
+                groups=mod.groups if mod.groups == 1 else in_channels,
+                bias=mod.bias is not None,
+                **geometry,
+            )
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, attr, new)
@@ -173,5 +194,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def model_report(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
-    return {"parameters": num_parameters(model), "size_bytes": state_dict_bytes(model),
-            "macs": count_macs(model, input_shape)}
+    return {
+        "parameters": num_parameters(model),
+        "size_bytes": state_dict_bytes(model),
+        "macs": count_macs(model, input_shape),
+    }

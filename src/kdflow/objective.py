@@ -15,13 +15,15 @@ from kdflow.compiled import compile_frozen
 from kdflow.config import DistillConfig
 from kdflow.errors import ModelError
 from kdflow.features import Adapter, FeatureTap, probe_shapes
+from kdflow.loss_registry import FEATURE_LOSSES, SOFT_LOSSES
 
 
 class SupervisedObjective(nn.Module):
     """Plain cross-entropy: teacher training and the scratch baseline."""
 
-    def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
-                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         logits = student(x)
         hard = F.cross_entropy(logits.float(), y)
         return hard, logits, {"hard": hard.detach()}
@@ -37,10 +39,16 @@ def freeze(teacher: nn.Module) -> nn.Module:
 
 
 class DistillObjective(nn.Module):
-    """alpha*CE + (1-alpha)*soft (KD or DKD) + sum_i w_i * feature/relation loss_i."""
+    """alpha*CE + (1-alpha)*soft + sum_i w_i * feature/relation loss_i, each term from :mod:`kdflow.loss_registry`."""
 
-    def __init__(self, teachers: list[nn.Module], student: nn.Module, cfg: DistillConfig,
-                 input_shape: tuple[int, ...], num_classes: int):
+    def __init__(
+        self,
+        teachers: list[nn.Module],
+        student: nn.Module,
+        cfg: DistillConfig,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+    ):
         super().__init__()
         if not teachers:
             raise ModelError("teacher", "distillation needs at least one teacher", "set teacher.source or train one")
@@ -54,8 +62,11 @@ class DistillObjective(nn.Module):
         for i, t in enumerate(self._teachers):
             t_out = probe_shapes(t, [""], probe_in, "teacher.arch", f"teacher {i}")[""]
             if t_out[-1] != s_out[-1] or t_out[-1] != num_classes:
-                raise ModelError("teacher", f"teacher {i} outputs {t_out[-1]} classes, student {s_out[-1]}, data {num_classes}",
-                                 "use teacher and student with the same class count")
+                raise ModelError(
+                    "teacher",
+                    f"teacher {i} outputs {t_out[-1]} classes, student {s_out[-1]}, data {num_classes}",
+                    "use teacher and student with the same class count",
+                )
         if self.specs:
             s_paths = [s.student_module for s in self.specs]
             t_paths = [s.teacher_module for s in self.specs]
@@ -63,13 +74,18 @@ class DistillObjective(nn.Module):
             t_shapes = probe_shapes(self._teachers[0], t_paths, probe_in, "distill.features.teacher_module", "teacher")
             for i, spec in enumerate(self.specs):
                 where = f"distill.features[{i}] (student '{spec.student_module}' -> teacher '{spec.teacher_module}')"
-                self.adapters.append(Adapter(s_shapes[spec.student_module], t_shapes[spec.teacher_module],
-                                             project=spec.kind == "fitnets", where=where))
+                self.adapters.append(
+                    Adapter(
+                        s_shapes[spec.student_module],
+                        t_shapes[spec.teacher_module],
+                        project=FEATURE_LOSSES[spec.kind].project,
+                        where=where,
+                    )
+                )
             self.student_tap = FeatureTap(student, s_paths, "distill.features.student_module", "student")
             self.teacher_tap = FeatureTap(self._teachers[0], t_paths, "distill.features.teacher_module", "teacher")
         # compiled after the shape probes, so the compiled forward only ever sees training batches
-        self._teacher_forwards = ([compile_frozen(t) for t in self._teachers] if cfg.compile_teacher
-                                  else self._teachers)
+        self._teacher_forwards = [compile_frozen(t) for t in self._teachers] if cfg.compile_teacher else self._teachers
 
     @property
     def teachers(self) -> list[nn.Module]:
@@ -97,44 +113,41 @@ class DistillObjective(nn.Module):
         feats = self.teacher_tap.pop() if self.teacher_tap else {}
         return outs, feats
 
-    def soft_loss(self, s_logits: torch.Tensor, t_logits: list[torch.Tensor], y: torch.Tensor, epoch: int) -> torch.Tensor:
-        T = self.cfg.temperature
-        if self.cfg.method == "dkd":
-            warm = 1.0 if self.cfg.dkd_warmup_epochs == 0 else min((epoch + 1) / self.cfg.dkd_warmup_epochs, 1.0)
-            t_mean = torch.stack([t.float() for t in t_logits]).mean(0)
-            return warm * losses.dkd_loss(s_logits, t_mean, y, T, self.cfg.dkd_alpha, self.cfg.dkd_beta)
-        if len(t_logits) == 1:
-            return losses.kd_soft_loss(s_logits, t_logits[0], T)
-        return losses.soft_kl(s_logits, losses.ensemble_soft_targets(t_logits, T, self.cfg.ensemble), T)
+    def soft_loss(
+        self, s_logits: torch.Tensor, t_logits: list[torch.Tensor], y: torch.Tensor, epoch: int
+    ) -> torch.Tensor:
+        return SOFT_LOSSES[self.cfg.method].fn(s_logits, t_logits, y, self.cfg, epoch)
 
     def feature_loss(self, i: int, s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
         spec = self.specs[i]
+        entry = FEATURE_LOSSES[spec.kind]
         s, t = self.adapters[i](s_feat, t_feat)
-        if spec.kind == "fitnets":
-            return losses.fitnets_loss(s, t)
-        if spec.kind == "at":
-            return losses.at_loss(s, t)
-        if spec.kind == "sp":
-            return losses.sp_loss(s, t)
-        return spec.distance_weight * losses.rkd_distance_loss(s, t) + spec.angle_weight * losses.rkd_angle_loss(s, t)
+        return entry.fn(s, t, **{name: getattr(spec, name) for name in entry.params})
 
-    def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int,
-                teacher_logits: list[torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        student: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        epoch: int,
+        teacher_logits: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         t_feats: dict[str, torch.Tensor] = {}
         if teacher_logits is None:
             teacher_logits, t_feats = self.teacher_forward(x)
         s_logits = student(x)
         s_feats = self.student_tap.pop() if self.student_tap else {}
-        hard = F.cross_entropy(s_logits.float(), y)
-        soft = self.soft_loss(s_logits, teacher_logits, y, epoch)
-        total = self.cfg.hard_weight * hard + self.cfg.soft_weight * soft
-        parts = {"hard": hard.detach(), "soft": soft.detach()}
+        terms = losses.distillation_terms(
+            s_logits, y, self.soft_loss(s_logits, teacher_logits, y, epoch), self.cfg.hard_weight
+        )
+        total = terms.total
+        parts = {"hard": terms.hard.detach(), "soft": terms.soft.detach()}
         if self.specs:
-            feat_total = torch.zeros((), device=hard.device)
+            feat_total = torch.zeros((), device=total.device)
             for i, spec in enumerate(self.specs):
                 feat_total = feat_total + spec.weight * self.feature_loss(
-                    i, s_feats[spec.student_module], t_feats[spec.teacher_module])
+                    i, s_feats[spec.student_module], t_feats[spec.teacher_module]
+                )
             total = total + feat_total
             parts["feature"] = feat_total.detach()
         return total, s_logits, parts

@@ -16,18 +16,17 @@ from kdflow.io import read_json
 def _resolve(model: str) -> tuple[Path, Path]:
     """(model file, its kdflow manifest) for a local export or a registered ONNX model."""
     if model.startswith("models:/"):
-        import mlflow.artifacts
+        from kdflow.tracking import download_model
 
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(model))
-        except Exception as e:  # noqa: BLE001 - MlflowException, HTTP errors
-            raise ExportError("--model", f"cannot fetch '{model}' ({type(e).__name__})",
-                              "check the name/alias and MLFLOW_TRACKING_URI") from None
+        local = download_model(model, "--model")
         onnx_files = sorted(local.rglob("*.onnx"))
         manifests = sorted(local.rglob("*.manifest.json"))
         if not onnx_files or not manifests:
-            raise ExportError("--model", f"'{model}' holds no ONNX file with a kdflow manifest",
-                              "register the int8 ONNX model logged by `kdflow export`, or pass an exported file")
+            raise ExportError(
+                "--model",
+                f"'{model}' holds no ONNX file with a kdflow manifest",
+                "register the int8 ONNX model logged by `kdflow export`, or pass an exported file",
+            )
         return onnx_files[0], manifests[0]
     p = Path(model)
     if not p.is_file():
@@ -53,8 +52,11 @@ def load_images(paths: list[str], shape: list[int]) -> np.ndarray:
         else:
             img = img.transpose(2, 0, 1)
         if tuple(img.shape) != (c, h, w):
-            raise ExportError("images", f"'{p}' has shape {tuple(img.shape)} (channels, height, width), model wants {(c, h, w)}",
-                              f"resize to {w}x{h} with {c} channel(s)")
+            raise ExportError(
+                "images",
+                f"'{p}' has shape {tuple(img.shape)} (channels, height, width), model wants {(c, h, w)}",
+                f"resize to {w}x{h} with {c} channel(s)",
+            )
         out.append(img)
     return np.stack(out).astype(np.float32)
 

@@ -7,12 +7,9 @@ re-reading the champion after the decision and re-judging when it moved.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from kdflow.data import Normalizer, PreparedData
+from kdflow.data import PreparedData
 from kdflow.errors import TrackingError
-from kdflow.evaluate import accuracy_of
-from kdflow.trainer import predict_logits
+from kdflow.evaluate import accuracy, predict_logits
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 
@@ -30,13 +27,12 @@ def accuracy_of_registered(name: str, version: str, prepared: PreparedData) -> f
     A kdflow pytorch model carries its weights-only ``model.pt`` (loaded with ``weights_only=True``);
     an ONNX model (``export.promote_format: onnx_int8``) runs in onnxruntime.
     """
-    import mlflow.artifacts
-
     from kdflow.checkpoints import load_model
     from kdflow.export import logits_over, onnx_runner, onnx_session
+    from kdflow.tracking import download_model
 
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
-    norm = Normalizer(prepared.mean, prepared.std)
+    local = download_model(f"models:/{name}/{version}", "tracking.registered_model")
+    norm = prepared.normalizer()
     checkpoints = sorted(local.rglob("model.pt"))
     onnx_files = sorted(local.rglob("*.onnx"))
     if checkpoints:
@@ -45,16 +41,30 @@ def accuracy_of_registered(name: str, version: str, prepared: PreparedData) -> f
     elif onnx_files:
         logits = logits_over(onnx_runner(onnx_session(onnx_files[0])), prepared.test, norm)
     else:
-        raise TrackingError(f"models:/{name}/{version}", "holds neither a kdflow model.pt nor an ONNX file",
-                            "register models logged by kdflow steps")
-    return accuracy_of(logits, prepared.test.y)
+        raise TrackingError(
+            f"models:/{name}/{version}",
+            "holds neither a kdflow model.pt nor an ONNX file",
+            "register models logged by kdflow steps",
+        )
+    return accuracy(logits, prepared.test.y)
 
 
-def register_and_promote(tracker, model_uri: str, name: str, prepared: PreparedData, run_id: str,
-                         min_improvement: float, tags: dict[str, str], max_rounds: int = 3) -> dict:
+def register_and_promote(
+    tracker,
+    model_uri: str,
+    name: str,
+    prepared: PreparedData,
+    run_id: str,
+    min_improvement: float,
+    tags: dict[str, str],
+    max_rounds: int = 3,
+) -> dict:
     client = tracker.client
-    existing = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id and v.source == model_uri] \
-        if _registered(client, name) else []
+    existing = (
+        [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id and v.source == model_uri]
+        if _registered(client, name)
+        else []
+    )
     if existing:
         version = existing[0]
     else:
@@ -65,13 +75,18 @@ def register_and_promote(tracker, model_uri: str, name: str, prepared: PreparedD
     for _ in range(max_rounds):
         champ = _alias_version(client, name, CHAMPION)
         if champ is not None and str(champ.version) == str(version.version):
-            decision.update(promoted=False, reason="already champion (idempotent re-run)", champion_version=str(champ.version))
+            decision.update(
+                promoted=False, reason="already champion (idempotent re-run)", champion_version=str(champ.version)
+            )
             return decision
         champ_acc = accuracy_of_registered(name, champ.version, prepared) if champ else None
         decision["champion_accuracy"] = champ_acc
         decision["champion_version"] = str(champ.version) if champ else None
-        if champ is not None and challenger_acc < champ_acc + min_improvement:
-            decision.update(promoted=False, reason=f"challenger {challenger_acc:.4f} < champion {champ_acc:.4f} + margin {min_improvement}")
+        if champ is not None and champ_acc is not None and challenger_acc < champ_acc + min_improvement:
+            decision.update(
+                promoted=False,
+                reason=f"challenger {challenger_acc:.4f} < champion {champ_acc:.4f} + margin {min_improvement}",
+            )
             client.set_model_version_tag(name, version.version, "kdflow.promotion", decision["reason"])
             return decision
         still = _alias_version(client, name, CHAMPION)
@@ -80,9 +95,16 @@ def register_and_promote(tracker, model_uri: str, name: str, prepared: PreparedD
         if champ is not None:
             client.set_registered_model_alias(name, PREVIOUS, champ.version)
         client.set_registered_model_alias(name, CHAMPION, version.version)
-        reason = "first champion" if champ is None else f"beats champion v{champ.version}: {challenger_acc:.4f} vs {champ_acc:.4f}"
-        for k, v in {"kdflow.promotion": reason, "kdflow.promoted_by_run": run_id,
-                     "kdflow.test_accuracy": f"{challenger_acc:.6f}"}.items():
+        reason = (
+            "first champion"
+            if champ is None
+            else f"beats champion v{champ.version}: {challenger_acc:.4f} vs {champ_acc:.4f}"
+        )
+        for k, v in {
+            "kdflow.promotion": reason,
+            "kdflow.promoted_by_run": run_id,
+            "kdflow.test_accuracy": f"{challenger_acc:.6f}",
+        }.items():
             client.set_model_version_tag(name, version.version, k, v)
         decision.update(promoted=True, reason=reason)
         return decision

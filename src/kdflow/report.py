@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kdflow.gate import Gate, gate_lines, verdict
+
 
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
@@ -20,19 +22,36 @@ def summary_rows(evaluation: dict, export: dict | None = None) -> list[dict]:
         if key not in m:
             continue
         r = m[key]
-        rows.append({"model": labels[key], "accuracy": r["accuracy"], "f1_macro": r["f1_macro"],
-                     "agreement": r.get("agreement_with_teacher"),
-                     "transfer_rate": evaluation.get("transfer_rate") if key == "student" else None,
-                     "parameters": r["parameters"], "size_bytes": r["size_bytes"],
-                     "latency_p50_ms": r["latency_p50_ms"], "throughput_ips": r["throughput_ips"]})
+        rows.append(
+            {
+                "model": labels[key],
+                "accuracy": r["accuracy"],
+                "f1_macro": r["f1_macro"],
+                "agreement": r.get("agreement_with_teacher"),
+                "transfer_rate": evaluation.get("transfer_rate") if key == "student" else None,
+                "parameters": r["parameters"],
+                "size_bytes": r["size_bytes"],
+                "latency_p50_ms": r["latency_p50_ms"],
+                "throughput_ips": r["throughput_ips"],
+            }
+        )
     if export:
         for form, label in (("onnx", "student ONNX fp32"), ("onnx_int8", "student ONNX int8")):
             if form in export.get("forms", {}):
                 f = export["forms"][form]
-                rows.append({"model": label, "accuracy": f["accuracy"], "f1_macro": None,
-                             "agreement": f.get("teacher_agreement"), "transfer_rate": None,
-                             "parameters": m["student"]["parameters"], "size_bytes": f["size_bytes"],
-                             "latency_p50_ms": f["latency_p50_ms"], "throughput_ips": f["throughput_ips"]})
+                rows.append(
+                    {
+                        "model": label,
+                        "accuracy": f["accuracy"],
+                        "f1_macro": None,
+                        "agreement": None,
+                        "transfer_rate": None,
+                        "parameters": m["student"]["parameters"],
+                        "size_bytes": f["size_bytes"],
+                        "latency_p50_ms": f["latency_p50_ms"],
+                        "throughput_ips": f["throughput_ips"],
+                    }
+                )
     return rows
 
 
@@ -40,32 +59,58 @@ def render_table(rows: list[dict]) -> str:
     head = "| model | accuracy | F1 (macro) | agreement w/ teacher | transfer rate | params | size (bytes) | latency p50 b=1 (ms) | throughput b=256 (img/s) |"
     lines = [head, "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r['model']} | {_pct(r['accuracy'])} | {_pct(r['f1_macro'])} | {_pct(r['agreement'])} | "
-                     f"{_num(r['transfer_rate'], '{:.3f}')} | {_num(r['parameters'])} | {_num(r['size_bytes'])} | "
-                     f"{_num(r['latency_p50_ms'], '{:.3f}')} | {_num(r['throughput_ips'], '{:,.0f}')} |")
+        lines.append(
+            f"| {r['model']} | {_pct(r['accuracy'])} | {_pct(r['f1_macro'])} | {_pct(r['agreement'])} | "
+            f"{_num(r['transfer_rate'], '{:.3f}')} | {_num(r['parameters'])} | {_num(r['size_bytes'])} | "
+            f"{_num(r['latency_p50_ms'], '{:.3f}')} | {_num(r['throughput_ips'], '{:,.0f}')} |"
+        )
     return "\n".join(lines)
 
 
-def render_report(evaluation: dict, export: dict | None = None, gate: dict | None = None) -> str:
-    parts = ["# kdflow distillation report", "", f"Data digest: `{evaluation['data_digest'][:16]}`", "",
-             "## Models on the test split", "", render_table(summary_rows(evaluation, export)), ""]
+def render_report(evaluation: dict, export: dict | None = None, gate: Gate | None = None) -> str:
+    parts = [
+        "# kdflow distillation report",
+        "",
+        f"Data digest: `{evaluation['data_digest'][:16]}`",
+        "",
+        "## Models on the test split",
+        "",
+        render_table(summary_rows(evaluation, export)),
+        "",
+    ]
     if evaluation.get("kd_gain") is not None:
-        parts += [f"KD gain over scratch: {100 * evaluation['kd_gain']:+.2f} pt; "
-                  f"transfer rate: {_num(evaluation.get('transfer_rate'), '{:.3f}')}", ""]
+        parts += [
+            f"KD gain over scratch: {100 * evaluation['kd_gain']:+.2f} pt; "
+            f"transfer rate: {_num(evaluation.get('transfer_rate'), '{:.3f}')}",
+            "",
+        ]
     s = evaluation["models"]["student"]
-    parts += [f"Student: KL(teacher || student) = {s['kl_teacher_student']:.4f}, NLL = {s['nll']:.4f}, "
-              f"ECE = {s['ece']:.4f}, retention = {_pct(s.get('retention'))}, "
-              f"compression {s.get('compression_ratio', 0):.1f}x", ""]
-    g = gate or {"passed": evaluation["quality_gate"]["passed"], "checks": evaluation["quality_gate"]["checks"]}
-    parts += ["## Gate", "", f"**{'PASS' if g['passed'] else 'FAIL'}**", ""]
-    parts += [f"- {k}: {'ok' if c['passed'] else 'FAILED'} ({c['rule']})" for k, c in g["checks"].items()]
+    parts += [
+        f"Student: KL(teacher || student) = {s['kl_teacher_student']:.4f}, NLL = {s['nll']:.4f}, "
+        f"ECE = {s['ece']:.4f}, retention = {_pct(s.get('retention'))}, "
+        f"compression {s.get('compression_ratio', 0):.1f}x",
+        "",
+    ]
+    g: Gate = gate or evaluation["quality_gate"]
+    parts += ["## Gate", "", f"**{verdict(g)}**", "", *gate_lines(g)]
     if export:
         parts += ["", "## Export parity", ""]
         for form, f in export.get("forms", {}).items():
-            parts.append(f"- {form}: max |logit diff| {f['max_abs_diff']:.2e}, top-1 agreement {_pct(f['top1_agreement'])}, "
-                         f"accuracy {_pct(f['accuracy'])}, p95 {f['latency_p95_ms']:.3f} ms, {f['size_bytes']:,} bytes")
+            parts.append(
+                f"- {form}: max |logit diff| {f['max_abs_diff']:.2e}, top-1 agreement {_pct(f['top1_agreement'])}, "
+                f"accuracy {_pct(f['accuracy'])}, p95 {f['latency_p95_ms']:.3f} ms, {f['size_bytes']:,} bytes"
+            )
     if evaluation.get("lineage"):
         parts += ["", "## Lineage", ""] + [f"- {k}: `{v}`" for k, v in sorted(evaluation["lineage"].items()) if v]
-    parts += ["", "## Plots", "", "![loss curves](loss_curves.png)", "", "![reliability](reliability.png)", "",
-              "![confusion: distilled student](confusion_student.png)", ""]
+    parts += [
+        "",
+        "## Plots",
+        "",
+        "![loss curves](loss_curves.png)",
+        "",
+        "![reliability](reliability.png)",
+        "",
+        "![confusion: distilled student](confusion_student.png)",
+        "",
+    ]
     return "\n".join(parts)

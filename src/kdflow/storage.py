@@ -26,7 +26,9 @@ META_SIZE = "size"
 def validate_key(key: str, field: str = "key") -> str:
     """Relative POSIX key without '..', empty parts or a leading '/'."""
     if not key or key.startswith("/") or "\\" in key:
-        raise StorageError(field, f"key '{key}' must be a relative path", "use a relative key such as runs/123/model.pt")
+        raise StorageError(
+            field, f"key '{key}' must be a relative path", "use a relative key such as runs/123/model.pt"
+        )
     if any(p in ("..", ".", "") for p in key.split("/")):
         raise StorageError(field, f"key '{key}' contains '..', '.' or an empty part", "use a plain relative key")
     return key
@@ -35,11 +37,14 @@ def validate_key(key: str, field: str = "key") -> str:
 def parse_s3_uri(uri: str, field: str = "storage.root") -> tuple[str, str]:
     if not uri.startswith("s3://"):
         raise StorageError(field, f"'{uri}' is not an s3:// URI", "write it as s3://bucket/prefix")
-    rest = uri[len("s3://"):]
+    rest = uri[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET_RE.match(bucket or ""):
-        raise StorageError(field, f"'{uri}' has an invalid bucket name '{bucket}'",
-                           "use 3-63 lowercase letters, digits, dots or dashes, e.g. s3://kdflow/runs")
+        raise StorageError(
+            field,
+            f"'{uri}' has an invalid bucket name '{bucket}'",
+            "use 3-63 lowercase letters, digits, dots or dashes, e.g. s3://kdflow/runs",
+        )
     prefix = prefix.strip("/")
     if prefix:
         validate_key(prefix, field)
@@ -87,7 +92,9 @@ class LocalStore:
         base = self._path(prefix) if prefix else self.root
         if not base.exists():
             return []
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+        return sorted(
+            str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.endswith(".tmp")
+        )
 
 
 class S3Store:
@@ -100,10 +107,16 @@ class S3Store:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         # a fresh session per store: boto3's default session caches credentials for the process lifetime
         self.client = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-            config=BotoConfig(retries={"max_attempts": max_attempts, "mode": "standard"},
-                              connect_timeout=connect_timeout, read_timeout=read_timeout,
-                              s3={"addressing_style": "path"}))
+            "s3",
+            endpoint_url=endpoint,
+            region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            config=BotoConfig(
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                s3={"addressing_style": "path"},
+            ),
+        )
 
     def _key(self, key: str) -> str:
         validate_key(key)
@@ -113,22 +126,34 @@ class S3Store:
         from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
         if isinstance(e, NoCredentialsError):
-            return StorageError("AWS_ACCESS_KEY_ID", "no S3 credentials found", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+            return StorageError(
+                "AWS_ACCESS_KEY_ID", "no S3 credentials found", "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
         if isinstance(e, ClientError):
             code = e.response.get("Error", {}).get("Code", "")
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code in ("NoSuchBucket",) or (status == 404 and what == "bucket"):
-                return StorageError("storage.root", f"bucket '{self.bucket}' does not exist", "create it or fix the bucket name")
+                return StorageError(
+                    "storage.root", f"bucket '{self.bucket}' does not exist", "create it or fix the bucket name"
+                )
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") or status == 403:
-                return StorageError("AWS_ACCESS_KEY_ID", f"S3 refused the credentials ({code or status})",
-                                    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+                return StorageError(
+                    "AWS_ACCESS_KEY_ID",
+                    f"S3 refused the credentials ({code or status})",
+                    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+                )
             if code in ("NoSuchKey", "404") or status == 404:
                 return StorageError(what, f"s3://{self.bucket}/{what} not found", "check the key and the storage root")
             return StorageError(what, f"S3 error {code or status}", "check the S3 server and try again")
         if isinstance(e, EndpointConnectionError) or "Connect" in type(e).__name__ or "Timeout" in type(e).__name__:
-            return StorageError("AWS_ENDPOINT_URL", f"S3 endpoint unreachable after retries ({type(e).__name__})",
-                                "start the S3 server (make stack) or fix AWS_ENDPOINT_URL")
-        return StorageError(what, f"S3 failure ({type(e).__name__}: {str(e)[:80]})", "check the S3 server and try again")
+            return StorageError(
+                "AWS_ENDPOINT_URL",
+                f"S3 endpoint unreachable after retries ({type(e).__name__})",
+                "start the S3 server (make stack) or fix AWS_ENDPOINT_URL",
+            )
+        return StorageError(
+            what, f"S3 failure ({type(e).__name__}: {str(e)[:80]})", "check the S3 server and try again"
+        )
 
     def check(self) -> None:
         """Fail fast before any training: endpoint reachable, credentials accepted, bucket present."""
@@ -143,8 +168,9 @@ class S3Store:
         size = Path(local).stat().st_size
         try:
             with open(local, "rb") as fh:  # one PUT: the object appears whole or not at all
-                self.client.put_object(Bucket=self.bucket, Key=full, Body=fh,
-                                       Metadata={META_SHA: digest, META_SIZE: str(size)})
+                self.client.put_object(
+                    Bucket=self.bucket, Key=full, Body=fh, Metadata={META_SHA: digest, META_SIZE: str(size)}
+                )
             head = self.client.head_object(Bucket=self.bucket, Key=full)
         except Exception as e:  # noqa: BLE001
             raise self._error(e, key) from None
@@ -166,7 +192,9 @@ class S3Store:
                 raise self._error(e, key) from None
             expected = head.get("Metadata", {}).get(META_SHA)
             if expected and sha256_file(tmp) != expected:
-                raise StorageError(key, "downloaded object fails its sha256 check", "re-upload the object; it is corrupt")
+                raise StorageError(
+                    key, "downloaded object fails its sha256 check", "re-upload the object; it is corrupt"
+                )
             os.replace(tmp, local)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -195,8 +223,9 @@ def open_store(root: str | os.PathLike):
 
 def put_dir(store, local_dir: str | os.PathLike, prefix: str) -> list[dict]:
     base = Path(local_dir)
-    return [store.put_file(p, f"{prefix}/{p.relative_to(base).as_posix()}")
-            for p in sorted(base.rglob("*")) if p.is_file()]
+    return [
+        store.put_file(p, f"{prefix}/{p.relative_to(base).as_posix()}") for p in sorted(base.rglob("*")) if p.is_file()
+    ]
 
 
 def get_dir(store, prefix: str, local_dir: str | os.PathLike) -> Path:
@@ -204,7 +233,7 @@ def get_dir(store, prefix: str, local_dir: str | os.PathLike) -> Path:
     if not keys:
         raise StorageError("data.source", f"nothing stored under '{prefix}'", "upload the data first or fix the URI")
     for key in keys:
-        store.get_file(key, Path(local_dir) / key[len(prefix):].lstrip("/"))
+        store.get_file(key, Path(local_dir) / key[len(prefix) :].lstrip("/"))
     return Path(local_dir)
 
 

@@ -7,8 +7,6 @@ When KFP's MLflow integration injects ``MLFLOW_RUN_ID``, a step logs into that r
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import subprocess
 import urllib.error
@@ -38,16 +36,22 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     if not uri.startswith(("http://", "https://")):
         if uri.startswith("sqlite:///") or uri.startswith("databricks") or "://" not in uri:
             return
-        raise TrackingError("tracking.uri", f"unsupported tracking URI '{uri}'",
-                            "use sqlite:///path/mlflow.db or http://host:port of an mlflow server")
+        raise TrackingError(
+            "tracking.uri",
+            f"unsupported tracking URI '{uri}'",
+            "use sqlite:///path/mlflow.db or http://host:port of an mlflow server",
+        )
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
             if resp.status != 200:
                 raise TrackingError("tracking.uri", f"'{uri}' answered HTTP {resp.status}", "check the MLflow server")
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise TrackingError("tracking.uri", f"MLflow server '{uri}' is unreachable ({reason})",
-                            "start it (make stack) or unset MLFLOW_TRACKING_URI to use the local sqlite store") from None
+        raise TrackingError(
+            "tracking.uri",
+            f"MLflow server '{uri}' is unreachable ({reason})",
+            "start it (make stack) or unset MLFLOW_TRACKING_URI to use the local sqlite store",
+        ) from None
 
 
 def local_artifact_location(uri: str, experiment: str) -> str | None:
@@ -57,14 +61,18 @@ def local_artifact_location(uri: str, experiment: str) -> str | None:
     """
     if not uri.startswith("sqlite:///"):
         return None
-    db = Path(uri[len("sqlite:///"):])
+    db = Path(uri[len("sqlite:///") :])
     return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
 
 
 def git_sha() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=5, check=False).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -83,19 +91,29 @@ class Tracker:
         self.mlflow = mlflow
         self.client = MlflowClient(self.uri)
         exp = self.client.get_experiment_by_name(cfg.tracking.experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            cfg.tracking.experiment, artifact_location=local_artifact_location(self.uri, cfg.tracking.experiment))
+        self.experiment_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(
+                cfg.tracking.experiment, artifact_location=local_artifact_location(self.uri, cfg.tracking.experiment)
+            )
+        )
 
     # ------------------------------------------------------------------ runs
     def parent_run(self, pipeline_run_id: str, tags: dict[str, str]) -> str:
         """Get or create the parent run of one pipeline run (idempotent by tag)."""
-        found = self.client.search_runs([self.experiment_id],
-                                        filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and tags.`{STEP_TAG}` = 'pipeline'",
-                                        max_results=1)
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and tags.`{STEP_TAG}` = 'pipeline'",
+            max_results=1,
+        )
         if found:
             return found[0].info.run_id
-        run = self.client.create_run(self.experiment_id, run_name=f"pipeline-{pipeline_run_id[:40]}",
-                                     tags={PIPELINE_TAG: pipeline_run_id, STEP_TAG: "pipeline", **tags})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"pipeline-{pipeline_run_id[:40]}",
+            tags={PIPELINE_TAG: pipeline_run_id, STEP_TAG: "pipeline", **tags},
+        )
         return run.info.run_id
 
     @contextmanager
@@ -128,10 +146,11 @@ class Tracker:
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
         self.client.log_text(run_id, cfg.to_yaml(), "config.resolved.yaml")
 
     def log_history(self, run_id: str, history: list[dict], prefix: str = "") -> None:
+        """Per-epoch metrics with step=epoch (the step logs the whole history.csv once it has finished)."""
         from mlflow.entities import Metric
 
         metrics = []
@@ -140,23 +159,19 @@ class Tracker:
                 if k != "epoch" and isinstance(v, int | float):
                     metrics.append(Metric(f"{prefix}{k}", float(v), 0, int(row["epoch"])))
         for i in range(0, len(metrics), 500):
-            self.client.log_batch(run_id, metrics=metrics[i:i + 500])
-        if history:
-            buf = io.StringIO()
-            keys = sorted({k for row in history for k in row})
-            writer = csv.DictWriter(buf, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(history)
-            self.client.log_text(run_id, buf.getvalue(), "history.csv")
+            self.client.log_batch(run_id, metrics=metrics[i : i + 500])
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], prefix: str = "") -> None:
         from mlflow.entities import Metric
 
-        flat = {f"{prefix}{k}": float(v) for k, v in flatten(metrics).items()
-                if isinstance(v, int | float) and not isinstance(v, bool)}
+        flat = {
+            f"{prefix}{k}": float(v)
+            for k, v in flatten(metrics).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
         items = [Metric(k, v, 0, 0) for k, v in flat.items()]
         for i in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i:i + 500])
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -167,14 +182,26 @@ class Tracker:
         from mlflow.data.pandas_dataset import from_pandas
 
         counts = manifest["counts"]
-        df = pd.DataFrame([{"split": context, "count": float(counts.get(context, 0)), "digest": manifest["digest"],
-                            "dataset": manifest["dataset"], "window": manifest.get("window", ""), "source": source_uri}])
+        df = pd.DataFrame(
+            [
+                {
+                    "split": context,
+                    "count": float(counts.get(context, 0)),
+                    "digest": manifest["digest"],
+                    "dataset": manifest["dataset"],
+                    "window": manifest.get("window", ""),
+                    "source": source_uri,
+                }
+            ]
+        )
         # "debian:/usr/share/..." and "torchvision:/..." carry a local path after the label
         location = source_uri.split(":", 1)[1] if source_uri.startswith(("debian:", "torchvision:")) else source_uri
         ds = from_pandas(df, source=location, name=f"{manifest['dataset']}-{context}", digest=manifest["digest"][:32])
         self.mlflow.log_input(ds, context=context)
 
-    def log_torch_model(self, model, name: str, input_example, tags: dict[str, str], checkpoint: Path | None = None) -> str:
+    def log_torch_model(
+        self, model, name: str, input_example, tags: dict[str, str], checkpoint: Path | None = None
+    ) -> str:
         """Log a LoggedModel (pytorch flavor, pickle serialization, signature from the example).
 
         kdflow's own weights-only checkpoint rides along as an extra file, so a ``models:/`` teacher is
@@ -188,10 +215,16 @@ class Tracker:
 
         with torch.no_grad():
             out = model(torch.from_numpy(input_example)).numpy()
-        info = mlflow.pytorch.log_model(model, name=name, input_example=input_example,
-                                        signature=infer_signature(input_example, out),
-                                        serialization_format="pickle", pip_requirements=pip_requirements(),
-                                        extra_files=[str(checkpoint)] if checkpoint else None, tags=tags)
+        info = mlflow.pytorch.log_model(
+            model,
+            name=name,
+            input_example=input_example,
+            signature=infer_signature(input_example, out),
+            serialization_format="pickle",
+            pip_requirements=pip_requirements(),
+            extra_files=[str(checkpoint)] if checkpoint else None,
+            tags=tags,
+        )
         return info.model_id
 
     def log_onnx_model(self, path: Path, name: str, input_example, tags: dict[str, str]) -> str:
@@ -199,9 +232,14 @@ class Tracker:
         import onnx
 
         manifest = path.with_name(path.name + ".manifest.json")  # predict reads preprocessing from it
-        info = mlflow.onnx.log_model(onnx.load(str(path)), name=name, input_example=input_example,
-                                     pip_requirements=["onnxruntime", "onnx", "numpy"], tags=tags,
-                                     extra_files=[str(manifest)] if manifest.is_file() else None)
+        info = mlflow.onnx.log_model(
+            onnx.load(str(path)),
+            name=name,
+            input_example=input_example,
+            pip_requirements=["onnxruntime", "onnx", "numpy"],
+            tags=tags,
+            extra_files=[str(manifest)] if manifest.is_file() else None,
+        )
         return info.model_id
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
@@ -214,17 +252,27 @@ def pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
 
 
-def resolve_model_uri(uri: str) -> Path:
-    """models:/... or runs:/... -> the local path of the kdflow checkpoint logged with that model."""
+def download_model(uri: str, field: str) -> Path:
+    """A models:/ or runs:/ URI downloaded to a local directory; any failure is one line naming ``field``."""
     import mlflow.artifacts
 
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as e:  # noqa: BLE001 - MlflowException and HTTP errors
-        raise TrackingError("teacher.source", f"cannot fetch '{uri}' ({type(e).__name__}: {str(e)[:100]})",
-                            "check the model name/alias in the MLflow registry and the tracking URI") from None
+        problem = f"cannot fetch '{uri}' ({type(e).__name__}: {str(e)[:100]})"
+        raise TrackingError(
+            field, problem, "check the name/alias in the MLflow registry and the tracking URI"
+        ) from None
+
+
+def resolve_model_uri(uri: str) -> Path:
+    """models:/... or runs:/... -> the local path of the kdflow checkpoint logged with that model."""
+    local = download_model(uri, "teacher.source")
     found = sorted(local.rglob("model.pt"))
     if not found:
-        raise TrackingError("teacher.source", f"'{uri}' holds no kdflow checkpoint (model.pt)",
-                            "use a model logged by a kdflow training step")
+        raise TrackingError(
+            "teacher.source",
+            f"'{uri}' holds no kdflow checkpoint (model.pt)",
+            "use a model logged by a kdflow training step",
+        )
     return found[0]

@@ -1,0 +1,258 @@
+"""The typed config sections. Unknown keys are errors; every field states its default and meaning."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["fashion-mnist", "mnist", "cifar10", "imagefolder"] = "fashion-mnist"
+    source: str | None = Field(None, description="explicit directory, file or s3:// URI of the raw data")
+    download_root: str = Field(".kdflow/downloads", description="where a torchvision download may land")
+    val_size: int = Field(5000, ge=1)
+    train_subset: int | None = Field(None, ge=1, description="keep this many train samples (after the val split)")
+    test_subset: int | None = Field(None, ge=1)
+    augment: bool = True
+    crop_padding: int = Field(2, ge=0)
+    hflip: bool = True
+    split_seed: int = 0
+    window: str = Field(
+        "",
+        description="START:END selects raw train samples [START, END); any other text is a "
+        "version label. Recorded in lineage either way",
+    )
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(15, ge=0)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    step_size: int = Field(5, ge=1, description="epochs between decays for schedule=step")
+    gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip: float | None = Field(None, gt=0)
+    collapse_patience: int = Field(
+        2,
+        ge=0,
+        description="stop with an error once val accuracy has sat at chance for "
+        "this many epochs after rising above it (a collapsed student); 0 = off",
+    )
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    keep_freed_memory: bool = Field(
+        True,
+        description="glibc: keep freed activation buffers for reuse instead of "
+        "returning them to the OS each batch (see kdflow.allocator)",
+    )
+    num_threads: int | None = Field(None, ge=1)
+    seed: int = 0
+    select: Literal["final", "best_val"] = Field("final", description="which weights a step outputs")
+    device: str = "auto"
+
+
+class ModelSection(_Section):
+    arch: str
+    epochs: int | None = Field(None, ge=0, description="overrides train.epochs for this model")
+    lr: float | None = Field(None, gt=0, description="overrides train.lr for this model")
+
+
+class TeacherConfig(ModelSection):
+    arch: str = "resnet20"
+    source: str | None = Field(
+        None, description="use this teacher instead of training one: checkpoint path, s3:// URI or models:/ URI"
+    )
+
+
+class StudentConfig(ModelSection):
+    arch: str = "cnn-small"
+
+
+def _registered(kind: str, registry: str) -> str:
+    """Loss names come from kdflow.loss_registry (imported when a config is validated, not before)."""
+    from kdflow import loss_registry
+
+    names = getattr(loss_registry, registry)
+    if kind not in names:
+        raise ValueError(f"unknown loss '{kind}'; fix: use one of: {', '.join(names)}")
+    return kind
+
+
+class FeatureLossSpec(_Section):
+    kind: str = Field(description="a name in kdflow.loss_registry.FEATURE_LOSSES: fitnets, at, rkd, sp, ...")
+    student_module: str
+    teacher_module: str
+    weight: float = Field(1.0, ge=0)
+    distance_weight: float = Field(25.0, ge=0, description="rkd only")
+    angle_weight: float = Field(50.0, ge=0, description="rkd only")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        return _registered(v, "FEATURE_LOSSES")
+
+
+class ExtraTeacher(_Section):
+    arch: str
+    source: str
+
+
+class DistillConfig(_Section):
+    method: str = Field("kd", description="a name in kdflow.loss_registry.SOFT_LOSSES: kd, dkd")
+    temperature: float = 4.0
+    alpha: float = Field(0.1, description="weight of the HARD loss: L = alpha*CE + (1-alpha)*soft")
+    dkd_alpha: float = Field(1.0, ge=0)
+    dkd_beta: float = Field(8.0, ge=0)
+    dkd_warmup_epochs: int = Field(
+        3,
+        ge=0,
+        description="DKD weight ramps linearly over this many epochs; 0 = none "
+        "(without a warm-up DKD collapsed to chance in bench/protocol.py)",
+    )
+    features: list[FeatureLossSpec] = Field(default_factory=list)
+    extra_teachers: list[ExtraTeacher] = Field(default_factory=list)
+    ensemble: Literal["mean_logits", "mean_probs"] = "mean_probs"
+    cache: bool = Field(False, description="offline KD: replay cached teacher logits of K stored augmented views")
+    cache_views: int = Field(0, ge=0, description="K views per sample; 0 = one per student epoch")
+    cache_seed: int = 0
+    cache_dir: str | None = Field(None, description="default: <storage.state_dir>/teacher_cache")
+    compile_teacher: bool = Field(
+        False,
+        description="torch.compile the frozen teacher(s) for the online forward and "
+        "the cache build (bench/compile.py measures it; on CPU it needs a C++ compiler)",
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        return _registered(v, "SOFT_LOSSES")
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive_temperature(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"must be > 0 (got {v}); fix: set a positive temperature, e.g. distill.temperature=4")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_in_unit_interval(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"must be in [0, 1] (got {v}); fix: alpha weights the hard loss, e.g. distill.alpha=0.1")
+        return v
+
+    @model_validator(mode="after")
+    def _cache_needs_logits_only(self) -> DistillConfig:
+        if self.cache and self.features:
+            raise ValueError(
+                "a teacher cache holds logits only, feature losses need the live teacher; "
+                "fix: set distill.cache=false or remove distill.features"
+            )
+        if self.cache and self.extra_teachers:
+            raise ValueError(
+                "the teacher cache supports one teacher; fix: set distill.cache=false or drop extra_teachers"
+            )
+        if self.compile_teacher and self.features:
+            raise ValueError(
+                "a compiled teacher exposes no intermediate features to the feature taps; "
+                "fix: set distill.compile_teacher=false or remove distill.features"
+            )
+        return self
+
+    @property
+    def hard_weight(self) -> float:
+        return self.alpha
+
+    @property
+    def soft_weight(self) -> float:
+        return 1.0 - self.alpha
+
+
+class EvaluateConfig(_Section):
+    ece_bins: int = Field(15, ge=2)
+    latency_warmup: int = Field(10, ge=0)
+    latency_repeats: int = Field(100, ge=1)
+    throughput_batch: int = Field(256, ge=1)
+    throughput_repeats: int = Field(10, ge=1)
+
+
+class ExportConfig(_Section):
+    formats: list[Literal["onnx", "onnx_int8", "torchscript"]] = Field(
+        default_factory=lambda: ["onnx", "onnx_int8", "torchscript"]  # type: ignore[arg-type]
+    )
+    opset: int = Field(17, ge=11)
+    calibration_samples: int = Field(512, ge=0)
+    parity_atol: float = Field(1e-3, gt=0, description="max |logit diff| allowed for fp32 exports")
+    int8_min_agreement: float = Field(0.97, ge=0, le=1, description="top-1 agreement int8 vs PyTorch")
+    int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+    promote_format: Literal["pytorch", "onnx_int8"] = "pytorch"
+
+
+class GateConfig(_Section):
+    min_accuracy: float = Field(0.5, ge=0, le=1)
+    min_retention: float = Field(0.8, ge=0)
+    max_latency_p95_ms: float = Field(50.0, gt=0)
+    max_size_bytes: int = Field(50_000_000, gt=0)
+    require_export_parity: bool = True
+    min_improvement: float = Field(0.0, ge=0, description="accuracy margin over the current champion")
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite in state_dir"
+    )
+    experiment: str = "kdflow"
+    registered_model: str = "kd-student"
+    teacher_registered_model: str = "kd-teacher"
+
+
+class StorageConfig(_Section):
+    root: str | None = Field(None, description="local directory or s3://bucket/prefix for artifacts")
+    state_dir: str = Field(".kdflow", description="local state: sqlite MLflow db, caches")
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    profile: str = "base"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """Hash of the resolved config, stable across key order."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def epochs_for(self, role: str) -> int:
+        section = self.teacher if role == "teacher" else self.student
+        return section.epochs if section.epochs is not None else self.train.epochs
+
+    def lr_for(self, role: str) -> float:
+        section = self.teacher if role == "teacher" else self.student
+        return section.lr if section.lr is not None else self.train.lr

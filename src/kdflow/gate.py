@@ -1,0 +1,65 @@
+"""The release gate: quality checks on the evaluated student, export parity on top, one way to print it."""
+
+from __future__ import annotations
+
+from typing_extensions import TypedDict  # pydantic validates it inside step results (Python < 3.12)
+
+from kdflow.config import GateConfig
+
+
+class Check(TypedDict):
+    passed: bool
+    rule: str
+
+
+class Gate(TypedDict):
+    passed: bool
+    checks: dict[str, Check]
+
+
+def _gate(checks: dict[str, Check]) -> Gate:
+    return {"passed": all(c["passed"] for c in checks.values()), "checks": checks}
+
+
+def quality_gate(g: GateConfig, student: dict) -> Gate:
+    """Accuracy, retention (student/teacher), latency and size of the evaluated student."""
+    retention = student.get("retention")
+    checks: dict[str, Check] = {
+        "accuracy": {
+            "passed": student["accuracy"] >= g.min_accuracy,
+            "rule": f"{student['accuracy']:.4f} >= {g.min_accuracy}",
+        },
+        "retention": {
+            "passed": retention >= g.min_retention if retention is not None else False,
+            "rule": f"{retention or 0:.4f} >= {g.min_retention}",
+        },
+        "latency_p95_ms": {
+            "passed": student["latency_p95_ms"] <= g.max_latency_p95_ms,
+            "rule": f"{student['latency_p95_ms']:.3f} <= {g.max_latency_p95_ms}",
+        },
+        "size_bytes": {
+            "passed": student["size_bytes"] <= g.max_size_bytes,
+            "rule": f"{student['size_bytes']} <= {g.max_size_bytes}",
+        },
+    }
+    return _gate(checks)
+
+
+def release_gate(g: GateConfig, quality: Gate | None, parity_ok: bool, parity_problems: list[str]) -> Gate:
+    """The final gate export decides: the quality checks (when an evaluation was given) plus export parity."""
+    checks: dict[str, Check] = dict(quality["checks"]) if quality else {}
+    if g.require_export_parity:
+        checks["export_parity"] = {
+            "passed": parity_ok,
+            "rule": "; ".join(parity_problems) or "all exports within tolerance",
+        }
+    return _gate(checks)
+
+
+def gate_lines(gate: Gate, indent: str = "- ") -> list[str]:
+    """One line per check, as the summary and the report print them."""
+    return [f"{indent}{k}: {'ok' if c['passed'] else 'FAILED'} ({c['rule']})" for k, c in gate["checks"].items()]
+
+
+def verdict(gate: Gate) -> str:
+    return "PASS" if gate["passed"] else "FAIL"

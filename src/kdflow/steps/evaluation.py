@@ -1,0 +1,112 @@
+"""The evaluate step: teacher vs scratch vs distilled student on the test split, plots, the quality gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from kdflow import checkpoints, data, evaluate, models
+from kdflow.config import Config, write_resolved
+from kdflow.errors import CheckpointError
+from kdflow.gate import quality_gate
+from kdflow.io import atomic_write_json, atomic_write_text, read_json
+from kdflow.steps import record, results
+from kdflow.steps.context import PathArg, RunContext, start_pipeline
+from kdflow.steps.results import EvaluationResult, TrainResult
+
+LABELS = {"teacher": "teacher", "scratch": "scratch student", "student": "distilled student"}
+LINEAGE_KEYS = ("model_id", "model_uri", "run_id", "config_hash", "pipeline_run_id", "data_digest")
+
+
+def load_step_model(model_dir: Path, num_classes: int, name: str) -> nn.Module:
+    path = model_dir / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(name, f"'{path}' not found", f"pass the output directory of the {name} step")
+    return checkpoints.load_model(path, field=name, expect_classes=num_classes)[0]
+
+
+def _model_metrics(name: str, model: nn.Module, logits, prepared: data.PreparedData, cfg: Config, out: Path) -> dict:
+    r = evaluate.classification_metrics(logits[name], prepared.test.y, prepared.num_classes, cfg.evaluate.ece_bins)
+    if name != "teacher":
+        r.update(evaluate.teacher_comparison(logits[name], logits["teacher"], cfg.distill.temperature))
+    input_shape = tuple(prepared.test.x.shape[1:])
+    r.update(models.model_report(model, input_shape))
+    r.update(evaluate.torch_speed(model, input_shape, cfg.evaluate))
+    evaluate.plot_confusion(
+        r["confusion_matrix"], prepared.class_names, f"{name} (test)", out / f"confusion_{name}.png"
+    )
+    return r
+
+
+def _lineage(student_dir: Path) -> dict[str, str]:
+    info = results.read(student_dir, TrainResult)
+    if info is None:
+        return {}
+    return {**info.get("lineage", {}), **{k: info[k] for k in LINEAGE_KEYS if k in info}}  # type: ignore[literal-required]
+
+
+def compare(cfg: Config, prepared: data.PreparedData, dirs: dict[str, Path], out: Path) -> dict:
+    """The evaluation summary (``evaluation.json``): per-model metrics, KD gain, transfer rate, gate, plots."""
+    loaded = {name: load_step_model(d, prepared.num_classes, name) for name, d in dirs.items()}
+    logits = {name: evaluate.predict_logits(m, prepared.test, prepared.normalizer()) for name, m in loaded.items()}
+    scores = {name: _model_metrics(name, m, logits, prepared, cfg, out) for name, m in loaded.items()}
+    acc_t = scores["teacher"]["accuracy"]
+    for name in ("student", "scratch"):
+        if name in scores:
+            scores[name]["retention"] = evaluate.retention(scores[name]["accuracy"], acc_t)
+            scores[name]["compression_ratio"] = scores["teacher"]["parameters"] / max(1, scores[name]["parameters"])
+    summary = {
+        "models": scores,
+        "class_names": prepared.class_names,
+        "data_digest": prepared.digest,
+        "test_digest": prepared.manifest["test_digest"],
+    }
+    if "scratch" in scores:
+        summary["transfer_rate"] = evaluate.transfer_rate(
+            scores["student"]["accuracy"], scores["scratch"]["accuracy"], acc_t
+        )
+        summary["kd_gain"] = scores["student"]["accuracy"] - scores["scratch"]["accuracy"]
+    summary["quality_gate"] = quality_gate(cfg.gate, scores["student"])
+    evaluate.plot_reliability(
+        {name: evaluate.reliability_bins(logits[name], prepared.test.y, cfg.evaluate.ece_bins) for name in loaded},
+        out / "reliability.png",
+    )
+    histories = {LABELS[n]: read_json(d / "history.json") for n, d in dirs.items() if (d / "history.json").is_file()}
+    evaluate.plot_history(histories, out / "loss_curves.png")
+    summary["lineage"] = _lineage(dirs["student"])
+    return summary
+
+
+def evaluate_models(
+    cfg: Config,
+    data_dir: PathArg,
+    teacher_dir: PathArg,
+    scratch_dir: PathArg | None,
+    student_dir: PathArg,
+    out_dir: PathArg,
+    ctx: RunContext | None = None,
+) -> dict:
+    """Evaluate and write ``evaluation.json``, ``report.md`` and the plots; returns the evaluation summary."""
+    from kdflow.report import render_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prepared = data.load_prepared(data_dir)
+    ctx = start_pipeline(cfg, ctx or RunContext())
+    dirs = {"teacher": Path(teacher_dir), "student": Path(student_dir)}
+    if scratch_dir:
+        dirs["scratch"] = Path(scratch_dir)
+    summary = compare(cfg, prepared, dirs, out)
+    atomic_write_json(out / "evaluation.json", summary)
+    atomic_write_text(out / "report.md", render_report(summary))
+    write_resolved(cfg, out)
+    result: EvaluationResult = {
+        "quality_gate": summary["quality_gate"],
+        "student_accuracy": summary["models"]["student"]["accuracy"],
+        "parent_run_id": ctx.parent_run_id,
+        "pipeline_run_id": ctx.pipeline_run_id,
+    }
+    result = results.merged(result, record.evaluation(ctx.tracker, ctx, prepared, summary, out))
+    results.write(out, result)
+    return summary

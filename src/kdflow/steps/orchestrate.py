@@ -1,0 +1,83 @@
+"""One orchestration of the steps in DAG order, on local directories: the CLI's ``kdflow run`` and the tests.
+
+The KFP pipeline wires the same step functions as components; this is the same DAG without KFP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdflow.config import Config
+from kdflow.distributed import info_from_env
+from kdflow.errors import ConfigError
+from kdflow.steps.context import PathArg, RunContext
+from kdflow.steps.evaluation import evaluate_models
+from kdflow.steps.results import TrainResult
+from kdflow.steps.train import distill, load_teacher, prep, train
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where ``kdflow run --out OUT`` puts each step's outputs: the directories the step commands take."""
+
+    data: Path
+    teacher: Path
+    scratch: Path
+    student: Path
+    evaluation: Path
+    given_teacher: Path
+
+    @classmethod
+    def under(cls, out: Path) -> Layout:
+        names = ("data", "teacher", "scratch", "student", "evaluation", "teacher_given")
+        return cls(*(out / name for name in names))
+
+
+def _given_teacher(source: str, data_dir: Path, target: Path) -> Path:
+    """A teacher passed by path or URI, written as a step directory so evaluate can read it like a trained one."""
+    from kdflow import checkpoints
+    from kdflow.io import read_json
+
+    model, meta = load_teacher(source, read_json(data_dir / "manifest.json")["num_classes"])
+    checkpoints.save_model(
+        model, meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"], target / "model.pt"
+    )
+    return target
+
+
+def run_all(
+    cfg: Config,
+    out: PathArg,
+    ctx: RunContext,
+    data_dir: PathArg | None = None,
+    teacher: str | None = None,
+    scratch: bool = False,
+) -> dict | None:
+    """prep (unless ``data_dir``), teacher (unless given), scratch (if asked), distill, evaluate.
+
+    Returns the evaluation summary; None on DDP ranks other than 0.
+    """
+    layout = Layout.under(Path(out))
+    if info_from_env().enabled and (not data_dir or not teacher or scratch):
+        raise ConfigError(
+            "--nproc",
+            "a distributed run distils alone",
+            "run prep and train-teacher first, then `kdflow distill --nproc N --data D --teacher T`",
+        )
+    data = Path(data_dir) if data_dir else layout.data
+    if not data_dir:
+        prep(cfg, data, ctx)
+    teacher_dir = None
+    if not teacher:
+        train(cfg, "teacher", data, layout.teacher, ctx)
+        teacher_dir, teacher = layout.teacher, str(layout.teacher / "model.pt")
+    scratch_dir = layout.scratch if scratch else None
+    if scratch_dir is not None:
+        train(cfg, "scratch", data, scratch_dir, ctx)
+    distilled: TrainResult | None = distill(cfg, data, teacher, layout.student, ctx)
+    if distilled is None:
+        return None
+    if teacher_dir is None:
+        teacher_dir = _given_teacher(teacher, data, layout.given_teacher)
+    return evaluate_models(cfg, data, teacher_dir, scratch_dir, layout.student, layout.evaluation, ctx)

@@ -1,0 +1,158 @@
+"""The release steps: export (with the final gate), register-and-promote, and the exit handler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kdflow import data
+from kdflow.config import Config, write_resolved
+from kdflow.gate import Gate, release_gate, verdict
+from kdflow.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from kdflow.steps import record, results
+from kdflow.steps.context import PathArg, RunContext, open_tracker, start_pipeline, upload
+from kdflow.steps.evaluation import load_step_model
+from kdflow.steps.results import ExportResult, PromotionResult, TrainResult
+
+
+def _decide_and_report(cfg: Config, exported: dict, eval_dir: Path | None, out: Path) -> Gate:
+    """The final gate (the evaluation's quality checks, if any, plus parity); export.json, report and plots."""
+    from kdflow.report import render_report
+
+    evaluation = read_json(eval_dir / "evaluation.json") if eval_dir else None
+    quality = evaluation["quality_gate"] if evaluation else None
+    gate = release_gate(cfg.gate, quality, exported["parity_ok"], exported["parity_problems"])
+    atomic_write_json(out / "export.json", {**exported, "gate": gate})
+    if eval_dir is not None and evaluation is not None:
+        atomic_write_text(out / "report.md", render_report(evaluation, exported, gate))
+        for png in eval_dir.glob("*.png"):
+            atomic_write_bytes(out / png.name, png.read_bytes())
+    return gate
+
+
+def export_student(
+    cfg: Config,
+    data_dir: PathArg,
+    student_dir: PathArg,
+    eval_dir: PathArg | None,
+    out_dir: PathArg,
+    ctx: RunContext | None = None,
+) -> dict:
+    """Export the student, verify parity and speed, and decide the final gate (quality + parity).
+
+    Returns the export report (``export.json``: forms, parity, gate).
+    """
+    from kdflow.export import export_all
+
+    out = Path(out_dir)
+    prepared = data.load_prepared(data_dir)
+    ctx = start_pipeline(cfg, ctx or RunContext())
+    student = load_step_model(Path(student_dir), prepared.num_classes, "student")
+    student_info: dict = dict(results.read(student_dir, TrainResult) or {})
+    torch.manual_seed(cfg.train.seed)
+    exported = export_all(
+        student,
+        prepared,
+        cfg.export,
+        cfg.evaluate,
+        out,
+        source_model=student_info.get("model_uri", str(Path(student_dir) / "model.pt")),
+        seed=cfg.train.seed,
+    )
+    exported["gate"] = _decide_and_report(cfg, exported, Path(eval_dir) if eval_dir else None, out)
+    gate = exported["gate"]
+    write_resolved(cfg, out)
+    result: ExportResult = {
+        "gate_passed": gate["passed"],
+        "parity_ok": exported["parity_ok"],
+        "student_model_uri": student_info.get("model_uri"),
+        "parent_run_id": ctx.parent_run_id,
+        "pipeline_run_id": ctx.pipeline_run_id,
+        "artifact_uri": upload(ctx, "export", out),
+    }
+    result = results.merged(
+        result,
+        record.export(
+            ctx.tracker,
+            ctx,
+            prepared,
+            exported,
+            gate,
+            out,
+            student_info.get("model_id", ""),
+            result["student_model_uri"],
+        ),
+    )
+    results.write(out, result)
+    parity = "ok" if exported["parity_ok"] else exported["parity_problems"]
+    print(f"[export] gate {verdict(gate)}; parity {parity}")
+    return exported
+
+
+def promote(
+    cfg: Config,
+    data_dir: PathArg,
+    student_dir: PathArg,
+    export_dir: PathArg,
+    out_dir: PathArg,
+    ctx: RunContext | None = None,
+) -> PromotionResult:
+    """Register the distilled student as challenger; move champion only when it wins."""
+    from kdflow.registry import register_and_promote
+
+    out = Path(out_dir)
+    ctx = start_pipeline(cfg, ctx or RunContext())
+    tracker = ctx.tracker
+    if tracker is None:
+        decision: PromotionResult = {"promoted": False, "reason": "tracking disabled: no registry"}
+        atomic_write_json(out / "promotion.json", decision)
+        return decision
+    prepared = data.load_prepared(data_dir)
+    student_info: dict = dict(results.read(student_dir, TrainResult) or {})
+    export_info: dict = dict(results.read(export_dir, ExportResult) or {})
+    model_uri = student_info["model_uri"]
+    if cfg.export.promote_format == "onnx_int8" and export_info.get("onnx_int8_model_id"):
+        model_uri = f"models:/{export_info['onnx_int8_model_id']}"
+    tags = {
+        "kdflow.data_digest": prepared.digest,
+        "kdflow.pipeline_run_id": ctx.pipeline_run_id,
+        "kdflow.config_hash": cfg.digest(),
+        **{k: str(v) for k, v in student_info.get("lineage", {}).items() if k.startswith("kdflow.teacher")},
+    }
+    with tracker.step_run("register_and_promote", ctx.parent_run_id, ctx.pipeline_run_id):
+        decision = register_and_promote(  # type: ignore[assignment]  # a PromotionResult
+            tracker,
+            model_uri,
+            cfg.tracking.registered_model,
+            prepared,
+            student_info["run_id"],
+            cfg.gate.min_improvement,
+            tags,
+        )
+        tracker.mlflow.set_tags({"kdflow.promoted": str(decision["promoted"]), "kdflow.reason": decision["reason"]})
+    atomic_write_json(out / "promotion.json", decision)
+    print(f"[promote] {decision['reason']}")
+    return decision
+
+
+def finalize(cfg: Config, pipeline_run_id: str, status: str) -> dict:
+    """Exit handler: close the parent run (and any child left open) with the pipeline's final status."""
+    tracker = open_tracker(cfg)
+    if tracker is None:
+        return {"closed": 0}
+    from kdflow.tracking import PIPELINE_TAG
+
+    mlflow_status = {"SUCCEEDED": "FINISHED", "FINISHED": "FINISHED", "CANCELLED": "KILLED"}.get(
+        status.upper(), "FAILED"
+    )
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}'"
+    )
+    closed = 0
+    for r in runs:
+        if r.info.status == "RUNNING":
+            tracker.client.set_tag(r.info.run_id, "kdflow.pipeline_status", status)
+            tracker.finish(r.info.run_id, mlflow_status)
+            closed += 1
+    return {"closed": closed, "status": mlflow_status}

@@ -1,0 +1,110 @@
+"""What each step returns and writes to ``OUT/step.json``, and reads back through the same type.
+
+The results are ``TypedDict``s: typed for mypy, validated by pydantic when read back, and plain dicts
+at run time. They stay dicts on purpose: the KFP components index them by key, and the components'
+source is embedded verbatim in the compiled pipeline YAML, whose golden copy must not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import (
+    Any,
+    NotRequired,  # pydantic validates these on Python < 3.12
+    TypeVar,
+    cast,
+)
+
+from pydantic import TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from kdflow.errors import CheckpointError
+from kdflow.gate import Gate
+from kdflow.io import atomic_write_json, read_json
+
+STEP_FILE = "step.json"
+
+
+class StepResult(TypedDict):
+    """Who ran the step: the pipeline run and its MLflow parent run (None when tracking is off)."""
+
+    pipeline_run_id: str
+    parent_run_id: str | None
+    run_id: NotRequired[str]  # the step's own MLflow run
+
+
+class PrepResult(StepResult):
+    digest: str
+    test_digest: str
+    counts: dict[str, int]
+    dataset: str
+    window: str
+    config_hash: str
+
+
+class TrainResult(StepResult):
+    """A trained (or provided) model: teacher, scratch student or distilled student."""
+
+    role: str
+    arch: str
+    data_digest: str
+    metrics: dict[str, Any]
+    config_hash: NotRequired[str]
+    lineage: NotRequired[dict[str, str]]  # kdflow.teacher_* tags of a distilled student
+    artifact_uri: NotRequired[str | None]
+    model_id: NotRequired[str]
+    model_uri: NotRequired[str]
+    registered_version: NotRequired[str]
+    registered_uri: NotRequired[str]
+    source: NotRequired[str]  # a provided teacher: where it came from
+
+
+class EvaluationResult(StepResult):
+    quality_gate: Gate
+    student_accuracy: float
+
+
+class ExportResult(StepResult):
+    gate_passed: bool
+    parity_ok: bool
+    student_model_uri: str | None
+    artifact_uri: str | None
+    onnx_int8_model_id: NotRequired[str]
+
+
+class PromotionResult(TypedDict):
+    promoted: bool
+    reason: str
+    name: NotRequired[str]
+    version: NotRequired[str]
+    challenger_accuracy: NotRequired[float]
+    champion_accuracy: NotRequired[float | None]
+    champion_version: NotRequired[str | None]
+
+
+R = TypeVar("R")
+
+
+def merged(result: R, ids: Mapping[str, Any]) -> R:
+    """``result`` with the ids a record function returned (MLflow run, model, registry version)."""
+    return cast(R, {**cast(dict, result), **ids})
+
+
+def write(out_dir: str | Path, result: Any) -> Path:
+    return atomic_write_json(Path(out_dir) / STEP_FILE, result)
+
+
+def read(out_dir: str | Path, kind: type[R]) -> R | None:
+    """The result a step left in ``out_dir``, validated against its type; None when there is none."""
+    path = Path(out_dir) / STEP_FILE
+    if not path.is_file():
+        return None
+    try:
+        return TypeAdapter(kind).validate_python(read_json(path))
+    except (ValidationError, ValueError) as e:
+        raise CheckpointError(
+            str(path),
+            f"is not a {kind.__name__} ({str(e).splitlines()[0]})",
+            "re-run the step that writes this directory",
+        ) from None

@@ -1,0 +1,281 @@
+"""The data and training steps: prep, teacher (trained or provided), scratch student, distilled student."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from kdflow import checkpoints, data, evaluate, models
+from kdflow.config import Config, write_resolved
+from kdflow.distributed import LR_SCALING_RULE, DistInfo, info_from_env
+from kdflow.io import atomic_write_json, atomic_write_text, csv_text, read_json
+from kdflow.steps import record, results
+from kdflow.steps.context import PathArg, RunContext, start_pipeline, upload
+from kdflow.steps.results import PrepResult, TrainResult
+from kdflow.trainer import FitResult, fit
+
+STEP_NAMES = {"teacher": "train_teacher", "scratch": "train_student_scratch", "distill": "distill_student"}
+UPLOADED = ["model.pt", "history.csv", "metrics.json", "config.resolved.yaml"]
+ObjectiveFactory = Callable[[nn.Module, data.PreparedData], nn.Module]
+CacheFactory = Callable[[data.PreparedData], tuple[Any, dict]]
+
+
+def prep(cfg: Config, out_dir: PathArg, ctx: RunContext | None = None) -> PrepResult:
+    out = Path(out_dir)
+    ctx = start_pipeline(cfg, ctx or RunContext())
+    manifest = data.prepare(cfg.data, out, cache_dir=Path(cfg.storage.state_dir) / "sources")
+    write_resolved(cfg, out)
+    result: PrepResult = {
+        "digest": manifest["digest"],
+        "test_digest": manifest["test_digest"],
+        "counts": manifest["counts"],
+        "dataset": manifest["dataset"],
+        "window": manifest["window"],
+        "parent_run_id": ctx.parent_run_id,
+        "pipeline_run_id": ctx.pipeline_run_id,
+        "config_hash": cfg.digest(),
+    }
+    result = results.merged(result, record.prep(ctx.tracker, ctx, cfg, manifest, out))
+    results.write(out, result)
+    return result
+
+
+def _metrics(
+    model: nn.Module, fitted: FitResult, prepared: data.PreparedData, dist_info: DistInfo, cfg: Config, extra: dict
+) -> dict[str, Any]:
+    test_acc, val_selected = evaluate.final_and_val_selected_accuracy(model, fitted.best_state, prepared)
+    history = fitted.history
+    return {
+        "test_accuracy": test_acc,
+        "val_selected_test_accuracy": val_selected,
+        "best_val_accuracy": fitted.best_val_acc,
+        "best_epoch": fitted.best_epoch,
+        "final_val_accuracy": history[-1]["val_acc"] if history else None,
+        **models.model_report(model, tuple(prepared.train.x.shape[1:])),
+        "epochs": len(history),
+        "world_size": dist_info.world,
+        "global_batch": cfg.train.batch_size,
+        "lr_scaling_rule": LR_SCALING_RULE,
+        **extra,
+        "seconds_per_epoch": (sum(h["seconds"] for h in history) / len(history)) if history else 0.0,
+    }
+
+
+def _write_outputs(
+    model: nn.Module,
+    arch: str,
+    prepared: data.PreparedData,
+    out: Path,
+    fitted: FitResult,
+    metrics: dict,
+    cfg: Config,
+    extra: dict,
+) -> None:
+    checkpoints.save_model(
+        model, arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0], out / "model.pt", extra=extra
+    )
+    if fitted.history:
+        atomic_write_text(out / "history.csv", csv_text(fitted.history))
+    atomic_write_json(out / "history.json", fitted.history)
+    atomic_write_json(out / "metrics.json", metrics)
+    write_resolved(cfg, out)
+
+
+def _fit(
+    cfg: Config,
+    role: str,
+    model: nn.Module,
+    objective: nn.Module,
+    prepared: data.PreparedData,
+    out: Path,
+    cache_factory: CacheFactory | None,
+    on_epoch: Callable[[dict], None] | None,
+) -> tuple[FitResult, dict]:
+    """The training loop of one step, with the teacher cache when distilling offline."""
+    model_role = "teacher" if role == "teacher" else "student"
+    teacher_cache, cache_info = cache_factory(prepared) if cache_factory is not None else (None, {})
+    epochs, lr = cfg.epochs_for(model_role), cfg.lr_for(model_role)
+    fitted = fit(
+        model,
+        objective,
+        prepared,
+        cfg.train,
+        epochs=epochs,
+        lr=lr,
+        out_dir=out / "train_state",
+        desc=STEP_NAMES[role],
+        teacher_cache=teacher_cache,
+        on_epoch=on_epoch,
+    )
+    objective.close()  # type: ignore[operator]  # every objective module has close()
+    return fitted, cache_info
+
+
+def train_model(
+    cfg: Config,
+    role: str,
+    arch: str,
+    data_dir: Path,
+    out: Path,
+    ctx: RunContext,
+    objective_factory: ObjectiveFactory,
+    lineage: dict[str, str] | None = None,
+    cache_factory: CacheFactory | None = None,
+) -> TrainResult | None:
+    """Train ``arch`` in ``role`` (teacher, scratch or distill); None on the ranks of DDP other than 0."""
+    prepared = data.load_prepared(data_dir)
+    dist_info = info_from_env()
+    if dist_info.is_main:  # fails fast on a bad tracking URI, before any training; only rank 0 talks to MLflow
+        start_pipeline(cfg, ctx)
+    tracker = ctx.tracker if dist_info.is_main else None
+    torch.manual_seed(cfg.train.seed)
+    model = models.build_model(arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0])
+    objective = objective_factory(model, prepared)
+    step, lineage = STEP_NAMES[role], lineage or {}
+    tags = {"kdflow.role": role, "kdflow.arch": arch, "kdflow.data_digest": prepared.digest, **lineage}
+    with record.training_run(tracker, ctx, step, cfg, prepared, tags) as run_id:
+        fitted, cache_info = _fit(
+            cfg, role, model, objective, prepared, out, cache_factory, record.epoch_logger(tracker, run_id)
+        )
+        if not dist_info.is_main:
+            return None
+        metrics = _metrics(model, fitted, prepared, dist_info, cfg, cache_info)
+        _write_outputs(
+            model, arch, prepared, out, fitted, metrics, cfg, {"role": role, "data_digest": prepared.digest, **lineage}
+        )
+        result: TrainResult = {
+            "role": role,
+            "arch": arch,
+            "data_digest": prepared.digest,
+            "metrics": metrics,
+            "lineage": lineage,
+            "parent_run_id": ctx.parent_run_id,
+            "pipeline_run_id": ctx.pipeline_run_id,
+            "config_hash": cfg.digest(),
+            "artifact_uri": upload(ctx, step, out, UPLOADED),
+        }
+        model_tags = {**tags, "kdflow.pipeline_run_id": ctx.pipeline_run_id, "kdflow.config_hash": cfg.digest()}
+        result = results.merged(
+            result, record.trained_model(tracker, run_id, model, role, out, prepared, metrics, model_tags)
+        )
+        results.write(out, result)
+    print(
+        f"[{step}] {arch}: test accuracy {metrics['test_accuracy']:.4f} "
+        f"(val-selected {metrics['val_selected_test_accuracy']}) -> {out / 'model.pt'}"
+    )
+    return result
+
+
+def train(
+    cfg: Config, role: str, data_dir: PathArg, out_dir: PathArg, ctx: RunContext | None = None
+) -> TrainResult | None:
+    """Train the teacher (role='teacher') or the scratch baseline student (role='scratch')."""
+    from kdflow.objective import SupervisedObjective
+
+    arch = cfg.teacher.arch if role == "teacher" else cfg.student.arch
+    return train_model(
+        cfg,
+        role,
+        arch,
+        Path(data_dir),
+        Path(out_dir),
+        ctx or RunContext(),
+        lambda model, prepared: SupervisedObjective(),
+    )
+
+
+def load_teacher(source: str, num_classes: int, field: str = "teacher.source") -> tuple[nn.Module, dict]:
+    return checkpoints.load_model(source, field=field, expect_classes=num_classes)
+
+
+def provide_teacher(cfg: Config, data_dir: PathArg, out_dir: PathArg, ctx: RunContext | None = None) -> TrainResult:
+    """Train the teacher, or take the one ``teacher.source`` names (checkpoint path, s3:// or models:/ URI)."""
+    ctx = ctx or RunContext()
+    if not cfg.teacher.source:
+        trained = train(cfg, "teacher", data_dir, out_dir, ctx)
+        assert trained is not None, "the teacher step runs on one process"
+        if "model_uri" in trained:
+            trained = results.merged(
+                trained, record.registered_teacher(ctx.tracker, cfg, trained["model_uri"], trained["data_digest"])
+            )
+            results.write(out_dir, trained)
+        return trained
+    out = Path(out_dir)
+    start_pipeline(cfg, ctx)  # fails fast on a bad tracking URI
+    prepared = data.load_prepared(data_dir)
+    model, meta = load_teacher(cfg.teacher.source, prepared.num_classes)
+    checkpoints.save_model(
+        model,
+        meta["arch"],
+        meta["num_classes"],
+        meta["in_channels"],
+        meta["image_size"],
+        out / "model.pt",
+        extra={"role": "teacher", "source": cfg.teacher.source},
+    )
+    acc = evaluate.accuracy(evaluate.predict_logits(model, prepared.test, prepared.normalizer()), prepared.test.y)
+    result: TrainResult = {
+        "role": "teacher",
+        "arch": meta["arch"],
+        "data_digest": prepared.digest,
+        "model_uri": cfg.teacher.source,
+        "metrics": {"test_accuracy": acc, **models.model_report(model, tuple(prepared.train.x.shape[1:]))},
+        "parent_run_id": ctx.parent_run_id,
+        "pipeline_run_id": ctx.pipeline_run_id,
+        "source": cfg.teacher.source,
+    }
+    atomic_write_json(out / "metrics.json", result["metrics"])
+    results.write(out, result)
+    write_resolved(cfg, out)
+    print(f"[train_teacher] took teacher {cfg.teacher.source} ({meta['arch']}): test accuracy {acc:.4f}")
+    return result
+
+
+def _teacher_lineage(cfg: Config, teacher_path: str, teacher_arch: str) -> dict[str, str]:
+    local = Path(teacher_path)
+    info: dict[str, Any] = dict((results.read(local.parent, TrainResult) if local.exists() else None) or {})
+    return {
+        "kdflow.teacher_arch": teacher_arch,
+        "kdflow.teacher_model_id": info.get("model_id", ""),
+        "kdflow.teacher_model_uri": info.get("model_uri", teacher_path),
+        "kdflow.teacher_version": str(info.get("registered_version", "")),
+        "kdflow.method": cfg.distill.method,
+    }
+
+
+def distill(
+    cfg: Config, data_dir: PathArg, teacher_path: PathArg, out_dir: PathArg, ctx: RunContext | None = None
+) -> TrainResult | None:
+    """Distil the frozen teacher (plus any ``distill.extra_teachers``) into ``student.arch``."""
+    from kdflow.objective import DistillObjective
+    from kdflow.steps.teacher_cache import cache_factory
+
+    manifest_path = Path(data_dir) / "manifest.json"
+    if not manifest_path.is_file():
+        data.load_prepared(data_dir)  # raises the one-line error
+    num_classes = read_json(manifest_path)["num_classes"]
+    teacher, teacher_meta = load_teacher(str(teacher_path), num_classes, "teacher")
+    extra = [
+        load_teacher(t.source, num_classes, f"distill.extra_teachers[{i}].source")[0]
+        for i, t in enumerate(cfg.distill.extra_teachers)
+    ]
+    teachers = [teacher, *extra]
+
+    def objective(model: nn.Module, prepared: data.PreparedData) -> nn.Module:
+        return DistillObjective(teachers, model, cfg.distill, tuple(prepared.train.x.shape[1:]), prepared.num_classes)
+
+    return train_model(
+        cfg,
+        "distill",
+        cfg.student.arch,
+        Path(data_dir),
+        Path(out_dir),
+        ctx or RunContext(),
+        objective,
+        _teacher_lineage(cfg, str(teacher_path), teacher_meta["arch"]),
+        cache_factory(cfg, teacher, str(teacher_path)) if cfg.distill.cache else None,
+    )

@@ -1,0 +1,27 @@
+"""Helpers the tests import (conftest holds only fixtures): the repository root and a fast test config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdflow.config import build_config
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def tiny_config(tmp: Path, **sections):
+    """Config for fast tests: a real data subset, one short epoch, tracking off unless asked."""
+    raw = {
+        "data": {"val_size": 500, "train_subset": 1500, "test_subset": 500},
+        "teacher": {"arch": "cnn-wide", "epochs": 1},
+        "student": {"arch": "cnn-small", "epochs": 1},
+        "train": {"batch_size": 64, "num_threads": 2, "warmup_epochs": 0},
+        "evaluate": {"latency_repeats": 5, "throughput_repeats": 2, "latency_warmup": 1},
+        "export": {"calibration_samples": 64},
+        "tracking": {"enabled": False},
+        "storage": {"state_dir": str(tmp / "state")},
+    }
+    for k, v in sections.items():
+        raw.setdefault(k, {}).update(v)
+    return build_config(raw)
