@@ -83,14 +83,20 @@ def main() -> int:
     def med(mode: str, what: str, key: str) -> float:
         return statistics.median(x[what][key] for x in res[mode])
 
-    lines = ["| work | allocator | ms per batch | minor page faults per batch | kernel share of CPU time | vs default |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| work | allocator | ms per batch | minor page faults per batch | kernel share of CPU time | vs default |",
+        "|---|---|---|---|---|---|",
+    ]
     for what, label in (("kd", "online KD step, batch 128"), ("cache", "teacher-cache forward, batch 256")):
         for mode, name in (("off", "glibc default"), ("on", "keep_freed_memory (kdflow default)")):
-            lines.append(f"| {label} | {name} | {med(mode, what, 'ms'):.1f} | {med(mode, what, 'faults'):,.0f} | "
-                         f"{100 * med(mode, what, 'sys'):.0f}% | {med(mode, what, 'ms') / med('off', what, 'ms'):.2f}x |")
-    body = (f"{rounds} rounds, each a fresh process per setting (allocator state is process-wide), {steps} timed "
-            "batches per process after 3 warm-up ones, 2 threads; medians.\n\n" + "\n".join(lines))
+            lines.append(
+                f"| {label} | {name} | {med(mode, what, 'ms'):.1f} | {med(mode, what, 'faults'):,.0f} | "
+                f"{100 * med(mode, what, 'sys'):.0f}% | {med(mode, what, 'ms') / med('off', what, 'ms'):.2f}x |"
+            )
+    body = (
+        f"{rounds} rounds, each a fresh process per setting (allocator state is process-wide), {steps} timed "
+        "batches per process after 3 warm-up ones, 2 threads; medians.\n\n" + "\n".join(lines)
+    )
     write_section("CPU choice: allocator" + (" (quick)" if a.quick else ""), body)
     print(body)
     return 0

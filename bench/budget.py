@@ -39,15 +39,19 @@ def measured_costs(work: Path) -> dict:
     """Per-view cache build, per-epoch and fixed per-step seconds, from the kd-cached protocol row."""
     rows = sorted((work / "kd-cached").glob("seed*/metrics.json"))
     if not rows:
-        raise SystemExit(f"error: no kd-cached row under {work}; fix: run "
-                         "`.venv/bin/python bench/protocol.py --rows kd-cached` first")
+        raise SystemExit(
+            f"error: no kd-cached row under {work}; fix: run "
+            "`.venv/bin/python bench/protocol.py --rows kd-cached` first"
+        )
     metrics = [json.loads(p.read_text()) for p in rows]
     walls = [json.loads((p.parent / "wall.json").read_text())["seconds"] for p in rows]
     built = [m for m in metrics if not m.get("cache_reused")]
     per_view = max(m["cache_build_seconds"] / m["cache_views"] for m in built)
     per_epoch = max(m["seconds_per_epoch"] for m in metrics)
-    fixed = max(w - m["epochs"] * m["seconds_per_epoch"] - (0 if m.get("cache_reused") else m["cache_build_seconds"])
-                for m, w in zip(metrics, walls, strict=True))
+    fixed = max(
+        w - m["epochs"] * m["seconds_per_epoch"] - (0 if m.get("cache_reused") else m["cache_build_seconds"])
+        for m, w in zip(metrics, walls, strict=True)
+    )
     return {"per_view": per_view, "per_epoch": per_epoch, "fixed": max(fixed, 0.0)}
 
 
@@ -66,8 +70,12 @@ def main() -> int:
     if a.quick:
         a.budget, a.views, a.seeds = min(a.budget, 90.0), min(a.views, 2), "0"
     costs = measured_costs(work)
-    recipe = [f"distill.alpha={a.alpha}", f"distill.temperature={a.temperature}", "distill.cache=true",
-              f"distill.cache_views={a.views}"]
+    recipe = [
+        f"distill.alpha={a.alpha}",
+        f"distill.temperature={a.temperature}",
+        "distill.cache=true",
+        f"distill.cache_views={a.views}",
+    ]
     teacher_path = work / "teacher" / "model.pt"
     warmup = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", quick).train.warmup_epochs
     finals, selected, walls, epochs_run = [], [], [], []
@@ -85,14 +93,30 @@ def main() -> int:
             left = SAFETY * a.budget - (time.time() - t0) - costs["fixed"]
             epochs = int(left // costs["per_epoch"])
             if epochs < 1:
-                raise SystemExit(f"error: --budget {a.budget:.0f} s leaves no epoch after {a.views} cache views; "
-                                 "fix: raise --budget or lower --views")
-            print(f"seed {seed}: cache {time.time() - t0:.0f} s, {epochs} epochs x {costs['per_epoch']:.1f} s planned",
-                  flush=True)
-            cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full",
-                              ["tracking.enabled=false", f"storage.state_dir={work / 'state'}", "train.num_threads=2",
-                               "student.arch=cnn-small", f"train.seed={seed}", f"distill.cache_seed={seed}",
-                               f"distill.cache_dir={cache_dir}", *quick, *recipe, f"student.epochs={epochs}"])
+                raise SystemExit(
+                    f"error: --budget {a.budget:.0f} s leaves no epoch after {a.views} cache views; "
+                    "fix: raise --budget or lower --views"
+                )
+            print(
+                f"seed {seed}: cache {time.time() - t0:.0f} s, {epochs} epochs x {costs['per_epoch']:.1f} s planned",
+                flush=True,
+            )
+            cfg = load_config(
+                ROOT / "configs" / "fashion_mnist.yaml",
+                "full",
+                [
+                    "tracking.enabled=false",
+                    f"storage.state_dir={work / 'state'}",
+                    "train.num_threads=2",
+                    "student.arch=cnn-small",
+                    f"train.seed={seed}",
+                    f"distill.cache_seed={seed}",
+                    f"distill.cache_dir={cache_dir}",
+                    *quick,
+                    *recipe,
+                    f"student.epochs={epochs}",
+                ],
+            )
             steps.distill(cfg, work / "data", teacher_path, out)  # reuses the cache just built
             (out / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
         m = json.loads((out / "metrics.json").read_text())
@@ -103,20 +127,26 @@ def main() -> int:
         print(f"budget seed {seed}: {m['test_accuracy']:.4f} in {walls[-1]:.0f} s", flush=True)
 
     def fmt(v: list[float]) -> str:
-        return f"{100 * v[0]:.2f}%" if len(v) == 1 else f"{100 * statistics.mean(v):.2f} ± {100 * statistics.stdev(v):.2f}%"
+        return (
+            f"{100 * v[0]:.2f}%"
+            if len(v) == 1
+            else f"{100 * statistics.mean(v):.2f} ± {100 * statistics.stdev(v):.2f}%"
+        )
 
-    body = (f"Budget {a.budget:.0f} s per seed (BENCH.md: the hand-written KD run's wall, teacher excluded), "
-            "everything after the teacher counted: teacher-cache build and student training, in one `distill` step.\n\n"
-            f"Recipe: resnet20 -> cnn-small, KD T={a.temperature:g}, alpha={a.alpha:g} (hard weight), teacher cache of "
-            f"{a.views} seeded augmented views per sample built inside the budget (cache seed = train seed), then "
-            f"as many epochs as the rest of the budget holds, replaying those views (SGD nesterov lr 0.1, wd 5e-4, {warmup:g} warm-up epoch, cosine to 0, "
-            f"batch 128). Epochs planned per seed after its cache build was timed: (budget x {SAFETY:.0%} - cache "
-            f"build - {costs['fixed']:.1f} s fixed) / {costs['per_epoch']:.1f} s per epoch (the kd-cached row's cost).\n\n"
-            "| row | final test acc | val-selected test acc | epochs | wall (s, per seed) | max wall | fits | seeds |\n"
-            "|---|---|---|---|---|---|---|---|\n"
-            f"| cnn-small KD, cached views, equal wall budget | {fmt(finals)} | {fmt(selected)} | "
-            f"{','.join(map(str, epochs_run))} | "
-            f"{statistics.mean(walls):.0f} | {max(walls):.0f} | {'yes' if max(walls) <= a.budget else 'NO'} | {a.seeds} |")
+    body = (
+        f"Budget {a.budget:.0f} s per seed (BENCH.md: the hand-written KD run's wall, teacher excluded), "
+        "everything after the teacher counted: teacher-cache build and student training, in one `distill` step.\n\n"
+        f"Recipe: resnet20 -> cnn-small, KD T={a.temperature:g}, alpha={a.alpha:g} (hard weight), teacher cache of "
+        f"{a.views} seeded augmented views per sample built inside the budget (cache seed = train seed), then "
+        f"as many epochs as the rest of the budget holds, replaying those views (SGD nesterov lr 0.1, wd 5e-4, {warmup:g} warm-up epoch, cosine to 0, "
+        f"batch 128). Epochs planned per seed after its cache build was timed: (budget x {SAFETY:.0%} - cache "
+        f"build - {costs['fixed']:.1f} s fixed) / {costs['per_epoch']:.1f} s per epoch (the kd-cached row's cost).\n\n"
+        "| row | final test acc | val-selected test acc | epochs | wall (s, per seed) | max wall | fits | seeds |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        f"| cnn-small KD, cached views, equal wall budget | {fmt(finals)} | {fmt(selected)} | "
+        f"{','.join(map(str, epochs_run))} | "
+        f"{statistics.mean(walls):.0f} | {max(walls):.0f} | {'yes' if max(walls) <= a.budget else 'NO'} | {a.seeds} |"
+    )
     write_section("Equal wall budget" + (" (quick)" if a.quick else ""), body)
     print(body)
     return 0

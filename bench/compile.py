@@ -52,6 +52,7 @@ def student_step(module, opt, x, y):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -61,6 +62,7 @@ def kd_step(module, opt, x, y):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -68,6 +70,7 @@ def teacher_forward(teacher, x):
     def fwd():
         with torch.no_grad():
             return teacher(x)
+
     return fwd
 
 
@@ -98,14 +101,20 @@ def pairs(a_teacher: str, a_student: str) -> dict[str, tuple]:
     def kd(compile_it: bool):
         s = fresh(a_student)
         t = compiled_teacher if compile_it else teacher
-        module = _TrainStep(torch.compile(s) if compile_it else s, DistillObjective([t], s, cfg.distill, (1, 28, 28), 10))
+        module = _TrainStep(
+            torch.compile(s) if compile_it else s, DistillObjective([t], s, cfg.distill, (1, 28, 28), 10)
+        )
         return kd_step(module, build_optimizer(list(s.parameters()), cfg.train, 0.01), x128, y)
 
     return {
-        f"teacher forward ({a_teacher}, batch 128, no_grad)":
-            (teacher_forward(teacher, x128), lambda: teacher_forward(compiled_teacher, x128)),
-        f"teacher-cache forward ({a_teacher}, batch 256, no_grad)":
-            (teacher_forward(teacher, x256), lambda: teacher_forward(compiled_teacher, x256)),
+        f"teacher forward ({a_teacher}, batch 128, no_grad)": (
+            teacher_forward(teacher, x128),
+            lambda: teacher_forward(compiled_teacher, x128),
+        ),
+        f"teacher-cache forward ({a_teacher}, batch 256, no_grad)": (
+            teacher_forward(teacher, x256),
+            lambda: teacher_forward(compiled_teacher, x256),
+        ),
         f"student train step ({a_student}, batch 128)": (eager_student(), compiled_student),
         "online KD step (teacher + student compiled)": (kd(False), lambda: kd(True)),
         "_parity": (lambda: (teacher_forward(teacher, x128)(), teacher_forward(compiled_teacher, x128)()), None),
@@ -116,8 +125,16 @@ def end_to_end(a_teacher: str, a_student: str, subset: int | None, work: Path) -
     """One online KD epoch and one cache view through kdflow's own code, eager vs distill.compile_teacher."""
     rows = []
     for compile_teacher in (False, True):
-        cfg = build_config({"data": {"train_subset": subset}, "train": {"num_threads": 2, "warmup_epochs": 1},  # the protocol warm-up: lr 0.1 from step 0 collapses cnn-small
-                            "distill": {"compile_teacher": compile_teacher}})
+        cfg = build_config(
+            {
+                "data": {"train_subset": subset},
+                "train": {
+                    "num_threads": 2,
+                    "warmup_epochs": 1,
+                },  # the protocol warm-up: lr 0.1 from step 0 collapses cnn-small
+                "distill": {"compile_teacher": compile_teacher},
+            }
+        )
         if not (work / "data" / "manifest.json").is_file():
             data.prepare(cfg.data, work / "data")
         d = data.load_prepared(work / "data")
@@ -127,8 +144,16 @@ def end_to_end(a_teacher: str, a_student: str, subset: int | None, work: Path) -
         s = models.build_model(a_student)
         cold()
         t0 = time.perf_counter()
-        result = fit(s, DistillObjective([teacher], s, cfg.distill, (1, 28, 28), 10), d, cfg.train, epochs=1, lr=0.1,
-                out_dir=work / f"online-{compile_teacher}", resume=False)
+        result = fit(
+            s,
+            DistillObjective([teacher], s, cfg.distill, (1, 28, 28), 10),
+            d,
+            cfg.train,
+            epochs=1,
+            lr=0.1,
+            out_dir=work / f"online-{compile_teacher}",
+            resume=False,
+        )
         epoch_s = time.perf_counter() - t0
         cold()
         t0 = time.perf_counter()
@@ -137,8 +162,10 @@ def end_to_end(a_teacher: str, a_student: str, subset: int | None, work: Path) -
         name = "compiled teacher (distill.compile_teacher=true)" if compile_teacher else "eager teacher (default)"
         rows.append((name, epoch_s, result.history[-1]["val_acc"], view_s))
     base_epoch, base_view = rows[0][1], rows[0][3]
-    return [f"| {n} | {e:.1f} ({e / base_epoch:.2f}x) | {100 * acc:.2f}% | {v:.1f} ({v / base_view:.2f}x) |"
-            for n, e, acc, v in rows]
+    return [
+        f"| {n} | {e:.1f} ({e / base_epoch:.2f}x) | {100 * acc:.2f}% | {v:.1f} ({v / base_view:.2f}x) |"
+        for n, e, acc, v in rows
+    ]
 
 
 def main() -> int:
@@ -183,24 +210,31 @@ def main() -> int:
     except Exception as exc:
         parity = f"not checked ({type(exc).__name__})"
 
-    lines = ["| work | eager ms | compiled ms | compiled / eager | compile time (s) | batches to break even |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| work | eager ms | compiled ms | compiled / eager | compile time (s) | batches to break even |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         if "error" in r:
             lines.append(f"| {name} | - | failed: {r['error']} | - | - | - |")
             continue
         saved = r["eager"] - r["compiled"]
         even = f"{1000 * r['compile_s'] / saved:,.0f}" if saved > 0 else "never (slower)"
-        lines.append(f"| {name} | {r['eager']:.1f} | {r['compiled']:.1f} | {r['compiled'] / r['eager']:.2f}x | "
-                     f"{r['compile_s']:.1f} | {even} |")
-    body = (f"torch.compile (default mode, inductor, {torch.__version__}), 2 threads, glibc allocator as the trainer "
-            f"sets it. {rounds} interleaved rounds after 3 warm-up calls each; medians. Compile time = the first 3 "
-            "calls of the compiled version (tracing, code generation, C++ build), cold: a fresh inductor cache dir. Max |logit difference| of the "
-            f"compiled teacher against eager: {parity}. Random inputs (timing only).\n\n" + "\n".join(lines)
-            + "\n\nEnd to end through kdflow's trainer and cache builder (one process, eager first; compile time "
-            f"included; {'5,000' if a.quick else 'all 55,000'} train samples, teacher `{a.teacher}`, student "
-            f"`{a.student}`, seed 0):\n\n| teacher forward | online KD epoch, s | val acc after it | "
-            "cache build, one view, s |\n|---|---|---|---|\n" + "\n".join(e2e))
+        lines.append(
+            f"| {name} | {r['eager']:.1f} | {r['compiled']:.1f} | {r['compiled'] / r['eager']:.2f}x | "
+            f"{r['compile_s']:.1f} | {even} |"
+        )
+    body = (
+        f"torch.compile (default mode, inductor, {torch.__version__}), 2 threads, glibc allocator as the trainer "
+        f"sets it. {rounds} interleaved rounds after 3 warm-up calls each; medians. Compile time = the first 3 "
+        "calls of the compiled version (tracing, code generation, C++ build), cold: a fresh inductor cache dir. Max |logit difference| of the "
+        f"compiled teacher against eager: {parity}. Random inputs (timing only).\n\n"
+        + "\n".join(lines)
+        + "\n\nEnd to end through kdflow's trainer and cache builder (one process, eager first; compile time "
+        f"included; {'5,000' if a.quick else 'all 55,000'} train samples, teacher `{a.teacher}`, student "
+        f"`{a.student}`, seed 0):\n\n| teacher forward | online KD epoch, s | val acc after it | "
+        "cache build, one view, s |\n|---|---|---|---|\n" + "\n".join(e2e)
+    )
     write_section("CPU choice: torch.compile" + (" (quick)" if a.quick else ""), body)
     print(body)
     return 0

@@ -51,28 +51,48 @@ def main() -> int:
         @torch.inference_mode()
         def run_batch(x):
             return model(x)
+
         return run_batch
 
     forms = [
         (f"teacher {tmeta['arch']} fp32 (PyTorch eager)", eager(teacher), teacher_pt, num_parameters(teacher)),
         (f"student {smeta['arch']} fp32 (PyTorch eager)", eager(student), student_pt, num_parameters(student)),
-        ("student TorchScript", torchscript_runner(exported / "student.torchscript.pt"), exported / "student.torchscript.pt",
-         num_parameters(student)),
-        ("student ONNX fp32 (onnxruntime)", onnx_runner(onnx_session(exported / "student.onnx", a.threads)),
-         exported / "student.onnx", num_parameters(student)),
-        ("student ONNX int8 (onnxruntime)", onnx_runner(onnx_session(exported / "student.int8.onnx", a.threads)),
-         exported / "student.int8.onnx", num_parameters(student)),
+        (
+            "student TorchScript",
+            torchscript_runner(exported / "student.torchscript.pt"),
+            exported / "student.torchscript.pt",
+            num_parameters(student),
+        ),
+        (
+            "student ONNX fp32 (onnxruntime)",
+            onnx_runner(onnx_session(exported / "student.onnx", a.threads)),
+            exported / "student.onnx",
+            num_parameters(student),
+        ),
+        (
+            "student ONNX int8 (onnxruntime)",
+            onnx_runner(onnx_session(exported / "student.int8.onnx", a.threads)),
+            exported / "student.int8.onnx",
+            num_parameters(student),
+        ),
     ]
-    rows = ["| form | test accuracy | latency p50 b=1 (ms) | latency p95 b=1 (ms) | throughput b=256 (img/s) | parameters | file size (bytes) |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| form | test accuracy | latency p50 b=1 (ms) | latency p95 b=1 (ms) | throughput b=256 (img/s) | parameters | file size (bytes) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, fn, path, params in forms:
         acc = float((logits_over(fn, d.test, norm).argmax(1) == d.test.y).float().mean())
         sp = speed_profile(fn, shape, cfg)
-        rows.append(f"| {name} | {100 * acc:.2f}% | {sp['latency_p50_ms']:.3f} | {sp['latency_p95_ms']:.3f} | "
-                    f"{sp['throughput_ips']:,.0f} | {params:,} | {Path(path).stat().st_size:,} |")
+        rows.append(
+            f"| {name} | {100 * acc:.2f}% | {sp['latency_p50_ms']:.3f} | {sp['latency_p95_ms']:.3f} | "
+            f"{sp['throughput_ips']:,.0f} | {params:,} | {Path(path).stat().st_size:,} |"
+        )
         print(rows[-1], flush=True)
-    body = (f"Models from `{run}` ({d.manifest['counts']['test']} test images). {a.threads} threads for torch and "
-            f"onnxruntime; {a.repeats} timed batch-1 calls after 20 warm-up calls, 20 batch-256 calls.\n\n" + "\n".join(rows))
+    body = (
+        f"Models from `{run}` ({d.manifest['counts']['test']} test images). {a.threads} threads for torch and "
+        f"onnxruntime; {a.repeats} timed batch-1 calls after 20 warm-up calls, 20 batch-256 calls.\n\n"
+        + "\n".join(rows)
+    )
     print(write_section("Inference: teacher vs student vs exported student", body))
     return 0
 

@@ -48,10 +48,16 @@ ROWS = {
     # the kd-cached recipe on a second, independent set of cached views (view seed 1 instead of 0)
     "kd-cached-views1": ("cnn-small", "distill", ["distill.cache=true", "distill.cache_seed=1"]),
     "dkd": ("cnn-small", "distill", ["distill.method=dkd", "distill.alpha=0.5", "distill.dkd_beta=2.0"]),
-    "dkd-cached": ("cnn-small", "distill",
-                   ["distill.method=dkd", "distill.alpha=0.5", "distill.dkd_beta=2.0", "distill.cache=true"]),
-    "dkd-beta8-cached": ("cnn-small", "distill",
-                         ["distill.method=dkd", "distill.alpha=0.5", "distill.dkd_beta=8.0", "distill.cache=true"]),
+    "dkd-cached": (
+        "cnn-small",
+        "distill",
+        ["distill.method=dkd", "distill.alpha=0.5", "distill.dkd_beta=2.0", "distill.cache=true"],
+    ),
+    "dkd-beta8-cached": (
+        "cnn-small",
+        "distill",
+        ["distill.method=dkd", "distill.alpha=0.5", "distill.dkd_beta=8.0", "distill.cache=true"],
+    ),
     "mlp-scratch": ("mlp", "scratch", []),
     "mlp-kd": ("mlp", "distill", []),
     "mlp-kd-cached": ("mlp", "distill", ["distill.cache=true"]),
@@ -87,8 +93,11 @@ def measured(work: Path, row: str) -> dict[int, dict]:
 def run_one(cfg_args: list[str], arch: str, kind: str, extra: list[str], seed: int, out: Path, work: Path) -> dict:
     """Train one student run into ``out`` (skipped when finished); a collapse is recorded, not raised."""
     if not (out / "metrics.json").is_file():
-        rcfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full",
-                           cfg_args + [f"student.arch={arch}", f"train.seed={seed}", *extra])
+        rcfg = load_config(
+            ROOT / "configs" / "fashion_mnist.yaml",
+            "full",
+            cfg_args + [f"student.arch={arch}", f"train.seed={seed}", *extra],
+        )
         t0 = time.time()
         try:
             if kind == "scratch":
@@ -110,8 +119,11 @@ def run_row(cfg_args: list[str], row: str, seeds: list[int], work: Path) -> None
 
 def paired(a: dict[int, dict], b: dict[int, dict]) -> list[float]:
     """a - b in final test accuracy over the seeds both rows have (same seed = same data order and init)."""
-    return [a[s]["test_accuracy"] - b[s]["test_accuracy"] for s in sorted(a.keys() & b.keys())
-            if "failed" not in a[s] and "failed" not in b[s]]
+    return [
+        a[s]["test_accuracy"] - b[s]["test_accuracy"]
+        for s in sorted(a.keys() & b.keys())
+        if "failed" not in a[s] and "failed" not in b[s]
+    ]
 
 
 def report(work: Path, quick: bool) -> str:
@@ -119,10 +131,12 @@ def report(work: Path, quick: bool) -> str:
     tm = json.loads((work / "teacher" / "metrics.json").read_text())
     t_wall = json.loads((work / "teacher" / "wall.json").read_text())["seconds"]
     t_hist = json.loads((work / "teacher" / "history.json").read_text())
-    lines = ["| row | final test acc | val-selected test acc | s/epoch (median) | wall (s, mean per seed) | seeds |",
-             "|---|---|---|---|---|---|",
-             f"| teacher resnet20 | {100 * tm['test_accuracy']:.2f}% | {100 * tm['val_selected_test_accuracy']:.2f}% | "
-             f"{statistics.median(h['seconds'] for h in t_hist):.1f} | {t_wall:.0f} | 0 |"]
+    lines = [
+        "| row | final test acc | val-selected test acc | s/epoch (median) | wall (s, mean per seed) | seeds |",
+        "|---|---|---|---|---|---|",
+        f"| teacher resnet20 | {100 * tm['test_accuracy']:.2f}% | {100 * tm['val_selected_test_accuracy']:.2f}% | "
+        f"{statistics.median(h['seconds'] for h in t_hist):.1f} | {t_wall:.0f} | 0 |",
+    ]
     runs = {row: measured(work, row) for row in ROWS}
     for row, (arch, _, _) in ROWS.items():
         found = runs[row]
@@ -132,37 +146,51 @@ def report(work: Path, quick: bool) -> str:
         note = " (teacher cache shared by seeds and rows)" if row in CACHED else ""
         if any("failed" in m for m in ms):
             reason = next(m["failed"] for m in ms if "failed" in m).split("; fix:")[0]
-            lines.append(f"| {arch} {row}{note} | failed in {sum('failed' in m for m in ms)}/{len(ms)} seeds: "
-                         f"{reason} | - | - | {statistics.mean(m['wall'] for m in ms):.0f} | {','.join(map(str, found))} |")
+            lines.append(
+                f"| {arch} {row}{note} | failed in {sum('failed' in m for m in ms)}/{len(ms)} seeds: "
+                f"{reason} | - | - | {statistics.mean(m['wall'] for m in ms):.0f} | {','.join(map(str, found))} |"
+            )
             continue
-        lines.append(f"| {arch} {row}{note} | {fmt([m['test_accuracy'] for m in ms])} | "
-                     f"{fmt([m['val_selected_test_accuracy'] for m in ms])} | "
-                     f"{statistics.median(e for m in ms for e in m['epoch_seconds']):.1f} | "
-                     f"{statistics.mean(m['wall'] for m in ms):.0f} | {','.join(map(str, found))} |")
-    gains = [("cnn-small KD (online) - scratch", "kd", "scratch"),
-             ("cnn-small KD (cached) - scratch", "kd-cached", "scratch"),
-             ("cnn-small DKD (cached) - scratch", "dkd-cached", "scratch"),
-             ("cnn-small DKD (online) - scratch", "dkd", "scratch"),
-             ("mlp KD (online) - scratch", "mlp-kd", "mlp-scratch"),
-             ("mlp KD (cached) - scratch", "mlp-kd-cached", "mlp-scratch"),
-             ("cnn-small KD cached - KD online (accuracy)", "kd-cached", "kd"),
-             ("cnn-small KD cached (view seed 1) - KD online (accuracy)", "kd-cached-views1", "kd"),
-             ("cnn-small KD cached: view seed 1 - view seed 0", "kd-cached-views1", "kd-cached"),
-             ("cnn-small KD online: compiled teacher - eager teacher (accuracy)", "kd-compiled", "kd")]
+        lines.append(
+            f"| {arch} {row}{note} | {fmt([m['test_accuracy'] for m in ms])} | "
+            f"{fmt([m['val_selected_test_accuracy'] for m in ms])} | "
+            f"{statistics.median(e for m in ms for e in m['epoch_seconds']):.1f} | "
+            f"{statistics.mean(m['wall'] for m in ms):.0f} | {','.join(map(str, found))} |"
+        )
+    gains = [
+        ("cnn-small KD (online) - scratch", "kd", "scratch"),
+        ("cnn-small KD (cached) - scratch", "kd-cached", "scratch"),
+        ("cnn-small DKD (cached) - scratch", "dkd-cached", "scratch"),
+        ("cnn-small DKD (online) - scratch", "dkd", "scratch"),
+        ("mlp KD (online) - scratch", "mlp-kd", "mlp-scratch"),
+        ("mlp KD (cached) - scratch", "mlp-kd-cached", "mlp-scratch"),
+        ("cnn-small KD cached - KD online (accuracy)", "kd-cached", "kd"),
+        ("cnn-small KD cached (view seed 1) - KD online (accuracy)", "kd-cached-views1", "kd"),
+        ("cnn-small KD cached: view seed 1 - view seed 0", "kd-cached-views1", "kd-cached"),
+        ("cnn-small KD online: compiled teacher - eager teacher (accuracy)", "kd-compiled", "kd"),
+    ]
     gain_lines = [f"| {name} | {fmt_pt(d)} | {len(d)} |" for name, a, b in gains if (d := paired(runs[a], runs[b]))]
     text = "\n".join(lines)
     if gain_lines:
-        text += ("\n\nPaired by seed (same seed: same student init and data order; every row shares one train/val split), final test "
-                 "accuracy:\n\n| difference | mean ± std | seeds |\n|---|---|---|\n" + "\n".join(gain_lines))
+        text += (
+            "\n\nPaired by seed (same seed: same student init and data order; every row shares one train/val split), final test "
+            "accuracy:\n\n| difference | mean ± std | seeds |\n|---|---|---|\n" + "\n".join(gain_lines)
+        )
     cached = [m for row in CACHED for m in runs[row].values() if "cache_views" in m and not m["cache_reused"]]
     if cached and runs["scratch"]:
         c = cached[0]
-        ratio = statistics.median(e for m in runs["kd-cached"].values() for e in m["epoch_seconds"]) / statistics.median(
-            e for m in runs["scratch"].values() for e in m["epoch_seconds"]) if runs["kd-cached"] else None
-        text += (f"\n\nTeacher cache: {c['cache_views']} views (one per student epoch) built once in "
-                 f"{c['cache_build_seconds']:.0f} s ({c['cache_build_seconds'] / c['cache_views']:.1f} s per view), "
-                 "counted in the wall of the first run that built it and reused by the other cached rows"
-                 + (f"; cached KD epoch / scratch epoch = {ratio:.2f}x (separate runs)." if ratio else "."))
+        ratio = (
+            statistics.median(e for m in runs["kd-cached"].values() for e in m["epoch_seconds"])
+            / statistics.median(e for m in runs["scratch"].values() for e in m["epoch_seconds"])
+            if runs["kd-cached"]
+            else None
+        )
+        text += (
+            f"\n\nTeacher cache: {c['cache_views']} views (one per student epoch) built once in "
+            f"{c['cache_build_seconds']:.0f} s ({c['cache_build_seconds'] / c['cache_views']:.1f} s per view), "
+            "counted in the wall of the first run that built it and reused by the other cached rows"
+            + (f"; cached KD epoch / scratch epoch = {ratio:.2f}x (separate runs)." if ratio else ".")
+        )
     return text
 
 
@@ -192,12 +220,14 @@ def main() -> int:
         t0 = time.time()
         steps.train(cfg, "teacher", data_dir, teacher_dir)
         (teacher_dir / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
-    header = ("Recipe of ../shared/BENCH.md (`configs/fashion_mnist.yaml`, profile `full`): SGD nesterov lr 0.1, "
-              "wd 5e-4, 1 warm-up epoch then cosine, batch 128, T=4, alpha=0.1 (hard weight), 15 epochs"
-              + (" -- QUICK: 3 epochs (0.5 warm-up) on 10k samples, one seed" if a.quick else "")
-              + ". Mean ± std over the seeds listed; s/epoch is the median over every epoch of every seed (robust to "
-              "other work on this shared 2-core machine, which the wall column is not). Each row was measured by `bench/protocol.py --rows <row> "
-              "--seeds <seeds>`; the table gathers every finished run under " + f"`{work}`.\n\n")
+    header = (
+        "Recipe of ../shared/BENCH.md (`configs/fashion_mnist.yaml`, profile `full`): SGD nesterov lr 0.1, "
+        "wd 5e-4, 1 warm-up epoch then cosine, batch 128, T=4, alpha=0.1 (hard weight), 15 epochs"
+        + (" -- QUICK: 3 epochs (0.5 warm-up) on 10k samples, one seed" if a.quick else "")
+        + ". Mean ± std over the seeds listed; s/epoch is the median over every epoch of every seed (robust to "
+        "other work on this shared 2-core machine, which the wall column is not). Each row was measured by `bench/protocol.py --rows <row> "
+        "--seeds <seeds>`; the table gathers every finished run under " + f"`{work}`.\n\n"
+    )
     for row, seed in [(r, s) for r in rows for s in seeds]:  # the section is rewritten after every run
         run_row(base, row, [seed], work)
         write_section("Quality (protocol)" + (" (quick)" if a.quick else ""), header + report(work, a.quick))

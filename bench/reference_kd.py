@@ -43,8 +43,10 @@ def kd_step(student, teacher, opt, x, y, temperature: float = 4.0, alpha: float 
     with torch.no_grad():
         t_logits = teacher(x)
     s_logits = student(x)
-    soft = F.kl_div(F.log_softmax(s_logits / temperature, 1), F.softmax(t_logits / temperature, 1),
-                    reduction="batchmean") * temperature**2
+    soft = (
+        F.kl_div(F.log_softmax(s_logits / temperature, 1), F.softmax(t_logits / temperature, 1), reduction="batchmean")
+        * temperature**2
+    )
     loss = alpha * F.cross_entropy(s_logits, y) + (1 - alpha) * soft
     opt.zero_grad()
     loss.backward()

@@ -26,15 +26,19 @@ def machine() -> str:
         pass
     import onnxruntime
 
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-            f"torch threads {torch.get_num_threads()}, Python {platform.python_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
+        f"torch threads {torch.get_num_threads()}, Python {platform.python_version()}"
+    )
 
 
 def write_section(name: str, body: str) -> Path:
     text = RESULTS.read_text() if RESULTS.is_file() else HEADER
     cmd = " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    block = (f"<!-- {name}:start -->\n## {name}\n\n- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}\n"
-             f"- machine: {machine()}\n- command: `.venv/bin/python {cmd}`\n\n{body.rstrip()}\n<!-- {name}:end -->\n")
+    block = (
+        f"<!-- {name}:start -->\n## {name}\n\n- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}\n"
+        f"- machine: {machine()}\n- command: `.venv/bin/python {cmd}`\n\n{body.rstrip()}\n<!-- {name}:end -->\n"
+    )
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->\n", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
     tmp = RESULTS.with_suffix(".tmp")

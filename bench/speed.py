@@ -106,9 +106,11 @@ def main() -> int:
         loss.backward()
         opt_kd.step()
 
-    variants = {"fp32 contiguous (default)": kdflow_step,
-                "channels_last": lambda: kdflow_step(cl_module, cl_opt, x_cl),
-                "bf16 autocast": bf16_step}
+    variants = {
+        "fp32 contiguous (default)": kdflow_step,
+        "channels_last": lambda: kdflow_step(cl_module, cl_opt, x_cl),
+        "bf16 autocast": bf16_step,
+    }
     timings = {k: [] for k in variants}
     for _ in range(max(5, repeats // 2)):
         for k, fn in variants.items():
@@ -128,8 +130,16 @@ def main() -> int:
     torch.manual_seed(0)
     s = models.build_model(a.student)
     t0 = time.perf_counter()
-    fit(s, DistillObjective([teacher], s, cfg.distill, (1, 28, 28), 10), d, train_cfg, epochs=1, lr=0.1,
-        out_dir=work / "online", resume=False)
+    fit(
+        s,
+        DistillObjective([teacher], s, cfg.distill, (1, 28, 28), 10),
+        d,
+        train_cfg,
+        epochs=1,
+        lr=0.1,
+        out_dir=work / "online",
+        resume=False,
+    )
     epoch["kdflow online KD"] = time.perf_counter() - t0
     key = cache.cache_key("bench-teacher", d, 1, 0)
     t0 = time.perf_counter()
@@ -138,25 +148,42 @@ def main() -> int:
     torch.manual_seed(0)
     s = models.build_model(a.student)
     t0 = time.perf_counter()
-    fit(s, DistillObjective([teacher], s, cfg.distill, (1, 28, 28), 10), d, train_cfg, epochs=1, lr=0.1,
-        out_dir=work / "cached", resume=False, teacher_cache=tc)
+    fit(
+        s,
+        DistillObjective([teacher], s, cfg.distill, (1, 28, 28), 10),
+        d,
+        train_cfg,
+        epochs=1,
+        lr=0.1,
+        out_dir=work / "cached",
+        resume=False,
+        teacher_cache=tc,
+    )
     epoch["kdflow cached KD"] = time.perf_counter() - t0
 
     ref_work = work / "tv"
     dl = reference_kd.loader(ref_work, num_workers=0)
     if a.quick:
-        dl = torch.utils.data.DataLoader(torch.utils.data.Subset(dl.dataset, range(5000)), batch_size=128,
-                                         shuffle=True, drop_last=True)
+        dl = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dl.dataset, range(5000)), batch_size=128, shuffle=True, drop_last=True
+        )
     torch.manual_seed(0)
-    epoch["hand-written KD loop (DataLoader, PIL aug)"] = reference_kd.kd_epoch(models.build_model(a.student), teacher, dl)
+    epoch["hand-written KD loop (DataLoader, PIL aug)"] = reference_kd.kd_epoch(
+        models.build_model(a.student), teacher, dl
+    )
 
     loading = {}
     n_ref = len(dl.dataset)
     for workers in (0, 2):
         dlw = reference_kd.loader(ref_work, num_workers=workers)
         if a.quick:
-            dlw = torch.utils.data.DataLoader(torch.utils.data.Subset(dlw.dataset, range(5000)), batch_size=128,
-                                              shuffle=True, drop_last=True, num_workers=workers)
+            dlw = torch.utils.data.DataLoader(
+                torch.utils.data.Subset(dlw.dataset, range(5000)),
+                batch_size=128,
+                shuffle=True,
+                drop_last=True,
+                num_workers=workers,
+            )
         t0 = time.perf_counter()
         for _ in dlw:
             pass
@@ -167,26 +194,44 @@ def main() -> int:
     loading["kdflow preloaded tensors + batched tensor aug"] = time.perf_counter() - t0
 
     n = len(d.train)
-    body = [f"Teacher `{a.teacher}`, student `{a.student}`, batch 128, {a.threads} threads. Per-batch times are "
-            f"medians of {repeats} interleaved rounds; epochs are single runs over {n:,} kdflow samples "
-            f"({n_ref:,} for the hand-written loop).", "",
-            "| per batch of 128 | ms |", "|---|---|",
-            f"| t_student (hand-written student step) | {t_student:.1f} |",
-            f"| t_teacher (teacher forward, eval, no_grad) | {t_teacher:.1f} |",
-            f"| t_kd (kdflow online KD step) | {t_kd:.1f} |",
-            f"| **t_kd / (t_student + t_teacher)** | **{overhead:.3f}** |", "",
-            "| epoch | seconds |", "|---|---|"]
+    body = [
+        f"Teacher `{a.teacher}`, student `{a.student}`, batch 128, {a.threads} threads. Per-batch times are "
+        f"medians of {repeats} interleaved rounds; epochs are single runs over {n:,} kdflow samples "
+        f"({n_ref:,} for the hand-written loop).",
+        "",
+        "| per batch of 128 | ms |",
+        "|---|---|",
+        f"| t_student (hand-written student step) | {t_student:.1f} |",
+        f"| t_teacher (teacher forward, eval, no_grad) | {t_teacher:.1f} |",
+        f"| t_kd (kdflow online KD step) | {t_kd:.1f} |",
+        f"| **t_kd / (t_student + t_teacher)** | **{overhead:.3f}** |",
+        "",
+        "| epoch | seconds |",
+        "|---|---|",
+    ]
     body += [f"| {k} | {v:.1f} |" for k, v in epoch.items()]
-    body += [f"| teacher cache build (1 view, apart from the cached epoch) | {cache_build:.1f} |",
-             f"| **cached KD epoch / scratch epoch** | **{epoch['kdflow cached KD'] / epoch['kdflow scratch']:.2f}x** |",
-             f"| online KD epoch: hand-written / kdflow | {epoch['hand-written KD loop (DataLoader, PIL aug)'] * n / n_ref / epoch['kdflow online KD']:.2f}x (per sample) |",
-             "", "| data loading alone, one epoch | seconds |", "|---|---|"]
+    body += [
+        f"| teacher cache build (1 view, apart from the cached epoch) | {cache_build:.1f} |",
+        f"| **cached KD epoch / scratch epoch** | **{epoch['kdflow cached KD'] / epoch['kdflow scratch']:.2f}x** |",
+        f"| online KD epoch: hand-written / kdflow | {epoch['hand-written KD loop (DataLoader, PIL aug)'] * n / n_ref / epoch['kdflow online KD']:.2f}x (per sample) |",
+        "",
+        "| data loading alone, one epoch | seconds |",
+        "|---|---|",
+    ]
     body += [f"| {k} | {v:.2f} |" for k, v in loading.items()]
-    body += ["", "kdflow's epochs include its end-of-epoch validation pass and checkpoint write.", "",
-             "CPU choices on the KD step (interleaved medians):", "",
-             "| variant | ms per batch | vs default |", "|---|---|---|", *choices,
-             "", "torch.compile is measured by bench/compile.py (its own section); the trainer runs eager unless "
-             "distill.compile_teacher is set."]
+    body += [
+        "",
+        "kdflow's epochs include its end-of-epoch validation pass and checkpoint write.",
+        "",
+        "CPU choices on the KD step (interleaved medians):",
+        "",
+        "| variant | ms per batch | vs default |",
+        "|---|---|---|",
+        *choices,
+        "",
+        "torch.compile is measured by bench/compile.py (its own section); the trainer runs eager unless "
+        "distill.compile_teacher is set.",
+    ]
     text = "\n".join(body)
     print(text)
     print(write_section("Speed" + (" (quick)" if a.quick else ""), text))

@@ -60,28 +60,40 @@ def main() -> int:
             m = run_one(base, student, "distill", extra, seed, sweep / best / f"seed{seed}", work)
             print(f"{student} {best} seed {seed}: test {m.get('test_accuracy')}", flush=True)
         chosen, scratch, kd = measured(sweep, best), measured(work, scratch_row), measured(work, kd_row)
-        lines = [f"### {student}", "", "| alpha (hard weight) | T | final val acc (seed 0) | final test acc (seed 0) |",
-                 "|---|---|---|---|"]
+        lines = [
+            f"### {student}",
+            "",
+            "| alpha (hard weight) | T | final val acc (seed 0) | final test acc (seed 0) |",
+            "|---|---|---|---|",
+        ]
         for pt, m in seed0.items():
             al_, t_ = next((x, y) for x, y in grid if point(x, y) == pt)
             mark = " **(chosen)**" if pt == best else ""
             if "failed" in m:
                 lines.append(f"| {al_:g} | {t_:g} | failed: {m['failed'].split('; fix:')[0]} | - |")
                 continue
-            lines.append(f"| {al_:g} | {t_:g}{mark} | {100 * m['final_val_accuracy']:.2f}% | "
-                         f"{100 * m['test_accuracy']:.2f}% |")
-        lines += ["", f"Chosen on validation: alpha {al:g}, T {t:g}; test accuracy "
-                  f"{fmt([m['test_accuracy'] for m in chosen.values()])} over seeds {','.join(map(str, chosen))}.", "",
-                  "| paired by seed | mean ± std | seeds |", "|---|---|---|"]
+            lines.append(
+                f"| {al_:g} | {t_:g}{mark} | {100 * m['final_val_accuracy']:.2f}% | {100 * m['test_accuracy']:.2f}% |"
+            )
+        lines += [
+            "",
+            f"Chosen on validation: alpha {al:g}, T {t:g}; test accuracy "
+            f"{fmt([m['test_accuracy'] for m in chosen.values()])} over seeds {','.join(map(str, chosen))}.",
+            "",
+            "| paired by seed | mean ± std | seeds |",
+            "|---|---|---|",
+        ]
         for name, other in ((f"chosen KD - {scratch_row}", scratch), (f"chosen KD - {kd_row} (alpha 0.1, T 4)", kd)):
             if d := paired(chosen, other):
                 lines.append(f"| {name} | {fmt_pt(d)} | {len(d)} |")
         sections.append("\n".join(lines))
-    header = ("Cached KD (the protocol's 15-view teacher cache, view seed 0), 15 epochs, the protocol recipe except "
-              "alpha and T. The grid runs on seed 0; the recipe with the best final validation accuracy is run on "
-              "seeds 1 and 2. The scratch baseline had no such selection. Command: `bench/sweep.py` "
-              f"(grid alpha {a.alphas}, T {a.temperatures}); config `{(ROOT / 'configs' / 'fashion_mnist.yaml').name}`"
-              ", profile `full`.\n\n")
+    header = (
+        "Cached KD (the protocol's 15-view teacher cache, view seed 0), 15 epochs, the protocol recipe except "
+        "alpha and T. The grid runs on seed 0; the recipe with the best final validation accuracy is run on "
+        "seeds 1 and 2. The scratch baseline had no such selection. Command: `bench/sweep.py` "
+        f"(grid alpha {a.alphas}, T {a.temperatures}); config `{(ROOT / 'configs' / 'fashion_mnist.yaml').name}`"
+        ", profile `full`.\n\n"
+    )
     write_section("KD recipe sweep (cached teacher)", header + "\n\n".join(sections))
     print(header + "\n\n".join(sections))
     return 0
