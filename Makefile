@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.installed
 PROFILE  ?= default
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test test-fast lint compile golden data venv stack stack-down stack-env bench bench-quick clean
+.PHONY: run test test-unit test-fast lint typecheck check compile golden data venv stack stack-down stack-env bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,19 +27,30 @@ run: $(STAMP) data
 test: $(STAMP) data
 	$(BIN)/python -m pytest
 
+## Seconds-fast tier: losses, config, models, adapters, manifests, golden YAML, bad-input parsing.
+## No dataset, no training, no servers.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit
+
 test-fast: $(STAMP) data
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src components pipelines tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src
+
+## What CI runs before the full suite: lint, format, types, the unit tier.
+check: lint typecheck test-unit
 
 compile: $(STAMP)
 	$(BIN)/python -m pipelines compile
 
-## Regenerate the golden IR YAML the compile test compares against.
+## Regenerate the compiled pipeline, which the compile test also uses as its golden copy.
 golden: $(STAMP)
-	$(BIN)/python -m pipelines compile --out tests/golden/kdflow_distillation.yaml
-	cp tests/golden/kdflow_distillation.yaml pipelines/kdflow_distillation.yaml
+	$(BIN)/python -m pipelines compile --out pipelines/kdflow_distillation.yaml
 
 ## Benchmarks of ../shared/BENCH.md (never in CI). `bench` takes hours here: it runs in the background.
 bench: $(STAMP) data
