@@ -214,3 +214,22 @@ def test_ensemble_rules(rule):
     want = (F.softmax(t1 / 2, 1) + F.softmax(t2 / 2, 1)) / 2 if rule == "mean_probs" else F.softmax((t1 + t2) / 4, 1)
     assert torch.allclose(got, want, atol=1e-6)
     assert torch.allclose(got.sum(1), torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    "name", ["sp_loss", "rkd_distance_loss", "rkd_angle_loss", "at_loss", "fitnets_loss", "kd_soft_loss"]
+)
+def test_feature_and_relation_losses_are_fp32_under_autocast(name):
+    """Autocast runs matmul/bmm in bf16 even after .float(): the Gram matrices of SP and RKD's distances
+    lost ~0.5% to it. Every loss must give its fp32 value under bf16 autocast."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(64, 16, 4, 4, generator=g) * 3 + 5, torch.randn(64, 16, 4, 4, generator=g) * 3 + 5
+    if name == "kd_soft_loss":
+        s, t = s.flatten(1)[:, :10], t.flatten(1)[:, :10]
+    fn = getattr(losses, name)
+    args = (s, t, 4.0) if name == "kd_soft_loss" else (s, t)
+    reference = fn(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_amp = fn(*args)
+    assert under_amp.dtype == torch.float32
+    assert float(under_amp) == pytest.approx(float(reference), rel=1e-6, abs=1e-9)

@@ -1,4 +1,4 @@
-"""Distillation losses. All soft-target math runs in fp32, even under autocast.
+"""Distillation losses. All of their math runs in fp32, even under autocast (see :func:`fp32`).
 
 Convention (as in the seed formula): ``L = alpha * L_hard + (1 - alpha) * L_soft`` -- alpha weights
 the HARD (cross-entropy) loss.
@@ -6,10 +6,32 @@ the HARD (cross-entropy) loss.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
+
+F_ = TypeVar("F_", bound=Callable[..., torch.Tensor])
+
+
+def fp32(fn: F_) -> F_:
+    """Run ``fn`` with autocast off and its tensor arguments in fp32.
+
+    ``.float()`` alone is not enough: autocast would still run matmul/bmm (the Gram matrices of SP,
+    RKD's distances and angles) in bf16/fp16, where |a|^2 + |b|^2 - 2ab cancels badly.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(
+                *[a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args], **kwargs
+            )
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _check_temperature(temperature: float) -> None:
@@ -22,6 +44,7 @@ def _check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha must be in [0, 1] (it weights the hard loss), got {alpha}")
 
 
+@fp32
 def soft_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(teacher_probs || softmax(student/T)), batchmean. teacher_probs are already at T."""
     _check_temperature(temperature)
@@ -35,6 +58,7 @@ def soft_targets(teacher_logits: torch.Tensor, temperature: float) -> torch.Tens
     return F.softmax(teacher_logits.float() / temperature, dim=1)
 
 
+@fp32
 def kd_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return soft_kl(student_logits, soft_targets(teacher_logits, temperature), temperature)
 
@@ -53,6 +77,7 @@ def distillation_terms(
     return KDTerms(alpha * hard + (1.0 - alpha) * soft, hard, soft)
 
 
+@fp32
 def kd_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float, alpha: float
 ) -> torch.Tensor:
@@ -76,6 +101,7 @@ def ensemble_soft_targets(teacher_logits: list[torch.Tensor], temperature: float
     raise ValueError(f"unknown ensemble rule {rule!r}; use mean_probs or mean_logits")
 
 
+@fp32
 def dkd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -101,6 +127,7 @@ def dkd_loss(
     return alpha * tckd + beta * nckd
 
 
+@fp32
 def fitnets_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
     """FitNets hint loss: MSE between the adapted student feature and the teacher feature."""
     return F.mse_loss(student_feat.float(), teacher_feat.float())
@@ -111,6 +138,7 @@ def attention_map(feat: torch.Tensor) -> torch.Tensor:
     return F.normalize(feat.float().pow(2).mean(1).flatten(1), dim=1)
 
 
+@fp32
 def at_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
     return (attention_map(student_feat) - attention_map(teacher_feat)).pow(2).mean()
 
@@ -121,6 +149,7 @@ def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
     return d * (1 - torch.eye(len(e), device=e.device, dtype=e.dtype))
 
 
+@fp32
 def rkd_distance_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
     s, t = student_emb.float().flatten(1), teacher_emb.float().flatten(1)
     with torch.no_grad():
@@ -131,6 +160,7 @@ def rkd_distance_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> t
     return F.smooth_l1_loss(sd, td)
 
 
+@fp32
 def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
     s, t = student_emb.float().flatten(1), teacher_emb.float().flatten(1)
     with torch.no_grad():
@@ -141,6 +171,7 @@ def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torc
     return F.smooth_l1_loss(s_angle, t_angle)
 
 
+@fp32
 def rkd_loss(
     student_emb: torch.Tensor, teacher_emb: torch.Tensor, distance_weight: float = 25.0, angle_weight: float = 50.0
 ) -> torch.Tensor:
@@ -150,6 +181,7 @@ def rkd_loss(
     )
 
 
+@fp32
 def sp_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
     """Similarity-preserving KD (Tung & Mori): ||norm(G_s) - norm(G_t)||_F^2 / b^2."""
     s, t = student_feat.float().flatten(1), teacher_feat.float().flatten(1)
