@@ -54,6 +54,21 @@ def test_storage_roundtrip_and_checksum(stack_env, tmp_path):
     assert not list(tmp_path.glob(".bad.bin.*"))
 
 
+def test_prefixes_match_folders_not_siblings(stack_env, tmp_path):
+    """s3://b/fm is the folder fm/: fm-old/... and fmraw/... are other folders, never listed or downloaded."""
+    from kdflow.storage import get_dir
+
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"payload")
+    store = S3Store(f"s3://{stack_env.bucket}/siblings")
+    for key in ("fm/a.gz", "fm/raw/b.gz", "fm-old/c.gz", "fmraw/x.gz"):
+        store.put_file(src, key)
+    assert store.list("fm") == ["fm/a.gz", "fm/raw/b.gz"]
+    assert S3Store(f"s3://{stack_env.bucket}/siblings/fm").list() == ["a.gz", "raw/b.gz"]
+    got = get_dir(store, "fm", tmp_path / "down")
+    assert sorted(str(p.relative_to(got)) for p in got.rglob("*") if p.is_file()) == ["a.gz", "raw/b.gz"]
+
+
 def test_server_killed_mid_test(tmp_path, monkeypatch):
     """Bounded retries, a clear error, and no partial object visible after a restart on the same data."""
     st = localstack.start_s3(tmp_path / "s3", lifetime_s=600)

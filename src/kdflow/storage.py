@@ -201,7 +201,9 @@ class S3Store:
         return local
 
     def list(self, prefix: str = "") -> list[str]:
-        full = self._key(prefix) if prefix else self.prefix
+        """Keys under the folder ``prefix`` (relative to the store): ``fm`` lists ``fm/...``, never ``fm-old/...``."""
+        folder = self._key(prefix) if prefix else self.prefix
+        full = f"{folder}/" if folder else ""
         keys: list[str] = []
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
@@ -229,11 +231,12 @@ def put_dir(store, local_dir: str | os.PathLike, prefix: str) -> list[dict]:
 
 
 def get_dir(store, prefix: str, local_dir: str | os.PathLike) -> Path:
+    """Download every key under the folder ``prefix`` into ``local_dir``, keeping the layout below it."""
     keys = store.list(prefix)
     if not keys:
         raise StorageError("data.source", f"nothing stored under '{prefix}'", "upload the data first or fix the URI")
     for key in keys:
-        store.get_file(key, Path(local_dir) / key[len(prefix) :].lstrip("/"))
+        store.get_file(key, Path(local_dir) / (key[len(prefix) + 1 :] if prefix else key))
     return Path(local_dir)
 
 
