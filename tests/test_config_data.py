@@ -147,3 +147,36 @@ def test_data_window_selects_train_samples_and_keeps_test(fashion_available, tmp
     assert len(label[0]) + len(label[1]) == 60000
     with pytest.raises(DataError, match="data.window"):
         data.split_raw(raw, cfg.data.model_copy(update={"window": "0:99999"}))
+
+
+def _write_idx(path, array):
+    import struct
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.tobytes())
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("split,images,labels", [("test", 20, 60), ("train", 30, 12)])
+def test_label_count_must_match_image_count(tmp_path, split, images, labels):
+    """10,000 labels beside 60,000 images used to be accepted and paired images with the wrong labels."""
+    import numpy as np
+
+    counts = {"train": (30, 30), "test": (20, 20)}
+    counts[split] = (images, labels)
+    for s, (n_img, n_lab) in counts.items():
+        stem = "t10k" if s == "test" else "train"
+        _write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", np.zeros((n_img, 28, 28)))
+        _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte.gz", np.arange(n_lab) % 10)
+    cfg = build_config({"data": {"source": str(tmp_path), "val_size": 5}})
+    with pytest.raises(
+        DataError,
+        match=rf"data.source: {'t10k' if split == 'test' else 'train'}-images.*"
+        rf"{images} images but .*{labels} labels",
+    ):
+        data.prepare(cfg.data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

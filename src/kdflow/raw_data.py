@@ -109,10 +109,21 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 
 def _load_idx_dir(directory: Path) -> dict[str, np.ndarray] | None:
-    paths = {k: _find_idx(directory, v) for k, v in IDX_FILES.items()}
-    if not all(paths.values()):
+    found = {k: _find_idx(directory, v) for k, v in IDX_FILES.items()}
+    paths = {k: p for k, p in found.items() if p is not None}
+    if len(paths) != len(found):
         return None
-    return {k: read_idx(p) for k, p in paths.items()}  # type: ignore[arg-type]
+    arrays = {k: read_idx(p) for k, p in paths.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if images.ndim < 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                "data.source",
+                f"{paths[f'{split}_x'].name} holds {len(images)} images but {paths[f'{split}_y'].name} "
+                f"{len(labels)} labels",
+                f"use the {split} image and label files of one dataset release",
+            )
+    return arrays
 
 
 # ----------------------------------------------------------------------------- raw loading
