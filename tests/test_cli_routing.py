@@ -15,7 +15,7 @@ QUIET = ["--set", "tracking.enabled=false"]
 def run_all_calls(monkeypatch):
     calls = []
 
-    def fake_run_all(cfg, out, ctx, data_dir=None, teacher=None, scratch=False):
+    def fake_run_all(cfg, out, ctx, data_dir=None, teacher=None, scratch=False, fresh=False):
         calls.append({"out": str(out), "data_dir": data_dir, "teacher": teacher, "scratch": scratch})
 
     monkeypatch.setattr(steps, "run_all", fake_run_all)  # the orchestration itself is tested end to end (slow tier)

@@ -20,7 +20,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from kdflow.data import Normalizer, PreparedData, apply_augmentation, draw_augmentation, stream_seed
-from kdflow.errors import ConfigError
+from kdflow.errors import CheckpointError, ConfigError
 from kdflow.io import atomic_torch_save, safe_torch_load
 
 FORMAT = "kdflow-teacher-cache-v1"
@@ -129,7 +129,10 @@ def get_or_build(
     key = cache_key(teacher_sha256, data, views, seed)
     path = Path(cache_dir) / f"teacher-cache-{key_name(key)}.pt"
     if path.is_file():
-        return load(path, key), path, True
+        try:
+            return load(path, key), path, True
+        except CheckpointError as e:  # corrupt or unreadable: derived data, so rebuilt (a stale key is refused)
+            print(f"[distill_student] teacher cache unusable, rebuilding it: {e.problem}")
     cache = build(teacher, data, key)
     save(cache, path)
     return cache, path, False

@@ -50,6 +50,15 @@ def _nproc(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _fresh(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard a checkpoint left in OUT by an earlier run instead of resuming it (a checkpoint of "
+        "another config, data or teacher is refused without this flag)",
+    )
+
+
 def _relaunch_under_torchrun(argv: list[str], nproc: int) -> int:
     """Re-run this same command as N torchrun workers on this machine."""
     import subprocess
@@ -87,16 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-teacher", help="train the teacher on a prepared dataset")
     _common(p)
+    _fresh(p)
     _nproc(p)
     p.add_argument("--data", required=True, help="output directory of `kdflow prep`")
 
     p = sub.add_parser("train-student", help="train the student from scratch (the baseline for the transfer rate)")
     _common(p)
+    _fresh(p)
     _nproc(p)
     p.add_argument("--data", required=True, help="output directory of `kdflow prep`")
 
     p = sub.add_parser("distill", help="distil the teacher into the student (the distill step; writes OUT/model.pt)")
     _common(p)
+    _fresh(p)
     _nproc(p)
     p.add_argument("--data", help="output directory of `kdflow prep` (without it: every step, as `kdflow run`)")
     p.add_argument("--teacher", help="teacher checkpoint (model.pt), s3:// or models:/ URI (default: teacher.source)")
@@ -104,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="every step in one command: prep, teacher, (scratch), distill, evaluate")
     _common(p)
+    _fresh(p)
     p.add_argument("--data", help="output directory of `kdflow prep` (default: prepare into OUT/data)")
     p.add_argument(
         "--teacher",
@@ -129,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--student", required=True)
     p.add_argument("--export", required=True)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="promote even though the recorded gate failed or is missing (tagged kdflow.forced on the "
+        "version and the run); the challenger must still beat the champion",
+    )
 
     p = sub.add_parser("predict", help="classify images with an exported model (ONNX, TorchScript or models:/ URI)")
     p.add_argument("--model", required=True, help="path of a .onnx / .torchscript.pt export, or models:/NAME@ALIAS")
@@ -155,7 +174,7 @@ def _print_eval(summary: dict) -> None:
 def _run_all(cfg, args, ctx) -> None:
     from kdflow import steps
 
-    summary = steps.run_all(cfg, args.out, ctx, args.data, args.teacher or cfg.teacher.source, args.scratch)
+    summary = steps.run_all(cfg, args.out, ctx, args.data, args.teacher or cfg.teacher.source, args.scratch, args.fresh)
     if summary is not None:
         _print_eval(summary)
 
@@ -177,7 +196,7 @@ def _distill(cfg, args, ctx) -> None:
             "the distill step needs a teacher",
             "pass --teacher runs/teacher/model.pt (or set teacher.source), or train one with `kdflow run`",
         )
-    steps.distill(cfg, args.data, teacher, args.out, ctx)
+    steps.distill(cfg, args.data, teacher, args.out, ctx, args.fresh)
 
 
 def _export(cfg, args, ctx) -> None:
@@ -198,15 +217,15 @@ COMMANDS = {
     "prep": lambda cfg, a, ctx: print(
         json.dumps({k: v for k, v in _steps().prep(cfg, a.out, ctx).items() if k in ("digest", "counts")})
     ),
-    "train-teacher": lambda cfg, a, ctx: _steps().train(cfg, "teacher", a.data, a.out, ctx),
-    "train-student": lambda cfg, a, ctx: _steps().train(cfg, "scratch", a.data, a.out, ctx),
+    "train-teacher": lambda cfg, a, ctx: _steps().train(cfg, "teacher", a.data, a.out, ctx, a.fresh),
+    "train-student": lambda cfg, a, ctx: _steps().train(cfg, "scratch", a.data, a.out, ctx, a.fresh),
     "distill": _distill,
     "run": _run_all,
     "evaluate": lambda cfg, a, ctx: _print_eval(
         _steps().evaluate_models(cfg, a.data, a.teacher, a.scratch, a.student, a.out, ctx)
     ),
     "export": _export,
-    "promote": lambda cfg, a, ctx: _steps().promote(cfg, a.data, a.student, a.export, a.out, ctx),
+    "promote": lambda cfg, a, ctx: _steps().promote(cfg, a.data, a.student, a.export, a.out, ctx, a.force),
 }
 
 
@@ -233,7 +252,17 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """MLflow's INFO lines (creating tables, migrations) are not the user's business; MLFLOW_LOGGING_LEVEL wins."""
+    import logging
+
+    level = os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     try:
         return run(argv)
     except KdflowError as e:

@@ -47,3 +47,7 @@ class TrackingError(KdflowError):
 
 class ExportError(KdflowError):
     pass
+
+
+class GateError(KdflowError):
+    pass

@@ -96,26 +96,46 @@ def calibration_batches(data: PreparedData, n: int, seed: int) -> list[np.ndarra
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, batches: list[np.ndarray]) -> str:
-    """Static QDQ int8, per-channel; falls back to dynamic quantization. Returns the mode used."""
+    """Static QDQ int8, per-channel; falls back to dynamic quantization. Returns the mode used.
+
+    onnxruntime works in a scratch directory (it writes side files such as ``*-inferred.onnx`` beside its
+    input); the result is then published atomically, so a full output disk is one clean error and never
+    a half-written model or stray file.
+    """
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kdflow-int8-") as work:
+        source, tmp = Path(work) / "student.onnx", Path(work) / "student.int8.onnx"
+        shutil.copyfile(fp32_path, source)
+        mode = _quantize(source, tmp, batches)
+        atomic_write_bytes(out_path, tmp.read_bytes())
+    return mode
+
+
+def _quantize(fp32_path: Path, target: Path, batches: list[np.ndarray]) -> str:
+    import logging
+
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    tmp = out_path.with_suffix(".tmp.onnx")
+    logging.disable(logging.WARNING)  # onnxruntime's advice on the root logger ("consider pre-processing")
     try:
-        quantize_static(
-            str(fp32_path),
-            str(tmp),
-            _Calibration(batches),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
-        mode = "static-qdq-per-channel"
-    except Exception:  # noqa: BLE001 - fall back, recorded in the manifest
-        quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8)
-        mode = "dynamic"
-    tmp.replace(out_path)
-    return mode
+        try:
+            quantize_static(
+                str(fp32_path),
+                str(target),
+                _Calibration(batches),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+            return "static-qdq-per-channel"
+        except Exception:  # noqa: BLE001 - fall back, recorded in the manifest
+            quantize_dynamic(str(fp32_path), str(target), weight_type=QuantType.QInt8)
+            return "dynamic"
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def onnx_session(path: Path, threads: int | None = None):

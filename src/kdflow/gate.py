@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NotRequired
+
 from typing_extensions import TypedDict  # pydantic validates it inside step results (Python < 3.12)
 
 from kdflow.config import GateConfig
@@ -15,10 +17,11 @@ class Check(TypedDict):
 class Gate(TypedDict):
     passed: bool
     checks: dict[str, Check]
+    complete: NotRequired[bool]  # False: a check could not run (export without an evaluation)
 
 
-def _gate(checks: dict[str, Check]) -> Gate:
-    return {"passed": all(c["passed"] for c in checks.values()), "checks": checks}
+def _gate(checks: dict[str, Check], complete: bool = True) -> Gate:
+    return {"passed": complete and all(c["passed"] for c in checks.values()), "checks": checks, "complete": complete}
 
 
 def quality_gate(g: GateConfig, student: dict) -> Gate:
@@ -46,14 +49,19 @@ def quality_gate(g: GateConfig, student: dict) -> Gate:
 
 
 def release_gate(g: GateConfig, quality: Gate | None, parity_ok: bool, parity_problems: list[str]) -> Gate:
-    """The final gate export decides: the quality checks (when an evaluation was given) plus export parity."""
+    """The final gate export decides: the quality checks plus export parity.
+
+    Without an evaluation the quality checks never ran: the gate is incomplete, which is not a pass.
+    """
     checks: dict[str, Check] = dict(quality["checks"]) if quality else {}
+    if quality is None:
+        checks["evaluation"] = {"passed": False, "rule": "not run: export was given no evaluation (--evaluation)"}
     if g.require_export_parity:
         checks["export_parity"] = {
             "passed": parity_ok,
             "rule": "; ".join(parity_problems) or "all exports within tolerance",
         }
-    return _gate(checks)
+    return _gate(checks, complete=quality is not None)
 
 
 def gate_lines(gate: Gate, indent: str = "- ") -> list[str]:
@@ -62,4 +70,11 @@ def gate_lines(gate: Gate, indent: str = "- ") -> list[str]:
 
 
 def verdict(gate: Gate) -> str:
+    if not gate.get("complete", True):
+        return "INCOMPLETE"
     return "PASS" if gate["passed"] else "FAIL"
+
+
+def failures(gate: Gate) -> str:
+    """The failed checks in one line, for an error message."""
+    return "; ".join(f"{k}: {c['rule']}" for k, c in gate["checks"].items() if not c["passed"]) or "none recorded"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -13,21 +14,45 @@ from typing import Any
 
 import torch
 
-from kdflow.errors import CheckpointError
+from kdflow.errors import CheckpointError, StorageError
+
+SEALED = "kdflow-sealed-v1"  # a torch file whose payload carries its own sha256
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    """An out-of-space error, also when a writer (torch's zip writer, say) re-raised it as another type."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _atomic(path: Path, write) -> Path:
+    """Write to a temp name beside ``path``, fsync, rename: the file is complete or absent, never half-written.
+
+    A full disk (or quota) is one line naming the file; the previous version of the file stays intact.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if _disk_full(e):
+            raise StorageError(
+                str(path),
+                "no space left on the device to write it",
+                "free space on that disk or choose another output directory",
+            ) from None
         raise
     return path
 
@@ -45,7 +70,21 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    return _atomic(Path(path), lambda fh: torch.save(obj, fh))
+    """torch.save, sealed: the payload is stored with its sha256, so a flipped byte is detected on load.
+
+    (A torch file with a corrupted tensor otherwise loads silently with wrong values.)
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    sealed = {
+        "format": SEALED,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
+    out = io.BytesIO()  # serialized in memory: the file write is then plain bytes (a full disk is an OSError)
+    torch.save(sealed, out)
+    return atomic_write_bytes(path, out.getvalue())
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -71,16 +110,33 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+class CorruptFile(Exception):
+    pass
+
+
 def safe_torch_load(path: str | os.PathLike, field: str = "checkpoint") -> Any:
     """torch.load with weights_only=True; every failure becomes a one-line CheckpointError."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(field, f"file '{p}' not found", "pass the path of a checkpoint written by kdflow")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+        if not (isinstance(obj, dict) and obj.get("format") == SEALED):
+            return obj  # written before sealing, or by another tool
+        payload = obj["payload"].numpy().tobytes()
+        if hashlib.sha256(payload).hexdigest() != obj["sha256"]:
+            raise CorruptFile(p)
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except CorruptFile:
+        raise CheckpointError(
+            field,
+            f"'{p}' is corrupt (its sha256 does not match what was written)",
+            "discard it (--fresh for a training checkpoint) or restore it from the store",
+        ) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        text = str(e)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        # The weights-only unpickler names a refused class or function as "Unsupported global"; any other
+        # failure (random bytes, a truncated or foreign file) is simply not a checkpoint.
+        if "Unsupported global" in str(e):
             raise CheckpointError(
                 field,
                 f"'{p}' carries pickled code or objects, refused (weights_only loading)",

@@ -1,17 +1,33 @@
-"""Registry promotion with aliases (no stages): challenger -> champion only when it beats the champion.
+"""Registry promotion with aliases (no stages): challenger -> champion only when it wins beyond noise.
 
-The champion is re-evaluated on the same frozen test split with the same evaluation code, so a model
-registered on other data is judged fairly. Re-running a promotion is a no-op; a race is narrowed by
-re-reading the champion after the decision and re-judging when it moved.
+The decision is made on the validation split (the promotion split: carved from train, never trained
+on, never the split results are reported on). Challenger and champion are evaluated there with the same
+code, on the same examples, and the challenger wins only when (a) its accuracy exceeds the champion's
+by at least ``gate.min_improvement`` and (b) McNemar's exact test on the examples the two disagree on
+rejects "not better" at ``gate.promotion_alpha`` (one-sided). Test accuracy is recorded, never used.
+
+Judging and moving the alias happen under a lease in the tracking database (:mod:`kdflow.lease`), so
+concurrent promoters take turns and each judges against the champion of the moment.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+
+import torch
+
+from kdflow import lease
+from kdflow.batches import Split
+from kdflow.config import GateConfig
 from kdflow.data import PreparedData
 from kdflow.errors import TrackingError
 from kdflow.evaluate import accuracy, predict_logits
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
+PROMOTION_SPLIT = "val"
+FAULT_PAUSE = "KDFLOW_FAULT_PAUSE_BEFORE_ALIAS"  # fault-injection point of the fault suite (seconds to stall)
 
 
 def _alias_version(client, name: str, alias: str):
@@ -21,8 +37,8 @@ def _alias_version(client, name: str, alias: str):
         return None
 
 
-def accuracy_of_registered(name: str, version: str, prepared: PreparedData) -> float:
-    """Test accuracy of a registered version, loaded without unpickling code.
+def logits_of_registered(name: str, version: str, split: Split, prepared: PreparedData) -> torch.Tensor:
+    """Logits of a registered version over ``split``, loaded without unpickling code.
 
     A kdflow pytorch model carries its weights-only ``model.pt`` (loaded with ``weights_only=True``);
     an ONNX model (``export.promote_format: onnx_int8``) runs in onnxruntime.
@@ -32,21 +48,72 @@ def accuracy_of_registered(name: str, version: str, prepared: PreparedData) -> f
     from kdflow.tracking import download_model
 
     local = download_model(f"models:/{name}/{version}", "tracking.registered_model")
-    norm = prepared.normalizer()
-    checkpoints = sorted(local.rglob("model.pt"))
-    onnx_files = sorted(local.rglob("*.onnx"))
+    checkpoints, onnx_files = sorted(local.rglob("model.pt")), sorted(local.rglob("*.onnx"))
     if checkpoints:
         model, _ = load_model(checkpoints[0], field=f"models:/{name}/{version}")
-        logits = predict_logits(model, prepared.test, norm)
-    elif onnx_files:
-        logits = logits_over(onnx_runner(onnx_session(onnx_files[0])), prepared.test, norm)
-    else:
-        raise TrackingError(
-            f"models:/{name}/{version}",
-            "holds neither a kdflow model.pt nor an ONNX file",
-            "register models logged by kdflow steps",
-        )
-    return accuracy(logits, prepared.test.y)
+        return predict_logits(model, split, prepared.normalizer())
+    if onnx_files:
+        return logits_over(onnx_runner(onnx_session(onnx_files[0])), split, prepared.normalizer())
+    raise TrackingError(
+        f"models:/{name}/{version}",
+        "holds neither a kdflow model.pt nor an ONNX file",
+        "register models logged by kdflow steps",
+    )
+
+
+def accuracy_of_registered(name: str, version: str, prepared: PreparedData, split: str = "test") -> float:
+    part = getattr(prepared, split)
+    return accuracy(logits_of_registered(name, version, part, prepared), part.y)
+
+
+def mcnemar(challenger_correct: torch.Tensor, champion_correct: torch.Tensor) -> dict:
+    """Paired comparison on the same examples: the discordant counts and the one-sided exact p-value."""
+    from scipy.stats import binomtest
+
+    wins = int((challenger_correct & ~champion_correct).sum())
+    losses = int((~challenger_correct & champion_correct).sum())
+    p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
+    return {"challenger_only_correct": wins, "champion_only_correct": losses, "p_value": float(p)}
+
+
+def judge(challenger_correct: torch.Tensor, champion_correct: torch.Tensor, g: GateConfig) -> dict:
+    """Better by the margin AND beyond noise; a tie or a one-image win is not a win."""
+    acc_c, acc_k = float(challenger_correct.float().mean()), float(champion_correct.float().mean())
+    test = mcnemar(challenger_correct, champion_correct)
+    wins = acc_c - acc_k >= g.min_improvement and acc_c > acc_k and test["p_value"] < g.promotion_alpha
+    rule = (
+        f"{PROMOTION_SPLIT} accuracy {acc_c:.4f} vs {acc_k:.4f} (margin {g.min_improvement}), "
+        f"McNemar p={test['p_value']:.3g} (alpha {g.promotion_alpha})"
+    )
+    return {"wins": wins, "rule": rule, "champion_accuracy": acc_k, **test}
+
+
+def _registered_version(tracker, model_uri: str, name: str, run_id: str, tags: dict[str, str]):
+    """Register once: a re-run of the same promotion finds its version instead of adding another."""
+    client = tracker.client
+    if _registered(client, name):
+        for v in client.search_model_versions(f"name='{name}'"):
+            if v.run_id == run_id and v.source == model_uri:
+                return v
+    return tracker.mlflow.register_model(model_uri, name, tags=tags)
+
+
+def _stall_if_asked() -> None:
+    pause = float(os.environ.get(FAULT_PAUSE, "0") or 0)
+    if pause > 0:
+        print("[promote] judged; stalling before the alias write (fault injection)", flush=True)
+        sys.stdout.flush()
+        time.sleep(pause)
+
+
+def _move_champion(client, name: str, version: str, champion, reason: str, run_id: str, forced: bool) -> None:
+    if champion is not None:
+        client.set_registered_model_alias(name, PREVIOUS, champion.version)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    for k, v in {"kdflow.promotion": reason, "kdflow.promoted_by_run": run_id}.items():
+        client.set_model_version_tag(name, version, k, v)
+    if forced:
+        client.set_model_version_tag(name, version, "kdflow.forced", "true: promoted with a failed or missing gate")
 
 
 def register_and_promote(
@@ -55,61 +122,45 @@ def register_and_promote(
     name: str,
     prepared: PreparedData,
     run_id: str,
-    min_improvement: float,
+    g: GateConfig,
     tags: dict[str, str],
-    max_rounds: int = 3,
+    forced: bool = False,
 ) -> dict:
     client = tracker.client
-    existing = (
-        [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id and v.source == model_uri]
-        if _registered(client, name)
-        else []
-    )
-    if existing:
-        version = existing[0]
-    else:
-        version = tracker.mlflow.register_model(model_uri, name, tags=tags)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    challenger_acc = accuracy_of_registered(name, version.version, prepared)
-    decision = {"name": name, "version": str(version.version), "challenger_accuracy": challenger_acc}
-    for _ in range(max_rounds):
-        champ = _alias_version(client, name, CHAMPION)
-        if champ is not None and str(champ.version) == str(version.version):
-            decision.update(
-                promoted=False, reason="already champion (idempotent re-run)", champion_version=str(champ.version)
-            )
-            return decision
-        champ_acc = accuracy_of_registered(name, champ.version, prepared) if champ else None
-        decision["champion_accuracy"] = champ_acc
-        decision["champion_version"] = str(champ.version) if champ else None
-        if champ is not None and champ_acc is not None and challenger_acc < champ_acc + min_improvement:
-            decision.update(
-                promoted=False,
-                reason=f"challenger {challenger_acc:.4f} < champion {champ_acc:.4f} + margin {min_improvement}",
-            )
-            client.set_model_version_tag(name, version.version, "kdflow.promotion", decision["reason"])
-            return decision
-        still = _alias_version(client, name, CHAMPION)
-        if (still.version if still else None) != (champ.version if champ else None):
-            continue  # someone promoted meanwhile: judge again against the new champion
-        if champ is not None:
-            client.set_registered_model_alias(name, PREVIOUS, champ.version)
-        client.set_registered_model_alias(name, CHAMPION, version.version)
-        reason = (
-            "first champion"
-            if champ is None
-            else f"beats champion v{champ.version}: {challenger_acc:.4f} vs {champ_acc:.4f}"
-        )
-        for k, v in {
-            "kdflow.promotion": reason,
-            "kdflow.promoted_by_run": run_id,
-            "kdflow.test_accuracy": f"{challenger_acc:.6f}",
-        }.items():
-            client.set_model_version_tag(name, version.version, k, v)
-        decision.update(promoted=True, reason=reason)
-        return decision
-    decision.update(promoted=False, reason="champion kept moving; gave up after re-judging")
-    return decision
+    version = str(_registered_version(tracker, model_uri, name, run_id, tags).version)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    split = getattr(prepared, PROMOTION_SPLIT)
+    challenger_correct = logits_of_registered(name, version, split, prepared).argmax(1) == split.y
+    test_accuracy = accuracy_of_registered(name, version, prepared, "test")  # reported, never decides
+    client.set_model_version_tag(name, version, "kdflow.test_accuracy", f"{test_accuracy:.6f}")
+    decision = {
+        "name": name,
+        "version": version,
+        "split": PROMOTION_SPLIT,
+        "forced": forced,
+        "challenger_accuracy": float(challenger_correct.float().mean()),
+        "challenger_test_accuracy": test_accuracy,
+    }
+    with lease.held(client, name, g.promotion_lease_s, g.promotion_lease_wait_s) as held:
+        champion = _alias_version(client, name, CHAMPION)
+        decision["champion_version"] = str(champion.version) if champion else None
+        if champion is not None and str(champion.version) == version:
+            return {**decision, "promoted": False, "reason": "already champion (idempotent re-run)"}
+        reason = "first champion"
+        if champion is not None:
+            champion_correct = logits_of_registered(name, champion.version, split, prepared).argmax(1) == split.y
+            verdict = judge(challenger_correct, champion_correct, g)
+            decision.update({k: v for k, v in verdict.items() if k not in ("wins", "rule")})
+            if not verdict["wins"]:
+                reason = f"kept champion v{champion.version}: not better beyond noise ({verdict['rule']})"
+                client.set_model_version_tag(name, version, "kdflow.promotion", reason)
+                return {**decision, "promoted": False, "reason": reason}
+            reason = f"beats champion v{champion.version}: {verdict['rule']}"
+        _stall_if_asked()
+        if not held.still_held():
+            return {**decision, "promoted": False, "reason": "lost the promotion lease (expired); judge again"}
+        _move_champion(client, name, version, champion, reason, run_id, forced)
+    return {**decision, "promoted": True, "reason": reason}
 
 
 def _registered(client, name: str) -> bool:

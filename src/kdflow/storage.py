@@ -9,6 +9,7 @@ by botocore's standard mode: at most ``max_attempts`` retries after the first tr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -223,11 +224,31 @@ def open_store(root: str | os.PathLike):
     return LocalStore(root)
 
 
+COMPLETE = "_COMPLETE.json"  # written last: a prefix without it holds an interrupted upload
+
+
+def put_files(store, files: list[tuple[Path, str]], prefix: str) -> list[dict]:
+    """Upload ``(local file, relative key)`` pairs under ``prefix``, then the completion marker listing them.
+
+    A server that dies midway leaves no marker, so readers (:func:`is_complete`) see the prefix as absent.
+    """
+    uploaded = [store.put_file(local, f"{prefix}/{key}") for local, key in files]
+    marker = {"files": {key: meta[META_SHA] for (_, key), meta in zip(files, uploaded, strict=True)}}
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / COMPLETE
+        path.write_text(json.dumps(marker, sort_keys=True))
+        store.put_file(path, f"{prefix}/{COMPLETE}")
+    return uploaded
+
+
+def is_complete(store, prefix: str) -> bool:
+    return f"{prefix}/{COMPLETE}" in store.list(prefix)
+
+
 def put_dir(store, local_dir: str | os.PathLike, prefix: str) -> list[dict]:
     base = Path(local_dir)
-    return [
-        store.put_file(p, f"{prefix}/{p.relative_to(base).as_posix()}") for p in sorted(base.rglob("*")) if p.is_file()
-    ]
+    files = [(p, p.relative_to(base).as_posix()) for p in sorted(base.rglob("*")) if p.is_file()]
+    return put_files(store, files, prefix)
 
 
 def get_dir(store, prefix: str, local_dir: str | os.PathLike) -> Path:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,13 @@ class Tracker:
         )
         # "debian:/usr/share/..." and "torchvision:/..." carry a local path after the label
         location = source_uri.split(":", 1)[1] if source_uri.startswith(("debian:", "torchvision:")) else source_uri
-        ds = from_pandas(df, source=location, name=f"{manifest['dataset']}-{context}", digest=manifest["digest"][:32])
+        with (
+            warnings.catch_warnings()
+        ):  # a local path matches two equivalent MLflow source types: not the user's concern
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            ds = from_pandas(
+                df, source=location, name=f"{manifest['dataset']}-{context}", digest=manifest["digest"][:32]
+            )
         self.mlflow.log_input(ds, context=context)
 
     def log_torch_model(

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from kdflow.collapse import collapsed_epochs, raise_if_collapsed
 from kdflow.config import TrainConfig
 from kdflow.data import PreparedData, iterate, stream_seed
-from kdflow.errors import TrainingDiverged
+from kdflow.errors import ConfigError, TrainingDiverged
 from kdflow.evaluate import accuracy, predict_logits
 from kdflow.io import atomic_torch_save, safe_torch_load
 from kdflow.optim import build_optimizer, lr_factor
@@ -52,9 +52,36 @@ class FitResult:
     resumed_from: int | None = None
 
 
-def resume_state(state: TrainState, ckpt_path: Path, result: FitResult) -> int:
-    """Load the last checkpoint into ``state`` and ``result``; returns the epoch to start from."""
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 20 else text[:17] + "..."
+
+
+def _refuse_if_stale(recorded: dict | None, expected: dict, ckpt_path: Path) -> None:
+    """A checkpoint of another config, data, teacher or code version is never resumed."""
+    if recorded == expected:
+        return
+    if recorded is None:
+        differs = "it records no fingerprint (written by an older kdflow)"
+    else:
+        keys = sorted(k for k in {*expected, *recorded} if recorded.get(k) != expected.get(k))
+        shown = ", ".join(f"{k} {_short(recorded.get(k))} -> {_short(expected.get(k))}" for k in keys[:4])
+        differs = shown + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+    raise ConfigError(
+        "--out",
+        f"'{ckpt_path}' is a checkpoint of another run: {differs}",
+        "pass --fresh to discard it, or choose a new --out",
+    )
+
+
+def resume_state(state: TrainState, ckpt_path: Path, result: FitResult, fingerprint: dict | None = None) -> int:
+    """Load the last checkpoint into ``state`` and ``result``; returns the epoch to start from.
+
+    With a ``fingerprint`` (what the result depends on), a checkpoint recording another one is refused.
+    """
     ck = safe_torch_load(ckpt_path, "checkpoint")
+    if fingerprint is not None:
+        _refuse_if_stale(ck.get("fingerprint"), fingerprint, ckpt_path)
     state.student.load_state_dict(ck["student"])
     state.objective.load_state_dict(ck["objective"])
     state.optimizer.load_state_dict(ck["optimizer"])
@@ -63,6 +90,10 @@ def resume_state(state: TrainState, ckpt_path: Path, result: FitResult) -> int:
     result.history, result.best_val_acc, result.best_epoch = (ck["history"], ck["best_val_acc"], ck["best_epoch"])
     result.best_state = ck.get("best_state")
     result.resumed_from = ck["epoch"]
+    if "rng" in ck:  # dropout and any other global-RNG draw continue exactly where the run stopped
+        torch.set_rng_state(ck["rng"])
+        if ck.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
     return ck["epoch"] + 1
 
 
@@ -142,10 +173,13 @@ def _all_reduce(
     return {k: float(v) for k, v in zip(keys, t[2:].tolist(), strict=True)}, int(t[1]), int(t[0])
 
 
-def _save_checkpoint(state: TrainState, epoch: int, result: FitResult, path: Path) -> None:
+def _save_checkpoint(state: TrainState, epoch: int, result: FitResult, path: Path, fingerprint: dict | None) -> None:
     atomic_torch_save(
         {
             "epoch": epoch,
+            "fingerprint": fingerprint,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "student": state.student.state_dict(),
             "objective": state.objective.state_dict(),
             "optimizer": state.optimizer.state_dict(),
@@ -206,18 +240,21 @@ def fit(
     resume: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
     teacher_cache=None,
+    fingerprint: dict | None = None,
 ) -> FitResult:
     """Train ``student`` with ``objective``; checkpoint every epoch to ``out_dir/checkpoint.pt``.
 
     ``teacher_cache`` (a :class:`kdflow.cache.TeacherCache`) replays the stored augmented views and
     supplies the teacher logits recorded for exactly those views, instead of a live teacher forward.
+    ``fingerprint`` (what the result depends on) is stored in every checkpoint; a checkpoint recording
+    another one is refused instead of resumed.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = setup(student, objective, data, cfg, epochs, lr)
     result = FitResult()
     ckpt_path = out / "checkpoint.pt"
-    start = resume_state(state, ckpt_path, result) if resume and ckpt_path.is_file() else 0
+    start = resume_state(state, ckpt_path, result, fingerprint) if resume and ckpt_path.is_file() else 0
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         sums, correct, seen = train_one_epoch(state, data, cfg, epoch, epochs, desc, teacher_cache)
@@ -225,7 +262,7 @@ def fit(
             sums, correct, seen = _all_reduce(state, sums, correct, seen)
         row = _record_epoch(state, data, cfg, epoch, sums, correct, seen, t0, result)
         if state.dist.is_main:  # rank 0 alone writes and reports
-            _save_checkpoint(state, epoch, result, ckpt_path)
+            _save_checkpoint(state, epoch, result, ckpt_path, fingerprint)
             tqdm.write(
                 f"[{desc}] epoch {epoch + 1}/{epochs} loss {row['total']:.4f} train_acc {row['train_acc']:.4f} "
                 f"val_acc {row['val_acc']:.4f} lr {row['lr']:.4g} ({row['seconds']:.1f}s)"

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -207,7 +207,20 @@ class GateConfig(_Section):
     max_latency_p95_ms: float = Field(50.0, gt=0)
     max_size_bytes: int = Field(50_000_000, gt=0)
     require_export_parity: bool = True
-    min_improvement: float = Field(0.0, ge=0, description="accuracy margin over the current champion")
+    min_improvement: float = Field(
+        0.0, ge=0, description="validation-accuracy margin the challenger needs over the champion"
+    )
+    promotion_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="the challenger must beat the champion beyond noise: one-sided McNemar "
+        "exact test on the validation split, p below this",
+    )
+    promotion_lease_s: float = Field(
+        300.0, gt=0, description="a promotion lease expires after this (a killed promoter)"
+    )
+    promotion_lease_wait_s: float = Field(600.0, ge=0, description="how long a promoter waits for the lease")
 
 
 class TrackingConfig(_Section):

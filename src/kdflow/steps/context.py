@@ -85,13 +85,11 @@ def upload(ctx: RunContext, step: str, out: Path, files: list[str] | None = None
     store = ctx.store
     if store is None:
         return None
-    from kdflow.storage import put_dir
+    from kdflow.storage import put_dir, put_files
 
     prefix = f"{ctx.pipeline_run_id}/{step}"
     if files is None:
         put_dir(store, out, prefix)
     else:
-        for f in files:
-            if (out / f).is_file():
-                store.put_file(out / f, f"{prefix}/{f}")
+        put_files(store, [(out / f, f) for f in files if (out / f).is_file()], prefix)
     return f"{store.uri.rstrip('/')}/{prefix}"

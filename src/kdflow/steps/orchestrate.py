@@ -11,8 +11,9 @@ from pathlib import Path
 from kdflow.config import Config
 from kdflow.distributed import info_from_env
 from kdflow.errors import ConfigError
-from kdflow.steps.context import PathArg, RunContext
+from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.evaluation import evaluate_models
+from kdflow.steps.preflight import check_run
 from kdflow.steps.results import TrainResult
 from kdflow.steps.train import distill, load_teacher, prep, train
 
@@ -53,10 +54,12 @@ def run_all(
     data_dir: PathArg | None = None,
     teacher: str | None = None,
     scratch: bool = False,
+    fresh: bool = False,
 ) -> dict | None:
     """prep (unless ``data_dir``), teacher (unless given), scratch (if asked), distill, evaluate.
 
-    Returns the evaluation summary; None on DDP ranks other than 0.
+    Everything that can be checked is checked before the first byte is written (a failure leaves ``out``
+    as it was). Returns the evaluation summary; None on DDP ranks other than 0.
     """
     layout = Layout.under(Path(out))
     if info_from_env().enabled and (not data_dir or not teacher or scratch):
@@ -65,17 +68,19 @@ def run_all(
             "a distributed run distils alone",
             "run prep and train-teacher first, then `kdflow distill --nproc N --data D --teacher T`",
         )
+    check_run(cfg, teacher)
+    start_pipeline(cfg, ctx)  # the store and the tracking server answer
     data = Path(data_dir) if data_dir else layout.data
     if not data_dir:
         prep(cfg, data, ctx)
     teacher_dir = None
     if not teacher:
-        train(cfg, "teacher", data, layout.teacher, ctx)
+        train(cfg, "teacher", data, layout.teacher, ctx, fresh)
         teacher_dir, teacher = layout.teacher, str(layout.teacher / "model.pt")
     scratch_dir = layout.scratch if scratch else None
     if scratch_dir is not None:
-        train(cfg, "scratch", data, scratch_dir, ctx)
-    distilled: TrainResult | None = distill(cfg, data, teacher, layout.student, ctx)
+        train(cfg, "scratch", data, scratch_dir, ctx, fresh)
+    distilled: TrainResult | None = distill(cfg, data, teacher, layout.student, ctx, fresh)
     if distilled is None:
         return None
     if teacher_dir is None:

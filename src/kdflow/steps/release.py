@@ -8,7 +8,8 @@ import torch
 
 from kdflow import data
 from kdflow.config import Config, write_resolved
-from kdflow.gate import Gate, release_gate, verdict
+from kdflow.errors import CheckpointError, GateError
+from kdflow.gate import Gate, failures, release_gate, verdict
 from kdflow.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, open_tracker, start_pipeline, upload
@@ -64,6 +65,7 @@ def export_student(
     gate = exported["gate"]
     write_resolved(cfg, out)
     result: ExportResult = {
+        "gate": gate,
         "gate_passed": gate["passed"],
         "parity_ok": exported["parity_ok"],
         "student_model_uri": student_info.get("model_uri"),
@@ -90,6 +92,34 @@ def export_student(
     return exported
 
 
+def _promotable(student_dir: PathArg, export_dir: PathArg, force: bool) -> tuple[dict, dict]:
+    """The student and export results, refused (one line) unless the recorded gate passed or ``force``."""
+    student_info: dict = dict(results.read(student_dir, TrainResult) or {})
+    export_info = results.read(export_dir, ExportResult)
+    if export_info is None and not force:
+        raise CheckpointError(
+            "--export",
+            f"'{export_dir}' holds no export result (step.json)",
+            "pass the output directory of `kdflow export`",
+        )
+    gate = export_info.get("gate") if export_info else None
+    if not force and (gate is None or not gate["passed"]):
+        state = "was not recorded" if gate is None else f"is {verdict(gate)} ({failures(gate)})"
+        raise GateError(
+            "gate",
+            f"the release gate of '{export_dir}' {state}",
+            "fix the student and export again with --evaluation; --force overrides (recorded on "
+            "the version and the run)",
+        )
+    if "model_uri" not in student_info or "run_id" not in student_info:
+        raise CheckpointError(
+            "--student",
+            f"'{student_dir}' has no MLflow model to register (trained with tracking off?)",
+            "re-run the distill step with tracking enabled",
+        )
+    return student_info, dict(export_info or {})
+
+
 def promote(
     cfg: Config,
     data_dir: PathArg,
@@ -97,20 +127,24 @@ def promote(
     export_dir: PathArg,
     out_dir: PathArg,
     ctx: RunContext | None = None,
+    force: bool = False,
 ) -> PromotionResult:
-    """Register the distilled student as challenger; move champion only when it wins."""
+    """Register the distilled student as challenger; move champion only when its gate passed and it wins.
+
+    The gate export recorded is enforced here, where the decision is made: a failed, incomplete or
+    missing gate is refused unless ``force`` (then tagged ``kdflow.forced`` on the version and the run).
+    """
     from kdflow.registry import register_and_promote
 
     out = Path(out_dir)
     ctx = start_pipeline(cfg, ctx or RunContext())
     tracker = ctx.tracker
+    student_info, export_info = _promotable(student_dir, export_dir, force)
     if tracker is None:
         decision: PromotionResult = {"promoted": False, "reason": "tracking disabled: no registry"}
         atomic_write_json(out / "promotion.json", decision)
         return decision
     prepared = data.load_prepared(data_dir)
-    student_info: dict = dict(results.read(student_dir, TrainResult) or {})
-    export_info: dict = dict(results.read(export_dir, ExportResult) or {})
     model_uri = student_info["model_uri"]
     if cfg.export.promote_format == "onnx_int8" and export_info.get("onnx_int8_model_id"):
         model_uri = f"models:/{export_info['onnx_int8_model_id']}"
@@ -122,15 +156,15 @@ def promote(
     }
     with tracker.step_run("register_and_promote", ctx.parent_run_id, ctx.pipeline_run_id):
         decision = register_and_promote(  # type: ignore[assignment]  # a PromotionResult
-            tracker,
-            model_uri,
-            cfg.tracking.registered_model,
-            prepared,
-            student_info["run_id"],
-            cfg.gate.min_improvement,
-            tags,
+            tracker, model_uri, cfg.tracking.registered_model, prepared, student_info["run_id"], cfg.gate, tags, force
         )
-        tracker.mlflow.set_tags({"kdflow.promoted": str(decision["promoted"]), "kdflow.reason": decision["reason"]})
+        tracker.mlflow.set_tags(
+            {
+                "kdflow.promoted": str(decision["promoted"]),
+                "kdflow.reason": decision["reason"],
+                "kdflow.forced": str(force).lower(),
+            }
+        )
     atomic_write_json(out / "promotion.json", decision)
     print(f"[promote] {decision['reason']}")
     return decision

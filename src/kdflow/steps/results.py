@@ -52,6 +52,7 @@ class TrainResult(StepResult):
     metrics: dict[str, Any]
     config_hash: NotRequired[str]
     lineage: NotRequired[dict[str, str]]  # kdflow.teacher_* tags of a distilled student
+    fingerprint: NotRequired[dict[str, Any]]  # what the weights depend on (kdflow.fingerprint)
     artifact_uri: NotRequired[str | None]
     model_id: NotRequired[str]
     model_uri: NotRequired[str]
@@ -66,6 +67,7 @@ class EvaluationResult(StepResult):
 
 
 class ExportResult(StepResult):
+    gate: NotRequired[Gate]
     gate_passed: bool
     parity_ok: bool
     student_model_uri: str | None
@@ -78,9 +80,15 @@ class PromotionResult(TypedDict):
     reason: str
     name: NotRequired[str]
     version: NotRequired[str]
+    split: NotRequired[str]  # the promotion split the decision was made on (val)
+    forced: NotRequired[bool]
     challenger_accuracy: NotRequired[float]
+    challenger_test_accuracy: NotRequired[float]  # reported, never used to decide
     champion_accuracy: NotRequired[float | None]
     champion_version: NotRequired[str | None]
+    p_value: NotRequired[float]
+    challenger_only_correct: NotRequired[int]
+    champion_only_correct: NotRequired[int]
 
 
 R = TypeVar("R")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import torch.nn as nn
 from kdflow import checkpoints, data, evaluate, models
 from kdflow.config import Config, write_resolved
 from kdflow.distributed import LR_SCALING_RULE, DistInfo, info_from_env
-from kdflow.io import atomic_write_json, atomic_write_text, csv_text, read_json
+from kdflow.fingerprint import fingerprint
+from kdflow.io import atomic_write_json, atomic_write_text, csv_text, read_json, sha256_file
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline, upload
 from kdflow.steps.results import PrepResult, TrainResult
@@ -25,7 +27,10 @@ CacheFactory = Callable[[data.PreparedData], tuple[Any, dict]]
 
 
 def prep(cfg: Config, out_dir: PathArg, ctx: RunContext | None = None) -> PrepResult:
+    from kdflow.steps.preflight import check_models
+
     out = Path(out_dir)
+    check_models(cfg)  # an unknown architecture or feature module fails here, not steps later
     ctx = start_pipeline(cfg, ctx or RunContext())
     manifest = data.prepare(cfg.data, out, cache_dir=Path(cfg.storage.state_dir) / "sources")
     write_resolved(cfg, out)
@@ -85,99 +90,117 @@ def _write_outputs(
     write_resolved(cfg, out)
 
 
+@dataclass
+class TrainingJob:
+    """One training step: what to train, on what, where, and what its result depends on."""
+
+    cfg: Config
+    role: str  # teacher, scratch or distill
+    arch: str
+    data_dir: Path
+    out: Path
+    ctx: RunContext
+    objective_factory: ObjectiveFactory
+    lineage: dict[str, str] = field(default_factory=dict)
+    cache_factory: CacheFactory | None = None
+    teacher_digest: str = ""
+    fresh: bool = False  # discard a checkpoint left in out/train_state instead of resuming it
+
+    @property
+    def step(self) -> str:
+        return STEP_NAMES[self.role]
+
+
 def _fit(
-    cfg: Config,
-    role: str,
+    job: TrainingJob,
     model: nn.Module,
     objective: nn.Module,
     prepared: data.PreparedData,
-    out: Path,
-    cache_factory: CacheFactory | None,
     on_epoch: Callable[[dict], None] | None,
-) -> tuple[FitResult, dict]:
-    """The training loop of one step, with the teacher cache when distilling offline."""
-    model_role = "teacher" if role == "teacher" else "student"
-    teacher_cache, cache_info = cache_factory(prepared) if cache_factory is not None else (None, {})
-    epochs, lr = cfg.epochs_for(model_role), cfg.lr_for(model_role)
+) -> tuple[FitResult, dict, dict]:
+    """The training loop of one step (with the teacher cache when distilling offline) and its fingerprint."""
+    cfg, model_role = job.cfg, "teacher" if job.role == "teacher" else "student"
+    checkpoint = job.out / "train_state" / "checkpoint.pt"
+    if job.fresh:
+        checkpoint.unlink(missing_ok=True)
+    print_ = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest)
+    teacher_cache, cache_info = job.cache_factory(prepared) if job.cache_factory is not None else (None, {})
     fitted = fit(
         model,
         objective,
         prepared,
         cfg.train,
-        epochs=epochs,
-        lr=lr,
-        out_dir=out / "train_state",
-        desc=STEP_NAMES[role],
+        epochs=cfg.epochs_for(model_role),
+        lr=cfg.lr_for(model_role),
+        out_dir=checkpoint.parent,
+        desc=job.step,
         teacher_cache=teacher_cache,
         on_epoch=on_epoch,
+        fingerprint=print_,
     )
     objective.close()  # type: ignore[operator]  # every objective module has close()
-    return fitted, cache_info
+    return fitted, cache_info, print_
 
 
-def train_model(
-    cfg: Config,
-    role: str,
-    arch: str,
-    data_dir: Path,
-    out: Path,
-    ctx: RunContext,
-    objective_factory: ObjectiveFactory,
-    lineage: dict[str, str] | None = None,
-    cache_factory: CacheFactory | None = None,
-) -> TrainResult | None:
-    """Train ``arch`` in ``role`` (teacher, scratch or distill); None on the ranks of DDP other than 0."""
-    prepared = data.load_prepared(data_dir)
+def train_model(job: TrainingJob) -> TrainResult | None:
+    """Train ``job.arch`` in ``job.role``; None on the ranks of DDP other than 0."""
+    cfg, ctx, out = job.cfg, job.ctx, job.out
+    prepared = data.load_prepared(job.data_dir)
     dist_info = info_from_env()
     if dist_info.is_main:  # fails fast on a bad tracking URI, before any training; only rank 0 talks to MLflow
         start_pipeline(cfg, ctx)
     tracker = ctx.tracker if dist_info.is_main else None
     torch.manual_seed(cfg.train.seed)
-    model = models.build_model(arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0])
-    objective = objective_factory(model, prepared)
-    step, lineage = STEP_NAMES[role], lineage or {}
-    tags = {"kdflow.role": role, "kdflow.arch": arch, "kdflow.data_digest": prepared.digest, **lineage}
-    with record.training_run(tracker, ctx, step, cfg, prepared, tags) as run_id:
-        fitted, cache_info = _fit(
-            cfg, role, model, objective, prepared, out, cache_factory, record.epoch_logger(tracker, run_id)
-        )
+    model = models.build_model(job.arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0])
+    objective = job.objective_factory(model, prepared)
+    tags = {"kdflow.role": job.role, "kdflow.arch": job.arch, "kdflow.data_digest": prepared.digest, **job.lineage}
+    with record.training_run(tracker, ctx, job.step, cfg, prepared, tags) as run_id:
+        fitted, cache_info, print_ = _fit(job, model, objective, prepared, record.epoch_logger(tracker, run_id))
         if not dist_info.is_main:
             return None
         metrics = _metrics(model, fitted, prepared, dist_info, cfg, cache_info)
         _write_outputs(
-            model, arch, prepared, out, fitted, metrics, cfg, {"role": role, "data_digest": prepared.digest, **lineage}
+            model,
+            job.arch,
+            prepared,
+            out,
+            fitted,
+            metrics,
+            cfg,
+            {"role": job.role, "data_digest": prepared.digest, **job.lineage},
         )
         result: TrainResult = {
-            "role": role,
-            "arch": arch,
+            "role": job.role,
+            "arch": job.arch,
             "data_digest": prepared.digest,
             "metrics": metrics,
-            "lineage": lineage,
+            "lineage": job.lineage,
+            "fingerprint": print_,
             "parent_run_id": ctx.parent_run_id,
             "pipeline_run_id": ctx.pipeline_run_id,
             "config_hash": cfg.digest(),
-            "artifact_uri": upload(ctx, step, out, UPLOADED),
+            "artifact_uri": upload(ctx, job.step, out, UPLOADED),
         }
         model_tags = {**tags, "kdflow.pipeline_run_id": ctx.pipeline_run_id, "kdflow.config_hash": cfg.digest()}
         result = results.merged(
-            result, record.trained_model(tracker, run_id, model, role, out, prepared, metrics, model_tags)
+            result, record.trained_model(tracker, run_id, model, job.role, out, prepared, metrics, model_tags)
         )
         results.write(out, result)
     print(
-        f"[{step}] {arch}: test accuracy {metrics['test_accuracy']:.4f} "
+        f"[{job.step}] {job.arch}: test accuracy {metrics['test_accuracy']:.4f} "
         f"(val-selected {metrics['val_selected_test_accuracy']}) -> {out / 'model.pt'}"
     )
     return result
 
 
 def train(
-    cfg: Config, role: str, data_dir: PathArg, out_dir: PathArg, ctx: RunContext | None = None
+    cfg: Config, role: str, data_dir: PathArg, out_dir: PathArg, ctx: RunContext | None = None, fresh: bool = False
 ) -> TrainResult | None:
     """Train the teacher (role='teacher') or the scratch baseline student (role='scratch')."""
     from kdflow.objective import SupervisedObjective
 
     arch = cfg.teacher.arch if role == "teacher" else cfg.student.arch
-    return train_model(
+    job = TrainingJob(
         cfg,
         role,
         arch,
@@ -185,18 +208,22 @@ def train(
         Path(out_dir),
         ctx or RunContext(),
         lambda model, prepared: SupervisedObjective(),
+        fresh=fresh,
     )
+    return train_model(job)
 
 
 def load_teacher(source: str, num_classes: int, field: str = "teacher.source") -> tuple[nn.Module, dict]:
     return checkpoints.load_model(source, field=field, expect_classes=num_classes)
 
 
-def provide_teacher(cfg: Config, data_dir: PathArg, out_dir: PathArg, ctx: RunContext | None = None) -> TrainResult:
+def provide_teacher(
+    cfg: Config, data_dir: PathArg, out_dir: PathArg, ctx: RunContext | None = None, fresh: bool = False
+) -> TrainResult:
     """Train the teacher, or take the one ``teacher.source`` names (checkpoint path, s3:// or models:/ URI)."""
     ctx = ctx or RunContext()
     if not cfg.teacher.source:
-        trained = train(cfg, "teacher", data_dir, out_dir, ctx)
+        trained = train(cfg, "teacher", data_dir, out_dir, ctx, fresh)
         assert trained is not None, "the teacher step runs on one process"
         if "model_uri" in trained:
             trained = results.merged(
@@ -248,7 +275,12 @@ def _teacher_lineage(cfg: Config, teacher_path: str, teacher_arch: str) -> dict[
 
 
 def distill(
-    cfg: Config, data_dir: PathArg, teacher_path: PathArg, out_dir: PathArg, ctx: RunContext | None = None
+    cfg: Config,
+    data_dir: PathArg,
+    teacher_path: str | Path,  # a checkpoint path, or an s3:// or models:/ URI
+    out_dir: PathArg,
+    ctx: RunContext | None = None,
+    fresh: bool = False,
 ) -> TrainResult | None:
     """Distil the frozen teacher (plus any ``distill.extra_teachers``) into ``student.arch``."""
     from kdflow.objective import DistillObjective
@@ -268,7 +300,10 @@ def distill(
     def objective(model: nn.Module, prepared: data.PreparedData) -> nn.Module:
         return DistillObjective(teachers, model, cfg.distill, tuple(prepared.train.x.shape[1:]), prepared.num_classes)
 
-    return train_model(
+    teacher_file = checkpoints.resolve_source(str(teacher_path), "teacher")
+    extra_files = [checkpoints.resolve_source(t.source, "distill.extra_teachers") for t in cfg.distill.extra_teachers]
+    digests = [sha256_file(f) for f in (teacher_file, *extra_files)]
+    job = TrainingJob(
         cfg,
         "distill",
         cfg.student.arch,
@@ -278,4 +313,7 @@ def distill(
         objective,
         _teacher_lineage(cfg, str(teacher_path), teacher_meta["arch"]),
         cache_factory(cfg, teacher, str(teacher_path)) if cfg.distill.cache else None,
+        teacher_digest=",".join(digests),
+        fresh=fresh,
     )
+    return train_model(job)

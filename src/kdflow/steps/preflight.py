@@ -1,0 +1,50 @@
+"""Checks that run before a step writes its first byte or trains its first batch.
+
+A failure here leaves ``--out`` as it was: model names, feature module paths (on models built without
+weights), teacher checkpoints and URIs are all validated up front.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from kdflow import models
+from kdflow.config import Config
+from kdflow.errors import ModelError
+
+# Input shape and class count of the built-in datasets, for checks made before the data is prepared.
+KNOWN_SHAPES = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
+
+
+def build(arch: str, field: str, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    try:
+        return models.build_model(arch, num_classes, shape[0], shape[1])
+    except ModelError as e:
+        raise ModelError(field, e.problem, e.fix) from None
+
+
+def check_models(cfg: Config, teacher: nn.Module | None = None) -> None:
+    """Teacher and student names resolve; the feature pairings fit (built without weights, one dummy batch)."""
+    shape, num_classes = KNOWN_SHAPES.get(cfg.data.dataset, ((1, 28, 28), 10))
+    student = build(cfg.student.arch, "student.arch", shape, num_classes)
+    if teacher is None and not cfg.teacher.source:  # a given teacher is checked where it is loaded
+        teacher = build(cfg.teacher.arch, "teacher.arch", shape, num_classes)
+    if teacher is not None and cfg.distill.features and cfg.data.dataset in KNOWN_SHAPES:
+        from kdflow.objective import DistillObjective
+
+        DistillObjective([teacher], student, cfg.distill, shape, num_classes).close()
+
+
+def check_teacher(source: str, field: str = "teacher") -> nn.Module:
+    """A given teacher: reachable, a kdflow checkpoint, loadable without unpickling code."""
+    from kdflow import checkpoints
+
+    return checkpoints.load_model(source, field=field)[0]
+
+
+def check_run(cfg: Config, teacher_source: str | None) -> None:
+    """Everything `kdflow run` can know before it prepares data or trains a teacher."""
+    teacher = check_teacher(teacher_source) if teacher_source else None
+    for i, extra in enumerate(cfg.distill.extra_teachers):
+        check_teacher(extra.source, f"distill.extra_teachers[{i}].source")
+    check_models(cfg, teacher)
