@@ -53,11 +53,11 @@ def test_teacher_weights_and_bn_buffers_bit_identical(tiny_data, tmp_path):
     assert len(list(obj.parameters())) > 0  # the FitNets adapter is trained with the student
 
 
-def _fit_run(tiny_data, out, epochs, stop_after=None, distill=False):
+def _fit_run(tiny_data, out, epochs, stop_after=None, distill=False, build=lambda: models.build_model("cnn-small")):
     cfg = tiny_config(out)
     d = _prepared(tiny_data, 384)
     torch.manual_seed(cfg.train.seed)
-    student = models.build_model("cnn-small")
+    student = build()
     obj = DistillObjective([_teacher()], student, cfg.distill, (1, 28, 28), 10) if distill else SupervisedObjective()
 
     class Stop(Exception):
@@ -210,41 +210,16 @@ def test_zoo_sizes():
     assert rep["macs"] > 0 and rep["size_bytes"] > rep["parameters"] * 4
 
 
-def _dropout_run(tiny_data, out, stop_after=None):
-    """A student with dropout: its masks come from the global RNG, which a resume must restore."""
-    cfg = tiny_config(out)
-    torch.manual_seed(0)
-    student = torch.nn.Sequential(
+def _dropout_student():
+    """Dropout masks come from the global RNG, which a resume must restore."""
+    return torch.nn.Sequential(
         torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(64, 10)
     )
 
-    class Stop(Exception):
-        pass
-
-    def on_epoch(row):
-        if row["epoch"] == stop_after:
-            raise Stop
-
-    try:
-        fit(
-            student,
-            SupervisedObjective(),
-            _prepared(tiny_data, 384),
-            cfg.train,
-            epochs=3,
-            lr=0.05,
-            out_dir=out,
-            on_epoch=on_epoch,
-        )
-    except Stop:
-        torch.manual_seed(12345)  # whatever the process did next, the resumed run must not depend on it
-        return None
-    return student
-
 
 def test_resume_is_exact_with_dropout(tiny_data, tmp_path):
-    full = _dropout_run(tiny_data, tmp_path / "a")
-    _dropout_run(tiny_data, tmp_path / "b", stop_after=1)
-    resumed = _dropout_run(tiny_data, tmp_path / "b")
+    full, _ = _fit_run(tiny_data, tmp_path / "a", 3, build=_dropout_student)
+    _fit_run(tiny_data, tmp_path / "b", 3, stop_after=1, build=_dropout_student)
+    resumed, _ = _fit_run(tiny_data, tmp_path / "b", 3, build=_dropout_student)
     for (k, v1), (_, v2) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(v1, v2), k

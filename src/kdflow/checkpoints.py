@@ -7,6 +7,7 @@ resolved; :func:`register_model_resolver` adds others.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,7 +61,21 @@ def save_model(
     return atomic_torch_save(blob, path)
 
 
+_RESOLVED: dict[tuple[str, str], Path] = {}
+
+
+def _where(scheme: str) -> str:
+    """Which server a URI is resolved against: the same URI on another tracking server is another model."""
+    if scheme in ("models", "runs"):
+        import mlflow
+
+        return mlflow.get_tracking_uri()
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+
+
 def resolve_source(source: str, field: str) -> Path:
+    """A local path for ``source``. A URI is downloaded once per process: the teacher that was checked,
+    digested and cached is the one that trains (an alias that moves meanwhile does not change it)."""
     if "://" in source or source.startswith("models:/") or source.startswith("runs:/"):
         scheme = source.split(":", 1)[0]
         if scheme not in _MODEL_RESOLVERS:
@@ -69,7 +84,10 @@ def resolve_source(source: str, field: str) -> Path:
                 f"cannot resolve '{source}' (no handler for {scheme})",
                 "use a local checkpoint path, an s3:// URI or a models:/ URI",
             )
-        return _MODEL_RESOLVERS[scheme](source)
+        key = (source, _where(scheme))
+        if key not in _RESOLVED or not _RESOLVED[key].is_file():
+            _RESOLVED[key] = _MODEL_RESOLVERS[scheme](source)
+        return _RESOLVED[key]
     return Path(source)
 
 

@@ -25,14 +25,17 @@ def _gate(checks: dict[str, Check], complete: bool = True) -> Gate:
 
 
 def quality_gate(g: GateConfig, student: dict) -> Gate:
-    """Accuracy, retention (student/teacher), latency and size of the evaluated student."""
-    retention = student.get("retention")
+    """Accuracy and retention (student/teacher) on the validation split, latency and size of the student.
+
+    The gate decides what may be promoted, so it reads validation figures; test figures are only reported.
+    """
+    retention = student.get("val_retention")
     checks: dict[str, Check] = {
-        "accuracy": {
-            "passed": student["accuracy"] >= g.min_accuracy,
-            "rule": f"{student['accuracy']:.4f} >= {g.min_accuracy}",
+        "val_accuracy": {
+            "passed": student["val_accuracy"] >= g.min_accuracy,
+            "rule": f"{student['val_accuracy']:.4f} >= {g.min_accuracy}",
         },
-        "retention": {
+        "val_retention": {
             "passed": retention >= g.min_retention if retention is not None else False,
             "rule": f"{retention or 0:.4f} >= {g.min_retention}",
         },

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -37,8 +38,8 @@ def _alias_version(client, name: str, alias: str):
         return None
 
 
-def logits_of_registered(name: str, version: str, split: Split, prepared: PreparedData) -> torch.Tensor:
-    """Logits of a registered version over ``split``, loaded without unpickling code.
+def registered_predictor(name: str, version: str, prepared: PreparedData) -> Callable[[Split], torch.Tensor]:
+    """A registered version, downloaded and loaded once (without unpickling code), as ``split -> logits``.
 
     A kdflow pytorch model carries its weights-only ``model.pt`` (loaded with ``weights_only=True``);
     an ONNX model (``export.promote_format: onnx_int8``) runs in onnxruntime.
@@ -49,11 +50,13 @@ def logits_of_registered(name: str, version: str, split: Split, prepared: Prepar
 
     local = download_model(f"models:/{name}/{version}", "tracking.registered_model")
     checkpoints, onnx_files = sorted(local.rglob("model.pt")), sorted(local.rglob("*.onnx"))
+    norm = prepared.normalizer()
     if checkpoints:
         model, _ = load_model(checkpoints[0], field=f"models:/{name}/{version}")
-        return predict_logits(model, split, prepared.normalizer())
+        return lambda split: predict_logits(model, split, norm)
     if onnx_files:
-        return logits_over(onnx_runner(onnx_session(onnx_files[0])), split, prepared.normalizer())
+        run = onnx_runner(onnx_session(onnx_files[0]))
+        return lambda split: logits_over(run, split, norm)
     raise TrackingError(
         f"models:/{name}/{version}",
         "holds neither a kdflow model.pt nor an ONNX file",
@@ -63,7 +66,11 @@ def logits_of_registered(name: str, version: str, split: Split, prepared: Prepar
 
 def accuracy_of_registered(name: str, version: str, prepared: PreparedData, split: str = "test") -> float:
     part = getattr(prepared, split)
-    return accuracy(logits_of_registered(name, version, part, prepared), part.y)
+    return accuracy(registered_predictor(name, version, prepared)(part), part.y)
+
+
+def _rate(correct: torch.Tensor) -> float:
+    return int(correct.sum()) / len(correct) if len(correct) else 0.0
 
 
 def mcnemar(challenger_correct: torch.Tensor, champion_correct: torch.Tensor) -> dict:
@@ -78,7 +85,7 @@ def mcnemar(challenger_correct: torch.Tensor, champion_correct: torch.Tensor) ->
 
 def judge(challenger_correct: torch.Tensor, champion_correct: torch.Tensor, g: GateConfig) -> dict:
     """Better by the margin AND beyond noise; a tie or a one-image win is not a win."""
-    acc_c, acc_k = float(challenger_correct.float().mean()), float(champion_correct.float().mean())
+    acc_c, acc_k = _rate(challenger_correct), _rate(champion_correct)
     test = mcnemar(challenger_correct, champion_correct)
     wins = acc_c - acc_k >= g.min_improvement and acc_c > acc_k and test["p_value"] < g.promotion_alpha
     rule = (
@@ -130,15 +137,16 @@ def register_and_promote(
     version = str(_registered_version(tracker, model_uri, name, run_id, tags).version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     split = getattr(prepared, PROMOTION_SPLIT)
-    challenger_correct = logits_of_registered(name, version, split, prepared).argmax(1) == split.y
-    test_accuracy = accuracy_of_registered(name, version, prepared, "test")  # reported, never decides
+    challenger = registered_predictor(name, version, prepared)
+    challenger_correct = challenger(split).argmax(1) == split.y
+    test_accuracy = accuracy(challenger(prepared.test), prepared.test.y)  # reported, never decides
     client.set_model_version_tag(name, version, "kdflow.test_accuracy", f"{test_accuracy:.6f}")
     decision = {
         "name": name,
         "version": version,
         "split": PROMOTION_SPLIT,
         "forced": forced,
-        "challenger_accuracy": float(challenger_correct.float().mean()),
+        "challenger_accuracy": _rate(challenger_correct),
         "challenger_test_accuracy": test_accuracy,
     }
     with lease.held(client, name, g.promotion_lease_s, g.promotion_lease_wait_s) as held:
@@ -148,7 +156,7 @@ def register_and_promote(
             return {**decision, "promoted": False, "reason": "already champion (idempotent re-run)"}
         reason = "first champion"
         if champion is not None:
-            champion_correct = logits_of_registered(name, champion.version, split, prepared).argmax(1) == split.y
+            champion_correct = registered_predictor(name, champion.version, prepared)(split).argmax(1) == split.y
             verdict = judge(challenger_correct, champion_correct, g)
             decision.update({k: v for k, v in verdict.items() if k not in ("wins", "rule")})
             if not verdict["wins"]:

@@ -74,6 +74,12 @@ def _refuse_if_stale(recorded: dict | None, expected: dict, ckpt_path: Path) -> 
     )
 
 
+def check_resumable(ckpt_path: Path, fingerprint: dict) -> None:
+    """Refuse a checkpoint of another run before any work (fit checks again when it resumes)."""
+    if ckpt_path.is_file():
+        _refuse_if_stale(safe_torch_load(ckpt_path, "checkpoint").get("fingerprint"), fingerprint, ckpt_path)
+
+
 def resume_state(state: TrainState, ckpt_path: Path, result: FitResult, fingerprint: dict | None = None) -> int:
     """Load the last checkpoint into ``state`` and ``result``; returns the epoch to start from.
 

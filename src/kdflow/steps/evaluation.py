@@ -46,15 +46,22 @@ def _lineage(student_dir: Path) -> dict[str, str]:
     return {**info.get("lineage", {}), **{k: info[k] for k in LINEAGE_KEYS if k in info}}  # type: ignore[literal-required]
 
 
-def compare(cfg: Config, prepared: data.PreparedData, dirs: dict[str, Path], out: Path) -> dict:
+def compare(
+    cfg: Config, prepared: data.PreparedData, dirs: dict[str, Path], loaded: dict[str, nn.Module], out: Path
+) -> dict:
     """The evaluation summary (``evaluation.json``): per-model metrics, KD gain, transfer rate, gate, plots."""
-    loaded = {name: load_step_model(d, prepared.num_classes, name) for name, d in dirs.items()}
-    logits = {name: evaluate.predict_logits(m, prepared.test, prepared.normalizer()) for name, m in loaded.items()}
+    norm = prepared.normalizer()
+    logits = {name: evaluate.predict_logits(m, prepared.test, norm) for name, m in loaded.items()}
     scores = {name: _model_metrics(name, m, logits, prepared, cfg, out) for name, m in loaded.items()}
+    for name, m in loaded.items():  # what the gate reads: the test figures above are reported only
+        scores[name]["val_accuracy"] = evaluate.accuracy(evaluate.predict_logits(m, prepared.val, norm), prepared.val.y)
     acc_t = scores["teacher"]["accuracy"]
     for name in ("student", "scratch"):
         if name in scores:
             scores[name]["retention"] = evaluate.retention(scores[name]["accuracy"], acc_t)
+            scores[name]["val_retention"] = evaluate.retention(
+                scores[name]["val_accuracy"], scores["teacher"]["val_accuracy"]
+            )
             scores[name]["compression_ratio"] = scores["teacher"]["parameters"] / max(1, scores[name]["parameters"])
     summary = {
         "models": scores,
@@ -91,13 +98,14 @@ def evaluate_models(
     from kdflow.report import render_report
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     prepared = data.load_prepared(data_dir)
     ctx = start_pipeline(cfg, ctx or RunContext())
     dirs = {"teacher": Path(teacher_dir), "student": Path(student_dir)}
     if scratch_dir:
         dirs["scratch"] = Path(scratch_dir)
-    summary = compare(cfg, prepared, dirs, out)
+    loaded = {name: load_step_model(d, prepared.num_classes, name) for name, d in dirs.items()}  # before any write
+    out.mkdir(parents=True, exist_ok=True)
+    summary = compare(cfg, prepared, dirs, loaded, out)
     atomic_write_json(out / "evaluation.json", summary)
     atomic_write_text(out / "report.md", render_report(summary))
     write_resolved(cfg, out)

@@ -6,31 +6,28 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from kdflow import checkpoints
 from kdflow.config import Config
 from kdflow.data import PreparedData
 
 
-def cache_factory(cfg: Config, teacher: nn.Module, teacher_path: str):
+def cache_factory(cfg: Config, teacher: nn.Module, teacher_sha256: str):
     """A function that builds (or reuses) the cache for the prepared data and says what it did."""
 
     def build(prepared: PreparedData) -> tuple[object, dict]:
         from kdflow import cache
         from kdflow.allocator import keep_freed_memory
         from kdflow.compiled import compile_frozen
-        from kdflow.io import sha256_file
         from kdflow.trainer import pick_device
 
         if cfg.train.keep_freed_memory:
             keep_freed_memory()
         views = cfg.distill.cache_views or max(1, cfg.epochs_for("student"))
         cache_dir = Path(cfg.distill.cache_dir or Path(cfg.storage.state_dir) / "teacher_cache")
-        teacher_file = checkpoints.resolve_source(teacher_path, "teacher")
         forward = teacher.to(pick_device(cfg.train.device))  # built where training runs, stored on CPU
         if cfg.distill.compile_teacher:
             forward = compile_frozen(teacher)
         tc, path, reused = cache.get_or_build(
-            forward, sha256_file(teacher_file), prepared, views, cfg.distill.cache_seed, cache_dir
+            forward, teacher_sha256, prepared, views, cfg.distill.cache_seed, cache_dir
         )
         print(
             f"[distill_student] teacher cache {'reused' if reused else 'built'}: {path} "

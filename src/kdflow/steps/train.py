@@ -18,7 +18,7 @@ from kdflow.io import atomic_write_json, atomic_write_text, csv_text, read_json,
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline, upload
 from kdflow.steps.results import PrepResult, TrainResult
-from kdflow.trainer import FitResult, fit
+from kdflow.trainer import FitResult, check_resumable, fit
 
 STEP_NAMES = {"teacher": "train_teacher", "scratch": "train_student_scratch", "distill": "distill_student"}
 UPLOADED = ["model.pt", "history.csv", "metrics.json", "config.resolved.yaml"]
@@ -110,20 +110,21 @@ class TrainingJob:
     def step(self) -> str:
         return STEP_NAMES[self.role]
 
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / "train_state" / "checkpoint.pt"
+
 
 def _fit(
     job: TrainingJob,
+    fp: dict,
     model: nn.Module,
     objective: nn.Module,
     prepared: data.PreparedData,
     on_epoch: Callable[[dict], None] | None,
-) -> tuple[FitResult, dict, dict]:
-    """The training loop of one step (with the teacher cache when distilling offline) and its fingerprint."""
+) -> tuple[FitResult, dict]:
+    """The training loop of one step, with the teacher cache when distilling offline."""
     cfg, model_role = job.cfg, "teacher" if job.role == "teacher" else "student"
-    checkpoint = job.out / "train_state" / "checkpoint.pt"
-    if job.fresh:
-        checkpoint.unlink(missing_ok=True)
-    print_ = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest)
     teacher_cache, cache_info = job.cache_factory(prepared) if job.cache_factory is not None else (None, {})
     fitted = fit(
         model,
@@ -132,20 +133,24 @@ def _fit(
         cfg.train,
         epochs=cfg.epochs_for(model_role),
         lr=cfg.lr_for(model_role),
-        out_dir=checkpoint.parent,
+        out_dir=job.checkpoint.parent,
         desc=job.step,
         teacher_cache=teacher_cache,
         on_epoch=on_epoch,
-        fingerprint=print_,
+        fingerprint=fp,
     )
     objective.close()  # type: ignore[operator]  # every objective module has close()
-    return fitted, cache_info, print_
+    return fitted, cache_info
 
 
 def train_model(job: TrainingJob) -> TrainResult | None:
     """Train ``job.arch`` in ``job.role``; None on the ranks of DDP other than 0."""
     cfg, ctx, out = job.cfg, job.ctx, job.out
     prepared = data.load_prepared(job.data_dir)
+    fp = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest)
+    if job.fresh:
+        job.checkpoint.unlink(missing_ok=True)
+    check_resumable(job.checkpoint, fp)  # a stale checkpoint stops here: no MLflow run, no cache build
     dist_info = info_from_env()
     if dist_info.is_main:  # fails fast on a bad tracking URI, before any training; only rank 0 talks to MLflow
         start_pipeline(cfg, ctx)
@@ -155,7 +160,7 @@ def train_model(job: TrainingJob) -> TrainResult | None:
     objective = job.objective_factory(model, prepared)
     tags = {"kdflow.role": job.role, "kdflow.arch": job.arch, "kdflow.data_digest": prepared.digest, **job.lineage}
     with record.training_run(tracker, ctx, job.step, cfg, prepared, tags) as run_id:
-        fitted, cache_info, print_ = _fit(job, model, objective, prepared, record.epoch_logger(tracker, run_id))
+        fitted, cache_info = _fit(job, fp, model, objective, prepared, record.epoch_logger(tracker, run_id))
         if not dist_info.is_main:
             return None
         metrics = _metrics(model, fitted, prepared, dist_info, cfg, cache_info)
@@ -175,7 +180,7 @@ def train_model(job: TrainingJob) -> TrainResult | None:
             "data_digest": prepared.digest,
             "metrics": metrics,
             "lineage": job.lineage,
-            "fingerprint": print_,
+            "fingerprint": fp,
             "parent_run_id": ctx.parent_run_id,
             "pipeline_run_id": ctx.pipeline_run_id,
             "config_hash": cfg.digest(),
@@ -300,9 +305,8 @@ def distill(
     def objective(model: nn.Module, prepared: data.PreparedData) -> nn.Module:
         return DistillObjective(teachers, model, cfg.distill, tuple(prepared.train.x.shape[1:]), prepared.num_classes)
 
-    teacher_file = checkpoints.resolve_source(str(teacher_path), "teacher")
-    extra_files = [checkpoints.resolve_source(t.source, "distill.extra_teachers") for t in cfg.distill.extra_teachers]
-    digests = [sha256_file(f) for f in (teacher_file, *extra_files)]
+    sources = [str(teacher_path), *(t.source for t in cfg.distill.extra_teachers)]
+    digests = [sha256_file(checkpoints.resolve_source(s, "teacher")) for s in sources]  # resolved once, above
     job = TrainingJob(
         cfg,
         "distill",
@@ -312,7 +316,7 @@ def distill(
         ctx or RunContext(),
         objective,
         _teacher_lineage(cfg, str(teacher_path), teacher_meta["arch"]),
-        cache_factory(cfg, teacher, str(teacher_path)) if cfg.distill.cache else None,
+        cache_factory(cfg, teacher, digests[0]) if cfg.distill.cache else None,
         teacher_digest=",".join(digests),
         fresh=fresh,
     )
