@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.installed
 PROFILE  ?= default
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run test test-unit test-fast lint typecheck check compile golden data venv stack stack-down stack-env bench bench-quick clean
+.PHONY: run tune test test-unit test-fast lint typecheck check compile golden data venv stack stack-down stack-env bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,6 +51,13 @@ compile: $(STAMP)
 ## Regenerate the compiled pipeline, which the compile test also uses as its golden copy.
 golden: $(STAMP)
 	$(BIN)/python -m pipelines compile --out pipelines/kdflow_distillation.yaml
+	$(BIN)/python -m pipelines compile --pipeline autodistill --out pipelines/kdflow_autodistill.yaml
+
+## Automated distillation on a small budget (< 15 min on 2 cores): the study, the Pareto front and the pick.
+## Continues the study if run again; `make tune TUNE_OUT=dir` to keep several.
+TUNE_OUT ?= local_outputs/tune
+tune: $(STAMP) data
+	$(BIN)/kdflow tune --config configs/fashion_mnist.yaml --profile tune --out $(TUNE_OUT)
 
 ## Benchmarks of ../shared/BENCH.md (never in CI). `bench` takes hours here: it runs in the background.
 bench: $(STAMP) data

@@ -1,7 +1,7 @@
 """Entry points: compile the IR YAML, run the DAG locally, submit or schedule it on a KFP server.
 
-python -m pipelines compile [--out pipelines/kdflow_distillation.yaml] [--gpu]
-python -m pipelines run --local [--profile default] [--root local_outputs] [--set k=v ...]
+python -m pipelines compile [--pipeline distillation|autodistill] [--out FILE] [--gpu] [--rounds R --parallel P]
+python -m pipelines run --local [--pipeline autodistill] [--profile default] [--root local_outputs] [--set k=v ...]
 python -m pipelines submit --host URL [--profile default]
 python -m pipelines schedule --host URL --cron "0 0 3 * * *" [--data-window ...]
 """
@@ -14,15 +14,27 @@ import sys
 from kdflow.errors import KdflowError
 
 
+def _shape(args) -> dict:
+    return {k: v for k, v in (("rounds", args.rounds), ("parallel", args.parallel)) if v is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compile", help="write the KFP IR YAML")
-    c.add_argument("--out", default="pipelines/kdflow_distillation.yaml")
+    c.add_argument("--out", default=None, help="default: pipelines/kdflow_<pipeline>.yaml")
     c.add_argument("--gpu", action="store_true", help="request one nvidia.com/gpu on training steps")
-    r = sub.add_parser("run", help="run the whole DAG")
+    for p in (c, r := sub.add_parser("run", help="run the whole DAG")):
+        p.add_argument(
+            "--pipeline",
+            choices=["distillation", "autodistill"],
+            default="distillation",
+            help="autodistill: tune (Optuna ask/tell rounds, parallel trial pods) -> the pick -> gate -> promote",
+        )
+        p.add_argument("--rounds", type=int, default=None, help="autodistill: ask/tell rounds per study")
+        p.add_argument("--parallel", type=int, default=None, help="autodistill: trials per round (pods in parallel)")
     r.add_argument("--local", action="store_true", required=True, help="use kfp.local.SubprocessRunner(use_venv=False)")
     r.add_argument("--profile", default="default")
     r.add_argument("--root", default="local_outputs", help="local pipeline root")
@@ -48,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "compile":
             from pipelines.runner import compile_pipeline
 
-            print(compile_pipeline(args.out, use_gpu=args.gpu))
+            out = args.out or f"pipelines/kdflow_{args.pipeline}.yaml"
+            print(compile_pipeline(out, use_gpu=args.gpu, which=args.pipeline, **_shape(args)))
         elif args.cmd == "run":
             from pipelines.runner import run_local
 
@@ -58,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                 overrides=args.overrides,
                 data_window=args.data_window,
                 teacher_source=args.teacher_source,
+                which=args.pipeline,
+                **_shape(args),
             )
         elif args.cmd == "submit":
             from pipelines.runner import submit

@@ -59,6 +59,45 @@ def _gpu(task: dsl.PipelineTask, use_gpu: bool) -> dsl.PipelineTask:
     return task
 
 
+def students_and_release(cfg, ds, teacher_model, run_id, use_gpu: bool) -> None:
+    """scratch twin || distilled student -> evaluate -> export -> If(gate) promote: both pipelines end so."""
+    conf = _configure
+    scratch = train_student_scratch(config=cfg, dataset=ds, pipeline_run_id=run_id)
+    _gpu(conf(scratch, "train", cache=False, retries=2, shm=True), use_gpu)
+
+    student = distill_student(config=cfg, dataset=ds, teacher=teacher_model, pipeline_run_id=run_id)
+    _gpu(conf(student, "train", cache=False, retries=2, shm=True), use_gpu)
+
+    ev = evaluate(
+        config=cfg,
+        dataset=ds,
+        teacher=teacher_model,
+        scratch=scratch.outputs["student"],
+        student=student.outputs["student"],
+        pipeline_run_id=run_id,
+    )
+    conf(ev, "light", cache=False)
+
+    ex = export(
+        config=cfg,
+        dataset=ds,
+        student=student.outputs["student"],
+        evaluation=ev.outputs["evaluation"],
+        pipeline_run_id=run_id,
+    )
+    conf(ex, "light", cache=False)
+
+    with dsl.If(ex.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
+        promo = register_and_promote(
+            config=cfg,
+            dataset=ds,
+            student=student.outputs["student"],
+            exported=ex.outputs["exported"],
+            pipeline_run_id=run_id,
+        )
+        conf(promo, "light", cache=False)
+
+
 def build_pipeline(use_gpu: bool = False):
     """Return the pipeline function (the local runner ignores the Kubernetes-only settings)."""
     conf = _configure
@@ -113,42 +152,7 @@ def build_pipeline(use_gpu: bool = False):
 
             teacher = train_teacher(config=cfg, dataset=ds, pipeline_run_id=run_id)
             _gpu(conf(teacher, "train", cache=True, retries=2, shm=True), use_gpu)
-            scratch = train_student_scratch(config=cfg, dataset=ds, pipeline_run_id=run_id)
-            _gpu(conf(scratch, "train", cache=False, retries=2, shm=True), use_gpu)
-
-            student = distill_student(
-                config=cfg, dataset=ds, teacher=teacher.outputs["teacher"], pipeline_run_id=run_id
-            )
-            _gpu(conf(student, "train", cache=False, retries=2, shm=True), use_gpu)
-
-            ev = evaluate(
-                config=cfg,
-                dataset=ds,
-                teacher=teacher.outputs["teacher"],
-                scratch=scratch.outputs["student"],
-                student=student.outputs["student"],
-                pipeline_run_id=run_id,
-            )
-            conf(ev, "light", cache=False)
-
-            ex = export(
-                config=cfg,
-                dataset=ds,
-                student=student.outputs["student"],
-                evaluation=ev.outputs["evaluation"],
-                pipeline_run_id=run_id,
-            )
-            conf(ex, "light", cache=False)
-
-            with dsl.If(ex.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - KFP condition
-                promo = register_and_promote(
-                    config=cfg,
-                    dataset=ds,
-                    student=student.outputs["student"],
-                    exported=ex.outputs["exported"],
-                    pipeline_run_id=run_id,
-                )
-                conf(promo, "light", cache=False)
+            students_and_release(cfg, ds, teacher.outputs["teacher"], run_id, use_gpu)
 
     return kdflow_distillation
 

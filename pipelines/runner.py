@@ -12,13 +12,17 @@ from kdflow.errors import ConfigError
 from pipelines.distillation import DEFAULT_CONFIG, PIPELINE_NAME, build_pipeline
 
 
-def compile_pipeline(out: str | Path, use_gpu: bool = False) -> Path:
+def compile_pipeline(out: str | Path, use_gpu: bool = False, which: str = "distillation", **shape) -> Path:
+    """Compile ``which`` (distillation, or autodistill with ``rounds``/``parallel``) to ``out``."""
     from kfp import compiler
+
+    from pipelines.autodistill import build_autodistill
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.yaml")
-    compiler.Compiler().compile(build_pipeline(use_gpu=use_gpu), str(tmp))
+    pipeline = build_pipeline(use_gpu=use_gpu) if which == "distillation" else build_autodistill(use_gpu, **shape)
+    compiler.Compiler().compile(pipeline, str(tmp))
     tmp.replace(out)
     return out
 
@@ -39,6 +43,8 @@ def run_local(
     overrides: list[str] | None = None,
     data_window: str = "",
     teacher_source: str = "",
+    which: str = "distillation",
+    **shape,
 ) -> dict:
     from kfp import local
 
@@ -53,8 +59,14 @@ def run_local(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root_path), raise_on_error=True)
     before = set(root_path.iterdir())
     started = time.time()
-    pipeline = build_pipeline()
-    pipeline(profile=profile, extra_overrides=overrides, data_window=data_window, teacher_source=teacher_source)
+    if which == "distillation":
+        build_pipeline()(
+            profile=profile, extra_overrides=overrides, data_window=data_window, teacher_source=teacher_source
+        )
+    else:
+        from pipelines.autodistill import build_autodistill
+
+        build_autodistill(False, **shape)(profile=profile, extra_overrides=overrides)
     new = sorted(set(root_path.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     run_dir = new[-1] if new else max(root_path.iterdir(), key=lambda p: p.stat().st_mtime)
     summary = summarize(run_dir)
@@ -99,7 +111,11 @@ def print_summary(summary: dict) -> None:
     if ev:
         print(render_table(summary_rows(ev, ex)))
         if ev.get("transfer_rate") is not None:
-            print(f"\nKD gain over scratch {100 * ev['kd_gain']:+.2f} pt, transfer rate {ev['transfer_rate']:.3f}")
+            print(
+                f"\nKD gain over scratch {100 * ev['kd_gain']:+.2f} pt (test), transfer rate {ev['transfer_rate']:.3f}"
+            )
+        if ev.get("kd_verdict"):
+            print(ev["kd_verdict"])
     if ex:
         print(f"\nGate: {verdict(ex['gate'])}")
         print("\n".join(gate_lines(ex["gate"], "  - ")))

@@ -118,3 +118,37 @@ def test_cached_distillation_step(setup, tiny_data, tmp_path):
     a = checkpoints.load_model(tmp_path / "kd" / "model.pt")[0].state_dict()
     b = checkpoints.load_model(tmp_path / "kd2" / "model.pt")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mixed_views_the_teacher_saw_are_the_ones_the_student_gets(setup, tmp_path):
+    """Function matching offline: the cache stores each view's partner and weight and the teacher's
+    logits on the mixed image; the trainer's batches rebuild exactly that image."""
+    d, teacher = setup["d"], setup["teacher"]
+    norm = data.Normalizer(d.mean, d.std)
+    for kind in ("mixup", "cutmix"):
+        tc, path, _ = cache.get_or_build(teacher, setup["sha"], d, 2, 5, tmp_path, {"kind": kind, "alpha": 1.0})
+        reloaded = cache.load(path, tc.key)
+        for epoch in (0, 1):
+            batches = data.iterate(
+                d.train,
+                64,
+                norm,
+                shuffle=True,
+                augment=d.manifest["augmentation"],
+                seed=epoch,
+                views=reloaded.params_for_epoch(epoch),
+                mix={"kind": kind, "alpha": 1.0, "num_classes": 10},
+                mix_views=reloaded.mix_for_epoch(epoch),
+            )
+            xb, targets, idx = next(batches)
+            with torch.no_grad():
+                live = teacher(xb)
+            assert torch.allclose(reloaded.logits_for(idx, epoch), live, atol=2e-2, rtol=1e-2)
+            assert targets.shape == (len(idx), 10) and torch.allclose(targets.sum(1), torch.ones(len(idx)))
+            assert (targets.max(1).values < 1).any()  # the labels are mixed too
+        plain = cache.cache_key(setup["sha"], d, 2, 5)
+        assert tc.key != plain and key_differs_only_in_mix(tc.key, plain)
+
+
+def key_differs_only_in_mix(a: dict, b: dict) -> bool:
+    return {k for k in a if a[k] != b.get(k)} == {"mix"}

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kdflow.mixing import MixParams, apply_mix, draw_mix, mixed_targets
+
 
 @dataclass
 class Split:
@@ -83,13 +85,17 @@ def iterate(
     rank: int = 0,
     world: int = 1,
     views: torch.Tensor | None = None,
+    mix: dict | None = None,
+    mix_views: MixParams | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (normalized float batch, labels, sample indices). Same seed -> same batches.
 
     With ``world > 1`` every rank draws the same permutation and keeps its shard; augmentation then
     uses a per-rank stream so ranks do not share crop offsets. ``views`` (N x 3 per-sample augmentation
     parameters, e.g. from a teacher cache) replaces the random augmentation: each sample gets exactly
-    the view stored for it.
+    the view stored for it. ``mix`` ({kind, alpha, num_classes}) mixes every sample with a partner and
+    yields mixed soft targets (N x C) instead of labels; ``mix_views`` fixes the partners and weights
+    per train-set index (a teacher cache stores them), else they are drawn from the same seeded stream.
     """
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(split), generator=gen) if shuffle else torch.arange(len(split))
@@ -98,14 +104,28 @@ def iterate(
         gen = torch.Generator().manual_seed(seed * 7919 + rank + 1)
     n = len(order)
     stop = n - (n % batch_size) if drop_last and n > batch_size else n
+    pad = augment.get("crop_padding", 0) if augment else 0
+
+    def augmented(sample_idx: torch.Tensor) -> torch.Tensor:
+        xb = split.x[sample_idx]
+        if views is not None:
+            return apply_augmentation(xb, views[sample_idx], pad)
+        if augment and augment.get("enabled"):
+            return augment_batch(xb, pad, augment.get("hflip", False), gen)
+        return xb
+
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
-        xb = split.x[idx]
-        if views is not None:
-            xb = apply_augmentation(xb, views[idx], augment.get("crop_padding", 0) if augment else 0)
-        elif augment and augment.get("enabled"):
-            xb = augment_batch(xb, augment.get("crop_padding", 0), augment.get("hflip", False), gen)
-        yield normalizer(xb), split.y[idx], idx
+        xb, yb = normalizer(augmented(idx)), split.y[idx]
+        if mix:
+            mp = (
+                mix_views.take(idx)
+                if mix_views is not None
+                else draw_mix(len(idx), len(split), mix["kind"], mix["alpha"], tuple(xb.shape[-2:]), gen)
+            )
+            xb = apply_mix(xb, normalizer(augmented(mp.partner)), mp, mix["kind"])
+            yb = mixed_targets(yb, split.y[mp.partner], mp.lam, mix["num_classes"])
+        yield xb, yb, idx
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:

@@ -87,6 +87,26 @@ def _relaunch_under_torchrun(argv: list[str], nproc: int) -> int:
     return subprocess.call(cmd)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; fix: pass e.g. --trials 20") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value}); fix: pass e.g. --trials 20")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds; fix: pass e.g. --timeout 600") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text}); fix: e.g. --timeout 600")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdflow", description="Knowledge distillation steps (teacher -> student).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scratch", action="store_true", help="also train the scratch baseline and compare")
 
+    p = sub.add_parser(
+        "tune",
+        help="automated distillation: search students and recipes under a budget (Optuna), "
+        "tune the pick's scratch twin the same way, write the Pareto front and best.yaml",
+    )
+    _common(p)
+    p.add_argument("--trials", type=_positive_int, help="trials of the distillation study (default: tune.trials)")
+    p.add_argument(
+        "--timeout", type=_positive_float, help="stop starting distillation trials after SECONDS (tune.timeout_s)"
+    )
+
     p = sub.add_parser("evaluate", help="compare teacher, scratch and distilled student on the test split")
     _common(p)
     p.add_argument("--data", required=True)
@@ -160,7 +191,12 @@ def _config(args):
     from kdflow.config import load_config
 
     path = args.config if args.config else (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
-    return load_config(path, args.profile, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "trials", None) is not None:
+        overrides.append(f"tune.trials={args.trials}")
+    if getattr(args, "timeout", None) is not None:
+        overrides.append(f"tune.timeout_s={args.timeout}")
+    return load_config(path, args.profile, overrides)
 
 
 def _print_eval(summary: dict) -> None:
@@ -168,13 +204,18 @@ def _print_eval(summary: dict) -> None:
 
     print(render_table(summary_rows(summary)))
     if summary.get("transfer_rate") is not None:
-        print(f"transfer rate {summary['transfer_rate']:.3f}; KD gain {100 * summary['kd_gain']:+.2f} pt")
+        print(f"transfer rate {summary['transfer_rate']:.3f}; KD gain {100 * summary['kd_gain']:+.2f} pt (test)")
+    if summary.get("kd_verdict"):
+        print(summary["kd_verdict"])
 
 
 def _run_all(cfg, args, ctx) -> None:
     from kdflow import steps
 
-    summary = steps.run_all(cfg, args.out, ctx, args.data, args.teacher or cfg.teacher.source, args.scratch, args.fresh)
+    twin = any(v is not None for v in cfg.scratch_twin.model_dump().values())  # a best.yaml of kdflow tune
+    summary = steps.run_all(
+        cfg, args.out, ctx, args.data, args.teacher or cfg.teacher.source, args.scratch or twin, args.fresh
+    )
     if summary is not None:
         _print_eval(summary)
 
@@ -199,6 +240,12 @@ def _distill(cfg, args, ctx) -> None:
     steps.distill(cfg, args.data, teacher, args.out, ctx, args.fresh)
 
 
+def _tune(cfg, args, ctx) -> None:
+    from kdflow.tune import tune
+
+    tune(cfg, args.out)
+
+
 def _export(cfg, args, ctx) -> None:
     from kdflow import steps
     from kdflow.gate import verdict
@@ -221,6 +268,7 @@ COMMANDS = {
     "train-student": lambda cfg, a, ctx: _steps().train(cfg, "scratch", a.data, a.out, ctx, a.fresh),
     "distill": _distill,
     "run": _run_all,
+    "tune": _tune,
     "evaluate": lambda cfg, a, ctx: _print_eval(
         _steps().evaluate_models(cfg, a.data, a.teacher, a.scratch, a.student, a.out, ctx)
     ),

@@ -134,17 +134,17 @@ def torch_speed(model: nn.Module, input_shape: tuple[int, ...], cfg: EvaluateCon
 # ----------------------------------------------------------------------------- plots
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     """Render to memory, then write atomically: a plot is complete or absent, never half-written."""
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    _plt().close(fig)
+    pyplot().close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +154,7 @@ def _plt():
 
 
 def plot_confusion(cm: list[list[int]], class_names: list[str], title: str, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     a = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(a, cmap="Blues")
@@ -176,7 +176,7 @@ def plot_confusion(cm: list[list[int]], class_names: list[str], title: str, path
     ax.set_title(title)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_bins(logits: torch.Tensor, y: torch.Tensor, n_bins: int) -> list[dict]:
@@ -201,7 +201,7 @@ def reliability_bins(logits: torch.Tensor, y: torch.Tensor, n_bins: int) -> list
 
 
 def plot_reliability(curves: dict[str, list[dict]], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     for name, rows in curves.items():
@@ -211,11 +211,11 @@ def plot_reliability(curves: dict[str, list[dict]], path: Path) -> Path:
     ax.set_title("Reliability diagram (test)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_history(histories: dict[str, list[dict]], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for name, hist in histories.items():
         if not hist:
@@ -231,4 +231,4 @@ def plot_history(histories: dict[str, list[dict]], path: Path) -> Path:
         a.legend(fontsize=8)
         a.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -24,8 +24,9 @@ def _gate(checks: dict[str, Check], complete: bool = True) -> Gate:
     return {"passed": complete and all(c["passed"] for c in checks.values()), "checks": checks, "complete": complete}
 
 
-def quality_gate(g: GateConfig, student: dict) -> Gate:
-    """Accuracy and retention (student/teacher) on the validation split, latency and size of the student.
+def quality_gate(g: GateConfig, student: dict, kd_gain_val: float | None = None) -> Gate:
+    """Accuracy and retention (student/teacher) on the validation split, latency and size of the student,
+    and (``gate.min_kd_gain``) the gain over the scratch twin on the validation split.
 
     The gate decides what may be promoted, so it reads validation figures; test figures are only reported.
     """
@@ -48,7 +49,23 @@ def quality_gate(g: GateConfig, student: dict) -> Gate:
             "rule": f"{student['size_bytes']} <= {g.max_size_bytes}",
         },
     }
+    if g.min_kd_gain is not None:
+        checks["kd_gain"] = {
+            "passed": kd_gain_val is not None and kd_gain_val >= g.min_kd_gain,
+            "rule": f"{kd_gain_val:+.4f} >= {g.min_kd_gain:+}"
+            if kd_gain_val is not None
+            else "no scratch twin was evaluated (kdflow run --scratch, or the pipeline's scratch step)",
+        }
     return _gate(checks)
+
+
+def kd_verdict(kd_gain_val: float) -> str:
+    """What the user should ship, in words (validation gain of the distilled student over its scratch twin)."""
+    if kd_gain_val > 0:
+        return f"distillation paid: {100 * kd_gain_val:+.2f} pt over the scratch twin on validation"
+    return (
+        f"distillation did not pay for this budget ({100 * kd_gain_val:+.2f} pt on validation): use the scratch model"
+    )
 
 
 def release_gate(g: GateConfig, quality: Gate | None, parity_ok: bool, parity_problems: list[str]) -> Gate:

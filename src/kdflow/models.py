@@ -1,13 +1,15 @@
 """Model zoo by name, plus size and compute reports.
 
 Names: ``resnet20``, ``cnn-small``, ``mlp`` (as ../shared/BENCH.md defines them), ``mobilenet-tiny``
-(a depthwise-separable student), ``cnn-wide`` (a fast mid-size teacher), and any torchvision
+(a depthwise-separable student), ``cnn-wide`` (a fast mid-size teacher), the parametric family
+``cnn-<width>x<depth>`` (:class:`ParamCNN`), and any torchvision
 classification model as ``tv:<name>`` or by its bare name (first conv and classifier adapted).
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +76,40 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.block2(self.block1(x)), 1))
+
+
+class ParamCNN(nn.Module):
+    """``cnn-<width>x<depth>``: the parametric student family that makes the size axis continuous.
+
+    ceil(depth/2) conv-BN-ReLU layers of ``width`` channels at full resolution, max-pool, floor(depth/2)
+    layers of 2*width at half resolution, max-pool, linear classifier. ``cnn-8x2`` has cnn-small's shape.
+    """
+
+    def __init__(self, width: int, depth: int, num_classes: int = 10, in_channels: int = 1, image_size: int = 28):
+        super().__init__()
+        if width < 1 or depth < 2:
+            raise ModelError("student.arch", f"cnn-{width}x{depth} is too small", "use width >= 1 and depth >= 2")
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for stage, n in enumerate((depth - depth // 2, depth // 2)):
+            cout = width * (2**stage)
+            for _ in range(n):
+                layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                cin = cout
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        side = image_size // 4
+        self.fc = nn.Linear(cin * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+PARAM_CNN = re.compile(r"^cnn-(\d+)x(\d+)$")
+
+
+def param_cnn_name(width: int, depth: int) -> str:
+    return f"cnn-{width}x{depth}"
 
 
 class MLP(nn.Module):
@@ -167,6 +203,9 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_si
     """Build a freshly initialised model by name (seed torch before calling for determinism)."""
     if name in ZOO:
         return ZOO[name](num_classes, in_channels, image_size)
+    family = PARAM_CNN.match(name)
+    if family:
+        return ParamCNN(int(family[1]), int(family[2]), num_classes, in_channels, image_size)
     tv_name = name[3:] if name.startswith("tv:") else name
     return _torchvision(tv_name, num_classes, in_channels)
 

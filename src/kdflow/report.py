@@ -84,6 +84,8 @@ def render_report(evaluation: dict, export: dict | None = None, gate: Gate | Non
             f"transfer rate: {_num(evaluation.get('transfer_rate'), '{:.3f}')}",
             "",
         ]
+    if evaluation.get("kd_verdict"):
+        parts += [f"**{evaluation['kd_verdict']}**", ""]
     s = evaluation["models"]["student"]
     parts += [
         f"Student: KL(teacher || student) = {s['kl_teacher_student']:.4f}, NLL = {s['nll']:.4f}, "

@@ -23,6 +23,13 @@ PIPELINE_TAG = "kdflow.pipeline_run_id"
 STEP_TAG = "kdflow.step"
 
 
+# MLflow 3 opens an experiment without this tag in its GenAI view; kdflow's runs are model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# History columns that never change within a run: logged once as params, not as per-epoch metrics.
+CONSTANT_COLUMNS = ("global_batch", "world_size")
+
+
 def tracking_uri(cfg: Config) -> str:
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
@@ -96,9 +103,13 @@ class Tracker:
             exp.experiment_id
             if exp
             else self.client.create_experiment(
-                cfg.tracking.experiment, artifact_location=local_artifact_location(self.uri, cfg.tracking.experiment)
+                cfg.tracking.experiment,
+                artifact_location=local_artifact_location(self.uri, cfg.tracking.experiment),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         )
+        if exp is not None and exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     # ------------------------------------------------------------------ runs
     def parent_run(self, pipeline_run_id: str, tags: dict[str, str]) -> str:
@@ -157,10 +168,23 @@ class Tracker:
         metrics = []
         for row in history:
             for k, v in row.items():
-                if k != "epoch" and isinstance(v, int | float):
+                if k not in ("epoch", *CONSTANT_COLUMNS) and isinstance(v, int | float):
                     metrics.append(Metric(f"{prefix}{k}", float(v), 0, int(row["epoch"])))
         for i in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[i : i + 500])
+        constants = {k: history[0][k] for k in CONSTANT_COLUMNS if history and k in history[0]}
+        self._log_params_once(run_id, constants)
+
+    def _log_params_once(self, run_id: str, params: dict[str, Any]) -> None:
+        """Params are immutable in MLflow: log only those the run does not have yet."""
+        if not params:
+            return
+        have = self.client.get_run(run_id).data.params
+        new = {k: str(v) for k, v in params.items() if k not in have}
+        if new:
+            from mlflow.entities import Param
+
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in new.items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], prefix: str = "") -> None:
         from mlflow.entities import Metric

@@ -25,6 +25,7 @@ from kdflow.data import PreparedData, iterate, stream_seed
 from kdflow.errors import ConfigError, TrainingDiverged
 from kdflow.evaluate import accuracy, predict_logits
 from kdflow.io import atomic_torch_save, safe_torch_load
+from kdflow.mixing import hard_labels
 from kdflow.optim import build_optimizer, lr_factor
 from kdflow.train_setup import TrainState, _TrainStep, autocast_for, pick_device, setup
 
@@ -122,6 +123,8 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     correct = seen = 0
     views = teacher_cache.params_for_epoch(epoch) if teacher_cache is not None else None
+    mix = {"kind": cfg.mix, "alpha": cfg.mix_alpha, "num_classes": data.num_classes} if cfg.mix != "none" else None
+    mix_views = teacher_cache.mix_for_epoch(epoch) if teacher_cache is not None and mix else None
     batches = iterate(
         data.train,
         state.batch,
@@ -133,6 +136,8 @@ def train_one_epoch(
         rank=state.dist.rank,
         world=state.dist.world,
         views=views,
+        mix=mix,
+        mix_views=mix_views,
     )
     bar = tqdm(
         batches,
@@ -159,7 +164,7 @@ def train_one_epoch(
         _optimizer_step(state, loss, cfg)
         n = len(yb)
         seen += n
-        correct += int((logits.detach().argmax(1) == yb).sum())
+        correct += int((logits.detach().argmax(1) == hard_labels(yb)).sum())
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
         sums["total"] = sums.get("total", 0.0) + float(loss.detach()) * n

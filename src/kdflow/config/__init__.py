@@ -28,6 +28,7 @@ from kdflow.config.sections import (
     TrackingConfig,
     TrainConfig,
 )
+from kdflow.config.tune import SearchSpace, TuneConfig
 
 # The prep_data component imports knob_overrides from here, and its source is embedded verbatim in the
 # compiled pipeline YAML (golden-tested), so the mapping that lives in kdflow.kfp_params is re-exported.
@@ -48,6 +49,8 @@ __all__ = [
     "TeacherConfig",
     "TrackingConfig",
     "TrainConfig",
+    "SearchSpace",
+    "TuneConfig",
     "apply_overrides",
     "build_config",
     "config_from_yaml_text",

@@ -7,11 +7,10 @@ import json
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+from kdflow.config.base import Section as _Section
+from kdflow.config.tune import TuneConfig
 
 
 class DataConfig(_Section):
@@ -62,6 +61,12 @@ class TrainConfig(_Section):
     seed: int = 0
     select: Literal["final", "best_val"] = Field("final", description="which weights a step outputs")
     device: str = "auto"
+    mix: Literal["none", "mixup", "cutmix"] = Field(
+        "none",
+        description="mix each training image with a partner (mixup or cutmix); when distilling, the "
+        "teacher sees the identical mixed image (function matching, Beyer et al. 2022), cached or live",
+    )
+    mix_alpha: float = Field(1.0, gt=0, description="Beta(a, a) draws the mixing weight")
 
 
 class ModelSection(_Section):
@@ -75,6 +80,17 @@ class TeacherConfig(ModelSection):
     source: str | None = Field(
         None, description="use this teacher instead of training one: checkpoint path, s3:// URI or models:/ URI"
     )
+    snapshot_epochs: list[int] = Field(
+        default_factory=list,
+        description="also save the teacher after these epochs (model-epoch<N>.pt), for distill.teacher_checkpoint",
+    )
+
+    @field_validator("snapshot_epochs")
+    @classmethod
+    def _positive_epochs(cls, v: list[int]) -> list[int]:
+        if any(e < 1 for e in v):
+            raise ValueError(f"epochs count from 1 (got {v}); fix: e.g. teacher.snapshot_epochs=[5, 10]")
+        return sorted(set(v))
 
 
 class StudentConfig(ModelSection):
@@ -105,6 +121,15 @@ class FeatureLossSpec(_Section):
         return _registered(v, "FEATURE_LOSSES")
 
 
+class ScratchTwinConfig(_Section):
+    """The scratch twin's own recipe where it was tuned separately (kdflow tune); None = the student's."""
+
+    lr: float | None = Field(None, gt=0)
+    epochs: int | None = Field(None, ge=0)
+    weight_decay: float | None = Field(None, ge=0)
+    mix: Literal["none", "mixup", "cutmix"] | None = None
+
+
 class ExtraTeacher(_Section):
     arch: str
     source: str
@@ -129,6 +154,12 @@ class DistillConfig(_Section):
     cache_views: int = Field(0, ge=0, description="K views per sample; 0 = one per student epoch")
     cache_seed: int = 0
     cache_dir: str | None = Field(None, description="default: <storage.state_dir>/teacher_cache")
+    teacher_checkpoint: str = Field(
+        "final",
+        pattern=r"^(final|best_val|epoch:[1-9][0-9]*)$",
+        description="which teacher to distil from: final, best_val (the best validation epoch) or epoch:N "
+        "(a snapshot; early-stopped teachers can suit small students, Cho & Hariharan 2019)",
+    )
     compile_teacher: bool = Field(
         False,
         description="torch.compile the frozen teacher(s) for the online forward and "
@@ -210,6 +241,13 @@ class GateConfig(_Section):
     min_improvement: float = Field(
         0.0, ge=0, description="validation-accuracy margin the challenger needs over the champion"
     )
+    min_kd_gain: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="the distilled student must beat its scratch twin by this much validation accuracy "
+        "(e.g. 0.005 = +0.5 pt); None = not required",
+    )
     promotion_alpha: float = Field(
         0.05,
         gt=0,
@@ -249,7 +287,46 @@ class Config(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    scratch_twin: ScratchTwinConfig = Field(default_factory=ScratchTwinConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     profile: str = "base"
+
+    @model_validator(mode="after")
+    def _mix_needs_label_free_soft_loss(self) -> Config:
+        if self.train.mix != "none" and self.distill.method == "dkd":
+            raise ValueError(
+                "DKD splits the loss at the one true class, a mixed image has two; "
+                "fix: set train.mix=none or distill.method=kd"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _snapshots_exist_for_the_space(self) -> Config:
+        wanted = {
+            c for c in [*self.tune.space.teacher_checkpoints, self.distill.teacher_checkpoint] if c.startswith("epoch:")
+        }
+        missing = sorted(int(c.split(":")[1]) for c in wanted) if not self.teacher.source else []
+        missing = [e for e in missing if e not in self.teacher.snapshot_epochs]
+        if missing:
+            raise ValueError(
+                f"teacher checkpoints of epochs {missing} are asked for but not saved; "
+                f"fix: add them to teacher.snapshot_epochs, e.g. teacher.snapshot_epochs={missing}"
+            )
+        return self
+
+    def scratch_config(self) -> Config:
+        """This config with the scratch twin's own recipe applied (the scratch step trains with it)."""
+        twin = self.scratch_twin
+        out = self.model_copy(deep=True)
+        if twin.lr is not None:
+            out.student.lr = twin.lr
+        if twin.epochs is not None:
+            out.student.epochs = twin.epochs
+        if twin.weight_decay is not None:
+            out.train.weight_decay = twin.weight_decay
+        if twin.mix is not None:
+            out.train.mix = twin.mix
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

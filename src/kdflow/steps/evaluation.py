@@ -9,7 +9,7 @@ import torch.nn as nn
 from kdflow import checkpoints, data, evaluate, models
 from kdflow.config import Config, write_resolved
 from kdflow.errors import CheckpointError
-from kdflow.gate import quality_gate
+from kdflow.gate import kd_verdict, quality_gate
 from kdflow.io import atomic_write_json, atomic_write_text, read_json
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
@@ -74,7 +74,9 @@ def compare(
             scores["student"]["accuracy"], scores["scratch"]["accuracy"], acc_t
         )
         summary["kd_gain"] = scores["student"]["accuracy"] - scores["scratch"]["accuracy"]
-    summary["quality_gate"] = quality_gate(cfg.gate, scores["student"])
+        summary["kd_gain_val"] = scores["student"]["val_accuracy"] - scores["scratch"]["val_accuracy"]
+        summary["kd_verdict"] = kd_verdict(summary["kd_gain_val"])
+    summary["quality_gate"] = quality_gate(cfg.gate, scores["student"], summary.get("kd_gain_val"))
     evaluate.plot_reliability(
         {name: evaluate.reliability_bins(logits[name], prepared.test.y, cfg.evaluate.ece_bins) for name in loaded},
         out / "reliability.png",

@@ -15,7 +15,7 @@ from kdflow.config import Config
 from kdflow.data import PreparedData
 from kdflow.gate import Gate
 from kdflow.steps.context import RunContext
-from kdflow.tracking import Tracker
+from kdflow.tracking import CONSTANT_COLUMNS, Tracker
 
 
 def prep(tracker: Tracker | None, ctx: RunContext, cfg: Config, manifest: dict, out: Path) -> dict[str, str]:
@@ -64,7 +64,7 @@ def trained_model(
     """Final metrics, history and the model as a LoggedModel (kdflow's weights-only checkpoint rides along)."""
     if tracker is None or run_id is None:
         return {}
-    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None})
+    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if v is not None and k not in CONSTANT_COLUMNS})
     if (out / "history.csv").is_file():
         tracker.log_artifact(run_id, out / "history.csv")
     example = prepared.test.x[:2].float().numpy() / 255.0
@@ -93,7 +93,7 @@ def evaluation(
         tracker.log_dataset(prepared.manifest, prepared.manifest["source"], "test")
         for name, r in summary["models"].items():
             tracker.log_metrics(run_id, {k: v for k, v in r.items() if not isinstance(v, list)}, prefix=f"{name}.")
-        for k in ("transfer_rate", "kd_gain"):
+        for k in ("transfer_rate", "kd_gain", "kd_gain_val"):
             if summary.get(k) is not None:
                 tracker.log_metrics(run_id, {k: summary[k]})
         for f in (

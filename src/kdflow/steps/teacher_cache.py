@@ -26,8 +26,9 @@ def cache_factory(cfg: Config, teacher: nn.Module, teacher_sha256: str):
         forward = teacher.to(pick_device(cfg.train.device))  # built where training runs, stored on CPU
         if cfg.distill.compile_teacher:
             forward = compile_frozen(teacher)
+        mix = {"kind": cfg.train.mix, "alpha": cfg.train.mix_alpha} if cfg.train.mix != "none" else None
         tc, path, reused = cache.get_or_build(
-            forward, teacher_sha256, prepared, views, cfg.distill.cache_seed, cache_dir
+            forward, teacher_sha256, prepared, views, cfg.distill.cache_seed, cache_dir, mix
         )
         print(
             f"[distill_student] teacher cache {'reused' if reused else 'built'}: {path} "

@@ -18,6 +18,7 @@ from kdflow.io import atomic_write_json, atomic_write_text, csv_text, read_json,
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline, upload
 from kdflow.steps.results import PrepResult, TrainResult
+from kdflow.steps.teacher_checkpoints import TEACHER_CHECKPOINTS, chosen_teacher, save_variant, with_snapshots
 from kdflow.trainer import FitResult, check_resumable, fit
 
 STEP_NAMES = {"teacher": "train_teacher", "scratch": "train_student_scratch", "distill": "distill_student"}
@@ -160,7 +161,8 @@ def train_model(job: TrainingJob) -> TrainResult | None:
     objective = job.objective_factory(model, prepared)
     tags = {"kdflow.role": job.role, "kdflow.arch": job.arch, "kdflow.data_digest": prepared.digest, **job.lineage}
     with record.training_run(tracker, ctx, job.step, cfg, prepared, tags) as run_id:
-        fitted, cache_info = _fit(job, fp, model, objective, prepared, record.epoch_logger(tracker, run_id))
+        on_epoch = with_snapshots(job, model, prepared, record.epoch_logger(tracker, run_id))
+        fitted, cache_info = _fit(job, fp, model, objective, prepared, on_epoch)
         if not dist_info.is_main:
             return None
         metrics = _metrics(model, fitted, prepared, dist_info, cfg, cache_info)
@@ -174,6 +176,8 @@ def train_model(job: TrainingJob) -> TrainResult | None:
             cfg,
             {"role": job.role, "data_digest": prepared.digest, **job.lineage},
         )
+        if job.role == "teacher" and fitted.best_state is not None:
+            save_variant(model, fitted.best_state, job.arch, prepared, out / TEACHER_CHECKPOINTS["best_val"])
         result: TrainResult = {
             "role": job.role,
             "arch": job.arch,
@@ -201,9 +205,14 @@ def train_model(job: TrainingJob) -> TrainResult | None:
 def train(
     cfg: Config, role: str, data_dir: PathArg, out_dir: PathArg, ctx: RunContext | None = None, fresh: bool = False
 ) -> TrainResult | None:
-    """Train the teacher (role='teacher') or the scratch baseline student (role='scratch')."""
+    """Train the teacher (role='teacher') or the scratch baseline student (role='scratch').
+
+    The scratch twin trains with ``scratch_twin``'s recipe where kdflow tune tuned it separately.
+    """
     from kdflow.objective import SupervisedObjective
 
+    if role == "scratch":
+        cfg = cfg.scratch_config()
     arch = cfg.teacher.arch if role == "teacher" else cfg.student.arch
     job = TrainingJob(
         cfg,
@@ -269,8 +278,10 @@ def provide_teacher(
 
 def _teacher_lineage(cfg: Config, teacher_path: str, teacher_arch: str) -> dict[str, str]:
     local = Path(teacher_path)
-    info: dict[str, Any] = dict((results.read(local.parent, TrainResult) if local.exists() else None) or {})
+    final = local.exists() and local.name == TEACHER_CHECKPOINTS["final"]  # a snapshot is not the logged model
+    info: dict[str, Any] = dict((results.read(local.parent, TrainResult) if final else None) or {})
     return {
+        "kdflow.teacher_checkpoint": cfg.distill.teacher_checkpoint,
         "kdflow.teacher_arch": teacher_arch,
         "kdflow.teacher_model_id": info.get("model_id", ""),
         "kdflow.teacher_model_uri": info.get("model_uri", teacher_path),
@@ -295,6 +306,7 @@ def distill(
     if not manifest_path.is_file():
         data.load_prepared(data_dir)  # raises the one-line error
     num_classes = read_json(manifest_path)["num_classes"]
+    teacher_path = chosen_teacher(str(teacher_path), cfg.distill.teacher_checkpoint)
     teacher, teacher_meta = load_teacher(str(teacher_path), num_classes, "teacher")
     extra = [
         load_teacher(t.source, num_classes, f"distill.extra_teachers[{i}].source")[0]

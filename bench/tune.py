@@ -1,0 +1,176 @@
+"""Automated distillation measured: does the tuned pick beat its tuned scratch twin, and at what cost?
+
+Multi-fidelity on 2 cores: the study searches on a subset of the train split with short schedules
+(``--subset``, ``--search-epochs``; both studies, the same trial budget), then the pick and its scratch twin
+are trained with their tuned recipes at the protocol's length (``--final-epochs``, the whole train split)
+on ``--seeds``, and their test accuracy is reported once per final model. Selection reads validation only.
+The teacher is the protocol's (``--work`` holds ``data/`` and ``teacher/`` as bench/protocol.py leaves them).
+
+    .venv/bin/python bench/tune.py --profile tune --out local_outputs/tune   # the `make tune` study, 3 seeds
+    .venv/bin/python bench/tune.py --work bench/_work/full --name under-100k --max-params 100000
+    .venv/bin/python bench/tune.py --work bench/_work/full --name mlp --students mlp --subset 0 --search-epochs 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from protocol import ROOT, fmt, fmt_pt  # noqa: E402
+from results import write_section  # noqa: E402
+
+from kdflow import steps  # noqa: E402
+from kdflow.config import load_config  # noqa: E402
+from kdflow.tune import tune  # noqa: E402
+
+
+def _search(a, work: Path, out: Path):
+    if a.profile:  # a config profile's own study (e.g. what `make tune` runs), continued if already there
+        timing = out / "bench_wall.json"
+        fresh = not (out / "study.db").exists()
+        t0 = time.time()
+        result = tune(load_config(ROOT / "configs" / "fashion_mnist.yaml", a.profile, []), out)
+        if fresh:  # the whole tune from nothing: data, teacher, cache, both studies
+            timing.write_text(json.dumps({"seconds": time.time() - t0}))
+        return result, json.loads(timing.read_text())["seconds"] if timing.is_file() else float("nan")
+    sets = [
+        "tracking.enabled=false",
+        f"storage.state_dir={work / 'state'}",
+        f"teacher.source={(work / 'teacher' / 'model.pt').resolve()}",
+        f"tune.trials={a.trials}",
+        f"tune.space.epochs=[{a.search_epochs},{a.search_epochs}]",
+        f"tune.space.students=[{a.students}]",
+        f"tune.space.mix=[{a.mix}]",
+        f"tune.startup_trials={a.startup}",
+        "tune.objectives=[val_accuracy,params]",
+    ]
+    if a.subset:
+        sets.append(f"data.train_subset={a.subset}")
+    if a.max_params:
+        sets.append(f"tune.max_params={a.max_params}")
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", sets)
+    t0 = time.time()
+    result = tune(cfg, out)
+    return result, time.time() - t0
+
+
+def _final(best: Path, work: Path, a, seed: int, out: Path) -> dict[str, dict]:
+    """The pick (distilled) and its scratch twin at the protocol's length on the whole train split
+    (with --profile: exactly as the study trained them, on the study's data, other seeds)."""
+    sets = ["tracking.enabled=false", f"train.seed={seed}"]
+    if not a.profile:
+        sets += [
+            f"storage.state_dir={work / 'state'}",
+            "data.train_subset=null",
+            f"student.epochs={a.final_epochs}",
+            f"scratch_twin.epochs={a.final_epochs}",
+            f"distill.cache_views={a.final_epochs}",
+            f"distill.cache_dir={work / 'state' / 'teacher_cache'}",
+        ]
+    cfg = load_config(best, None, sets)
+    runs = {}
+    for kind in ("distill", "scratch"):
+        d = out / f"{kind}-seed{seed}"
+        if not (d / "metrics.json").is_file():
+            t0 = time.time()
+            if kind == "distill":
+                steps.distill(cfg, work / "data", work / "teacher" / "model.pt", d)
+            else:
+                steps.train(cfg, "scratch", work / "data", d)
+            (d / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
+        runs[kind] = {**json.loads((d / "metrics.json").read_text()), **json.loads((d / "wall.json").read_text())}
+        print(f"final {kind} seed {seed}: test {runs[kind]['test_accuracy']:.4f}", flush=True)
+    return runs
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", help="tune this config profile as is (its data, budget and space) into --out")
+    p.add_argument("--out", help="with --profile: the study directory (default local_outputs/tune)")
+    p.add_argument("--work", default="bench/_work/full")
+    p.add_argument("--name", default="under-100k")
+    p.add_argument("--students", default="cnn")
+    p.add_argument("--max-params", type=int, default=100_000)
+    p.add_argument("--mix", default="none")
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--startup", type=int, default=4)
+    p.add_argument("--subset", type=int, default=15_000, help="train samples the search sees (0 = all)")
+    p.add_argument("--search-epochs", type=int, default=4)
+    p.add_argument("--final-epochs", type=int, default=15)
+    p.add_argument("--seeds", default="0")
+    a = p.parse_args()
+    if a.profile:
+        out = work = Path(a.out or "local_outputs/tune")
+        a.name = a.profile
+    else:
+        work = Path(a.work)
+        if not (work / "teacher" / "model.pt").is_file() or not (work / "data" / "manifest.json").is_file():
+            raise SystemExit(f"error: --work: no data/ and teacher/ under {work}; fix: run bench/protocol.py first")
+        out = work / "tune" / a.name
+    result, wall = _search(a, work, out)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    finals = {s: _final(result.best_yaml, work, a, s, out / "final") for s in seeds}
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    walls = [float(r["wall_s"]) for r in rows if r["wall_s"]]
+    done = [r for r in rows if r["state"] in ("complete", "pruned")]
+    shutil.copy(out / "pareto.png", ROOT / "bench" / f"tune-{a.name}-pareto.png")
+    kd = [finals[s]["distill"]["test_accuracy"] for s in seeds]
+    twin = [finals[s]["scratch"]["test_accuracy"] for s in seeds]
+    gains = [k - t for k, t in zip(kd, twin, strict=True)]
+    pick, tw = result.pick, result.twin or {}
+    front = list(csv.DictReader((out / "pareto.csv").open()))
+    cfg = load_config(result.best_yaml)
+    setting = (
+        f"Search: the `{a.profile}` profile as is ({cfg.tune.trials} distillation trials + as many scratch-twin trials, "
+        f"{cfg.tune.space.epochs} epochs, {cfg.data.train_subset or 'all'} train samples, teacher {cfg.teacher.arch}, "
+        f"students {cfg.tune.space.students}, budget {cfg.tune.max_params} parameters). Final: the pick and its twin "
+        f"retrained exactly as tuned on seeds {a.seeds} (seed 0 is the study's own run), test reported once per model."
+        if a.profile
+        else None
+    )
+    body = [
+        setting
+        or f"Search: {a.trials} distillation trials + as many scratch-twin trials, {a.search_epochs} epochs each on "
+        f"{a.subset or 'all'} train samples (students `{a.students}`, budget {a.max_params:,} parameters, mix `{a.mix}`), "
+        f"the protocol's resnet20 teacher cached (views shared by every trial). Final: the pick and its twin with their "
+        f"tuned recipes, {a.final_epochs} epochs on the whole train split, seeds {a.seeds}.",
+        "",
+        f"- {'whole tune (data, teacher, cache, both studies)' if a.profile else 'search'} wall: "
+        f"{wall / 60:.1f} min for {len(rows)} trials ({len(done)} finished; "
+        f"{3600 * len(rows) / wall:.1f} trials/hour; median trial {sorted(walls)[len(walls) // 2]:.0f} s)",
+        f"- pick: `{pick['arch']}` ({pick['params']:,} params), recipe `{json.dumps(pick['recipe'])}`",
+        f"- its scratch twin's tuned recipe: `{json.dumps(tw.get('recipe', {}))}`",
+        f"- search (validation, short schedule): distilled {100 * pick['val_accuracy']:.2f}% vs twin "
+        f"{100 * tw.get('val_accuracy', float('nan')):.2f}%",
+        "",
+        "| final model | test accuracy | seeds |",
+        "|---|---|---|",
+        f"| pick, distilled | {fmt(kd)} | {a.seeds} |",
+        f"| its scratch twin (tuned) | {fmt(twin)} | {a.seeds} |",
+        f"| KD gain (paired by seed) | {fmt_pt(gains)} | {a.seeds} |",
+        "",
+        "Pareto front of the search (validation accuracy, short schedule):",
+        "",
+        "| trial | student | val acc | params | MACs |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['number']}{' (pick)' if r['pick'] == 'True' else ''} | {r['arch']} | "
+            f"{100 * float(r['val_accuracy']):.2f}% | {int(r['params']):,} | {int(r['macs']):,} |"
+            for r in front
+        ),
+        "",
+        f"![Pareto front](tune-{a.name}-pareto.png)",
+    ]
+    write_section(f"Automated distillation: {a.name}", "\n".join(body))
+    print("\n".join(body))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+
+from components.image import KDFLOW_IMAGE
+
+
+@dsl.component(base_image=KDFLOW_IMAGE, install_kfp_package=False)
+def tune_conclude(config: Input[Artifact], dataset: Input[Dataset], teacher: Input[Model], study: Input[Artifact],
+                  best_config: Output[Artifact], tune_report: Output[Artifact], summary: Output[Markdown]):
+    """Pick the student, compare it with its tuned scratch twin, write the Pareto front and the best config."""
+    import os
+    from pathlib import Path
+
+    from kdflow.config import load_config
+    from kdflow.tune import rounds
+
+    result = rounds.conclude(load_config(config.path), Path(study.path), Path(dataset.path),
+                             Path(os.path.join(teacher.path, "model.pt")), Path(tune_report.path),
+                             Path(best_config.path))
+    with open(summary.path, "w") as fh:
+        fh.write("\n\n".join(result.verdict))

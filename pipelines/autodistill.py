@@ -1,0 +1,77 @@
+"""The automated-distillation DAG: prep -> teacher -> tune (ask/tell rounds, trials in parallel pods)
+-> the pick distilled || its tuned scratch twin -> evaluate -> export -> If(gate) promote.
+
+Rounds and parallelism are fixed when the pipeline is compiled (KFP unrolls them): ``rounds`` rounds of
+``parallel`` distillation trials, then as many scratch-twin rounds. Locally, ``kdflow tune`` runs the
+same study in one process (with pruning, which needs trials to see each other).
+"""
+
+from kfp import dsl
+
+from components import prep_data, train_teacher, tune_ask, tune_conclude, tune_setup, tune_tell, tune_trial
+from pipelines.distillation import EMBEDDED_CONFIG, _configure, _gpu, students_and_release
+
+PIPELINE_NAME = "kdflow-autodistill"
+ROUNDS, PARALLEL = 3, 4
+
+
+def _tune_rounds(cfg, ds, teacher_model, cache, study, kind: str, rounds: int, parallel: int, run_id, use_gpu: bool):
+    for r in range(rounds):
+        ask = tune_ask(config=cfg, dataset=ds, study=study, kind=kind, count=parallel)
+        _configure(ask, "light", cache=False).set_display_name(f"ask {kind} round {r + 1}")
+        with dsl.ParallelFor(ask.outputs["Output"], parallelism=parallel, name=f"{kind}-trials-{r + 1}") as spec:
+            trial = tune_trial(
+                config=cfg, dataset=ds, teacher=teacher_model, teacher_cache=cache, spec=spec, pipeline_run_id=run_id
+            )
+            _gpu(_configure(trial, "train", cache=False, retries=1, shm=True), use_gpu)
+        tell = tune_tell(config=cfg, study=ask.outputs["study_out"], results=dsl.Collected(trial.output))
+        _configure(tell, "light", cache=False).set_display_name(f"tell {kind} round {r + 1}")
+        study = tell.outputs["study_out"]
+    return study
+
+
+def build_autodistill(use_gpu: bool = False, rounds: int = ROUNDS, parallel: int = PARALLEL):
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Find the student and recipe for which distillation pays under a budget; train, gate, promote it.",
+    )
+    def kdflow_autodistill(config_yaml: str = EMBEDDED_CONFIG, profile: str = "default", extra_overrides: list = []):  # noqa: B006
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        prep = prep_data(
+            config_yaml=config_yaml,
+            profile=profile,
+            extra_overrides=extra_overrides,
+            pipeline_run_id=run_id,
+            dataset_name="",
+            data_window="",
+            teacher_arch="",
+            teacher_source="",
+            student_arch="",
+            method="",
+            temperature=-1.0,
+            alpha=-1.0,
+            teacher_epochs=-1,
+            student_epochs=-1,
+            min_accuracy=-1.0,
+            min_retention=-1.0,
+            min_improvement=-1.0,
+        )
+        _configure(prep, "prep", cache=True)
+        cfg, ds = prep.outputs["config"], prep.outputs["dataset"]
+        teacher = train_teacher(config=cfg, dataset=ds, pipeline_run_id=run_id)
+        _gpu(_configure(teacher, "train", cache=True, retries=2, shm=True), use_gpu)
+        teacher_model = teacher.outputs["teacher"]
+
+        setup = tune_setup(config=cfg, dataset=ds, teacher=teacher_model)
+        _gpu(_configure(setup, "train", cache=True, shm=True), use_gpu)
+        cache = setup.outputs["teacher_cache"]
+        study = _tune_rounds(
+            cfg, ds, teacher_model, cache, setup.outputs["study"], "distill", rounds, parallel, run_id, use_gpu
+        )
+        study = _tune_rounds(cfg, ds, teacher_model, cache, study, "scratch", rounds, parallel, run_id, use_gpu)
+        pick = tune_conclude(config=cfg, dataset=ds, teacher=teacher_model, study=study)
+        _configure(pick, "light", cache=False)
+
+        students_and_release(pick.outputs["best_config"], ds, teacher_model, run_id, use_gpu)
+
+    return kdflow_autodistill

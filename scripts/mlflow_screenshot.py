@@ -1,0 +1,105 @@
+"""Screenshot a tune study's comparison view in the MLflow UI with headless Chromium (for the README).
+
+Starts ``mlflow server`` on 127.0.0.1 against the given tracking database (bounded lifetime, stopped by
+its PID), opens the compare-runs page of the study's trial runs, and writes a PNG.
+
+    .venv/bin/python scripts/mlflow_screenshot.py --db .kdflow/mlflow.db --out docs/mlflow-tune-compare.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", default=".kdflow/mlflow.db")
+    p.add_argument("--experiment", default="kdflow")
+    p.add_argument("--out", default="docs/mlflow-tune-compare.png")
+    p.add_argument("--wait", type=int, default=20000, help="ms of page time before the screenshot")
+    a = p.parse_args()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        raise SystemExit("error: chromium not found; fix: apt-get install chromium")
+    uri = f"sqlite:///{Path(a.db).resolve()}"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(a.experiment)
+    trials = client.search_runs([exp.experiment_id], "tags.`kdflow.step` = 'tune_trial'", max_results=40)
+    if not trials:
+        raise SystemExit(f"error: --db: no tune trial runs in '{a.db}'; fix: run `make tune` first")
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        ids = json.dumps([r.info.run_id for r in trials])
+        url = f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}"
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                f"--virtual-time-budget={a.wait}",
+                "--window-size=1600,1400",
+                f"--screenshot={out}",
+                url,
+            ],
+            check=True,
+            timeout=180,
+            capture_output=True,
+        )
+        print(f"{out} ({out.stat().st_size:,} bytes) <- {url}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""``kdflow tune``: prep and teacher once, the distillation study, the scratch twin's study, the outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdflow import data, models
+from kdflow.config import Config
+from kdflow.config.sections import ScratchTwinConfig
+from kdflow.errors import TrainingDiverged
+from kdflow.io import atomic_write_json, atomic_write_text
+from kdflow.steps.context import RunContext, start_pipeline
+from kdflow.tune import record, report, space, study
+from kdflow.tune.trial import Study, run_trial
+
+# input shape and classes of the built-in datasets: the budget is checked before any work
+KNOWN_INPUTS = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
+
+
+@dataclass
+class TuneResult:
+    out: Path
+    pick: dict[str, Any]
+    twin: dict[str, Any] | None
+    kd_gain_val: float | None
+    best_yaml: Path
+    summary: dict[str, Any]
+
+    @property
+    def verdict(self) -> list[str]:
+        return verdict_lines(self)
+
+    @property
+    def pays(self) -> bool:
+        return self.kd_gain_val is not None and self.kd_gain_val > 0
+
+
+def _prepared(cfg: Config, out: Path, ctx: RunContext) -> Path:
+    from kdflow import steps
+
+    data_dir = out / "data"
+    if not (data_dir / "manifest.json").is_file() or not (data_dir / "data.pt").is_file():
+        steps.prep(cfg, data_dir, ctx)
+    return data_dir
+
+
+def _teacher(cfg: Config, data_dir: Path, out: Path, ctx: RunContext) -> Path:
+    from kdflow import steps
+
+    teacher_dir = out / "teacher"
+    if not (teacher_dir / "model.pt").is_file() or not (teacher_dir / "step.json").is_file():
+        steps.provide_teacher(cfg, data_dir, teacher_dir, ctx)
+    return teacher_dir / "model.pt"
+
+
+def _recipe(trial) -> dict[str, Any]:
+    p = trial.params
+    recipe = {k: p[k] for k in ("lr", "weight_decay", "epochs", "method", "temperature", "alpha") if k in p}
+    recipe["mix"] = p.get("mix", p.get("mix_dkd", "none"))
+    if "teacher_checkpoint" in p:
+        recipe["teacher_checkpoint"] = p["teacher_checkpoint"]
+    return recipe
+
+
+def _summary_of(trial, kind: str) -> dict[str, Any]:
+    a = trial.user_attrs
+    return {
+        "study": kind,
+        "trial": trial.number,
+        "arch": a["arch"],
+        "val_accuracy": a["val_accuracy"],
+        **{k: report.whole(a[k]) for k in ("params", "macs", "latency_ms") if k in a},
+        "recipe": _recipe(trial),
+    }
+
+
+def _best_config(cfg: Config, st: Study, chosen, twin, teacher_path: Path) -> Config:
+    recipe = _recipe(chosen)
+    arch = chosen.user_attrs["arch"]
+    model = models.build_model(arch, st.prepared.num_classes, st.input_shape[0], st.input_shape[-1])
+    from kdflow.tune.trial import _features
+
+    best = space.trial_config(cfg, arch, recipe, _features(st, model, recipe["method"]))
+    best.teacher.source = str(teacher_path.resolve())
+    best.distill.cache_views = st.cache_views
+    best.distill.cache_dir = str((st.out / "teacher_cache").resolve())
+    if twin is not None:
+        r = _recipe(twin)
+        best.scratch_twin = ScratchTwinConfig(
+            lr=r["lr"], epochs=r["epochs"], weight_decay=r["weight_decay"], mix=r["mix"]
+        )
+    return best
+
+
+def _print(result: TuneResult, front_rows: list[dict], cost: str) -> None:
+    rows = [
+        {
+            "trial": r["number"],
+            "student": r["arch"],
+            "val acc": f"{100 * r['val_accuracy']:.2f}%",
+            "params": f"{r['params']:,}",
+            "MACs": f"{r['macs']:,}",
+            **({"latency ms": f"{r['latency_ms']:.3f}"} if r["latency_ms"] != "" else {}),
+            "pick": "*" if r["pick"] else "",
+        }
+        for r in front_rows
+    ]
+    print(f"Pareto front (validation accuracy against {report.COST_LABELS[cost]}):")
+    print(report.markdown_table(rows))
+    for line in verdict_lines(result):
+        print(line)
+
+
+def verdict_lines(result: TuneResult) -> list[str]:
+    p, t = result.pick, result.twin
+    lines = [
+        f"pick: {p['arch']} ({p['params']:,} params), trial {p['trial']}: val accuracy {100 * p['val_accuracy']:.2f}% distilled"
+    ]
+    if t is None or result.kd_gain_val is None:
+        lines.append("no scratch twin trained: the KD gain is unknown")
+    else:
+        lines.append(
+            f"scratch twin ({t['arch']}, tuned over the same shared knobs, {result.summary['scratch_trials']} trials): "
+            f"val accuracy {100 * t['val_accuracy']:.2f}%; KD gain {100 * result.kd_gain_val:+.2f} pt on validation"
+        )
+        lines.append(
+            "distillation pays for this budget: use the distilled student"
+            if result.pays
+            else "distillation did not pay for this budget: use the scratch model"
+        )
+    lines.append(f"train it for real: kdflow distill --config {result.best_yaml} --out OUT")
+    return lines
+
+
+def study_key(out: Path, cfg: Config) -> str:
+    blob = f"{out.resolve()}|{sorted(study.identity(cfg).items())}".encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def open_context(
+    cfg: Config,
+    data_dir: Path,
+    teacher_path: Path,
+    out: Path,
+    recorder: record.TrialRecorder,
+    cache_dir: Path | None = None,
+) -> Study:
+    """What every trial shares: prepared data, the frozen teacher(s), the feasible students."""
+    prepared = data.load_prepared(data_dir)
+    feasible = space.feasible_students(cfg.tune, tuple(prepared.train.x.shape[1:]), prepared.num_classes)
+    st = Study(cfg, prepared, teacher_path, out, feasible, recorder, cache_dir)
+    st.teacher()  # a missing or corrupt teacher fails here, before any trial
+    return st
+
+
+def finish(
+    cfg: Config, st: Study, kd, scratch, teacher_path: Path, best_path: Path, portable: bool = False
+) -> TuneResult:
+    """trials.csv, pareto.csv/png, best.yaml (``portable``: no local paths, for pipeline pods) and tune.json."""
+    out, cost = st.out, cfg.tune.cost
+    kd_trials = report.complete(kd)
+    chosen = report.pick(kd_trials, cost)
+    rows = report.trial_rows(kd, "distill") + (report.trial_rows(scratch, "scratch") if scratch is not None else [])
+    if chosen is None:
+        report.write_tables(out, rows, [])
+        raise TrainingDiverged(
+            "tune.space",
+            f"none of the {len(kd.trials)} distillation trials completed (see {out / 'trials.csv'})",
+            "widen the space (lower tune.space.lr, more epochs) or switch tune.pruner=none",
+        )
+    twin = report.pick(report.complete(scratch), cost) if scratch is not None else None
+    front = report.pareto_front(kd_trials, cost)
+    front_rows = report.pareto_rows(front, chosen)
+    report.write_tables(out, rows, front_rows)
+    costs = ["params", *(["latency_ms"] if "latency_ms" in chosen.user_attrs else [])]
+    report.plot_pareto(out / "pareto.png", kd_trials, costs, chosen, twin.user_attrs["val_accuracy"] if twin else None)
+    best = _best_config(cfg, st, chosen, twin, teacher_path)
+    if portable:  # the pipeline passes the teacher as an artifact and builds the cache where it trains
+        best.teacher.source = None
+        best.distill.cache_dir = None
+    atomic_write_text(best_path, best.to_yaml())
+    if best_path != out / "best.yaml":
+        atomic_write_text(out / "best.yaml", best.to_yaml())
+    pick_summary = _summary_of(chosen, "distill")
+    twin_summary = _summary_of(twin, "scratch") if twin is not None else None
+    gain = pick_summary["val_accuracy"] - twin_summary["val_accuracy"] if twin_summary else None
+    summary = {
+        "distill_trials": len(kd.trials),
+        "distill_finished": study.finished(kd),
+        "scratch_trials": study.finished(scratch) if scratch is not None else 0,
+        "pick_val_accuracy": pick_summary["val_accuracy"],
+        "twin_val_accuracy": twin_summary["val_accuracy"] if twin_summary else None,
+        "kd_gain_val": gain,
+        "pareto_size": len(front),
+    }
+    result = TuneResult(out, pick_summary, twin_summary, gain, best_path, summary)
+    atomic_write_json(
+        out / "tune.json", {"pick": pick_summary, "twin": twin_summary, **summary, "verdict": verdict_lines(result)}
+    )
+    _print(result, front_rows, cost)
+    return result
+
+
+def pick_arch(kd, cfg: Config) -> str:
+    chosen = report.pick(report.complete(kd), cfg.tune.cost)
+    if chosen is None:
+        raise TrainingDiverged(
+            "tune.space", "no distillation trial completed", "widen the space or switch tune.pruner=none"
+        )
+    return str(chosen.user_attrs["arch"])
+
+
+def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
+    """Run (or continue) the study in ``out_dir``; see the package docstring."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    study.check_identity(out, cfg)  # a study of another config is refused before anything is touched
+    if cfg.data.dataset in KNOWN_INPUTS:
+        space.feasible_students(cfg.tune, *KNOWN_INPUTS[cfg.data.dataset])  # an unmeetable budget, before any work
+    with study.exclusive(out):
+        key = study_key(out, cfg)
+        ctx = start_pipeline(cfg, RunContext(pipeline_run_id=f"tune-{key}"))
+        data_dir = _prepared(cfg, out, ctx)
+        teacher_path = _teacher(cfg, data_dir, out, ctx)
+        study.write_identity(out, cfg)
+        run_id = record.study_run(ctx.tracker, key, cfg)
+        st = open_context(cfg, data_dir, teacher_path, out, record.TrialRecorder(ctx.tracker, run_id))
+        kd = study.open_study(out, "distill", cfg, len(cfg.tune.objectives))
+        study.optimize(kd, lambda t: run_trial(t, st, "distill"), cfg.tune.trials, cfg.tune.timeout_s)
+        arch = pick_arch(kd, cfg)
+        scratch = study.open_study(out, f"scratch-{arch}", cfg, 1)
+        n_scratch = cfg.tune.scratch_trials if cfg.tune.scratch_trials is not None else study.finished(kd)
+        study.optimize(scratch, lambda t: run_trial(t, st, "scratch", arch), n_scratch, None)
+        result = finish(cfg, st, kd, scratch, teacher_path, out / "best.yaml")
+        result.summary["wall_s"] = time.perf_counter() - t0
+        atomic_write_json(
+            out / "tune.json", {**json.loads((out / "tune.json").read_text()), "wall_s": result.summary["wall_s"]}
+        )
+        record.study_outputs(ctx.tracker, run_id, out, result.summary)
+        return result

@@ -1,0 +1,157 @@
+"""One trial: sample a student and recipe, train it on the shared teacher cache, report val accuracy per epoch."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import torch.nn as nn
+
+from kdflow import cache, models
+from kdflow.config import Config
+from kdflow.data import PreparedData
+from kdflow.errors import KdflowError
+from kdflow.io import sha256_file
+from kdflow.objective import DistillObjective, SupervisedObjective
+from kdflow.trainer import fit
+from kdflow.tune import space
+from kdflow.tune.cost import model_cost
+from kdflow.tune.record import TrialRecorder
+
+
+@dataclass
+class Study:
+    """What every trial of one tune shares: config, data, teacher, its caches, budget, where to write."""
+
+    cfg: Config
+    prepared: PreparedData
+    teacher_path: Path  # the final teacher; best_val and epoch snapshots sit next to it
+    out: Path
+    feasible: space.Feasible
+    recorder: TrialRecorder
+    cache_dir: Path | None = None  # default: out/teacher_cache
+    caches: dict[tuple[str, str], cache.TeacherCache] = field(default_factory=dict)
+    teachers: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
+
+    def teacher(self, which: str = "final") -> tuple[nn.Module, str]:
+        """The frozen teacher ``distill.teacher_checkpoint`` names, and its sha256 (loaded once)."""
+        if which not in self.teachers:
+            from kdflow.steps.teacher_checkpoints import chosen_teacher
+            from kdflow.steps.train import load_teacher
+
+            path = chosen_teacher(str(self.teacher_path), which)
+            model, _ = load_teacher(path, self.prepared.num_classes)
+            self.teachers[which] = (model, sha256_file(path))
+        return self.teachers[which]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.prepared.train.x.shape[1:])
+
+    @property
+    def cache_views(self) -> int:
+        return self.cfg.tune.cache_views or self.cfg.tune.space.epochs[1]
+
+    def teacher_cache(self, mix: str, which: str = "final") -> cache.TeacherCache:
+        """One cache per mixing choice and teacher, built once and shared by every trial (memory and disk)."""
+        if (mix, which) not in self.caches:
+            spec = {"kind": mix, "alpha": self.cfg.train.mix_alpha} if mix != "none" else None
+            teacher, sha = self.teacher(which)
+            self.caches[(mix, which)], _, _ = cache.get_or_build(
+                teacher,
+                sha,
+                self.prepared,
+                self.cache_views,
+                self.cfg.distill.cache_seed,
+                self.cache_dir or self.out / "teacher_cache",
+                spec,
+            )
+        return self.caches[(mix, which)]
+
+
+def _features(study: Study, student: nn.Module, method: str) -> list[dict] | None:
+    """``kd+<loss>``: the loss between the last spatial maps of student and teacher; None if one has none."""
+    _, _, kind = method.partition("+")
+    if not kind:
+        return []
+    s_mod = space.last_feature_map(student, study.input_shape)
+    t_mod = space.last_feature_map(study.teacher()[0], study.input_shape)
+    if s_mod is None or t_mod is None:
+        return None
+    return [{"kind": kind, "student_module": s_mod, "teacher_module": t_mod}]
+
+
+def _stop(trial: optuna.Trial | optuna.trial.FixedTrial, reason: str) -> optuna.TrialPruned:
+    trial.set_user_attr("stopped", reason)
+    return optuna.TrialPruned(reason)
+
+
+def run_trial(
+    trial: optuna.Trial | optuna.trial.FixedTrial, study: Study, kind: str, student_arch: str | None = None
+) -> Any:
+    """``kind`` 'distill' samples student and KD recipe; 'scratch' trains ``student_arch`` on labels only."""
+    t0 = time.perf_counter()
+    tune = study.cfg.tune
+    student_name = student_arch or space.sample_student(trial, tune, study.feasible)
+    recipe = space.sample_recipe(trial, tune, distill=kind == "distill")
+    torch.manual_seed(study.cfg.train.seed)
+    model = models.build_model(student_name, study.prepared.num_classes, study.input_shape[0], study.input_shape[-1])
+    need_latency = "latency_ms" in tune.objectives or tune.max_latency_ms is not None
+    cost = model_cost(model, study.input_shape, latency=need_latency)
+    trial.set_user_attr("arch", student_name)
+    for k, v in cost.items():
+        trial.set_user_attr(k, v)
+    if tune.max_latency_ms is not None and cost["latency_ms"] > tune.max_latency_ms:
+        raise _stop(trial, f"over budget: latency {cost['latency_ms']:.3f} ms > {tune.max_latency_ms} ms")
+    features = _features(study, model, recipe["method"]) if kind == "distill" else []
+    if features is None:
+        raise _stop(trial, f"{recipe['method']}: {student_name} or the teacher has no spatial feature map")
+    cfg = space.trial_config(study.cfg, student_name, recipe, features)
+    if kind == "distill":
+        which = cfg.distill.teacher_checkpoint
+        objective: nn.Module = DistillObjective(
+            [study.teacher(which)[0]], model, cfg.distill, study.input_shape, study.prepared.num_classes
+        )
+        teacher_cache = study.teacher_cache(recipe["mix"], which) if cfg.distill.cache else None
+    else:
+        objective, teacher_cache = SupervisedObjective(), None
+    single = kind == "scratch" or len(tune.objectives) == 1  # the twin's study maximises accuracy alone
+    with study.recorder.trial_run(trial, kind, cfg, recipe) as log_epoch:
+
+        def on_epoch(row: dict) -> None:
+            log_epoch(row)
+            if single:  # Optuna prunes single-objective studies only; a cheap Pareto point is no failure
+                trial.report(row["val_acc"], row["epoch"])
+                if trial.should_prune():
+                    raise _stop(trial, f"pruned at epoch {row['epoch']} (val accuracy {row['val_acc']:.4f})")
+
+        try:
+            fitted = fit(
+                model,
+                objective,
+                study.prepared,
+                cfg.train,
+                epochs=cfg.epochs_for("student"),
+                lr=cfg.lr_for("student"),
+                out_dir=study.out / "trials" / f"{kind}-{trial.number:04d}",
+                desc=f"{kind} trial {trial.number}",
+                resume=False,
+                on_epoch=on_epoch,
+                teacher_cache=teacher_cache,
+            )
+        except KdflowError as e:  # diverged or collapsed: this recipe is hopeless, the study goes on
+            raise _stop(trial, f"stopped: {e.problem}") from None
+        finally:
+            objective.close()  # type: ignore[operator]
+            trial.set_user_attr("wall_s", time.perf_counter() - t0)
+            shutil.rmtree(study.out / "trials" / f"{kind}-{trial.number:04d}", ignore_errors=True)
+        history = fitted.history
+        val = fitted.best_val_acc if cfg.train.select == "best_val" else (history[-1]["val_acc"] if history else 0.0)
+        trial.set_user_attr("val_accuracy", val)
+        study.recorder.finish(trial, val, cost)
+    return (val, cost[tune.objectives[1]]) if not single else val

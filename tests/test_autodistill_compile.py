@@ -1,0 +1,49 @@
+"""The automated-distillation pipeline compiles offline to its committed YAML, with bounded parallel trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.image import KDFLOW_IMAGE
+from pipelines.autodistill import PARALLEL, ROUNDS
+from pipelines.runner import compile_pipeline
+
+pytestmark = pytest.mark.unit
+GOLDEN = Path(__file__).resolve().parent.parent / "pipelines" / "kdflow_autodistill.yaml"
+
+
+@pytest.fixture(scope="module")
+def ir(tmp_path_factory) -> dict:
+    out = compile_pipeline(tmp_path_factory.mktemp("ir") / "a.yaml", which="autodistill")
+    return list(yaml.safe_load_all(out.read_text()))[0]
+
+
+def test_matches_golden(ir):
+    golden = list(yaml.safe_load_all(GOLDEN.read_text()))[0]
+    for doc in (golden, ir):
+        doc.pop("sdkVersion", None)
+    assert ir == golden, "pipeline changed: run `make golden` and review the diff"
+
+
+def test_rounds_of_parallel_trials_feed_the_pick(ir):
+    tasks = ir["root"]["dag"]["tasks"]
+    loops = {n: t for n, t in tasks.items() if n.startswith("for-loop")}
+    assert len(loops) == 2 * ROUNDS  # distillation rounds, then the scratch twin's rounds
+    for task in loops.values():
+        assert task["parameterIterator"]["items"]["inputParameter"]
+        body = ir["components"][task["componentRef"]["name"]]["dag"]["tasks"]
+        assert [n.startswith("tune-trial") for n in body] == [True]
+        assert task["iteratorPolicy"]["parallelismLimit"] == PARALLEL
+    deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks.items()}
+    assert "train-teacher" in deps["tune-setup"]
+    assert any(d.startswith("tune-tell") for d in deps["tune-conclude"])
+    assert "tune-conclude" in deps["distill-student"] and "tune-conclude" in deps["train-student-scratch"]
+    assert "export" in str(tasks) and any(n.startswith("condition") for n in tasks)
+
+
+def test_every_step_runs_the_pinned_image(ir):
+    images = {e["container"]["image"] for e in ir["deploymentSpec"]["executors"].values()}
+    assert images == {KDFLOW_IMAGE}

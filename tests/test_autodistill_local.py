@@ -1,0 +1,37 @@
+"""The automated-distillation DAG run by KFP's local runner on the smoke profile (real data subset)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_autodistill_pipeline_runs_locally(tmp_path, monkeypatch):
+    from pipelines.runner import run_local
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    summary = run_local(
+        profile="smoke",
+        root=str(tmp_path / "root"),
+        overrides=["gate.max_latency_p95_ms=1000", "export.int8_min_agreement=0.9", "gate.min_accuracy=0.5"],
+        which="autodistill",
+        rounds=1,
+        parallel=2,
+    )
+    run_dir = Path(summary["run_dir"])
+    trials = list(csv.DictReader(next(run_dir.rglob("trials.csv")).open()))
+    assert sorted(r["study"] for r in trials) == ["distill", "distill", "scratch", "scratch"]
+    assert all(r["state"] in ("complete", "pruned") for r in trials)
+    best = next(p for p in run_dir.rglob("best_config") if p.is_file()).read_text()
+    pick = next(r for r in trials if r["study"] == "scratch")["arch"]
+    assert f"arch: {pick}" in best and "scratch_twin:" in best
+    ev = summary["evaluation"]
+    assert ev["models"]["student"]["parameters"] == ev["models"]["scratch"]["parameters"]  # the pick and its twin
+    assert "kd_gain_val" in ev and ev["kd_verdict"]
+    assert json.loads(next(run_dir.rglob("tune.json")).read_text())["pick"]["arch"] == pick

@@ -1,0 +1,36 @@
+"""distill.teacher_checkpoint: final, best_val or a snapshot of epoch N, saved by the teacher step."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import tiny_config
+
+from kdflow import steps
+from kdflow.config import build_config
+from kdflow.errors import ConfigError
+from kdflow.io import sha256_file
+
+
+def test_snapshot_not_saved_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"teacher.snapshot_epochs=\[3\]"):
+        build_config({"distill": {"teacher_checkpoint": "epoch:3"}})
+    with pytest.raises(ConfigError, match="teacher_checkpoint"):
+        build_config({"distill": {"teacher_checkpoint": "halfway"}})
+    build_config({"distill": {"teacher_checkpoint": "epoch:3"}, "teacher": {"snapshot_epochs": [3]}})
+
+
+def test_distil_from_a_snapshot_of_the_teacher(tiny_data, tmp_path):
+    cfg = tiny_config(tmp_path, teacher={"epochs": 2, "snapshot_epochs": [1]})
+    steps.train(cfg, "teacher", tiny_data, tmp_path / "teacher")
+    final, best, first = (tmp_path / "teacher" / n for n in ("model.pt", "model-best_val.pt", "model-epoch1.pt"))
+    assert final.is_file() and best.is_file() and first.is_file()
+    assert sha256_file(first) != sha256_file(final)
+
+    from_snapshot = tiny_config(tmp_path, distill={"teacher_checkpoint": "epoch:1"}, teacher={"snapshot_epochs": [1]})
+    info = steps.distill(from_snapshot, tiny_data, final, tmp_path / "student")
+    assert info["lineage"]["kdflow.teacher_model_uri"].endswith("model-epoch1.pt")
+    assert info["fingerprint"]["teacher_digest"] == sha256_file(first)
+
+    unsaved = tiny_config(tmp_path, distill={"teacher_checkpoint": "epoch:2"}, teacher={"snapshot_epochs": [2]})
+    with pytest.raises(ConfigError, match="no epoch:2 checkpoint"):
+        steps.distill(unsaved, tiny_data, final, tmp_path / "student2")

@@ -1,0 +1,164 @@
+"""kdflow tune end to end on a real Fashion-MNIST subset: outputs, MLflow, resume after kill -9, best.yaml."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from helpers import ROOT, tiny_config
+
+pytestmark = [pytest.mark.slow]
+KDFLOW = [sys.executable, "-m", "kdflow.cli"]
+
+
+def _config_file(tmp: Path, trials: int, epochs: int, tracking: bool = False) -> Path:
+    cfg = tiny_config(tmp, train={"warmup_epochs": 1, "lr": 0.05}, teacher={"epochs": 2}).to_dict()
+    cfg["tracking"] = {"enabled": tracking, "uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "tune-test"}
+    cfg["tune"] = {
+        "trials": trials,
+        "objectives": ["val_accuracy", "params"],
+        "max_params": 40_000,
+        "startup_trials": 2,
+        "space": {"students": ["cnn"], "cnn_width": [4, 16], "cnn_depth": [2, 3], "epochs": [epochs, epochs]},
+    }
+    path = tmp / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _tune(config: Path, out: Path, *extra: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*KDFLOW, "tune", "--config", str(config), "--out", str(out), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kw,
+    )
+
+
+def _trials(out: Path, name: str = "distill") -> list[optuna.trial.FrozenTrial]:
+    s = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+    return s.get_trials(deepcopy=False)
+
+
+def test_tune_writes_study_outputs_and_mlflow_runs(tmp_path, fashion_available):
+    config, out = _config_file(tmp_path, trials=3, epochs=1, tracking=True), tmp_path / "study"
+    done = _tune(config, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("trials.csv", "pareto.csv", "pareto.png", "best.yaml", "tune.json", "study.db"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    distill = [r for r in rows if r["study"] == "distill"]
+    scratch = [r for r in rows if r["study"] == "scratch"]
+    assert len(distill) == 3 and len(scratch) == 3  # the twin gets the same number of trials
+    assert all(int(r["params"]) <= 40_000 for r in distill)
+    assert {r["arch"] for r in scratch} == {yaml.safe_load((out / "best.yaml").read_text())["student"]["arch"]}
+    front = list(csv.DictReader((out / "pareto.csv").open()))
+    completed = {(r["number"], r["val_accuracy"]) for r in distill if r["state"] == "complete"}
+    assert front and all((r["number"], r["val_accuracy"]) in completed for r in front)
+    assert sum(r["pick"] == "True" for r in front) == 1
+    assert "KD gain" in done.stdout and ("distillation pays" in done.stdout or "did not pay" in done.stdout)
+    assert "test" not in (out / "trials.csv").read_text().lower()  # the study never reads the test split
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tune-test")
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id], max_results=200)
+    trial_runs = [r for r in runs if r.data.tags.get("kdflow.step") == "tune_trial"]
+    parents = {r.data.tags["mlflow.parentRunId"] for r in trial_runs}
+    assert len(trial_runs) == 6 and len(parents) == 1
+    study_run = client.get_run(parents.pop())
+    artifacts = {a.path for a in client.list_artifacts(study_run.info.run_id)}
+    assert {"trials.csv", "pareto.csv", "pareto.png", "best.yaml"} <= artifacts
+    one = trial_runs[0]
+    assert "val_acc" in one.data.metrics and "global_batch" in one.data.params  # constants are params
+
+    # best.yaml is a complete config that `kdflow distill` runs as is: pick, scratch twin, evaluation
+    final = subprocess.run(
+        [
+            *KDFLOW,
+            "distill",
+            "--config",
+            str(out / "best.yaml"),
+            "--set",
+            "tracking.enabled=false",
+            "--out",
+            str(tmp_path / "final"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "KD gain" in final.stdout
+    assert (tmp_path / "final" / "scratch" / "model.pt").is_file()
+
+
+def test_kill_9_then_the_same_command_finishes_without_rerunning(tmp_path, fashion_available):
+    config, out = _config_file(tmp_path, trials=4, epochs=3), tmp_path / "study"
+    proc = subprocess.Popen(
+        [*KDFLOW, "tune", "--config", str(config), "--out", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline:  # kill once a trial has finished and the next one is running
+            time.sleep(1)
+            if (out / "study.db").is_file():
+                try:
+                    states = [t.state for t in _trials(out)]
+                except (KeyError, Exception):  # the study is being created
+                    continue
+                if optuna.trial.TrialState.COMPLETE in states and states[-1] == optuna.trial.TrialState.RUNNING:
+                    break
+        else:
+            pytest.fail("no trial finished in time")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {t.number: (t.params, t.values) for t in _trials(out) if t.state.is_finished()}
+    killed = [t.number for t in _trials(out) if t.state == optuna.trial.TrialState.RUNNING]
+    assert before and killed
+
+    again = _tune(config, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = _trials(out)
+    after = {t.number: (t.params, t.values) for t in trials if t.number in before}
+    assert after == before  # finished trials kept, never re-run
+    assert [t.state for t in trials if t.number in killed] == [optuna.trial.TrialState.FAIL]
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 4 and len(trials) == 4 + len(killed)  # exactly the missing trials ran
+
+
+def test_bad_input_exits_2_and_leaves_the_study_untouched(tmp_path, fashion_available):
+    config, out = _config_file(tmp_path, trials=1, epochs=1), tmp_path / "study"
+    assert _tune(config, out).returncode == 0
+    db = (out / "study.db").read_bytes()
+    other = _config_file(tmp_path / "x", trials=1, epochs=2) if (tmp_path / "x").mkdir() is None else None
+    cases = [
+        (["--trials", "0"], config),
+        (["--set", "tune.objectives=[val_accuracy,flops]"], config),
+        (["--set", "tune.space.lr=[0.5,0.1]"], config),
+        (["--set", "tune.max_params=500"], config),
+        ([], other),  # a study of a different search space
+    ]
+    for extra, cfg_path in cases:
+        done = _tune(cfg_path, out, *extra)
+        assert done.returncode == 2, (extra, done.stderr)
+        assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("kdflow"), done.stderr
+        assert (out / "study.db").read_bytes() == db

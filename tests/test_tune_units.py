@@ -1,0 +1,146 @@
+"""kdflow tune's pieces without training: the tune section, the student family, budgets, Pareto, mixing."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from helpers import tiny_config
+
+from kdflow import models
+from kdflow.config import build_config
+from kdflow.errors import ConfigError, ModelError
+from kdflow.mixing import apply_mix, draw_mix, mixed_targets
+from kdflow.tune import report, space, study
+
+pytestmark = pytest.mark.unit
+SHAPE = (1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ({"space": {"students": []}}, "tune.space.students"),
+        ({"space": {"lr": [0.2, 0.02]}}, "tune.space.lr"),
+        ({"space": {"alpha": [0.0, 1.5]}}, "tune.space.alpha"),
+        ({"space": {"methods": ["kd+nope"]}}, "tune.space.methods"),
+        ({"space": {"cnn_width": [8]}}, "tune.space.cnn_width"),
+        ({"objectives": ["val_accuracy", "flops"]}, "tune.objectives"),
+        ({"objectives": ["params"]}, "tune.objectives"),
+        ({"trials": 0}, "tune.trials"),
+        ({"space": {"unknown": 1}}, "tune.space.unknown"),
+        ({"space": {"methods": ["dkd"], "mix": ["mixup"]}}, "tune.space"),
+    ],
+)
+def test_bad_tune_sections_are_one_line_errors(override, field):
+    with pytest.raises(ConfigError) as e:
+        build_config({"tune": override})
+    assert str(e.value).startswith(field) and "; fix: " in str(e.value) and "\n" not in str(e.value)
+
+
+def test_mix_with_dkd_refused():
+    with pytest.raises(ConfigError, match="train.mix=none or distill.method=kd"):
+        build_config({"train": {"mix": "mixup"}, "distill": {"method": "dkd"}})
+
+
+def test_parametric_family_spans_sizes_and_has_cnn_small_shape():
+    sizes = [
+        models.num_parameters(models.build_model(models.param_cnn_name(w, d)))
+        for w, d in [(4, 2), (8, 2), (16, 3), (32, 4)]
+    ]
+    assert sizes == sorted(sizes) and sizes[0] < 5_000 and sizes[-1] > 90_000
+    small = models.num_parameters(models.build_model("cnn-small"))
+    assert abs(models.num_parameters(models.build_model("cnn-8x2")) - small) <= 24  # cnn-small has conv biases
+    assert models.build_model("cnn-16x3")(torch.zeros(2, *SHAPE)).shape == (2, 10)
+    with pytest.raises(ModelError):
+        models.build_model("cnn-8x1")
+
+
+def test_budget_gives_the_widest_width_that_fits():
+    cfg = build_config({"tune": {"max_params": 60_000, "space": {"students": ["cnn", "mlp"], "cnn_width": [4, 64]}}})
+    feasible = space.feasible_students(cfg.tune, SHAPE, 10)
+    assert feasible.fixed == []  # mlp has 235K parameters
+    for depth, width in feasible.max_width.items():
+        fits = space.static_cost(models.param_cnn_name(width, depth), SHAPE, 10)["params"]
+        over = space.static_cost(models.param_cnn_name(width + 1, depth), SHAPE, 10)["params"]
+        assert fits <= 60_000 < over or width == 64
+
+
+def test_a_budget_nothing_meets_is_refused():
+    cfg = build_config({"tune": {"max_params": 1000}})
+    with pytest.raises(ConfigError, match="no student in the search space meets the budget"):
+        space.feasible_students(cfg.tune, SHAPE, 10)
+
+
+def _trial(number: int, acc: float, params: int) -> optuna.trial.FrozenTrial:
+    return optuna.trial.FrozenTrial(
+        number=number,
+        state=optuna.trial.TrialState.COMPLETE,
+        value=acc,
+        values=None,
+        datetime_start=None,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={"val_accuracy": acc, "params": params, "macs": params * 10, "arch": f"a{number}"},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=number,
+    )
+
+
+def test_pareto_front_and_pick():
+    trials = [_trial(0, 0.90, 10_000), _trial(1, 0.91, 50_000), _trial(2, 0.89, 60_000), _trial(3, 0.91, 40_000)]
+    front = report.pareto_front(trials, "params")
+    assert [t.number for t in front] == [0, 3]  # 1 is dominated by 3 (same accuracy, cheaper), 2 by both
+    assert report.pick(trials, "params").number == 3  # best accuracy; the tie goes to the cheaper student
+
+
+def test_mixup_and_cutmix_mix_images_and_labels_consistently():
+    gen = torch.Generator().manual_seed(0)
+    x, px = torch.zeros(6, 1, 28, 28), torch.ones(6, 1, 28, 28)
+    mix = draw_mix(6, 100, "mixup", 1.0, (28, 28), gen)
+    mixed = apply_mix(x, px, mix, "mixup")
+    assert torch.allclose(mixed.mean((1, 2, 3)), 1 - mix.lam)
+    cut = draw_mix(6, 100, "cutmix", 1.0, (28, 28), torch.Generator().manual_seed(1))
+    pasted = apply_mix(x, px, cut, "cutmix")
+    assert torch.allclose(pasted.mean((1, 2, 3)), 1 - cut.lam)  # lam is the share of pixels kept
+    t = mixed_targets(torch.tensor([0] * 6), torch.tensor([1] * 6), mix.lam, 10)
+    assert torch.allclose(t.sum(1), torch.ones(6)) and torch.allclose(t[:, 0], mix.lam)
+    again = draw_mix(6, 100, "mixup", 1.0, (28, 28), torch.Generator().manual_seed(0))
+    assert torch.equal(again.partner, mix.partner) and torch.equal(again.lam, mix.lam)
+    assert not math.isclose(float(mix.lam.std()), 0.0)
+
+
+def test_study_of_another_config_is_refused_without_touching_it(tmp_path):
+    cfg = tiny_config(tmp_path)
+    study.write_identity(tmp_path, cfg)
+    db = tmp_path / study.DB
+    db.write_bytes(b"pretend sqlite")
+    study.check_identity(tmp_path, cfg)  # same config: fine
+    study.check_identity(tmp_path, build_config({**cfg.to_dict(), "tune": {"trials": 99}}))  # a budget: fine
+    other = build_config({**cfg.to_dict(), "tune": {"space": {"lr": [0.01, 0.1]}}})
+    with pytest.raises(ConfigError, match=r"tune.space.lr"):
+        study.check_identity(tmp_path, other)
+    assert db.read_bytes() == b"pretend sqlite"
+
+
+def test_scratch_twin_recipe_applies_to_the_scratch_step_only():
+    cfg = build_config({"scratch_twin": {"lr": 0.03, "epochs": 7, "mix": "mixup"}, "student": {"lr": 0.1}})
+    twin = cfg.scratch_config()
+    assert (twin.lr_for("student"), twin.epochs_for("student"), twin.train.mix) == (0.03, 7, "mixup")
+    assert (cfg.lr_for("student"), cfg.train.mix) == (0.1, "none")
+
+
+def test_min_kd_gain_gate_reads_the_validation_gain():
+    from kdflow.gate import kd_verdict, quality_gate
+
+    student = {"val_accuracy": 0.9, "val_retention": 0.95, "latency_p95_ms": 1.0, "size_bytes": 1000}
+    g = build_config({"gate": {"min_kd_gain": 0.005}}).gate
+    assert quality_gate(g, student, 0.006)["passed"]
+    assert not quality_gate(g, student, 0.004)["passed"]
+    assert not quality_gate(g, student, None)["passed"]  # no twin evaluated: the requirement is not met
+    assert "kd_gain" not in quality_gate(build_config({}).gate, student, -0.01)["checks"]
+    assert "use the scratch model" in kd_verdict(-0.001) and "paid" in kd_verdict(0.002)
