@@ -34,3 +34,22 @@ def test_distil_from_a_snapshot_of_the_teacher(tiny_data, tmp_path):
     unsaved = tiny_config(tmp_path, distill={"teacher_checkpoint": "epoch:2"}, teacher={"snapshot_epochs": [2]})
     with pytest.raises(ConfigError, match="no epoch:2 checkpoint"):
         steps.distill(unsaved, tiny_data, final, tmp_path / "student2")
+
+
+def test_teacher_assistant_chain(tiny_data, tmp_path):
+    """distill.assistant: the teacher teaches the assistant, the assistant teaches the student."""
+    cfg = tiny_config(tmp_path, distill={"assistant": {"arch": "cnn-16x2", "epochs": 1}})
+    teacher = tmp_path / "teacher"
+    steps.train(tiny_config(tmp_path), "teacher", tiny_data, teacher)
+    info = steps.distill(cfg, tiny_data, teacher / "model.pt", tmp_path / "student")
+    assistant = tmp_path / "student" / "assistant" / "model.pt"
+    assert assistant.is_file()
+    assert info["fingerprint"]["teacher_digest"] == sha256_file(assistant)  # the student learnt from the assistant
+    assert (
+        info["lineage"]["kdflow.assistant_arch"] == "cnn-16x2" and info["lineage"]["kdflow.teacher_arch"] == "cnn-16x2"
+    )
+    from kdflow import checkpoints
+
+    assert checkpoints.load_model(str(assistant))[1]["arch"] == "cnn-16x2"
+    with pytest.raises(Exception, match="distill.assistant.arch"):
+        steps.prep(tiny_config(tmp_path, distill={"assistant": {"arch": "nonesuch"}}), tmp_path / "p")

@@ -162,3 +162,13 @@ def test_bad_input_exits_2_and_leaves_the_study_untouched(tmp_path, fashion_avai
         assert done.returncode == 2, (extra, done.stderr)
         assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("kdflow"), done.stderr
         assert (out / "study.db").read_bytes() == db
+
+
+def test_latency_budget_is_measured_and_enforced(tmp_path, fashion_available):
+    """tune.max_latency_ms is checked on the measured ONNX latency before training: nothing meets 1 ns."""
+    config, out = _config_file(tmp_path, trials=2, epochs=1), tmp_path / "study"
+    done = _tune(config, out, "--set", "tune.max_latency_ms=0.000001")
+    assert done.returncode == 2 and "none of the 2 distillation trials completed" in done.stderr
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["state"] for r in rows] == ["pruned", "pruned"]
+    assert all(r["stopped"].startswith("over budget: latency") and float(r["latency_ms"]) > 0 for r in rows)

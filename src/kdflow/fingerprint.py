@@ -15,6 +15,7 @@ SECTIONS = {
     "teacher": ("data", "teacher", "train"),
     "scratch": ("data", "student", "train"),
     "distill": ("data", "student", "distill", "train"),
+    "assistant": ("data", "student", "distill", "train"),
 }
 # Fields that never change the weights: where things are read from (the digests cover the content),
 # and machine settings with no numerical effect.

@@ -130,6 +130,13 @@ class ScratchTwinConfig(_Section):
     mix: Literal["none", "mixup", "cutmix"] | None = None
 
 
+class AssistantConfig(_Section):
+    """A teacher assistant (Mirzadeh et al., AAAI 2020): the teacher is distilled into it, it into the student."""
+
+    arch: str = Field(description="a model between teacher and student in size, e.g. cnn-wide or cnn-24x4")
+    epochs: int | None = Field(None, ge=1, description="its own schedule; default the student's")
+
+
 class ExtraTeacher(_Section):
     arch: str
     source: str
@@ -154,6 +161,9 @@ class DistillConfig(_Section):
     cache_views: int = Field(0, ge=0, description="K views per sample; 0 = one per student epoch")
     cache_seed: int = 0
     cache_dir: str | None = Field(None, description="default: <storage.state_dir>/teacher_cache")
+    assistant: AssistantConfig | None = Field(
+        None, description="bridge a large capacity gap: teacher -> assistant -> student, each by this recipe"
+    )
     teacher_checkpoint: str = Field(
         "final",
         pattern=r"^(final|best_val|epoch:[1-9][0-9]*)$",

@@ -27,6 +27,8 @@ def check_models(cfg: Config, teacher: nn.Module | None = None) -> None:
     """Teacher and student names resolve; the feature pairings fit (built without weights, one dummy batch)."""
     shape, num_classes = KNOWN_SHAPES.get(cfg.data.dataset, ((1, 28, 28), 10))
     student = build(cfg.student.arch, "student.arch", shape, num_classes)
+    if cfg.distill.assistant is not None:
+        build(cfg.distill.assistant.arch, "distill.assistant.arch", shape, num_classes)
     if teacher is None and not cfg.teacher.source:  # a given teacher is checked where it is loaded
         teacher = build(cfg.teacher.arch, "teacher.arch", shape, num_classes)
     if teacher is not None and cfg.distill.features and cfg.data.dataset in KNOWN_SHAPES:

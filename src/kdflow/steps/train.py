@@ -21,7 +21,12 @@ from kdflow.steps.results import PrepResult, TrainResult
 from kdflow.steps.teacher_checkpoints import TEACHER_CHECKPOINTS, chosen_teacher, save_variant, with_snapshots
 from kdflow.trainer import FitResult, check_resumable, fit
 
-STEP_NAMES = {"teacher": "train_teacher", "scratch": "train_student_scratch", "distill": "distill_student"}
+STEP_NAMES = {
+    "teacher": "train_teacher",
+    "scratch": "train_student_scratch",
+    "distill": "distill_student",
+    "assistant": "distill_assistant",
+}
 UPLOADED = ["model.pt", "history.csv", "metrics.json", "config.resolved.yaml"]
 ObjectiveFactory = Callable[[nn.Module, data.PreparedData], nn.Module]
 CacheFactory = Callable[[data.PreparedData], tuple[Any, dict]]
@@ -287,7 +292,21 @@ def _teacher_lineage(cfg: Config, teacher_path: str, teacher_arch: str) -> dict[
         "kdflow.teacher_model_uri": info.get("model_uri", teacher_path),
         "kdflow.teacher_version": str(info.get("registered_version", "")),
         "kdflow.method": cfg.distill.method,
+        "kdflow.assistant_arch": cfg.distill.assistant.arch if cfg.distill.assistant else "",
     }
+
+
+def _train_assistant(
+    cfg: Config, data_dir: PathArg, teacher_path: str | Path, out: Path, ctx: RunContext | None, fresh: bool
+) -> Path:
+    """The first link of the chain: the teacher distilled into the assistant, by the student's recipe."""
+    ta = cfg.distill.assistant
+    assert ta is not None
+    raw = cfg.to_dict()
+    raw["student"].update(arch=ta.arch, epochs=ta.epochs if ta.epochs is not None else cfg.epochs_for("student"))
+    raw["distill"].update(assistant=None, features=[])  # feature taps name the student's modules, not the assistant's
+    distill(Config.model_validate(raw), data_dir, teacher_path, out, ctx, fresh, role="assistant")
+    return out / "model.pt"
 
 
 def distill(
@@ -297,8 +316,13 @@ def distill(
     out_dir: PathArg,
     ctx: RunContext | None = None,
     fresh: bool = False,
+    role: str = "distill",
 ) -> TrainResult | None:
-    """Distil the frozen teacher (plus any ``distill.extra_teachers``) into ``student.arch``."""
+    """Distil the frozen teacher (plus any ``distill.extra_teachers``) into ``student.arch``.
+
+    With ``distill.assistant`` the teacher is first distilled into the assistant (``OUT/assistant``), which
+    then teaches the student.
+    """
     from kdflow.objective import DistillObjective
     from kdflow.steps.teacher_cache import cache_factory
 
@@ -306,7 +330,11 @@ def distill(
     if not manifest_path.is_file():
         data.load_prepared(data_dir)  # raises the one-line error
     num_classes = read_json(manifest_path)["num_classes"]
-    teacher_path = chosen_teacher(str(teacher_path), cfg.distill.teacher_checkpoint)
+    which = cfg.distill.teacher_checkpoint
+    if cfg.distill.assistant is not None:
+        teacher_path = _train_assistant(cfg, data_dir, teacher_path, Path(out_dir) / "assistant", ctx, fresh)
+        which = "final"  # the student learns from the assistant's final weights
+    teacher_path = chosen_teacher(str(teacher_path), which)
     teacher, teacher_meta = load_teacher(str(teacher_path), num_classes, "teacher")
     extra = [
         load_teacher(t.source, num_classes, f"distill.extra_teachers[{i}].source")[0]
@@ -321,7 +349,7 @@ def distill(
     digests = [sha256_file(checkpoints.resolve_source(s, "teacher")) for s in sources]  # resolved once, above
     job = TrainingJob(
         cfg,
-        "distill",
+        role,
         cfg.student.arch,
         Path(data_dir),
         Path(out_dir),

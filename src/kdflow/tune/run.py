@@ -16,7 +16,7 @@ from kdflow.errors import TrainingDiverged
 from kdflow.io import atomic_write_json, atomic_write_text
 from kdflow.steps.context import RunContext, start_pipeline
 from kdflow.tune import record, report, space, study
-from kdflow.tune.trial import Study, run_trial
+from kdflow.tune.trial import Study, feature_specs, run_trial
 
 # input shape and classes of the built-in datasets: the budget is checked before any work
 KNOWN_INPUTS = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
@@ -83,9 +83,7 @@ def _best_config(cfg: Config, st: Study, chosen, twin, teacher_path: Path) -> Co
     recipe = _recipe(chosen)
     arch = chosen.user_attrs["arch"]
     model = models.build_model(arch, st.prepared.num_classes, st.input_shape[0], st.input_shape[-1])
-    from kdflow.tune.trial import _features
-
-    best = space.trial_config(cfg, arch, recipe, _features(st, model, recipe["method"]))
+    best = space.trial_config(cfg, arch, recipe, feature_specs(st, model, recipe["method"]))
     best.teacher.source = str(teacher_path.resolve())
     best.distill.cache_views = st.cache_views
     best.distill.cache_dir = str((st.out / "teacher_cache").resolve())
@@ -167,12 +165,7 @@ def finish(
     chosen = report.pick(kd_trials, cost)
     rows = report.trial_rows(kd, "distill") + (report.trial_rows(scratch, "scratch") if scratch is not None else [])
     if chosen is None:
-        report.write_tables(out, rows, [])
-        raise TrainingDiverged(
-            "tune.space",
-            f"none of the {len(kd.trials)} distillation trials completed (see {out / 'trials.csv'})",
-            "widen the space (lower tune.space.lr, more epochs) or switch tune.pruner=none",
-        )
+        raise _none_completed(kd, out)
     twin = report.pick(report.complete(scratch), cost) if scratch is not None else None
     front = report.pareto_front(kd_trials, cost)
     front_rows = report.pareto_rows(front, chosen)
@@ -206,12 +199,23 @@ def finish(
     return result
 
 
-def pick_arch(kd, cfg: Config) -> str:
+def _none_completed(kd, out: Path | None) -> TrainingDiverged:
+    """Every distillation trial stopped: say why (the budget, or hopeless recipes), tables written first."""
+    if out is not None:
+        report.write_tables(out, report.trial_rows(kd, "distill"), [])
+    reasons = [t.user_attrs.get("stopped", "") for t in kd.trials]
+    if reasons and all(r.startswith("over budget") for r in reasons):
+        fix = "raise tune.max_latency_ms or add smaller students to tune.space.students"
+    else:
+        fix = "widen the space (lower tune.space.lr, more epochs) or switch tune.pruner=none"
+    where = f" (see {out / 'trials.csv'})" if out is not None else ""
+    return TrainingDiverged("tune.space", f"none of the {len(kd.trials)} distillation trials completed{where}", fix)
+
+
+def pick_arch(kd, cfg: Config, out: Path | None = None) -> str:
     chosen = report.pick(report.complete(kd), cfg.tune.cost)
     if chosen is None:
-        raise TrainingDiverged(
-            "tune.space", "no distillation trial completed", "widen the space or switch tune.pruner=none"
-        )
+        raise _none_completed(kd, out)
     return str(chosen.user_attrs["arch"])
 
 
@@ -232,7 +236,7 @@ def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
         st = open_context(cfg, data_dir, teacher_path, out, record.TrialRecorder(ctx.tracker, run_id))
         kd = study.open_study(out, "distill", cfg, len(cfg.tune.objectives))
         study.optimize(kd, lambda t: run_trial(t, st, "distill"), cfg.tune.trials, cfg.tune.timeout_s)
-        arch = pick_arch(kd, cfg)
+        arch = pick_arch(kd, cfg, out)
         scratch = study.open_study(out, f"scratch-{arch}", cfg, 1)
         n_scratch = cfg.tune.scratch_trials if cfg.tune.scratch_trials is not None else study.finished(kd)
         study.optimize(scratch, lambda t: run_trial(t, st, "scratch", arch), n_scratch, None)

@@ -74,7 +74,7 @@ class Study:
         return self.caches[(mix, which)]
 
 
-def _features(study: Study, student: nn.Module, method: str) -> list[dict] | None:
+def feature_specs(study: Study, student: nn.Module, method: str) -> list[dict] | None:
     """``kd+<loss>``: the loss between the last spatial maps of student and teacher; None if one has none."""
     _, _, kind = method.partition("+")
     if not kind:
@@ -108,7 +108,7 @@ def run_trial(
         trial.set_user_attr(k, v)
     if tune.max_latency_ms is not None and cost["latency_ms"] > tune.max_latency_ms:
         raise _stop(trial, f"over budget: latency {cost['latency_ms']:.3f} ms > {tune.max_latency_ms} ms")
-    features = _features(study, model, recipe["method"]) if kind == "distill" else []
+    features = feature_specs(study, model, recipe["method"]) if kind == "distill" else []
     if features is None:
         raise _stop(trial, f"{recipe['method']}: {student_name} or the teacher has no spatial feature map")
     cfg = space.trial_config(study.cfg, student_name, recipe, features)
