@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import time
@@ -59,14 +60,21 @@ def run_local(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root_path), raise_on_error=True)
     before = set(root_path.iterdir())
     started = time.time()
-    if which == "distillation":
-        build_pipeline()(
-            profile=profile, extra_overrides=overrides, data_window=data_window, teacher_source=teacher_source
-        )
-    else:
-        from pipelines.autodistill import build_autodistill
+    # KFP's local runner indents task logs by swapping builtins.print in a context manager; tasks of a
+    # ParallelFor run in threads, their contexts interleave and the last one restores a stale function,
+    # leaving print patched (it then cannot be pickled). Put the real one back whatever happens.
+    real_print = builtins.print
+    try:
+        if which == "distillation":
+            build_pipeline()(
+                profile=profile, extra_overrides=overrides, data_window=data_window, teacher_source=teacher_source
+            )
+        else:
+            from pipelines.autodistill import build_autodistill
 
-        build_autodistill(False, **shape)(profile=profile, extra_overrides=overrides)
+            build_autodistill(False, **shape)(profile=profile, extra_overrides=overrides)
+    finally:
+        builtins.print = real_print
     new = sorted(set(root_path.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     run_dir = new[-1] if new else max(root_path.iterdir(), key=lambda p: p.stat().st_mtime)
     summary = summarize(run_dir)

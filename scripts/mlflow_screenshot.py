@@ -43,9 +43,11 @@ def main() -> int:
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(a.experiment)
-    trials = client.search_runs([exp.experiment_id], "tags.`kdflow.step` = 'tune_trial'", max_results=40)
+    trials = client.search_runs([exp.experiment_id], "tags.`kdflow.step` = 'tune_trial'", max_results=200)
     if not trials:
         raise SystemExit(f"error: --db: no tune trial runs in '{a.db}'; fix: run `make tune` first")
+    latest = max(trials, key=lambda r: r.info.start_time).data.tags["mlflow.parentRunId"]  # the last study
+    trials = [r for r in trials if r.data.tags.get("mlflow.parentRunId") == latest and "distill" in r.info.run_name]
     port = _free_port()
     server = subprocess.Popen(
         [
@@ -75,26 +77,21 @@ def main() -> int:
             except OSError:
                 time.sleep(0.5)
         ids = json.dumps([r.info.run_id for r in trials])
-        url = f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}"
+        # MLflow 3.17's UI keeps a GenAI / Model training switch in the browser; the URL parameter sets it
+        view = "workflowType=machine_learning"
+        exps = urllib.parse.quote(json.dumps([exp.experiment_id]))
+        url = f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={exps}&{view}"
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                chromium,
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-                f"--virtual-time-budget={a.wait}",
-                "--window-size=1600,1400",
-                f"--screenshot={out}",
-                url,
-            ],
-            check=True,
-            timeout=180,
-            capture_output=True,
-        )
-        print(f"{out} ({out.stat().st_size:,} bytes) <- {url}")
+        pages = {
+            out: url,
+            out.with_name(out.stem + "-experiment.png"): f"{base}/#/experiments/{exp.experiment_id}/runs?{view}",
+        }
+        for path, page in pages.items():
+            shot = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+            shot += [f"--virtual-time-budget={a.wait}", "--window-size=1600,1400", f"--screenshot={path}", page]
+            subprocess.run(shot, check=True, timeout=180, capture_output=True)
+            print(f"{path} ({path.stat().st_size:,} bytes)")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
