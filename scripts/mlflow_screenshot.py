@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -48,9 +39,15 @@ def main() -> int:
         raise SystemExit(f"error: --db: no tune trial runs in '{a.db}'; fix: run `make tune` first")
     latest = max(trials, key=lambda r: r.info.start_time).data.tags["mlflow.parentRunId"]  # the last study
     trials = [r for r in trials if r.data.tags.get("mlflow.parentRunId") == latest and "distill" in r.info.run_name]
-    port = _free_port()
-    server = subprocess.Popen(
+    from kdflow.localstack import free_port, stop_pid
+
+    port = free_port()
+    server = subprocess.Popen(  # bounded lifetime: killed after 10 minutes whatever happens
         [
+            "timeout",
+            "-s",
+            "KILL",
+            "600",
             sys.executable,
             "-m",
             "mlflow",
@@ -93,7 +90,7 @@ def main() -> int:
             subprocess.run(shot, check=True, timeout=180, capture_output=True)
             print(f"{path} ({path.stat().st_size:,} bytes)")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        stop_pid(server.pid)
         server.wait(timeout=30)
     return 0
 

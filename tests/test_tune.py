@@ -149,7 +149,8 @@ def test_bad_input_exits_2_and_leaves_the_study_untouched(tmp_path, fashion_avai
     config, out = _config_file(tmp_path, trials=1, epochs=1), tmp_path / "study"
     assert _tune(config, out).returncode == 0
     db = (out / "study.db").read_bytes()
-    other = _config_file(tmp_path / "x", trials=1, epochs=2) if (tmp_path / "x").mkdir() is None else None
+    (tmp_path / "x").mkdir()
+    other = _config_file(tmp_path / "x", trials=1, epochs=2)
     cases = [
         (["--trials", "0"], config),
         (["--set", "tune.objectives=[val_accuracy,flops]"], config),

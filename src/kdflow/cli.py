@@ -212,9 +212,14 @@ def _print_eval(summary: dict) -> None:
 def _run_all(cfg, args, ctx) -> None:
     from kdflow import steps
 
-    twin = any(v is not None for v in cfg.scratch_twin.model_dump().values())  # a best.yaml of kdflow tune
     summary = steps.run_all(
-        cfg, args.out, ctx, args.data, args.teacher or cfg.teacher.source, args.scratch or twin, args.fresh
+        cfg,
+        args.out,
+        ctx,
+        args.data,
+        args.teacher or cfg.teacher.source,
+        args.scratch or cfg.has_scratch_twin,
+        args.fresh,
     )
     if summary is not None:
         _print_eval(summary)

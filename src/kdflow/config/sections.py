@@ -324,6 +324,11 @@ class Config(_Section):
             )
         return self
 
+    @property
+    def has_scratch_twin(self) -> bool:
+        """A best.yaml of kdflow tune: the scratch twin has a recipe of its own."""
+        return any(v is not None for v in self.scratch_twin.model_dump().values())
+
     def scratch_config(self) -> Config:
         """This config with the scratch twin's own recipe applied (the scratch step trains with it)."""
         twin = self.scratch_twin

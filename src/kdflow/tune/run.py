@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +156,14 @@ def open_context(
 
 
 def finish(
-    cfg: Config, st: Study, kd, scratch, teacher_path: Path, best_path: Path, portable: bool = False
+    cfg: Config,
+    st: Study,
+    kd,
+    scratch,
+    teacher_path: Path,
+    best_path: Path,
+    portable: bool = False,
+    started: float | None = None,
 ) -> TuneResult:
     """trials.csv, pareto.csv/png, best.yaml (``portable``: no local paths, for pipeline pods) and tune.json."""
     out, cost = st.out, cfg.tune.cost
@@ -190,6 +196,7 @@ def finish(
         "twin_val_accuracy": twin_summary["val_accuracy"] if twin_summary else None,
         "kd_gain_val": gain,
         "pareto_size": len(front),
+        **({"wall_s": time.perf_counter() - started} if started is not None else {}),
     }
     result = TuneResult(out, pick_summary, twin_summary, gain, best_path, summary)
     atomic_write_json(
@@ -240,10 +247,6 @@ def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
         scratch = study.open_study(out, f"scratch-{arch}", cfg, 1)
         n_scratch = cfg.tune.scratch_trials if cfg.tune.scratch_trials is not None else study.finished(kd)
         study.optimize(scratch, lambda t: run_trial(t, st, "scratch", arch), n_scratch, None)
-        result = finish(cfg, st, kd, scratch, teacher_path, out / "best.yaml")
-        result.summary["wall_s"] = time.perf_counter() - t0
-        atomic_write_json(
-            out / "tune.json", {**json.loads((out / "tune.json").read_text()), "wall_s": result.summary["wall_s"]}
-        )
+        result = finish(cfg, st, kd, scratch, teacher_path, out / "best.yaml", started=t0)
         record.study_outputs(ctx.tracker, run_id, out, result.summary)
         return result
