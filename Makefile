@@ -4,9 +4,10 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 PROFILE  ?= default
+RUNNER   ?= subprocess
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run tune test test-unit test-fast lint typecheck check compile golden data venv stack stack-down stack-env bench bench-quick clean
+.PHONY: run image lock tune test test-unit test-fast lint typecheck check compile golden data venv stack stack-down stack-env bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,9 +20,19 @@ venv: $(STAMP)
 data:
 	@scripts/ensure-data.sh
 
-## The main job: the whole DAG locally (KFP SubprocessRunner), embedded defaults, sqlite MLflow.
+## The main job: the whole DAG locally, embedded defaults, sqlite MLflow. Each step a subprocess, or with
+## RUNNER=container each step in the component image (kfp.local.DockerRunner on podman; `make image` first).
 run: $(STAMP) data
-	$(BIN)/python -m pipelines run --local --profile $(PROFILE)
+	$(BIN)/python -m pipelines run --local --profile $(PROFILE) --runner $(RUNNER)
+
+## The component image (docker/Dockerfile) with podman, tagged as components/image.py pins. Options:
+## TORCH_SOURCE=wheelhouse|index, BASE_IMAGE=REF (scripts/build-image.sh says more).
+image: $(STAMP)
+	PIP=$(BIN)/pip scripts/build-image.sh
+
+## Re-pin the image's dependency closure (docker/requirements.lock) after a pyproject change.
+lock: $(STAMP)
+	$(BIN)/python scripts/lock_image.py
 
 ## The test suite, slow end-to-end tests included.
 test: $(STAMP) data

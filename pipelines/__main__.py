@@ -1,7 +1,8 @@
 """Entry points: compile the IR YAML, run the DAG locally, submit or schedule it on a KFP server.
 
 python -m pipelines compile [--pipeline distillation|autodistill] [--out FILE] [--gpu] [--rounds R --parallel P]
-python -m pipelines run --local [--pipeline autodistill] [--profile default] [--root local_outputs] [--set k=v ...]
+python -m pipelines run --local [--runner subprocess|container] [--pipeline autodistill] [--profile default]
+                     [--root local_outputs] [--set k=v ...]
 python -m pipelines submit --host URL [--profile default]
 python -m pipelines schedule --host URL --cron "0 0 3 * * *" [--data-window ...]
 """
@@ -35,7 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         p.add_argument("--rounds", type=int, default=None, help="autodistill: ask/tell rounds per study")
         p.add_argument("--parallel", type=int, default=None, help="autodistill: trials per round (pods in parallel)")
-    r.add_argument("--local", action="store_true", required=True, help="use kfp.local.SubprocessRunner(use_venv=False)")
+    r.add_argument("--local", action="store_true", required=True, help="run on this machine with KFP's local runner")
+    r.add_argument(
+        "--runner",
+        choices=["subprocess", "container"],
+        default="subprocess",
+        help="subprocess: each step a process of this venv; container: each step in the component image "
+        "(kfp.local.DockerRunner on podman; `make image` first)",
+    )
     r.add_argument("--profile", default="default")
     r.add_argument("--root", default="local_outputs", help="local pipeline root")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -72,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 data_window=args.data_window,
                 teacher_source=args.teacher_source,
                 which=args.pipeline,
+                runner=args.runner,
                 **_shape(args),
             )
         elif args.cmd == "submit":

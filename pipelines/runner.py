@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import time
@@ -28,7 +29,7 @@ def compile_pipeline(out: str | Path, use_gpu: bool = False, which: str = "disti
     return out
 
 
-def _validate(profile: str, overrides: list[str], **knobs) -> None:
+def _validate(profile: str, overrides: list[str], **knobs):
     """Resolve the config and check the tracking URI here, before any step runs."""
     from kdflow.config import knob_overrides
     from kdflow.tracking import check_reachable, tracking_uri
@@ -36,6 +37,7 @@ def _validate(profile: str, overrides: list[str], **knobs) -> None:
     cfg = load_config(DEFAULT_CONFIG, profile, knob_overrides(**knobs) + overrides)
     if cfg.tracking.enabled:
         check_reachable(tracking_uri(cfg))
+    return cfg
 
 
 def run_local(
@@ -45,19 +47,49 @@ def run_local(
     data_window: str = "",
     teacher_source: str = "",
     which: str = "distillation",
+    runner: str = "subprocess",
     **shape,
 ) -> dict:
+    """The whole DAG on this machine: each step a subprocess, or a container of the component image."""
     from kfp import local
 
     overrides = overrides or []
-    _validate(profile, overrides, data_window=data_window, teacher_source=teacher_source)
+    cfg = _validate(profile, overrides, data_window=data_window, teacher_source=teacher_source)
     state = Path(".kdflow").resolve()
     state.mkdir(exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow.db'}")
     root_path = Path(root).resolve()
+    with contextlib.ExitStack() as engine:
+        if runner == "container":
+            local_runner = _container_runner(engine, state, root_path, cfg, teacher_source)
+        elif runner == "subprocess":
+            local_runner = local.SubprocessRunner(use_venv=False)
+        else:
+            raise ConfigError("--runner", f"'{runner}' is not a runner", "use subprocess or container")
+        return _run_dag(local_runner, root_path, which, profile, overrides, data_window, teacher_source, shape)
+
+
+def _container_runner(engine: contextlib.ExitStack, state: Path, root_path: Path, cfg, teacher_source: str):
+    """podman's Docker-API service for the run's lifetime, and a DockerRunner for the component image."""
+    from components.image import KDFLOW_IMAGE
+    from pipelines import engine as containers
+
+    docker_host = engine.enter_context(containers.podman_service(state / "podman"))
+    os.environ["DOCKER_HOST"] = docker_host
+    engine.callback(os.environ.pop, "DOCKER_HOST", None)
+    containers.check_image(docker_host, KDFLOW_IMAGE)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    containers.grant_writes(state, root_path, uri)
+    writable = containers.writable_dirs(state, root_path, uri)
+    return containers.docker_runner(state, writable, containers.read_only_inputs(cfg, teacher_source))
+
+
+def _run_dag(local_runner, root_path: Path, which: str, profile, overrides, data_window, teacher_source, shape) -> dict:
+    from kfp import local
+
     root_path.mkdir(parents=True, exist_ok=True)
     local.config.LocalExecutionConfig.instance = None  # local.init is a process-wide singleton
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root_path), raise_on_error=True)
+    local.init(runner=local_runner, pipeline_root=str(root_path), raise_on_error=True)
     before = set(root_path.iterdir())
     started = time.time()
     # KFP's local runner indents task logs by swapping builtins.print in a context manager; tasks of a

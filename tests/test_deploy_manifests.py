@@ -39,14 +39,33 @@ def test_dockerfile_lints_clean():
 
 def test_dockerfile_matches_pins_and_image_constant():
     text = (ROOT / "docker" / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11\.\d+-slim-\w+$", text, re.M), "base image pinned to an exact tag"
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11\.\d+-slim-\w+$", text, re.M), "base image pinned to an exact tag"
     assert "USER 10001" in text
     py = (ROOT / "pyproject.toml").read_text()
+    installer = (ROOT / "docker" / "pip-install.sh").read_text()
     for pin in ("torch==2.14.1", "torchvision==0.29.1"):
-        assert pin in text and pin in py
+        assert pin in installer and pin in py
     version = re.search(r'^version = "([^"]+)"', py, re.M).group(1)
     assert KDFLOW_IMAGE.endswith(":" + version) and f"KDFLOW_VERSION={version}" in text
     assert (ROOT / ".dockerignore").read_text().count(".venv")
+
+
+def test_image_lock_pins_every_dependency_within_pyproject():
+    """docker/requirements.lock (`make lock`) is what the image installs: it must satisfy pyproject."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    lock = {}
+    for line in (ROOT / "docker" / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            lock[name.lower().replace("_", "-")] = version
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in map(Requirement, deps):
+        name = dep.name.lower().replace("_", "-")
+        assert name in lock, f"{dep.name} missing from docker/requirements.lock: run `make lock`"
+        assert dep.specifier.contains(lock[name], prereleases=True), f"{dep} vs lock {lock[name]}: run `make lock`"
 
 
 def _patch_files() -> set[Path]:

@@ -30,6 +30,30 @@ EXPERIMENT_KIND = "custom_model_development"
 CONSTANT_COLUMNS = ("global_batch", "world_size")
 
 
+def container_kind() -> str:
+    """Where this process runs: a podman or Docker container, a Kubernetes pod, or the host ("none")."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return "kubernetes"
+    if os.environ.get("container") == "podman" or Path("/run/.containerenv").exists():
+        return "podman"
+    if Path("/.dockerenv").exists():
+        return "docker"
+    return "none"
+
+
+def runtime_tags() -> dict[str, str]:
+    """Each step run says where it ran: the image, the container kind, the uid (lineage; the image's user
+    is 10001) and the host or pod name."""
+    import socket
+
+    return {
+        "kdflow.runtime.image": os.environ.get("KDFLOW_IMAGE", ""),
+        "kdflow.runtime.container": container_kind(),
+        "kdflow.runtime.uid": str(os.getuid()),
+        "kdflow.runtime.host": socket.gethostname(),
+    }
+
+
 def tracking_uri(cfg: Config) -> str:
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
@@ -132,7 +156,7 @@ class Tracker:
     def step_run(self, step: str, parent_run_id: str | None, pipeline_run_id: str, tags: dict[str, str] | None = None):
         """A child run for one step, or the run KFP injected through MLFLOW_RUN_ID."""
         injected = os.environ.get("MLFLOW_RUN_ID")
-        all_tags = {STEP_TAG: step, PIPELINE_TAG: pipeline_run_id, **(tags or {})}
+        all_tags = {STEP_TAG: step, PIPELINE_TAG: pipeline_run_id, **runtime_tags(), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         if injected:
