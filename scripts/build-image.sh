@@ -105,6 +105,10 @@ if [ "$TORCH_SOURCE" = wheelhouse ]; then
 fi
 say "building $TAG (torch from the $TORCH_SOURCE)"
 podman build "${args[@]}" . || die "podman build failed (see above); fix the cause and rerun make image"
+# Layers the new image no longer uses (an older build's, a --no-cache build's) would fill the disk by
+# several GB per cold build; the tagged image's own layers, the build cache, stay.
+pruned=$(podman image prune -f 2>/dev/null | wc -l)
+[ "$pruned" = 0 ] || say "removed $pruned dangling image(s) of earlier builds"
 size=$(podman image inspect "$TAG" --format '{{.Size}}')
 digest=$(podman image inspect "$TAG" --format '{{.Digest}}')
 say "built $TAG in $(( $(date +%s) - started )) s"
