@@ -202,3 +202,36 @@ def test_build_script_bad_input(image, tmp_path):
         )  # fmt: skip
         assert proc.returncode == 1
         assert proc.stderr.strip().splitlines()[-1].startswith("kdflow image: " + expected), proc.stderr
+
+
+@pytest.mark.timeout(2400)
+def test_steps_in_containers_reach_the_local_stack(image, tmp_path, monkeypatch):
+    """Host network and env passed by name: containers log to a real mlflow server and upload to SeaweedFS
+    on the host's loopback, and the keys reach them without being written into anything."""
+    from kdflow import localstack
+    from pipelines.runner import run_local
+
+    stack = localstack.start_stack(tmp_path / "stack", lifetime_s=1200)
+    try:
+        for k, v in stack.env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.chdir(tmp_path)
+        summary = run_local(profile="smoke", root=str(tmp_path / "root"), overrides=SMOKE_OVERRIDES, runner="container")
+        assert summary["promotion"]["promoted"] and summary["tracking_uri"].startswith("http://127.0.0.1:")
+
+        import mlflow
+
+        client = mlflow.MlflowClient(stack.mlflow_uri)
+        exp = client.get_experiment_by_name("kdflow")
+        steps = {r.data.tags.get("kdflow.step"): r.data.tags for r in client.search_runs([exp.experiment_id])}
+        assert steps["distill_student"]["kdflow.runtime.container"] == "podman"
+        s3 = localstack.s3_client(stack)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack.bucket, MaxKeys=1000).get("Contents", [])]
+        assert any(k.startswith("mlflow/") and k.endswith("MLmodel") for k in keys)
+        assert any(k.startswith("runs/") and k.endswith("student.int8.onnx") for k in keys)
+        secret = stack.env()["AWS_SECRET_ACCESS_KEY"]
+        for f in (tmp_path / "root").rglob("*"):
+            if f.is_file() and f.stat().st_size < 5_000_000:
+                assert secret.encode() not in f.read_bytes(), f
+    finally:
+        stack.stop()
