@@ -73,8 +73,9 @@ def podman_service(state: Path, ready_timeout: float = 60.0) -> Iterator[str]:
         )
     state.mkdir(parents=True, exist_ok=True)
     sock = state / "podman.sock"
+    short = None
     if len(str(sock)) > 100:  # a unix socket path holds at most 107 bytes
-        state = Path(tempfile.mkdtemp(prefix="kdflow-podman-"))
+        state = short = Path(tempfile.mkdtemp(prefix="kdflow-podman-"))
         sock = state / "podman.sock"
     if sock.exists():
         if _answers(sock):
@@ -116,6 +117,8 @@ def podman_service(state: Path, ready_timeout: float = 60.0) -> Iterator[str]:
         _stop(proc)
         pid_file.unlink(missing_ok=True)
         sock.unlink(missing_ok=True)
+        if short is not None:
+            shutil.rmtree(short, ignore_errors=True)
 
 
 def check_image(docker_host: str, image: str) -> None:
@@ -154,8 +157,9 @@ def sqlite_db(tracking_uri: str) -> Path | None:
     return Path(tracking_uri.removeprefix("sqlite:///")).resolve() if tracking_uri.startswith("sqlite:///") else None
 
 
-def writable_dirs(state: Path, pipeline_root: Path, tracking_uri: str) -> list[Path]:
-    """Host folders mounted read-write: the pipeline root (KFP mounts it), the state dir, sqlite's folder."""
+def writable_dirs(state: Path, tracking_uri: str) -> list[Path]:
+    """Host folders mounted read-write besides the pipeline root (KFP mounts that): the state dir, and
+    the folder of a sqlite MLflow db."""
     db = sqlite_db(tracking_uri)
     return sorted({state, *([db.parent] if db else [])})
 

@@ -72,16 +72,29 @@ def run_local(
 def _container_runner(engine: contextlib.ExitStack, state: Path, root_path: Path, cfg, teacher_source: str):
     """podman's Docker-API service for the run's lifetime, and a DockerRunner for the component image."""
     from components.image import KDFLOW_IMAGE
+    from kdflow.tracking import tracking_uri
     from pipelines import engine as containers
 
     docker_host = engine.enter_context(containers.podman_service(state / "podman"))
-    os.environ["DOCKER_HOST"] = docker_host
-    engine.callback(os.environ.pop, "DOCKER_HOST", None)
+    engine.enter_context(_env("DOCKER_HOST", docker_host))  # kfp's DockerRunner reads docker.from_env()
     containers.check_image(docker_host, KDFLOW_IMAGE)
-    uri = os.environ["MLFLOW_TRACKING_URI"]
+    uri = tracking_uri(cfg) if cfg.tracking.enabled else ""
     containers.grant_writes(state, root_path, uri)
-    writable = containers.writable_dirs(state, root_path, uri)
+    writable = containers.writable_dirs(state, uri)
     return containers.docker_runner(state, writable, containers.read_only_inputs(cfg, teacher_source))
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _run_dag(local_runner, root_path: Path, which: str, profile, overrides, data_window, teacher_source, shape) -> dict:
