@@ -66,7 +66,7 @@ def run_local(
             local_runner = local.SubprocessRunner(use_venv=False)
         else:
             raise ConfigError("--runner", f"'{runner}' is not a runner", "use subprocess or container")
-        return _run_dag(local_runner, root_path, which, profile, overrides, data_window, teacher_source, shape)
+        return _run_dag(local_runner, root_path, which, cfg, profile, overrides, data_window, teacher_source, shape)
 
 
 def _container_runner(engine: contextlib.ExitStack, state: Path, root_path: Path, cfg, teacher_source: str):
@@ -97,7 +97,9 @@ def _env(name: str, value: str):
             os.environ[name] = before
 
 
-def _run_dag(local_runner, root_path: Path, which: str, profile, overrides, data_window, teacher_source, shape) -> dict:
+def _run_dag(
+    local_runner, root_path: Path, which: str, cfg, profile, overrides, data_window, teacher_source, shape
+) -> dict:
     from kfp import local
 
     root_path.mkdir(parents=True, exist_ok=True)
@@ -124,8 +126,19 @@ def _run_dag(local_runner, root_path: Path, which: str, profile, overrides, data
     run_dir = new[-1] if new else max(root_path.iterdir(), key=lambda p: p.stat().st_mtime)
     summary = summarize(run_dir)
     summary["wall_seconds"] = time.time() - started
+    summary["step_seconds"] = _step_seconds(summary, cfg)
     print_summary(summary)
     return summary
+
+
+def _step_seconds(summary: dict, cfg) -> list:
+    """Per-step seconds from the pipeline's MLflow parent run, plus the overhead row (logged there too)."""
+    from kdflow.steps.timing import pipeline_breakdown
+
+    lineage = (summary.get("evaluation") or {}).get("lineage") or {}
+    if not lineage.get("pipeline_run_id"):
+        return []
+    return pipeline_breakdown(cfg, lineage["pipeline_run_id"], summary["wall_seconds"])
 
 
 def _find(run_dir: Path, name: str) -> Path | None:
@@ -179,6 +192,13 @@ def print_summary(summary: dict) -> None:
     print(f"Report:        {summary['report']}")
     if "wall_seconds" in summary:
         print(f"Wall time:     {summary['wall_seconds']:.0f} s")
+    if summary.get("step_seconds"):
+        from kdflow.steps.timing import render_breakdown
+
+        print(
+            f"\nWhere the time went (MLflow: step_seconds.* on the pipeline run):\n"
+            f"{render_breakdown(summary['step_seconds'], summary['wall_seconds'])}"
+        )
 
 
 def _client(host: str):

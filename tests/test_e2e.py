@@ -77,3 +77,17 @@ def test_local_pipeline_smoke(tmp_path, monkeypatch):
         assert hits and all(h.stat().st_size > 0 for h in hits), name
     assert ex["gate"]["passed"], ex["gate"]  # budgets loosened above: this test is about wiring, not speed
     assert summary["promotion"]["promoted"] is True
+    # where the time went: every step's seconds and the overhead, printed and on the MLflow pipeline run
+    rows = {step: seconds for step, seconds, _ in summary["step_seconds"]}
+    from kdflow.steps.timing import OVERHEAD, STEP_ORDER
+
+    assert list(rows) == [*STEP_ORDER, OVERHEAD]
+    assert all(s > 0 for s in rows.values()) and sum(rows.values()) == pytest.approx(summary["wall_seconds"])
+    import mlflow
+
+    client = mlflow.MlflowClient(summary["tracking_uri"])
+    parent = client.search_runs(
+        [client.get_experiment_by_name("kdflow").experiment_id], filter_string="tags.`kdflow.step` = 'pipeline'"
+    )[0]
+    assert {f"step_seconds.{s}" for s in rows} <= set(parent.data.metrics)
+    assert parent.data.metrics["pipeline_wall_seconds"] == pytest.approx(summary["wall_seconds"])

@@ -27,6 +27,7 @@ class RunContext:
     store: LocalStore | S3Store | None = field(default=None, repr=False, compare=False)
     tracker: Tracker | None = field(default=None, repr=False, compare=False)
     opened: bool = field(default=False, repr=False, compare=False)
+    timing: bool = field(default=False, repr=False, compare=False)  # a timed step is running (steps.timing)
 
 
 def storage_root(cfg: Config) -> str | None:

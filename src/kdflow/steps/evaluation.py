@@ -14,6 +14,7 @@ from kdflow.io import atomic_write_json, atomic_write_text, read_json
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.results import EvaluationResult, TrainResult
+from kdflow.steps.timing import timed
 
 LABELS = {"teacher": "teacher", "scratch": "scratch student", "student": "distilled student"}
 LINEAGE_KEYS = ("model_id", "model_uri", "run_id", "config_hash", "pipeline_run_id", "data_digest")
@@ -87,6 +88,7 @@ def compare(
     return summary
 
 
+@timed("evaluate")
 def evaluate_models(
     cfg: Config,
     data_dir: PathArg,

@@ -15,6 +15,7 @@ from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, open_tracker, start_pipeline, upload
 from kdflow.steps.evaluation import load_step_model
 from kdflow.steps.results import ExportResult, PromotionResult, TrainResult
+from kdflow.steps.timing import timed
 
 
 def _decide_and_report(cfg: Config, exported: dict, eval_dir: Path | None, out: Path) -> Gate:
@@ -32,6 +33,7 @@ def _decide_and_report(cfg: Config, exported: dict, eval_dir: Path | None, out: 
     return gate
 
 
+@timed("export")
 def export_student(
     cfg: Config,
     data_dir: PathArg,
@@ -120,6 +122,7 @@ def _promotable(student_dir: PathArg, export_dir: PathArg, force: bool) -> tuple
     return student_info, dict(export_info or {})
 
 
+@timed("register_and_promote")
 def promote(
     cfg: Config,
     data_dir: PathArg,

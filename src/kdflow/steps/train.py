@@ -19,6 +19,7 @@ from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline, upload
 from kdflow.steps.results import PrepResult, TrainResult
 from kdflow.steps.teacher_checkpoints import TEACHER_CHECKPOINTS, chosen_teacher, save_variant, with_snapshots
+from kdflow.steps.timing import timed
 from kdflow.trainer import FitResult, check_resumable, fit
 
 STEP_NAMES = {
@@ -32,6 +33,7 @@ ObjectiveFactory = Callable[[nn.Module, data.PreparedData], nn.Module]
 CacheFactory = Callable[[data.PreparedData], tuple[Any, dict]]
 
 
+@timed("prep_data")
 def prep(cfg: Config, out_dir: PathArg, ctx: RunContext | None = None) -> PrepResult:
     from kdflow.steps.preflight import check_models
 
@@ -207,6 +209,7 @@ def train_model(job: TrainingJob) -> TrainResult | None:
     return result
 
 
+@timed(lambda b: "train_teacher" if b.arguments["role"] == "teacher" else "train_student_scratch")
 def train(
     cfg: Config, role: str, data_dir: PathArg, out_dir: PathArg, ctx: RunContext | None = None, fresh: bool = False
 ) -> TrainResult | None:
@@ -236,6 +239,7 @@ def load_teacher(source: str, num_classes: int, field: str = "teacher.source") -
     return checkpoints.load_model(source, field=field, expect_classes=num_classes)
 
 
+@timed("train_teacher")
 def provide_teacher(
     cfg: Config, data_dir: PathArg, out_dir: PathArg, ctx: RunContext | None = None, fresh: bool = False
 ) -> TrainResult:
@@ -309,6 +313,7 @@ def _train_assistant(
     return out / "model.pt"
 
 
+@timed(lambda b: "distill_student" if b.arguments["role"] == "distill" else f"distill_{b.arguments['role']}")
 def distill(
     cfg: Config,
     data_dir: PathArg,
