@@ -74,19 +74,35 @@ def _accuracies(summary: dict) -> dict:
 
 @pytest.mark.timeout(2400)
 def test_smoke_dag_in_containers_matches_the_subprocess_runner(image, tmp_path, monkeypatch):
+    """The smoke DAG with every step in the image, tracking to a real mlflow server and uploading to
+    SeaweedFS on the host's loopback (host network, keys passed by name), against the same DAG as
+    subprocesses with sqlite MLflow."""
+    from kdflow import localstack
     from pipelines.runner import run_local
 
     results = {}
-    for runner in ("container", "subprocess"):
-        work = tmp_path / runner
-        work.mkdir()
-        monkeypatch.chdir(work)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
-        results[runner] = run_local(profile="smoke", root=str(work / "root"), overrides=SMOKE_OVERRIDES, runner=runner)
+    stack = localstack.start_stack(tmp_path / "stack", lifetime_s=1200)
+    try:
+        with monkeypatch.context() as m:
+            for k, v in stack.env().items():
+                m.setenv(k, v)
+            m.chdir(tmp_path)
+            results["container"] = run_local(
+                profile="smoke", root=str(tmp_path / "root"), overrides=SMOKE_OVERRIDES, runner="container"
+            )
+        _check_stack(stack, tmp_path / "root")
+    finally:
+        stack.stop()
+    work = tmp_path / "subprocess"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
+    results["subprocess"] = run_local(profile="smoke", root=str(work / "root"), overrides=SMOKE_OVERRIDES)
 
     summary = results["container"]
     run_dir = Path(summary["run_dir"])
     assert summary["export"]["gate"]["passed"] and summary["promotion"]["promoted"]
+    assert summary["tracking_uri"] == stack.mlflow_uri
     # same code, same data, same seed: the same models
     assert _accuracies(summary) == _accuracies(results["subprocess"])
 
@@ -97,23 +113,34 @@ def test_smoke_dag_in_containers_matches_the_subprocess_runner(image, tmp_path, 
     assert {p.stat().st_uid for p in Path(results["subprocess"]["run_dir"]).glob("*/executor_output.json")} == {
         os.geteuid()
     }
+    # the engine was stopped by its PID
+    _no_service_left(tmp_path / ".kdflow" / "podman")
+    assert json.loads(next(run_dir.rglob("evaluation.json")).read_text())["models"]
 
-    # ... inside the image, as the MLflow step runs record
+
+def _check_stack(stack, root: Path) -> None:
+    """... inside the image, as the MLflow step runs on the server record; artifacts and uploads on S3;
+    the secret key reached the steps but was written nowhere."""
     import mlflow
 
-    client = mlflow.MlflowClient(summary["tracking_uri"])
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    from kdflow import localstack
+
+    client = mlflow.MlflowClient(stack.mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("kdflow").experiment_id])
     steps = {r.data.tags["kdflow.step"]: r.data.tags for r in runs if r.data.tags.get("kdflow.step") != "pipeline"}
     assert len(steps) >= 7, sorted(steps)
     for step, tags in steps.items():
         assert tags["kdflow.runtime.container"] == "podman", step
         assert tags["kdflow.runtime.uid"] == "10001", step
         assert tags["kdflow.runtime.image"] == KDFLOW_IMAGE, step
-
-    # the engine was stopped by its PID
-    state = tmp_path / "container" / ".kdflow" / "podman"
-    assert not (state / "podman-service.pid").exists() and not (state / "podman.sock").exists()
-    assert (run_dir / "evaluate").is_dir() and json.loads(next(run_dir.rglob("evaluation.json")).read_text())
+    s3 = localstack.s3_client(stack)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack.bucket, MaxKeys=1000).get("Contents", [])]
+    assert any(k.startswith("mlflow/") and k.endswith("MLmodel") for k in keys)
+    assert any(k.startswith("runs/") and k.endswith("student.int8.onnx") for k in keys)
+    secret = stack.env()["AWS_SECRET_ACCESS_KEY"].encode()
+    for f in root.rglob("*"):
+        if f.is_file() and f.stat().st_size < 5_000_000:
+            assert secret not in f.read_bytes(), f
 
 
 def _bad_run(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -202,36 +229,3 @@ def test_build_script_bad_input(image, tmp_path):
         )  # fmt: skip
         assert proc.returncode == 1
         assert proc.stderr.strip().splitlines()[-1].startswith("kdflow image: " + expected), proc.stderr
-
-
-@pytest.mark.timeout(2400)
-def test_steps_in_containers_reach_the_local_stack(image, tmp_path, monkeypatch):
-    """Host network and env passed by name: containers log to a real mlflow server and upload to SeaweedFS
-    on the host's loopback, and the keys reach them without being written into anything."""
-    from kdflow import localstack
-    from pipelines.runner import run_local
-
-    stack = localstack.start_stack(tmp_path / "stack", lifetime_s=1200)
-    try:
-        for k, v in stack.env().items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.chdir(tmp_path)
-        summary = run_local(profile="smoke", root=str(tmp_path / "root"), overrides=SMOKE_OVERRIDES, runner="container")
-        assert summary["promotion"]["promoted"] and summary["tracking_uri"].startswith("http://127.0.0.1:")
-
-        import mlflow
-
-        client = mlflow.MlflowClient(stack.mlflow_uri)
-        exp = client.get_experiment_by_name("kdflow")
-        steps = {r.data.tags.get("kdflow.step"): r.data.tags for r in client.search_runs([exp.experiment_id])}
-        assert steps["distill_student"]["kdflow.runtime.container"] == "podman"
-        s3 = localstack.s3_client(stack)
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack.bucket, MaxKeys=1000).get("Contents", [])]
-        assert any(k.startswith("mlflow/") and k.endswith("MLmodel") for k in keys)
-        assert any(k.startswith("runs/") and k.endswith("student.int8.onnx") for k in keys)
-        secret = stack.env()["AWS_SECRET_ACCESS_KEY"]
-        for f in (tmp_path / "root").rglob("*"):
-            if f.is_file() and f.stat().st_size < 5_000_000:
-                assert secret.encode() not in f.read_bytes(), f
-    finally:
-        stack.stop()
