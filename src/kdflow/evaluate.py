@@ -9,7 +9,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchmetrics.functional.classification as tmf
 
 from kdflow.config import EvaluateConfig
 from kdflow.data import Normalizer, PreparedData, Split, iterate
@@ -60,6 +59,10 @@ def final_and_val_selected_accuracy(
 
 
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int, ece_bins: int = 15) -> dict:
+    # Imported here: torchmetrics' package import pulls torchvision, torch._dynamo and scipy.signal (2.5 s
+    # here), which every step process paid at start-up though only evaluation computes these metrics.
+    import torchmetrics.functional.classification as tmf
+
     probs = logits.float().softmax(1)
     n = num_classes
     return {
