@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time
@@ -23,13 +22,13 @@ from results import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+import image_scan  # noqa: E402
+
 from components.image import KDFLOW_IMAGE  # noqa: E402
 
 ENV = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(ROOT / "docker/containers.conf"))}
 ENV["PIP"] = str(Path(sys.executable).parent / "pip")
-# Files that hold credentials by convention; none may be in the image.
-CREDENTIAL_FILES = [".netrc", ".git-credentials", ".pypirc", "credentials", "stack.json", "pip.conf", "config.json"]
-SECRET_ENV = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY")
 
 
 def build(**env: str) -> float:
@@ -55,11 +54,6 @@ def podman(*args: str) -> str:
     return subprocess.run(["podman", *args], env=ENV, capture_output=True, text=True, check=True).stdout
 
 
-def cert_bodies(path: Path) -> set[str]:
-    text = path.read_text() if path.is_file() else ""
-    return set(re.findall(r"-----BEGIN CERTIFICATE-----\n(.*?)-----END CERTIFICATE-----", text, re.S))
-
-
 def size_breakdown(mount: Path) -> list[tuple[str, int]]:
     site = mount / "opt/venv/lib/python3.11/site-packages"
     groups = {
@@ -80,41 +74,6 @@ def size_breakdown(mount: Path) -> list[tuple[str, int]]:
     return rows
 
 
-def host_secrets() -> list[str]:
-    """Secret values this host holds: secret-looking environment variables and the local stack's keys."""
-    values = [v for k, v in os.environ.items() if any(s in k for s in SECRET_ENV) and len(v) >= 12]
-    stack = ROOT / ".kdflow" / "stack" / "stack.json"
-    if stack.is_file():
-        import json
-
-        values += [v for k, v in json.loads(stack.read_text()).items() if "key" in k.lower() and isinstance(v, str)]
-    return values
-
-
-def scan(mount: Path, host_bundle: Path) -> dict[str, list[str]]:
-    """Every file of the image searched for one line of each CA the host trusts beyond Debian's bundle
-    (the TLS-intercepting proxy's) and for this host's secret values; and credential files by name."""
-    image_bundle = mount / "etc/ssl/certs/ca-certificates.crt"
-    extra = cert_bodies(host_bundle) - cert_bodies(image_bundle)
-    found: dict[str, list[str]] = {}
-    for what, needles in (("proxy CA", [b.splitlines()[1] for b in extra]), ("host secret", host_secrets())):
-        if not needles:
-            found[what] = []
-            continue
-        pattern_file = Path("/tmp/kdflow-image-scan.txt")
-        pattern_file.write_text("\n".join(needles) + "\n")
-        out = subprocess.run(["grep", "-rlaF", "-f", str(pattern_file), str(mount)], capture_output=True, text=True)
-        pattern_file.unlink()
-        found[what] = [line.removeprefix(str(mount)) for line in out.stdout.splitlines() if line]
-    found["credential file"] = [
-        str(p.relative_to(mount))
-        for p in mount.rglob("*")
-        if p.name in CREDENTIAL_FILES and p.is_file() and ("/." in str(p) or p.parent.name in {"stack", ".aws", "etc"})
-    ]
-    found["_counts"] = [f"{len(extra)} proxy CA(s)", f"{len(host_secrets())} host secret(s)"]
-    return found
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--index", action="store_true", help="also time a cold build with torch from the index")
@@ -132,9 +91,9 @@ def main() -> int:
     mount = Path(podman("image", "mount", KDFLOW_IMAGE).strip())
     try:
         breakdown = size_breakdown(mount)
-        found = scan(mount, Path(os.environ.get("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt")))
     finally:
         podman("image", "unmount", KDFLOW_IMAGE)
+    counts, found = image_scan.scan_image(KDFLOW_IMAGE)
     history = podman("history", "--no-trunc", "--format", "{{.CreatedBy}}", KDFLOW_IMAGE)
     hadolint = subprocess.run(
         [str(Path(sys.executable).parent / "hadolint"), str(ROOT / "docker/Dockerfile")], capture_output=True
@@ -152,15 +111,17 @@ def main() -> int:
     lines += [
         "",
         f"- hadolint: {'clean' if hadolint == 0 else f'exit {hadolint}'}",
-        f"- layer scan, every file of the image ({', '.join(found.pop('_counts'))} searched for; credential "
-        "files by name): " + "; ".join(f"{k}: {len(v)} hit(s) {v[:3]}" for k, v in found.items()),
+        "- layer scan (scripts/image_scan.py), every file of the image; searched for "
+        + ", ".join(f"{n} {k}(s)" for k, n in counts.items() if k != "control")
+        + " and credential files by name: "
+        + "; ".join(f"{k}: {len(v)} hit(s) {v[:3]}" for k, v in found.items()),
         f"- history: the CA enters only as a build secret (`pipcert` mount: {'pipcert' in history}), "
         f"the wheelhouse only as a bind mount",
     ]
     body = "\n".join(lines)
     print(body)
     write_section("Container image: contents", body)
-    return 0 if not any(found.values()) else 1
+    return 0 if not any(v for k, v in found.items() if k != "control") else 1
 
 
 if __name__ == "__main__":

@@ -178,12 +178,13 @@ def grant_writes(state: Path, pipeline_root: Path, tracking_uri: str) -> None:
     hand_to_image_user(trees, entries)
 
 
-def read_only_inputs(cfg, teacher_source: str = "") -> list[Path]:
-    """Host folders a step reads: the Debian datasets, a local data.source, a local teacher checkpoint."""
+def read_only_inputs(cfg) -> list[Path]:
+    """Host folders a step reads: the Debian datasets, a local data.source, a local teacher.source (the
+    runner's --teacher-source is already in it)."""
     from kdflow.raw_data import DEBIAN_DIRS
 
     dirs = [d for ds in DEBIAN_DIRS.values() for d in ds]
-    for source in (cfg.data.source, teacher_source or cfg.teacher.source):
+    for source in (cfg.data.source, cfg.teacher.source):
         if source and "://" not in source and Path(source).exists():
             p = Path(source).resolve()
             dirs.append(p if p.is_dir() else p.parent)

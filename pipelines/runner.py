@@ -61,7 +61,7 @@ def run_local(
     root_path = Path(root).resolve()
     with contextlib.ExitStack() as engine:
         if runner == "container":
-            local_runner = _container_runner(engine, state, root_path, cfg, teacher_source)
+            local_runner = _container_runner(engine, state, root_path, cfg)
         elif runner == "subprocess":
             local_runner = local.SubprocessRunner(use_venv=False)
         else:
@@ -69,7 +69,7 @@ def run_local(
         return _run_dag(local_runner, root_path, which, cfg, profile, overrides, data_window, teacher_source, shape)
 
 
-def _container_runner(engine: contextlib.ExitStack, state: Path, root_path: Path, cfg, teacher_source: str):
+def _container_runner(engine: contextlib.ExitStack, state: Path, root_path: Path, cfg):
     """podman's Docker-API service for the run's lifetime, and a DockerRunner for the component image."""
     from components.image import KDFLOW_IMAGE
     from kdflow.tracking import tracking_uri
@@ -81,7 +81,7 @@ def _container_runner(engine: contextlib.ExitStack, state: Path, root_path: Path
     uri = tracking_uri(cfg) if cfg.tracking.enabled else ""
     containers.grant_writes(state, root_path, uri)
     writable = containers.writable_dirs(state, uri)
-    return containers.docker_runner(state, writable, containers.read_only_inputs(cfg, teacher_source))
+    return containers.docker_runner(state, writable, containers.read_only_inputs(cfg))
 
 
 @contextlib.contextmanager

@@ -136,15 +136,20 @@ class Tracker:
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     # ------------------------------------------------------------------ runs
-    def parent_run(self, pipeline_run_id: str, tags: dict[str, str]) -> str:
-        """Get or create the parent run of one pipeline run (idempotent by tag)."""
+    def find_parent_run(self, pipeline_run_id: str):
+        """The parent run of one pipeline run, or None."""
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and tags.`{STEP_TAG}` = 'pipeline'",
             max_results=1,
         )
+        return found[0] if found else None
+
+    def parent_run(self, pipeline_run_id: str, tags: dict[str, str]) -> str:
+        """Get or create the parent run of one pipeline run (idempotent by tag)."""
+        found = self.find_parent_run(pipeline_run_id)
         if found:
-            return found[0].info.run_id
+            return found.info.run_id
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"pipeline-{pipeline_run_id[:40]}",

@@ -81,28 +81,19 @@ def pipeline_breakdown(cfg: Config, pipeline_run_id: str, wall_seconds: float) -
     """Read the steps' seconds from the pipeline's parent run, log the overhead and the wall there, and
     return the rows of :func:`breakdown` ([] when tracking is off or the run logged no step)."""
     from kdflow.steps.context import open_tracker
-    from kdflow.tracking import PIPELINE_TAG, STEP_TAG
 
     tracker = open_tracker(cfg)
-    if tracker is None:
+    parent = tracker.find_parent_run(pipeline_run_id) if tracker else None
+    if tracker is None or parent is None:
         return []
-    found = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and tags.`{STEP_TAG}` = 'pipeline'",
-        max_results=1,
-    )
-    if not found:
-        return []
-    logged = {k.removeprefix(PREFIX): v for k, v in found[0].data.metrics.items() if k.startswith(PREFIX)}
+    logged = {k.removeprefix(PREFIX): v for k, v in parent.data.metrics.items() if k.startswith(PREFIX)}
     logged.pop(OVERHEAD, None)
     if not logged:
         return []
     order = {s: i for i, s in enumerate(STEP_ORDER)}
     steps = dict(sorted(logged.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
     rows = breakdown(steps, wall_seconds)
-    tracker.log_metrics(
-        found[0].info.run_id, {f"{PREFIX}{OVERHEAD}": rows[-1][1], "pipeline_wall_seconds": wall_seconds}
-    )
+    tracker.log_metrics(parent.info.run_id, {f"{PREFIX}{OVERHEAD}": rows[-1][1], "pipeline_wall_seconds": wall_seconds})
     return rows
 
 
