@@ -9,10 +9,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 .PHONY: run image lock tune test test-unit test-fast lint typecheck check compile golden data venv stack stack-down stack-env bench bench-quick clean
 
-$(STAMP): pyproject.toml
+# torchattacks (the tests' independent check of kdflow's attacks) pins requests~=2.25, which would downgrade
+# mlflow's; it imports without requests, so it is installed without its dependencies.
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 venv: $(STAMP)

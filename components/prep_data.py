@@ -9,6 +9,7 @@ def prep_data(config_yaml: str, profile: str, extra_overrides: list, pipeline_ru
               dataset_name: str, data_window: str, teacher_arch: str, teacher_source: str, student_arch: str,
               method: str, temperature: float, alpha: float, teacher_epochs: int, student_epochs: int,
               min_accuracy: float, min_retention: float, min_improvement: float,
+              data_free: bool, adversarial_eps: float, min_robust_accuracy: float,
               dataset: Output[Dataset], config: Output[Artifact]):
     """Resolve the config once (file + profile + parameters), then load, split and preload the dataset."""
     from kdflow import steps
@@ -19,7 +20,8 @@ def prep_data(config_yaml: str, profile: str, extra_overrides: list, pipeline_ru
         dataset_name=dataset_name, data_window=data_window, teacher_arch=teacher_arch, teacher_source=teacher_source,
         student_arch=student_arch, method=method, temperature=temperature, alpha=alpha, teacher_epochs=teacher_epochs,
         student_epochs=student_epochs, min_accuracy=min_accuracy, min_retention=min_retention,
-        min_improvement=min_improvement) + [str(o) for o in extra_overrides]
+        min_improvement=min_improvement, data_free=data_free, adversarial_eps=adversarial_eps,
+        min_robust_accuracy=min_robust_accuracy) + [str(o) for o in extra_overrides]
     cfg = config_from_yaml_text(config_yaml, profile or None, overrides)
     atomic_write_text(config.path, cfg.to_yaml())
     config.metadata.update({"config_hash": cfg.digest(), "profile": cfg.profile})

@@ -55,6 +55,9 @@ def build_autodistill(use_gpu: bool = False, rounds: int = ROUNDS, parallel: int
             min_accuracy=-1.0,
             min_retention=-1.0,
             min_improvement=-1.0,
+            data_free=False,
+            adversarial_eps=-1.0,
+            min_robust_accuracy=-1.0,
         )
         _configure(prep, "prep", cache=True)
         cfg, ds = prep.outputs["config"], prep.outputs["dataset"]

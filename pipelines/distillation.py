@@ -120,6 +120,9 @@ def build_pipeline(use_gpu: bool = False):
         min_accuracy: float = -1.0,
         min_retention: float = -1.0,
         min_improvement: float = -1.0,
+        data_free: bool = False,
+        adversarial_eps: float = -1.0,
+        min_robust_accuracy: float = -1.0,
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         fin = finalize(
@@ -146,6 +149,9 @@ def build_pipeline(use_gpu: bool = False):
                 min_accuracy=min_accuracy,
                 min_retention=min_retention,
                 min_improvement=min_improvement,
+                data_free=data_free,
+                adversarial_eps=adversarial_eps,
+                min_robust_accuracy=min_robust_accuracy,
             )
             conf(prep, "prep", cache=True)
             cfg, ds = prep.outputs["config"], prep.outputs["dataset"]

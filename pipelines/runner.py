@@ -170,12 +170,14 @@ def summarize(run_dir: Path) -> dict:
 
 def print_summary(summary: dict) -> None:
     from kdflow.gate import gate_lines, verdict
-    from kdflow.report import render_table, summary_rows
+    from kdflow.report import render_table, robust_settings, summary_rows
 
     ev, ex = summary["evaluation"], summary["export"]
     print("\n=== kdflow summary ===")
     if ev:
-        print(render_table(summary_rows(ev, ex)))
+        print(render_table(summary_rows(ev, ex), robust_settings(ev)))
+        if ev.get("robust_gain") is not None:
+            print(f"\nRobust gain over scratch {100 * ev['robust_gain']:+.2f} pt (PGD, test subset)")
         if ev.get("transfer_rate") is not None:
             print(
                 f"\nKD gain over scratch {100 * ev['kd_gain']:+.2f} pt (test), transfer rate {ev['transfer_rate']:.3f}"

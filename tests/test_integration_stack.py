@@ -113,7 +113,7 @@ def test_bad_remote_input_fails_fast(stack_env, monkeypatch, tmp_path, capsys, e
     code = main(["prep", "--out", str(tmp_path / "out"), "--set", "data.train_subset=100", *sets])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"kdflow: error: {field}:") and "\n" not in err, err
-    assert not (tmp_path / "out" / "data.pt").exists()  # stopped before any data or training work
+    assert not (tmp_path / "out" / "train.pt").exists()  # stopped before any data or training work
 
 
 def test_pipeline_tracking_lineage_and_promotion(stack_env, tmp_path, monkeypatch):

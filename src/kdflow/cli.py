@@ -180,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
         "version and the run); the challenger must still beat the champion",
     )
 
+    p = sub.add_parser(
+        "attack",
+        help="robust accuracy of one model under FGSM and PGD (adversarial.eps, .steps) and its robustness curve",
+    )
+    _common(p)
+    p.add_argument("--data", required=True, help="output directory of `kdflow prep`")
+    p.add_argument(
+        "--model", required=True, help="a step's model.pt or a .torchscript.pt export (ONNX has no gradients)"
+    )
+
     p = sub.add_parser("predict", help="classify images with an exported model (ONNX, TorchScript or models:/ URI)")
     p.add_argument("--model", required=True, help="path of a .onnx / .torchscript.pt export, or models:/NAME@ALIAS")
     p.add_argument("images", nargs="+", help="image files (PNG/JPEG) of the model's input size")
@@ -200,9 +210,11 @@ def _config(args):
 
 
 def _print_eval(summary: dict) -> None:
-    from kdflow.report import render_table, summary_rows
+    from kdflow.report import render_table, robust_settings, summary_rows
 
-    print(render_table(summary_rows(summary)))
+    print(render_table(summary_rows(summary), robust_settings(summary)))
+    if summary.get("robust_gain") is not None:
+        print(f"robust gain over scratch {100 * summary['robust_gain']:+.2f} pt (PGD, test subset)")
     if summary.get("transfer_rate") is not None:
         print(f"transfer rate {summary['transfer_rate']:.3f}; KD gain {100 * summary['kd_gain']:+.2f} pt (test)")
     if summary.get("kd_verdict"):
@@ -265,6 +277,17 @@ def _export(cfg, args, ctx) -> None:
         print(f"gate: {verdict(report['gate'])}", file=sys.stderr)
 
 
+def _attack(cfg, args, ctx) -> None:
+    from kdflow.robustness import attack_cli
+
+    r = attack_cli(cfg.adversarial, args.data, args.model, Path(args.out))
+    print(
+        f"{args.model}: FGSM {100 * r['fgsm_accuracy']:.2f}%, PGD-{r['robust_steps']} {100 * r['pgd_accuracy']:.2f}% "
+        f"at eps {r['robust_eps']:g} on {r['robust_samples']} test images; curve: "
+        + ", ".join(f"{c['eps']:g}: {100 * c['pgd_accuracy']:.1f}%" for c in r["robustness_curve"])
+    )
+
+
 COMMANDS = {
     "prep": lambda cfg, a, ctx: print(
         json.dumps({k: v for k, v in _steps().prep(cfg, a.out, ctx).items() if k in ("digest", "counts")})
@@ -278,6 +301,7 @@ COMMANDS = {
         _steps().evaluate_models(cfg, a.data, a.teacher, a.scratch, a.student, a.out, ctx)
     ),
     "export": _export,
+    "attack": _attack,
     "promote": lambda cfg, a, ctx: _steps().promote(cfg, a.data, a.student, a.export, a.out, ctx, a.force),
 }
 

@@ -1,7 +1,8 @@
 """Prepared datasets: carve a seeded val split from the raw data, preload it as uint8 tensors, digest it.
 
-A prepared dataset is a directory with ``data.pt`` (uint8 NCHW images, int64 labels per split,
-loadable with ``weights_only=True``) and ``manifest.json`` (counts, class names, normalization,
+A prepared dataset is a directory with one file per split, ``train.pt``, ``val.pt`` and ``test.pt``
+(uint8 NCHW images and int64 labels, loadable with ``weights_only=True``; one file each so a step that
+must not read the training images, data-free distillation, never opens them) and ``manifest.json`` (counts, class names, normalization,
 sha256 digests). Raw loading lives in :mod:`kdflow.raw_data`, batching in :mod:`kdflow.batches`;
 both are re-exported here.
 """
@@ -56,7 +57,10 @@ __all__ = [
     "augmentation_spec",
     "draw_augmentation",
     "iterate",
+    "has_split",
+    "load_manifest",
     "load_prepared",
+    "load_split",
     "load_raw",
     "num_batches",
     "prepare",
@@ -177,10 +181,9 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
         "augmentation": augmentation_spec(cfg),
     }
     out = Path(out_dir)
-    splits = {"train": train, "val": val, "test": test}
-    blob = {f"{name}_{k}": getattr(sp, k).contiguous() for name, sp in splits.items() for k in ("x", "y")}
-    atomic_torch_save(blob, out / "data.pt")
-    atomic_write_json(out / "manifest.json", manifest)
+    for name, sp in {"train": train, "val": val, "test": test}.items():
+        atomic_torch_save({"x": sp.x.contiguous(), "y": sp.y.contiguous()}, out / SPLIT_FILES[name])
+    atomic_write_json(out / "manifest.json", manifest)  # last: a directory with a manifest is complete
     return manifest
 
 
@@ -192,13 +195,35 @@ def augmentation_spec(cfg: DataConfig) -> dict:
     }
 
 
-def load_prepared(directory: str | Path) -> PreparedData:
+SPLIT_FILES = {"train": "train.pt", "val": "val.pt", "test": "test.pt"}
+
+
+def load_manifest(directory: str | Path) -> dict:
     d = Path(directory)
     if not (d / "manifest.json").is_file():
         raise DataError("dataset", f"'{d}' is not a prepared dataset (no manifest.json)", "run `kdflow prep` first")
-    manifest = read_json(d / "manifest.json")
-    blob = safe_torch_load(d / "data.pt", field="dataset")
-    splits = {s: Split(blob[f"{s}_x"], blob[f"{s}_y"]) for s in ("train", "val", "test")}
+    return read_json(d / "manifest.json")
+
+
+def has_split(directory: str | Path, name: str) -> bool:
+    return (Path(directory) / SPLIT_FILES[name]).is_file()
+
+
+def load_split(directory: str | Path, name: str) -> Split:
+    """One split of a prepared dataset; the other splits' files are not opened."""
+    path = Path(directory) / SPLIT_FILES[name]
+    if not path.is_file():
+        raise DataError(
+            "dataset", f"'{path}' is missing (the {name} split)", "run `kdflow prep` again into a fresh --out"
+        )
+    blob = safe_torch_load(path, field="dataset")
+    return Split(blob["x"], blob["y"])
+
+
+def load_prepared(directory: str | Path) -> PreparedData:
+    d = Path(directory)
+    manifest = load_manifest(d)
+    splits = {s: load_split(d, s) for s in SPLIT_FILES}
     return PreparedData(
         splits["train"],
         splits["val"],

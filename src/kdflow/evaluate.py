@@ -225,7 +225,8 @@ def plot_history(histories: dict[str, list[dict]], path: Path) -> Path:
             continue
         ep = [h["epoch"] for h in hist]
         a1.plot(ep, [h["total"] for h in hist], marker="o", ms=3, label=name)
-        a2.plot(ep, [h["val_acc"] for h in hist], marker="o", ms=3, label=name)
+        validated = [h for h in hist if h.get("val_acc") is not None]  # a data-free run may have no val split
+        a2.plot([h["epoch"] for h in validated], [h["val_acc"] for h in validated], marker="o", ms=3, label=name)
     a1.set_xlabel("epoch")
     a1.set_ylabel("training loss")
     a2.set_xlabel("epoch")

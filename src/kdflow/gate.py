@@ -26,7 +26,8 @@ def _gate(checks: dict[str, Check], complete: bool = True) -> Gate:
 
 def quality_gate(g: GateConfig, student: dict, kd_gain_val: float | None = None) -> Gate:
     """Accuracy and retention (student/teacher) on the validation split, latency and size of the student,
-    and (``gate.min_kd_gain``) the gain over the scratch twin on the validation split.
+    (``gate.min_kd_gain``) the gain over the scratch twin and (``gate.min_robust_accuracy``) the
+    student's PGD accuracy, both on the validation split.
 
     The gate decides what may be promoted, so it reads validation figures; test figures are only reported.
     """
@@ -55,6 +56,14 @@ def quality_gate(g: GateConfig, student: dict, kd_gain_val: float | None = None)
             "rule": f"{kd_gain_val:+.4f} >= {g.min_kd_gain:+}"
             if kd_gain_val is not None
             else "no scratch twin was evaluated (kdflow run --scratch, or the pipeline's scratch step)",
+        }
+    if g.min_robust_accuracy is not None:
+        robust = student.get("val_pgd_accuracy")
+        checks["val_robust_accuracy"] = {
+            "passed": robust is not None and robust >= g.min_robust_accuracy,
+            "rule": f"PGD {robust:.4f} >= {g.min_robust_accuracy}"
+            if robust is not None
+            else "robustness was not evaluated (set adversarial.evaluate=true)",
         }
     return _gate(checks)
 

@@ -29,6 +29,8 @@ class SoftLoss:
     """The soft term of ``distill.method``: fn(student_logits, teacher_logits_per_teacher, targets, cfg, epoch)."""
 
     fn: Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor, DistillConfig, int], torch.Tensor]
+    adversarial: bool = False  # the student's logits are on its own PGD examples (ARD), the teacher's on clean
+    data_free: bool = False  # the images come from a generator (kdflow.data_free), never from the data
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,19 @@ def _dkd_soft(
     return warm * losses.dkd_loss(s, t_mean, y, cfg.temperature, cfg.dkd_alpha, cfg.dkd_beta)
 
 
-SOFT_LOSSES: dict[str, SoftLoss] = {"kd": SoftLoss(_kd_soft), "dkd": SoftLoss(_dkd_soft)}
+def _dfad_soft(
+    s: torch.Tensor, teachers: list[torch.Tensor], y: torch.Tensor, cfg: DistillConfig, epoch: int
+) -> torch.Tensor:
+    """DFAD's discrepancy: mean absolute difference of the logits (Fang et al. 2019), labels unused."""
+    return (s.float() - teachers[0].float()).abs().mean()
+
+
+SOFT_LOSSES: dict[str, SoftLoss] = {
+    "kd": SoftLoss(_kd_soft),
+    "dkd": SoftLoss(_dkd_soft),
+    "ard": SoftLoss(_kd_soft, adversarial=True),
+    "dfad": SoftLoss(_dfad_soft, data_free=True),
+}
 
 FEATURE_LOSSES: dict[str, FeatureLoss] = {
     "fitnets": FeatureLoss(losses.fitnets_loss, project=True),

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kdflow import losses
+from kdflow.adversarial_training import TrainingAttack
 from kdflow.compiled import compile_frozen
 from kdflow.config import DistillConfig
 from kdflow.errors import ModelError
@@ -19,11 +20,21 @@ from kdflow.loss_registry import FEATURE_LOSSES, SOFT_LOSSES
 
 
 class SupervisedObjective(nn.Module):
-    """Plain cross-entropy: teacher training and the scratch baseline."""
+    """Cross-entropy: teacher training and the scratch baseline.
+
+    With an ``adversary`` it is adversarial training (Madry et al. 2018): cross-entropy on the PGD
+    examples the adversary crafts against the model, as ARD's scratch twin and ``teacher.adversarial``.
+    """
+
+    def __init__(self, adversary: TrainingAttack | None = None):
+        super().__init__()
+        self.adversary = adversary
 
     def forward(
         self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        if self.adversary is not None:
+            x = self.adversary(student, x, y)
         logits = student(x)
         hard = F.cross_entropy(logits.float(), y)
         return hard, logits, {"hard": hard.detach()}
@@ -48,8 +59,12 @@ class DistillObjective(nn.Module):
         cfg: DistillConfig,
         input_shape: tuple[int, ...],
         num_classes: int,
+        adversary: TrainingAttack | None = None,
     ):
         super().__init__()
+        if SOFT_LOSSES[cfg.method].adversarial and adversary is None:
+            raise ModelError("distill.method", f"'{cfg.method}' trains on adversarial examples", "pass an adversary")
+        self.adversary = adversary
         if not teachers:
             raise ModelError("teacher", "distillation needs at least one teacher", "set teacher.source or train one")
         self._teachers = [freeze(t) for t in teachers]  # a plain list: not submodules
@@ -137,8 +152,10 @@ class DistillObjective(nn.Module):
             teacher_logits, t_feats = self.teacher_forward(x)
         s_logits = student(x)
         s_feats = self.student_tap.pop() if self.student_tap else {}
+        # ARD: the soft term on the student's adversarial examples, the teacher's outputs on the clean image
+        s_soft = student(self.adversary(student, x, y)) if self.adversary is not None else s_logits
         terms = losses.distillation_terms(
-            s_logits, y, self.soft_loss(s_logits, teacher_logits, y, epoch), self.cfg.hard_weight
+            s_logits, y, self.soft_loss(s_soft, teacher_logits, y, epoch), self.cfg.hard_weight
         )
         total = terms.total
         parts = {"hard": terms.hard.detach(), "soft": terms.soft.detach()}

@@ -13,11 +13,23 @@ def _num(v, fmt: str = "{:,}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+METHOD_LABELS = {"ard": "student (ARD)", "dfad": "student (data-free DFAD)", "dkd": "student (DKD)"}
+
+
+def row_labels(evaluation: dict) -> dict[str, str]:
+    """Row names that say how each model was trained (the method, adversarial baselines)."""
+    return {
+        "teacher": "teacher (PGD-AT)" if evaluation.get("teacher_adversarial") else "teacher",
+        "scratch": "student (scratch, PGD-AT)" if evaluation.get("scratch_adversarial") else "student (scratch)",
+        "student": METHOD_LABELS.get(evaluation.get("method", "kd"), "student (distilled)"),
+    }
+
+
 def summary_rows(evaluation: dict, export: dict | None = None) -> list[dict]:
     """One row per model form: what `make run` prints and the report shows."""
     m = evaluation["models"]
     rows = []
-    labels = {"teacher": "teacher", "scratch": "student (scratch)", "student": "student (distilled)"}
+    labels = row_labels(evaluation)
     for key in ("teacher", "scratch", "student"):
         if key not in m:
             continue
@@ -33,6 +45,8 @@ def summary_rows(evaluation: dict, export: dict | None = None) -> list[dict]:
                 "size_bytes": r["size_bytes"],
                 "latency_p50_ms": r["latency_p50_ms"],
                 "throughput_ips": r["throughput_ips"],
+                "fgsm_accuracy": r.get("fgsm_accuracy"),
+                "pgd_accuracy": r.get("pgd_accuracy"),
             }
         )
     if export:
@@ -50,21 +64,38 @@ def summary_rows(evaluation: dict, export: dict | None = None) -> list[dict]:
                         "size_bytes": f["size_bytes"],
                         "latency_p50_ms": f["latency_p50_ms"],
                         "throughput_ips": f["throughput_ips"],
+                        "fgsm_accuracy": None,
+                        "pgd_accuracy": f.get("pgd_accuracy"),
                     }
                 )
     return rows
 
 
-def render_table(rows: list[dict]) -> str:
+def render_table(rows: list[dict], robust: dict | None = None) -> str:
+    """The comparison table; with ``robust`` ({eps, steps}) two more columns: FGSM and PGD accuracy."""
     head = "| model | accuracy | F1 (macro) | agreement w/ teacher | transfer rate | params | size (bytes) | latency p50 b=1 (ms) | throughput b=256 (img/s) |"
-    lines = [head, "|" + "---|" * 9]
+    cols = 9
+    if robust:
+        head += f" FGSM eps={robust['eps']:g} | PGD-{robust['steps']} eps={robust['eps']:g} |"
+        cols += 2
+    lines = [head, "|" + "---|" * cols]
     for r in rows:
-        lines.append(
+        line = (
             f"| {r['model']} | {_pct(r['accuracy'])} | {_pct(r['f1_macro'])} | {_pct(r['agreement'])} | "
             f"{_num(r['transfer_rate'], '{:.3f}')} | {_num(r['parameters'])} | {_num(r['size_bytes'])} | "
             f"{_num(r['latency_p50_ms'], '{:.3f}')} | {_num(r['throughput_ips'], '{:,.0f}')} |"
         )
+        if robust:
+            line += f" {_pct(r.get('fgsm_accuracy'))} | {_pct(r.get('pgd_accuracy'))} |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def robust_settings(evaluation: dict) -> dict | None:
+    s = evaluation["models"]["student"]
+    if s.get("pgd_accuracy") is None:
+        return None
+    return {"eps": s["robust_eps"], "steps": s["robust_steps"], "samples": s["robust_samples"]}
 
 
 def render_report(evaluation: dict, export: dict | None = None, gate: Gate | None = None) -> str:
@@ -75,9 +106,22 @@ def render_report(evaluation: dict, export: dict | None = None, gate: Gate | Non
         "",
         "## Models on the test split",
         "",
-        render_table(summary_rows(evaluation, export)),
+        render_table(summary_rows(evaluation, export), robust_settings(evaluation)),
         "",
     ]
+    robust = robust_settings(evaluation)
+    if robust:
+        parts += [
+            f"Robust accuracy: L-inf attacks in [0, 1] pixels, eps {robust['eps']:g}, on the first "
+            f"{robust['samples']} test images (random start, seeded). ONNX rows: the PyTorch twin's PGD examples "
+            "(a transfer attack: onnxruntime gives no gradients); TorchScript is attacked directly."
+            + (
+                f" Robust gain over the scratch twin: {100 * evaluation['robust_gain']:+.2f} pt (PGD)."
+                if evaluation.get("robust_gain") is not None
+                else ""
+            ),
+            "",
+        ]
     if evaluation.get("kd_gain") is not None:
         parts += [
             f"KD gain over scratch: {100 * evaluation['kd_gain']:+.2f} pt; "
@@ -115,4 +159,8 @@ def render_report(evaluation: dict, export: dict | None = None, gate: Gate | Non
         "![confusion: distilled student](confusion_student.png)",
         "",
     ]
+    if robust:
+        parts += ["![robustness curve](robustness.png)", ""]
+    if evaluation.get("data_free"):
+        parts += ["![generated images](generator_samples.png)", ""]
     return "\n".join(parts)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from kdflow.config.adversarial import AdversarialConfig, GeneratorConfig
 from kdflow.config.base import Section as _Section
 from kdflow.config.tune import TuneConfig
 
@@ -84,6 +85,9 @@ class TeacherConfig(ModelSection):
         default_factory=list,
         description="also save the teacher after these epochs (model-epoch<N>.pt), for distill.teacher_checkpoint",
     )
+    adversarial: bool = Field(
+        False, description="train the teacher on PGD examples (Madry et al.), the attack of adversarial.train_*"
+    )
 
     @field_validator("snapshot_epochs")
     @classmethod
@@ -143,7 +147,11 @@ class ExtraTeacher(_Section):
 
 
 class DistillConfig(_Section):
-    method: str = Field("kd", description="a name in kdflow.loss_registry.SOFT_LOSSES: kd, dkd")
+    method: str = Field(
+        "kd",
+        description="a name in kdflow.loss_registry.SOFT_LOSSES: kd, dkd, ard (robust student: the soft "
+        "term on PGD examples of the student, Goldblum et al. 2020), dfad (data-free, with data_free)",
+    )
     temperature: float = 4.0
     alpha: float = Field(0.1, description="weight of the HARD loss: L = alpha*CE + (1-alpha)*soft")
     dkd_alpha: float = Field(1.0, ge=0)
@@ -175,6 +183,12 @@ class DistillConfig(_Section):
         description="torch.compile the frozen teacher(s) for the online forward and "
         "the cache build (bench/compile.py measures it; on CPU it needs a C++ compiler)",
     )
+    data_free: bool = Field(
+        False,
+        description="distil without reading any training image: a generator makes the inputs (method dfad, "
+        "Fang et al. 2019); val/test are read for reporting only",
+    )
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
 
     @field_validator("method")
     @classmethod
@@ -211,6 +225,30 @@ class DistillConfig(_Section):
                 "a compiled teacher exposes no intermediate features to the feature taps; "
                 "fix: set distill.compile_teacher=false or remove distill.features"
             )
+        if self.method == "ard" and self.features:
+            raise ValueError(
+                "ARD matches the teacher's outputs on the student's adversarial examples, not features; "
+                "fix: remove distill.features or set distill.method=kd"
+            )
+        return self._data_free_is_consistent()
+
+    def _data_free_is_consistent(self) -> DistillConfig:
+        if self.data_free != (self.method == "dfad"):
+            raise ValueError(
+                "data-free distillation is method dfad and dfad is data-free; "
+                "fix: set both distill.data_free=true and distill.method=dfad, or neither"
+            )
+        if not self.data_free:
+            return self
+        needs_data = {
+            "features": "a feature loss needs the teacher's features on real images; fix: remove distill.features",
+            "cache": "a teacher cache holds logits of real images; fix: set distill.cache=false",
+            "extra_teachers": "data-free distillation uses one teacher; fix: drop distill.extra_teachers",
+            "assistant": "a teacher assistant is trained on real images; fix: drop distill.assistant",
+        }
+        for name, why in needs_data.items():
+            if getattr(self, name):
+                raise ValueError(f"distill.data_free: {why}")
         return self
 
     @property
@@ -265,6 +303,13 @@ class GateConfig(_Section):
         description="the challenger must beat the champion beyond noise: one-sided McNemar "
         "exact test on the validation split, p below this",
     )
+    min_robust_accuracy: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the student's PGD robust accuracy (adversarial.eps, .steps) on the validation "
+        "split must reach this; None = not required",
+    )
     promotion_lease_s: float = Field(
         300.0, gt=0, description="a promotion lease expires after this (a killed promoter)"
     )
@@ -298,6 +343,7 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     scratch_twin: ScratchTwinConfig = Field(default_factory=ScratchTwinConfig)
+    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     profile: str = "base"
 
@@ -309,6 +355,17 @@ class Config(_Section):
                 "fix: set train.mix=none or distill.method=kd"
             )
         return self
+
+    @model_validator(mode="after")
+    def _data_free_reads_no_training_image(self) -> Config:
+        if self.distill.data_free and self.train.mix != "none":
+            raise ValueError("distill.data_free: mixing combines real training images; fix: set train.mix=none")
+        return self
+
+    @property
+    def adversarial_scratch_twin(self) -> bool:
+        """ARD's baseline is a scratch twin trained adversarially the same way (labels only)."""
+        return self.distill.method == "ard"
 
     @model_validator(mode="after")
     def _snapshots_exist_for_the_space(self) -> Config:

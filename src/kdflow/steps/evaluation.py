@@ -10,7 +10,7 @@ from kdflow import checkpoints, data, evaluate, models
 from kdflow.config import Config, write_resolved
 from kdflow.errors import CheckpointError
 from kdflow.gate import kd_verdict, quality_gate
-from kdflow.io import atomic_write_json, atomic_write_text, read_json
+from kdflow.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.results import EvaluationResult, TrainResult
@@ -38,6 +38,31 @@ def _model_metrics(name: str, model: nn.Module, logits, prepared: data.PreparedD
         r["confusion_matrix"], prepared.class_names, f"{name} (test)", out / f"confusion_{name}.png"
     )
     return r
+
+
+def method_labels(cfg: Config) -> dict:
+    """What each row of the table is: the distillation method and how the baselines were trained."""
+    return {
+        "method": cfg.distill.method,
+        "data_free": cfg.distill.data_free,
+        "scratch_adversarial": cfg.adversarial_scratch_twin,
+        "teacher_adversarial": cfg.teacher.adversarial,
+    }
+
+
+def _robustness(
+    cfg: Config, prepared: data.PreparedData, loaded: dict[str, nn.Module], scores: dict, summary: dict, out: Path
+) -> None:
+    """FGSM/PGD accuracy and the PGD curve per model (test subset, reported); the student's PGD on val (gate)."""
+    from kdflow.robustness import plot_robustness, robustness_report, val_pgd_accuracy
+
+    a = cfg.adversarial
+    for name, model in loaded.items():
+        scores[name].update(robustness_report(model, prepared, a))
+    scores["student"]["val_pgd_accuracy"] = val_pgd_accuracy(loaded["student"], prepared, a)
+    if "scratch" in scores:
+        summary["robust_gain"] = scores["student"]["pgd_accuracy"] - scores["scratch"]["pgd_accuracy"]
+    plot_robustness({LABELS[n]: scores[n]["robustness_curve"] for n in loaded}, a.steps, out / "robustness.png")
 
 
 def _lineage(student_dir: Path) -> dict[str, str]:
@@ -77,6 +102,11 @@ def compare(
         summary["kd_gain"] = scores["student"]["accuracy"] - scores["scratch"]["accuracy"]
         summary["kd_gain_val"] = scores["student"]["val_accuracy"] - scores["scratch"]["val_accuracy"]
         summary["kd_verdict"] = kd_verdict(summary["kd_gain_val"])
+    summary.update(method_labels(cfg))
+    if cfg.adversarial.evaluate:
+        _robustness(cfg, prepared, loaded, scores, summary, out)
+    if (dirs["student"] / "generator_samples.png").is_file():  # data-free: what the generator made
+        atomic_write_bytes(out / "generator_samples.png", (dirs["student"] / "generator_samples.png").read_bytes())
     summary["quality_gate"] = quality_gate(cfg.gate, scores["student"], summary.get("kd_gain_val"))
     evaluate.plot_reliability(
         {name: evaluate.reliability_bins(logits[name], prepared.test.y, cfg.evaluate.ece_bins) for name in loaded},

@@ -32,15 +32,21 @@ def prep(tracker: Tracker | None, ctx: RunContext, cfg: Config, manifest: dict, 
 
 @contextlib.contextmanager
 def training_run(
-    tracker: Tracker | None, ctx: RunContext, step: str, cfg: Config, prepared: PreparedData, tags: dict[str, str]
+    tracker: Tracker | None,
+    ctx: RunContext,
+    step: str,
+    cfg: Config,
+    prepared: PreparedData,
+    tags: dict[str, str],
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> Iterator[str | None]:
-    """The step's MLflow run (ended FAILED if the body raises), with its config and datasets; None untracked."""
+    """The step's MLflow run (ended FAILED if the body raises), with its config and the datasets it read."""
     if tracker is None:
         yield None
         return
     with tracker.step_run(step, ctx.parent_run_id, ctx.pipeline_run_id, tags) as run_id:
         tracker.log_config(run_id, cfg)
-        for split in ("train", "val"):
+        for split in splits:
             tracker.log_dataset(prepared.manifest, prepared.manifest["source"], split)
         yield run_id
 
@@ -70,6 +76,14 @@ def trained_model(
     example = prepared.test.x[:2].float().numpy() / 255.0
     model_id = tracker.log_torch_model(model, name=role, input_example=example, checkpoint=out / "model.pt", tags=tags)
     return {"run_id": run_id, "model_id": model_id, "model_uri": f"models:/{model_id}"}
+
+
+def generator(tracker: Tracker | None, run_id: str | None, out: Path) -> None:
+    """The data-free generator's weights and a grid of its images, on the distill step's run."""
+    if tracker is None or run_id is None:
+        return
+    for f in ("generator.pt", "generator_samples.png"):
+        tracker.log_artifact(run_id, out / f, "generator")
 
 
 def registered_teacher(tracker: Tracker | None, cfg: Config, model_uri: str, data_digest: str) -> dict[str, str]:
@@ -102,6 +116,7 @@ def evaluation(
             "reliability.png",
             "loss_curves.png",
             *[f"confusion_{n}.png" for n in summary["models"]],
+            *[f for f in ("robustness.png", "generator_samples.png") if (out / f).is_file()],
         ):
             tracker.log_artifact(run_id, out / f, "evaluation")
     return {"run_id": run_id}

@@ -63,6 +63,10 @@ def export_student(
         source_model=student_info.get("model_uri", str(Path(student_dir) / "model.pt")),
         seed=cfg.train.seed,
     )
+    if cfg.adversarial.evaluate:
+        from kdflow.robustness import export_robustness
+
+        export_robustness(student, prepared, cfg.adversarial, out, exported["forms"])
     exported["gate"] = _decide_and_report(cfg, exported, Path(eval_dir) if eval_dir else None, out)
     gate = exported["gate"]
     write_resolved(cfg, out)

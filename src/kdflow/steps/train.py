@@ -11,10 +11,11 @@ import torch
 import torch.nn as nn
 
 from kdflow import checkpoints, data, evaluate, models
+from kdflow.adversarial_training import TrainingAttack
 from kdflow.config import Config, write_resolved
 from kdflow.distributed import LR_SCALING_RULE, DistInfo, info_from_env
-from kdflow.fingerprint import fingerprint
-from kdflow.io import atomic_write_json, atomic_write_text, csv_text, read_json, sha256_file
+from kdflow.fingerprint import fingerprint, trains_adversarially
+from kdflow.io import atomic_write_json, atomic_write_text, csv_text, sha256_file
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline, upload
 from kdflow.steps.results import PrepResult, TrainResult
@@ -229,10 +230,17 @@ def train(
         Path(data_dir),
         Path(out_dir),
         ctx or RunContext(),
-        lambda model, prepared: SupervisedObjective(),
+        lambda model, prepared: SupervisedObjective(training_attack(cfg, role, prepared)),
         fresh=fresh,
     )
     return train_model(job)
+
+
+def training_attack(cfg: Config, role: str, prepared: data.PreparedData) -> TrainingAttack | None:
+    """PGD against the model in training, for the roles that train adversarially (kdflow.fingerprint)."""
+    if not trains_adversarially(cfg, role):
+        return None
+    return TrainingAttack(cfg.adversarial, prepared.mean, prepared.std, cfg.train.seed)
 
 
 def load_teacher(source: str, num_classes: int, field: str = "teacher.source") -> tuple[nn.Module, dict]:
@@ -331,10 +339,7 @@ def distill(
     from kdflow.objective import DistillObjective
     from kdflow.steps.teacher_cache import cache_factory
 
-    manifest_path = Path(data_dir) / "manifest.json"
-    if not manifest_path.is_file():
-        data.load_prepared(data_dir)  # raises the one-line error
-    num_classes = read_json(manifest_path)["num_classes"]
+    num_classes = data.load_manifest(data_dir)["num_classes"]  # a missing manifest is a one-line error
     which = cfg.distill.teacher_checkpoint
     if cfg.distill.assistant is not None:
         teacher_path = _train_assistant(cfg, data_dir, teacher_path, Path(out_dir) / "assistant", ctx, fresh)
@@ -347,8 +352,23 @@ def distill(
     ]
     teachers = [teacher, *extra]
 
+    if cfg.distill.data_free:
+        from kdflow.steps.data_free import distill_data_free
+
+        lineage = _teacher_lineage(cfg, str(teacher_path), teacher_meta["arch"])
+        return distill_data_free(
+            cfg, Path(data_dir), teacher, str(teacher_path), lineage, Path(out_dir), ctx or RunContext(), fresh
+        )
+
     def objective(model: nn.Module, prepared: data.PreparedData) -> nn.Module:
-        return DistillObjective(teachers, model, cfg.distill, tuple(prepared.train.x.shape[1:]), prepared.num_classes)
+        return DistillObjective(
+            teachers,
+            model,
+            cfg.distill,
+            tuple(prepared.train.x.shape[1:]),
+            prepared.num_classes,
+            training_attack(cfg, role, prepared),
+        )
 
     sources = [str(teacher_path), *(t.source for t in cfg.distill.extra_teachers)]
     digests = [sha256_file(checkpoints.resolve_source(s, "teacher")) for s in sources]  # resolved once, above

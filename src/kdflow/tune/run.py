@@ -43,7 +43,7 @@ def _prepared(cfg: Config, out: Path, ctx: RunContext) -> Path:
     from kdflow import steps
 
     data_dir = out / "data"
-    if not (data_dir / "manifest.json").is_file() or not (data_dir / "data.pt").is_file():
+    if not (data_dir / "manifest.json").is_file() or not (data_dir / "train.pt").is_file():
         steps.prep(cfg, data_dir, ctx)
     return data_dir
 

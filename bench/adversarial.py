@@ -1,0 +1,212 @@
+"""Adversarial distillation on Fashion-MNIST through kdflow's own steps (tracking off): the rows of issue #16.
+
+Teacher cnn-wide (seed 0, plain training; the resnet20 of BENCH.md costs 2,200 s here). Students cnn-small:
+- ``at``: the adversarially trained scratch twin (PGD-AT, labels only), ARD's baseline;
+- ``ard``: ARD (the soft term on the student's own PGD examples, the teacher on the clean image);
+- ``kd``: plain KD, for the cost per epoch;
+- ``dfad``: data-free (DFAD + the teacher's BN statistics + class balance), no training image read.
+Robust accuracy: PGD (eps 0.1, 10 steps, random start) and FGSM on the first ``--robust-samples`` test
+images. Finished runs live in bench/_work/adversarial and are reused; the section is rewritten after
+every run, so a long run leaves its partial results.
+
+    .venv/bin/python bench/adversarial.py                       # every row, seeds 0,1,2
+    .venv/bin/python bench/adversarial.py --rows at,ard --seeds 0
+    .venv/bin/python bench/adversarial.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_section  # noqa: E402
+
+from kdflow import steps  # noqa: E402
+from kdflow.config import load_config  # noqa: E402
+from kdflow.data import load_prepared  # noqa: E402
+from kdflow.robustness import robustness_report  # noqa: E402
+from kdflow.steps.evaluation import load_step_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "_work" / "adversarial"
+SECTION = "Adversarial distillation (ARD, data-free DFAD)"
+ROWS = {
+    "at": ("scratch", ["distill.method=ard"]),  # the scratch twin of an ARD config trains adversarially
+    "ard": ("distill", ["distill.method=ard"]),
+    "kd": ("distill", []),
+    "dfad": ("distill", ["distill.method=dfad", "distill.data_free=true"]),
+}
+
+
+def config(args, extra: list[str]):
+    base = [
+        "teacher.arch=cnn-wide",
+        f"teacher.epochs={args.teacher_epochs}",
+        f"student.epochs={args.epochs}",
+        "tracking.enabled=false",
+        f"adversarial.eval_samples={args.robust_samples}",
+        f"distill.generator.iterations={args.iterations}",
+    ]
+    return load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", base + extra)
+
+
+def timed(out: Path, fn) -> None:
+    t0 = time.time()
+    fn()
+    (out / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
+
+
+def robust(out: Path, cfg, prepared) -> dict:
+    path = out / "robust.json"
+    if not path.is_file():
+        model = load_step_model(out, prepared.num_classes, "model")
+        path.write_text(json.dumps(robustness_report(model, prepared, cfg.adversarial)))
+    return json.loads(path.read_text())
+
+
+def run(args, row: str, seed: int, prepared) -> None:
+    kind, extra = ROWS[row]
+    out = WORK / row / f"seed{seed}"
+    cfg = config(args, [*extra, f"train.seed={seed}"])
+    if not (out / "metrics.json").is_file():
+        if kind == "scratch":
+            timed(out, lambda: steps.train(cfg, "scratch", WORK / "data", out))
+        else:
+            timed(out, lambda: steps.distill(cfg, WORK / "data", WORK / "teacher" / "model.pt", out))
+    if row != "kd":
+        r = robust(out, cfg, prepared)
+        print(f"{row} seed {seed}: PGD {r['pgd_accuracy']:.4f} FGSM {r['fgsm_accuracy']:.4f}", flush=True)
+
+
+def _runs(row: str) -> dict[int, dict]:
+    found = {}
+    for path in sorted((WORK / row).glob("seed*/metrics.json")):
+        m = json.loads(path.read_text())
+        m["wall"] = json.loads((path.parent / "wall.json").read_text())["seconds"]
+        m["epoch_seconds"] = [h["seconds"] for h in json.loads((path.parent / "history.json").read_text())]
+        if (path.parent / "robust.json").is_file():
+            m.update(json.loads((path.parent / "robust.json").read_text()))
+        found[int(path.parent.name[4:])] = m
+    return found
+
+
+def _fmt(values: list[float], pt: bool = False) -> str:
+    if not values:
+        return "-"
+    unit = " pt" if pt else "%"
+    sign = "+" if pt else ""
+    if len(values) == 1:
+        return f"{100 * values[0]:{sign}.2f}{unit}"
+    return f"{100 * statistics.mean(values):{sign}.2f} ± {100 * statistics.stdev(values):.2f}{unit}"
+
+
+def report(args) -> str:
+    tm = json.loads((WORK / "teacher" / "metrics.json").read_text())
+    t_rob = (
+        json.loads((WORK / "teacher" / "robust.json").read_text())
+        if (WORK / "teacher" / "robust.json").is_file()
+        else {}
+    )
+    runs = {row: _runs(row) for row in ROWS}
+    lines = [
+        "| row | clean test acc | PGD-10 acc eps 0.1 | FGSM acc eps 0.1 | s/epoch (median) | wall per seed (s) | seeds |",
+        "|---|---|---|---|---|---|---|",
+        f"| teacher cnn-wide ({args.teacher_epochs} epochs) | {100 * tm['test_accuracy']:.2f}% | "
+        f"{_fmt([t_rob['pgd_accuracy']] if t_rob else [])} | {_fmt([t_rob['fgsm_accuracy']] if t_rob else [])} | "
+        f"{statistics.median(h['seconds'] for h in json.loads((WORK / 'teacher' / 'history.json').read_text())):.1f} | "
+        f"{json.loads((WORK / 'teacher' / 'wall.json').read_text())['seconds']:.0f} | 0 |",
+    ]
+    names = {
+        "at": "cnn-small scratch, PGD-AT (ARD's baseline)",
+        "ard": "cnn-small ARD",
+        "kd": "cnn-small plain KD (cost reference)",
+        "dfad": "cnn-small data-free DFAD (no training image)",
+    }
+    for row, found in runs.items():
+        if not found:
+            continue
+        ms = list(found.values())
+        lines.append(
+            f"| {names[row]} | {_fmt([m['test_accuracy'] for m in ms])} | "
+            f"{_fmt([m['pgd_accuracy'] for m in ms if 'pgd_accuracy' in m])} | "
+            f"{_fmt([m['fgsm_accuracy'] for m in ms if 'fgsm_accuracy' in m])} | "
+            f"{statistics.median(e for m in ms for e in m['epoch_seconds']):.1f} | "
+            f"{statistics.mean(m['wall'] for m in ms):.0f} | {','.join(map(str, found))} |"
+        )
+    text = "\n".join(lines)
+    both = sorted(runs["ard"].keys() & runs["at"].keys())
+    both = [s for s in both if "pgd_accuracy" in runs["ard"][s] and "pgd_accuracy" in runs["at"][s]]
+    if both:
+        d_pgd = [runs["ard"][s]["pgd_accuracy"] - runs["at"][s]["pgd_accuracy"] for s in both]
+        d_clean = [runs["ard"][s]["test_accuracy"] - runs["at"][s]["test_accuracy"] for s in both]
+        text += (
+            "\n\nPaired by seed, ARD - PGD-AT twin: PGD-10 accuracy "
+            f"{_fmt(d_pgd, pt=True)} (target >= +2 pt: {'met' if statistics.mean(d_pgd) >= 0.02 else 'MISSED'}), "
+            f"clean accuracy {_fmt(d_clean, pt=True)} (target within 2 pt: "
+            f"{'met' if abs(statistics.mean(d_clean)) <= 0.02 or statistics.mean(d_clean) > 0 else 'MISSED'}); "
+            f"seeds {','.join(map(str, both))}."
+        )
+    if runs["dfad"]:
+        ms = list(runs["dfad"].values())
+        m0 = ms[0]
+        acc = statistics.mean(m["test_accuracy"] for m in ms)
+        text += (
+            f"\n\nData-free: {m0['generated_images']:,} generated images per run ({args.iterations} generator steps, "
+            f"{m0['generator_parameters']:,} generator parameters), the same number of teacher forwards; "
+            f"{statistics.mean(m['seconds'] for m in ms):.0f} s of training per seed; 0 training images read. "
+            f"Target >= 85% test: {'met' if acc >= 0.85 else 'MISSED'} ({100 * acc:.2f}%)."
+        )
+    if runs["kd"] and (runs["ard"] or runs["at"]):
+        kd = statistics.median(e for m in runs["kd"].values() for e in m["epoch_seconds"])
+        for row in ("at", "ard"):
+            if runs[row]:
+                r = statistics.median(e for m in runs[row].values() for e in m["epoch_seconds"])
+                text += f"\n\n{names[row]}: {r:.1f} s/epoch = {r / kd:.1f}x plain KD ({kd:.1f} s/epoch)."
+    settings = (
+        f"Recipe: configs/fashion_mnist.yaml profile full (SGD nesterov lr 0.1, wd 5e-4, cosine, batch 128, T 4, "
+        f"alpha 0.1), students {args.epochs} epochs, teacher cnn-wide {args.teacher_epochs} epochs; adversarial "
+        "training PGD-5, eps 0.1, step 2.5*eps/5, random start; robust accuracy on the first "
+        f"{args.robust_samples} test images. Data-free: generator width 32, batch 128, 5 student steps per "
+        "generator step, BN-statistics and class-balance weights 1.\n\n"
+    )
+    return settings + text
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--teacher-epochs", type=int, default=10)
+    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--robust-samples", type=int, default=2000)
+    p.add_argument("--report", action="store_true")
+    args = p.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    cfg = config(args, [])
+    if not args.report:
+        if not (WORK / "data" / "manifest.json").is_file():
+            steps.prep(cfg, WORK / "data")
+        if not (WORK / "teacher" / "metrics.json").is_file():
+            timed(WORK / "teacher", lambda: steps.train(cfg, "teacher", WORK / "data", WORK / "teacher"))
+        prepared = load_prepared(WORK / "data")
+        robust(WORK / "teacher", cfg, prepared)
+        seeds = list(map(int, args.seeds.split(",")))
+        for seed in seeds:  # seed by seed: every row has a figure early, a long run leaves partial results
+            for row in args.rows.split(","):
+                if row == "kd" and seed != seeds[0]:
+                    continue  # plain KD is here for its cost per epoch: one seed
+                run(args, row, seed, prepared)
+                write_section(SECTION, report(args))
+    print(report(args))
+    write_section(SECTION, report(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
