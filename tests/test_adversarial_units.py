@@ -280,3 +280,22 @@ def test_report_rows_say_how_each_model_was_trained():
     assert "PGD-10 eps=0.1" in text and "| 50.00% | 40.00% |" in text and "+3.00 pt" in text
     text = render_report({**ev, "method": "dfad", "scratch_adversarial": False, "data_free": True})
     assert "| student (data-free DFAD) |" in text and "generator_samples.png" in text
+
+
+def test_which_roles_train_on_adversarial_examples():
+    from types import SimpleNamespace
+
+    from kdflow.steps.train import training_attack
+
+    prepared = SimpleNamespace(mean=MEAN, std=STD)
+    ard = build_config({"distill": {"method": "ard"}})
+    kd_robust_teacher = build_config({"teacher": {"adversarial": True}})
+    assert {r: training_attack(ard, r, prepared) is not None for r in ("teacher", "scratch", "distill")} == {
+        "teacher": False,
+        "scratch": True,  # ARD's baseline: the PGD-AT scratch twin
+        "distill": True,
+    }
+    assert {r: training_attack(kd_robust_teacher, r, prepared) is not None for r in ("teacher", "scratch")} == {
+        "teacher": True,
+        "scratch": False,
+    }

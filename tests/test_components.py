@@ -86,6 +86,9 @@ def run(tmp_path_factory, fashion_available):
         min_accuracy=-1.0,
         min_retention=-1.0,
         min_improvement=-1.0,
+        data_free=False,
+        adversarial_eps=-1.0,
+        min_robust_accuracy=-1.0,
         dataset=a["dataset"],
         config=a["config"],
     )
