@@ -81,6 +81,10 @@ def test_ard_from_the_cli_reports_robustness_everywhere(ard_run):
     ev_run = client.search_runs([exp.experiment_id], filter_string="tags.`kdflow.step` = 'evaluate'")[0]
     for name in ("teacher", "scratch", "student"):
         assert f"{name}.pgd_accuracy" in ev_run.data.metrics and f"{name}.fgsm_accuracy" in ev_run.data.metrics
+        assert ev_run.data.metrics[f"{name}.robustness_curve.pgd_accuracy_eps_0.2"] == pytest.approx(
+            ev["models"][name]["robustness_curve"][-1]["pgd_accuracy"]
+        )
+    assert ev_run.data.metrics["robust_gain"] == pytest.approx(ev["robust_gain"])
     assert "evaluation/robustness.png" in {a.path for a in client.list_artifacts(ev_run.info.run_id, "evaluation")}
 
 

@@ -107,7 +107,9 @@ def evaluation(
         tracker.log_dataset(prepared.manifest, prepared.manifest["source"], "test")
         for name, r in summary["models"].items():
             tracker.log_metrics(run_id, {k: v for k, v in r.items() if not isinstance(v, list)}, prefix=f"{name}.")
-        for k in ("transfer_rate", "kd_gain", "kd_gain_val"):
+            curve = {f"pgd_accuracy_eps_{c['eps']:g}": c["pgd_accuracy"] for c in r.get("robustness_curve", [])}
+            tracker.log_metrics(run_id, curve, prefix=f"{name}.robustness_curve.")
+        for k in ("transfer_rate", "kd_gain", "kd_gain_val", "robust_gain"):
             if summary.get(k) is not None:
                 tracker.log_metrics(run_id, {k: summary[k]})
         for f in (
