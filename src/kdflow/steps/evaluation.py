@@ -62,7 +62,10 @@ def _robustness(
     scores["student"]["val_pgd_accuracy"] = val_pgd_accuracy(loaded["student"], prepared, a)
     if "scratch" in scores:
         summary["robust_gain"] = scores["student"]["pgd_accuracy"] - scores["scratch"]["pgd_accuracy"]
-    plot_robustness({LABELS[n]: scores[n]["robustness_curve"] for n in loaded}, a.steps, out / "robustness.png")
+    from kdflow.report import row_labels
+
+    labels = row_labels(summary)  # the table's names: "student (ARD)", "student (scratch, PGD-AT)", ...
+    plot_robustness({labels[n]: scores[n]["robustness_curve"] for n in loaded}, a.steps, out / "robustness.png")
 
 
 def _lineage(student_dir: Path) -> dict[str, str]:
