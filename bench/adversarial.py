@@ -76,6 +76,8 @@ def run(args, row: str, seed: int, prepared) -> None:
     kind, extra = ROWS[row]
     out = WORK / row / f"seed{seed}"
     cfg = config(args, [*extra, f"train.seed={seed}"])
+    if args.robust_only and not (out / "metrics.json").is_file():
+        return
     if not (out / "metrics.json").is_file():
         if kind == "scratch":
             timed(out, lambda: steps.train(cfg, "scratch", WORK / "data", out))
@@ -210,6 +212,9 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--robust-samples", type=int, default=2000)
     p.add_argument("--report", action="store_true")
+    p.add_argument(
+        "--robust-only", action="store_true", help="(re)compute robust.json of finished runs only; train nothing"
+    )
     args = p.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     cfg = config(args, [])
@@ -220,7 +225,7 @@ def main() -> int:
             timed(WORK / "teacher", lambda: steps.train(cfg, "teacher", WORK / "data", WORK / "teacher"))
         prepared = load_prepared(WORK / "data")
         robust(WORK / "teacher", cfg, prepared)
-        if "ard-rt" in args.rows and not (WORK / "teacher-pgd" / "metrics.json").is_file():
+        if "ard-rt" in args.rows and not args.robust_only and not (WORK / "teacher-pgd" / "metrics.json").is_file():
             pgd_cfg = config(args, ["teacher.adversarial=true"])
             out = WORK / "teacher-pgd"
             timed(out, lambda: steps.train(pgd_cfg, "teacher", WORK / "data", out))
@@ -229,7 +234,7 @@ def main() -> int:
         seeds = list(map(int, args.seeds.split(",")))
         for seed in seeds:  # seed by seed: every row has a figure early, a long run leaves partial results
             for row in args.rows.split(","):
-                if row == "kd" and seed != seeds[0]:
+                if row == "kd" and seed != seeds[0] or row == "kd" and args.robust_only:
                     continue  # plain KD is here for its cost per epoch: one seed
                 run(args, row, seed, prepared)
                 write_section(SECTION, report(args))

@@ -299,3 +299,27 @@ def test_which_roles_train_on_adversarial_examples():
         "teacher": True,
         "scratch": False,
     }
+
+
+def test_robust_evaluation_keeps_the_model_in_eval_mode():
+    """At eps 0 the curve is the clean accuracy of the subset, and batch-norm buffers stay untouched
+    (an attack once restored the wrapper's default train mode, so later batches ran in train mode)."""
+    from kdflow.batches import Split
+    from kdflow.data import PreparedData
+    from kdflow.evaluate import accuracy, predict_logits
+    from kdflow.robustness import robustness_report
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (600, 1, 28, 28), dtype=torch.uint8)
+    split = Split(x, torch.randint(0, 10, (600,)))
+    prepared = PreparedData(split, split, split, [str(i) for i in range(10)], MEAN, STD, {})
+    model = models.build_model("cnn-small")
+    model.train()
+    for _ in range(3):  # running statistics far from the defaults
+        model(torch.randn(64, 1, 28, 28) * 3 + 1)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = robustness_report(model, prepared, AdversarialConfig(eval_samples=600, curve_eps=[0.0, 0.1], steps=2))
+    clean = accuracy(predict_logits(model, split, prepared.normalizer()), split.y)
+    assert r["robustness_curve"][0]["pgd_accuracy"] == clean
+    assert not model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())

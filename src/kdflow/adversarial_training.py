@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from kdflow.attacks import attack
+from kdflow.attacks import PixelModel, attack
 from kdflow.batches import stream_seed
 from kdflow.config.adversarial import AdversarialConfig
 
@@ -37,18 +37,6 @@ class TrainingAttack(nn.Module):
         x_pix = (x.detach() * self.std + self.mean).clamp(0.0, 1.0)
         gen = torch.Generator().manual_seed(stream_seed(self.seed, int(self.batches_seen)))
         self.batches_seen = self.batches_seen + 1  # a new tensor: a state_dict taken earlier keeps its value
-        on_pixels = _Normalised(model, self.mean, self.std)
+        on_pixels = PixelModel(model, self.mean, self.std)
         x_adv = attack("pgd", on_pixels, x_pix, y, self.eps, self.steps, self.step_size, self.random_start, gen)
         return ((x_adv - self.mean) / self.std).detach()
-
-
-class _Normalised(nn.Module):
-    """The model on pixels, with the mean/std already on the batch's device."""
-
-    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor):
-        super().__init__()
-        self.model, self.mean, self.std = model, mean, std
-        self.training = model.training  # attack() restores this mode on the model when it is done
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)

@@ -18,16 +18,21 @@ from kdflow.batches import Normalizer, Split, iterate
 
 
 class PixelModel(nn.Module):
-    """``model((x - mean) / std)`` for x in [0, 1]: what an attack differentiates."""
+    """``model((x - mean) / std)`` for x in [0, 1]: what an attack differentiates.
+
+    It takes the wrapped model's train/eval mode, so :func:`attack`, which restores the wrapper's mode,
+    leaves a model in eval mode in eval mode (batch-norm statistics untouched).
+    """
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, model: nn.Module, mean: tuple[float, ...] | torch.Tensor, std: tuple[float, ...] | torch.Tensor):
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.training = model.training
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x - self.mean) / self.std)
