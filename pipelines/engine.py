@@ -167,7 +167,7 @@ def writable_dirs(state: Path, tracking_uri: str) -> list[Path]:
 def grant_writes(state: Path, pipeline_root: Path, tracking_uri: str) -> None:
     """The pipeline root, the teacher cache, and for a sqlite MLflow its folder (the journal), the db and
     the artifacts beside it (kdflow.tracking.local_artifact_location)."""
-    trees = [pipeline_root, state / "teacher_cache"]
+    trees = [pipeline_root, state / "teacher_cache", state / "trained"]
     entries = [state]
     db = sqlite_db(tracking_uri)
     if db:

@@ -165,7 +165,24 @@ def summarize(run_dir: Path) -> dict:
             if "Output" in params:
                 promotion = json.loads(params["Output"])
     out["promotion"] = promotion
+    out["reused"] = reused_steps(run_dir)
     return out
+
+
+def reused_steps(run_dir: Path) -> dict[str, str]:
+    """step name -> the pipeline run whose model it reused (storage.reuse), from the steps' step.json."""
+    from kdflow.steps.results import STEP_FILE
+    from kdflow.steps.train import STEP_NAMES
+
+    found = {}
+    for path in sorted(run_dir.rglob(STEP_FILE)):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(result, dict) and result.get("reused_from") and result.get("role") in STEP_NAMES:
+            found[STEP_NAMES[result["role"]]] = str(result["reused_from"].get("pipeline_run_id") or "?")
+    return found
 
 
 def print_summary(summary: dict) -> None:
@@ -201,6 +218,8 @@ def print_summary(summary: dict) -> None:
             f"\nWhere the time went (MLflow: step_seconds.* on the pipeline run):\n"
             f"{render_breakdown(summary['step_seconds'], summary['wall_seconds'])}"
         )
+    for step, run in sorted((summary.get("reused") or {}).items()):
+        print(f"Reused:        {step}: the model pipeline run {run} trained on the same inputs (storage.reuse)")
 
 
 def _client(host: str):

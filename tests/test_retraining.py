@@ -46,3 +46,12 @@ def test_two_windows_champion_logic(tmp_path, monkeypatch):
     assert str(previous.version) == first["promotion"]["version"]
     windows = {v.version: v.tags.get("kdflow.data_digest") for v in client.search_model_versions("name='kd-student'")}
     assert len(set(windows.values())) == 2  # each version records the digest of its own window
+
+    # the next scheduled run on the unchanged window: every training step reuses its model (storage.reuse),
+    # evaluation and promotion run again, and the same student is no challenger to itself
+    third = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:12500", overrides=common)
+    assert set(third["reused"]) == {"train_teacher", "train_student_scratch", "distill_student"}
+    assert set(third["reused"].values()) == {second["evaluation"]["lineage"]["pipeline_run_id"]}
+    assert third["evaluation"]["models"]["student"]["accuracy"] == acc2
+    assert third["promotion"] and third["promotion"]["promoted"] is False
+    assert str(client.get_model_version_by_alias("kd-student", "champion").version) == decision["version"]

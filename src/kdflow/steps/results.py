@@ -59,6 +59,7 @@ class TrainResult(StepResult):
     registered_version: NotRequired[str]
     registered_uri: NotRequired[str]
     source: NotRequired[str]  # a provided teacher: where it came from
+    reused_from: NotRequired[dict[str, Any]]  # storage.reuse: the run that trained these exact weights
 
 
 class EvaluationResult(StepResult):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from kdflow import checkpoints, data, evaluate, models
+from kdflow import checkpoints, data, evaluate, models, reuse
 from kdflow.adversarial_training import TrainingAttack
 from kdflow.config import Config, write_resolved
 from kdflow.distributed import LR_SCALING_RULE, DistInfo, info_from_env
@@ -139,7 +140,7 @@ def _fit(
         model,
         objective,
         prepared,
-        cfg.train,
+        cfg.train_for(model_role),
         epochs=cfg.epochs_for(model_role),
         lr=cfg.lr_for(model_role),
         out_dir=job.checkpoint.parent,
@@ -152,8 +153,33 @@ def _fit(
     return fitted, cache_info
 
 
+def _reusable(job: TrainingJob, fp: dict, dist_info: DistInfo) -> Path | None:
+    """An earlier run's model with this exact fingerprint, unless told to train afresh (or under DDP)."""
+    if job.fresh or not job.cfg.storage.reuse or dist_info.world > 1:
+        return None
+    return reuse.lookup(reuse_store(job.cfg), job.role, fp)
+
+
+def reuse_store(cfg: Config) -> Path:
+    return Path(cfg.storage.state_dir) / "trained"
+
+
+def _restore(job: TrainingJob, entry: Path, tracker, run_id: str | None) -> tuple[nn.Module, dict]:
+    """The reused model into the step's output, its metrics, and its epoch history into this step's run."""
+    reuse.restore(entry, job.out)
+    model, _ = checkpoints.load_model(str(job.out / "model.pt"), field="storage.reuse")
+    history = json.loads((job.out / "history.json").read_text()) if (job.out / "history.json").is_file() else []
+    log_epoch = record.epoch_logger(tracker, run_id)
+    if log_epoch is not None:
+        for row in history:
+            log_epoch(row)
+    write_resolved(job.cfg, job.out)
+    return model, json.loads((job.out / "metrics.json").read_text())
+
+
 def train_model(job: TrainingJob) -> TrainResult | None:
-    """Train ``job.arch`` in ``job.role``; None on the ranks of DDP other than 0."""
+    """Train ``job.arch`` in ``job.role`` (or reuse the model an earlier run trained on the same inputs);
+    None on the ranks of DDP other than 0."""
     cfg, ctx, out = job.cfg, job.ctx, job.out
     prepared = data.load_prepared(job.data_dir)
     fp = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest)
@@ -161,31 +187,40 @@ def train_model(job: TrainingJob) -> TrainResult | None:
         job.checkpoint.unlink(missing_ok=True)
     check_resumable(job.checkpoint, fp)  # a stale checkpoint stops here: no MLflow run, no cache build
     dist_info = info_from_env()
+    entry = _reusable(job, fp, dist_info)
     if dist_info.is_main:  # fails fast on a bad tracking URI, before any training; only rank 0 talks to MLflow
         start_pipeline(cfg, ctx)
     tracker = ctx.tracker if dist_info.is_main else None
-    torch.manual_seed(cfg.train.seed)
-    model = models.build_model(job.arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0])
-    objective = job.objective_factory(model, prepared)
     tags = {"kdflow.role": job.role, "kdflow.arch": job.arch, "kdflow.data_digest": prepared.digest, **job.lineage}
+    reused_from = reuse.source_of(entry) if entry is not None else None
+    if reused_from is not None:
+        tags["kdflow.reused_from_pipeline_run"] = str(reused_from.get("pipeline_run_id", ""))
     with record.training_run(tracker, ctx, job.step, cfg, prepared, tags) as run_id:
-        on_epoch = with_snapshots(job, model, prepared, record.epoch_logger(tracker, run_id))
-        fitted, cache_info = _fit(job, fp, model, objective, prepared, on_epoch)
-        if not dist_info.is_main:
-            return None
-        metrics = _metrics(model, fitted, prepared, dist_info, cfg, cache_info)
-        _write_outputs(
-            model,
-            job.arch,
-            prepared,
-            out,
-            fitted,
-            metrics,
-            cfg,
-            {"role": job.role, "data_digest": prepared.digest, **job.lineage},
-        )
-        if job.role == "teacher" and fitted.best_state is not None:
-            save_variant(model, fitted.best_state, job.arch, prepared, out / TEACHER_CHECKPOINTS["best_val"])
+        if entry is not None:
+            model, metrics = _restore(job, entry, tracker, run_id)
+        else:
+            torch.manual_seed(cfg.train.seed)
+            model = models.build_model(job.arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0])
+            objective = job.objective_factory(model, prepared)
+            on_epoch = with_snapshots(job, model, prepared, record.epoch_logger(tracker, run_id))
+            fitted, cache_info = _fit(job, fp, model, objective, prepared, on_epoch)
+            if not dist_info.is_main:
+                return None
+            metrics = _metrics(model, fitted, prepared, dist_info, cfg, cache_info)
+            _write_outputs(
+                model,
+                job.arch,
+                prepared,
+                out,
+                fitted,
+                metrics,
+                cfg,
+                {"role": job.role, "data_digest": prepared.digest, **job.lineage},
+            )
+            if job.role == "teacher" and fitted.best_state is not None:
+                save_variant(model, fitted.best_state, job.arch, prepared, out / TEACHER_CHECKPOINTS["best_val"])
+            if cfg.storage.reuse and dist_info.world == 1:
+                reuse.publish(reuse_store(cfg), job.role, fp, out, {"pipeline_run_id": ctx.pipeline_run_id})
         result: TrainResult = {
             "role": job.role,
             "arch": job.arch,
@@ -198,13 +233,16 @@ def train_model(job: TrainingJob) -> TrainResult | None:
             "config_hash": cfg.digest(),
             "artifact_uri": upload(ctx, job.step, out, UPLOADED),
         }
+        if reused_from is not None:
+            result["reused_from"] = reused_from
         model_tags = {**tags, "kdflow.pipeline_run_id": ctx.pipeline_run_id, "kdflow.config_hash": cfg.digest()}
         result = results.merged(
             result, record.trained_model(tracker, run_id, model, job.role, out, prepared, metrics, model_tags)
         )
         results.write(out, result)
+    how = f"reused (trained by pipeline run {reused_from.get('pipeline_run_id') or '?'})" if reused_from else "trained"
     print(
-        f"[{job.step}] {job.arch}: test accuracy {metrics['test_accuracy']:.4f} "
+        f"[{job.step}] {job.arch} {how}: test accuracy {metrics['test_accuracy']:.4f} "
         f"(val-selected {metrics['val_selected_test_accuracy']}) -> {out / 'model.pt'}"
     )
     return result
@@ -368,6 +406,7 @@ def distill(
             tuple(prepared.train.x.shape[1:]),
             prepared.num_classes,
             training_attack(cfg, role, prepared),
+            teacher_channels_last=bool(cfg.teacher.channels_last),
         )
 
     sources = [str(teacher_path), *(t.source for t in cfg.distill.extra_teachers)]

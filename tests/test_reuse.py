@@ -1,0 +1,101 @@
+"""Reuse across runs (storage.reuse): a model is taken only for exactly the fingerprint that trained it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import tiny_config
+
+from kdflow import data, reuse, steps
+from kdflow.steps.train import reuse_store
+
+
+def _train(cfg, role, tiny_data, out, **kw):
+    return steps.train(cfg, role, tiny_data, out, **kw)
+
+
+def test_same_inputs_reuse_the_model_other_inputs_train(tiny_data, tmp_path, capsys):
+    cfg = tiny_config(tmp_path)
+    first = _train(cfg, "teacher", tiny_data, tmp_path / "run1")
+    assert "reused_from" not in first and "trained:" in capsys.readouterr().out
+    second = _train(cfg, "teacher", tiny_data, tmp_path / "run2")  # a new output dir: no checkpoint to resume
+    assert second["reused_from"] == {"pipeline_run_id": first["pipeline_run_id"]}
+    assert "reused (trained by pipeline run" in capsys.readouterr().out
+    for name in ("model.pt", "model-best_val.pt", "metrics.json", "history.json"):
+        assert (tmp_path / "run2" / name).read_bytes() == (tmp_path / "run1" / name).read_bytes(), name
+    assert not (tmp_path / "run2" / "train_state").exists()  # nothing trained
+    assert second["fingerprint"] == first["fingerprint"] and second["metrics"] == first["metrics"]
+
+    changed = cfg.model_copy(deep=True)
+    changed.teacher.lr = 0.05  # one field of the teacher's recipe: another fingerprint, trained
+    assert "reused_from" not in _train(changed, "teacher", tiny_data, tmp_path / "run3")
+    # a field of another role does not touch the teacher's fingerprint
+    other_role = cfg.model_copy(deep=True)
+    other_role.student.lr = 0.05
+    assert "reused_from" in _train(other_role, "teacher", tiny_data, tmp_path / "run4")
+    assert "reused_from" not in _train(cfg, "teacher", tiny_data, tmp_path / "run5", fresh=True)
+    off = cfg.model_copy(deep=True)
+    off.storage.reuse = False
+    assert "reused_from" not in _train(off, "teacher", tiny_data, tmp_path / "run6")
+
+
+def test_changed_data_content_trains(tiny_data, tmp_path):
+    cfg = tiny_config(tmp_path)
+    _train(cfg, "scratch", tiny_data, tmp_path / "a")
+    window = tiny_config(tmp_path, data={"train_subset": 1400})  # another data window, same config otherwise
+    prepared = tmp_path / "prepared-1400"
+    data.prepare(window.data, prepared)
+    assert data.load_manifest(prepared)["digest"] != data.load_manifest(tiny_data)["digest"]
+    assert "reused_from" not in _train(window, "scratch", prepared, tmp_path / "b")
+
+
+def test_a_distilled_student_reuses_only_with_the_same_teacher_bytes(tiny_data, tmp_path):
+    cfg = tiny_config(tmp_path)
+    teacher = tmp_path / "teacher"
+    _train(cfg, "teacher", tiny_data, teacher)
+    first = steps.distill(cfg, tiny_data, teacher / "model.pt", tmp_path / "s1")
+    assert "reused_from" in steps.distill(cfg, tiny_data, teacher / "model.pt", tmp_path / "s2")
+    other = tiny_config(tmp_path, train={"seed": 1})
+    _train(other, "teacher", tiny_data, tmp_path / "teacher-seed1")  # another teacher, same config for the student
+    again = steps.distill(cfg, tiny_data, tmp_path / "teacher-seed1" / "model.pt", tmp_path / "s3")
+    assert (
+        "reused_from" not in again and again["fingerprint"]["teacher_digest"] != first["fingerprint"]["teacher_digest"]
+    )
+
+
+@pytest.mark.parametrize("damage", ["altered", "missing", "index"])
+def test_a_damaged_entry_is_never_taken(tiny_data, tmp_path, damage):
+    cfg = tiny_config(tmp_path)
+    first = _train(cfg, "scratch", tiny_data, tmp_path / "a")
+    entry = reuse.entry_dir(reuse_store(cfg), "scratch", first["fingerprint"])
+    assert reuse.lookup(reuse_store(cfg), "scratch", first["fingerprint"]) == entry
+    if damage == "altered":
+        (entry / "model.pt").write_bytes((entry / "model.pt").read_bytes()[:-8] + b"\0" * 8)
+    elif damage == "missing":
+        (entry / "metrics.json").unlink()
+    else:  # an index naming another fingerprint (a key collision, another kdflow) is not this one
+        index = json.loads((entry / reuse.INDEX).read_text())
+        index["fingerprint"]["train.lr"] = 123.0
+        (entry / reuse.INDEX).write_text(json.dumps(index))
+    assert reuse.lookup(reuse_store(cfg), "scratch", first["fingerprint"]) is None
+    assert "reused_from" not in _train(cfg, "scratch", tiny_data, tmp_path / "b")
+
+
+@pytest.mark.unit
+def test_publish_keeps_the_first_entry_and_leaves_no_staging(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"one")
+    (out / "metrics.json").write_text("{}")
+    (out / "unrelated.txt").write_text("not a training output")
+    fp = {"a": 1}
+    entry = reuse.publish(tmp_path / "store", "scratch", fp, out, {"pipeline_run_id": "r1"})
+    (out / "model.pt").write_bytes(b"two")
+    assert reuse.publish(tmp_path / "store", "scratch", fp, out, {"pipeline_run_id": "r2"}) == entry
+    assert (entry / "model.pt").read_bytes() == b"one" and reuse.source_of(entry) == {"pipeline_run_id": "r1"}
+    assert sorted(p.name for p in entry.iterdir()) == ["entry.json", "metrics.json", "model.pt"]
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # no staging dir left behind
+    restored = tmp_path / "restored"
+    assert reuse.restore(entry, restored) == ["metrics.json", "model.pt"]
+    assert not list(restored.glob(".*"))
