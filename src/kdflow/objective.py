@@ -60,6 +60,7 @@ class DistillObjective(nn.Module):
         input_shape: tuple[int, ...],
         num_classes: int,
         adversary: TrainingAttack | None = None,
+        teacher_channels_last: bool = False,
     ):
         super().__init__()
         if SOFT_LOSSES[cfg.method].adversarial and adversary is None:
@@ -68,6 +69,10 @@ class DistillObjective(nn.Module):
         if not teachers:
             raise ModelError("teacher", "distillation needs at least one teacher", "set teacher.source or train one")
         self._teachers = [freeze(t) for t in teachers]  # a plain list: not submodules
+        # the teacher's own layout (teacher.channels_last): the same fp32 arithmetic, a faster forward on CPU
+        self.teacher_channels_last = teacher_channels_last
+        for t in self._teachers if teacher_channels_last else []:
+            t.to(memory_format=torch.channels_last)
         self.cfg = cfg
         self.specs = list(cfg.features)
         self.adapters = nn.ModuleList()
@@ -122,6 +127,8 @@ class DistillObjective(nn.Module):
     @torch.no_grad()
     def teacher_forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         outs = []
+        if self.teacher_channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         for t, forward in zip(self._teachers, self._teacher_forwards, strict=True):
             t.eval()  # re-asserted every step
             outs.append(forward(x))

@@ -56,6 +56,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively here (AVX512-BF16 or AMX): where kdflow's bf16 default pays."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast_for(device: torch.device, amp: str):
     if amp == "off":
         return torch.autocast(device.type, enabled=False)
@@ -82,6 +90,11 @@ def setup(
             "use a batch size divisible by --nproc",
         )
     batch = cfg.batch_size // dist_info.world
+    if device.type == "cpu" and cfg.amp != "off" and not cpu_has_native_bf16():
+        print(
+            "[kdflow] warning: bf16 autocast on a CPU without native bf16 (avx512_bf16/amx) is emulated and "
+            "slower than fp32; set teacher.amp=off (or train.amp=off) on this machine"
+        )
     student.to(device)
     objective.to(device)
     if cfg.channels_last:

@@ -74,6 +74,8 @@ class ModelSection(_Section):
     arch: str
     epochs: int | None = Field(None, ge=0, description="overrides train.epochs for this model")
     lr: float | None = Field(None, gt=0, description="overrides train.lr for this model")
+    amp: Literal["off", "bf16", "fp16"] | None = Field(None, description="overrides train.amp for this model")
+    channels_last: bool | None = Field(None, description="overrides train.channels_last for this model")
 
 
 class TeacherConfig(ModelSection):
@@ -329,6 +331,11 @@ class TrackingConfig(_Section):
 class StorageConfig(_Section):
     root: str | None = Field(None, description="local directory or s3://bucket/prefix for artifacts")
     state_dir: str = Field(".kdflow", description="local state: sqlite MLflow db, caches")
+    reuse: bool = Field(
+        True,
+        description="a training step whose fingerprint (config fields, data content, teacher, kdflow version) "
+        "matches a model an earlier run trained takes that model from <state_dir>/trained instead of retraining",
+    )
 
 
 class Config(_Section):
@@ -418,3 +425,9 @@ class Config(_Section):
     def lr_for(self, role: str) -> float:
         section = self.teacher if role == "teacher" else self.student
         return section.lr if section.lr is not None else self.train.lr
+
+    def train_for(self, role: str) -> TrainConfig:
+        """``train`` with the model's own precision and memory layout (teacher.amp, student.channels_last, ...)."""
+        section = self.teacher if role == "teacher" else self.student
+        own = {k: getattr(section, k) for k in ("amp", "channels_last") if getattr(section, k) is not None}
+        return self.train.model_copy(update=own) if own else self.train

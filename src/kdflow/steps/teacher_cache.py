@@ -16,16 +16,15 @@ def cache_factory(cfg: Config, teacher: nn.Module, teacher_sha256: str):
     def build(prepared: PreparedData) -> tuple[object, dict]:
         from kdflow import cache
         from kdflow.allocator import keep_freed_memory
-        from kdflow.compiled import compile_frozen
+        from kdflow.compiled import frozen_forward
         from kdflow.trainer import pick_device
 
         if cfg.train.keep_freed_memory:
             keep_freed_memory()
         views = cfg.distill.cache_views or max(1, cfg.epochs_for("student"))
         cache_dir = Path(cfg.distill.cache_dir or Path(cfg.storage.state_dir) / "teacher_cache")
-        forward = teacher.to(pick_device(cfg.train.device))  # built where training runs, stored on CPU
-        if cfg.distill.compile_teacher:
-            forward = compile_frozen(teacher)
+        teacher.to(pick_device(cfg.train.device))  # built where training runs, stored on CPU
+        forward = frozen_forward(teacher, bool(cfg.teacher.channels_last), cfg.distill.compile_teacher)
         mix = {"kind": cfg.train.mix, "alpha": cfg.train.mix_alpha} if cfg.train.mix != "none" else None
         tc, path, reused = cache.get_or_build(
             forward, teacher_sha256, prepared, views, cfg.distill.cache_seed, cache_dir, mix

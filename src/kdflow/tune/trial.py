@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from kdflow import cache, models
+from kdflow.compiled import frozen_forward
 from kdflow.config import Config
 from kdflow.data import PreparedData
 from kdflow.errors import KdflowError
@@ -63,7 +64,7 @@ class Study:
             spec = {"kind": mix, "alpha": self.cfg.train.mix_alpha} if mix != "none" else None
             teacher, sha = self.teacher(which)
             self.caches[(mix, which)], _, _ = cache.get_or_build(
-                teacher,
+                frozen_forward(teacher, bool(self.cfg.teacher.channels_last), compiled=False),
                 sha,
                 self.prepared,
                 self.cache_views,
@@ -115,7 +116,12 @@ def run_trial(
     if kind == "distill":
         which = cfg.distill.teacher_checkpoint
         objective: nn.Module = DistillObjective(
-            [study.teacher(which)[0]], model, cfg.distill, study.input_shape, study.prepared.num_classes
+            [study.teacher(which)[0]],
+            model,
+            cfg.distill,
+            study.input_shape,
+            study.prepared.num_classes,
+            teacher_channels_last=bool(cfg.teacher.channels_last),
         )
         teacher_cache = study.teacher_cache(recipe["mix"], which) if cfg.distill.cache else None
     else:
@@ -135,7 +141,7 @@ def run_trial(
                 model,
                 objective,
                 study.prepared,
-                cfg.train,
+                cfg.train_for("student"),
                 epochs=cfg.epochs_for("student"),
                 lr=cfg.lr_for("student"),
                 out_dir=study.out / "trials" / f"{kind}-{trial.number:04d}",
