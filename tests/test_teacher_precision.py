@@ -24,7 +24,9 @@ def test_the_teacher_section_overrides_train_for_the_teacher_only():
     assert plain.train_for("teacher").amp == "bf16"  # unset: the teacher follows train
     # the teacher's fingerprint sees its precision (bf16 weights differ); the students' never do
     assert fingerprint(cfg, "teacher", "d")["teacher.amp"] == "bf16"
-    assert fingerprint(cfg, "scratch", "d") == fingerprint(plain.model_copy(update={"train": cfg.train}), "scratch", "d")
+    assert fingerprint(cfg, "scratch", "d") == fingerprint(
+        plain.model_copy(update={"train": cfg.train}), "scratch", "d"
+    )
 
 
 @pytest.mark.unit
@@ -65,3 +67,14 @@ def test_a_channels_last_cache_build_stores_the_same_logits(tiny_data, tmp_path)
     torch.testing.assert_close(plain.logits.float(), cl.logits.float(), rtol=2e-3, atol=2e-3)
     assert (plain.logits.float().argmax(-1) == cl.logits.float().argmax(-1)).float().mean() > 0.999
     assert tiny_config(tmp_path).teacher.channels_last is None  # the test config keeps the old layout
+
+
+@pytest.mark.unit
+def test_amp_off_from_the_command_line_means_off():
+    from helpers import ROOT
+
+    from kdflow.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", ["teacher.amp=off", "train.amp=off"])
+    assert (cfg.teacher.amp, cfg.train.amp, cfg.train_for("teacher").amp) == ("off", "off", "off")
+    assert load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", []).train_for("teacher").amp == "bf16"

@@ -32,6 +32,11 @@ class DataConfig(_Section):
     )
 
 
+def _amp_off(v: Any) -> Any:
+    """YAML 1.1 reads a bare ``off`` (``--set train.amp=off``) as false: that means amp off, not an error."""
+    return "off" if v is False else v
+
+
 class TrainConfig(_Section):
     epochs: int = Field(15, ge=0)
     batch_size: int = Field(128, ge=1)
@@ -53,6 +58,8 @@ class TrainConfig(_Section):
     )
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
+
+    _amp_off = field_validator("amp", mode="before")(staticmethod(_amp_off))
     keep_freed_memory: bool = Field(
         True,
         description="glibc: keep freed activation buffers for reuse instead of "
@@ -76,6 +83,8 @@ class ModelSection(_Section):
     lr: float | None = Field(None, gt=0, description="overrides train.lr for this model")
     amp: Literal["off", "bf16", "fp16"] | None = Field(None, description="overrides train.amp for this model")
     channels_last: bool | None = Field(None, description="overrides train.channels_last for this model")
+
+    _amp_off = field_validator("amp", mode="before")(staticmethod(_amp_off))
 
 
 class TeacherConfig(ModelSection):
