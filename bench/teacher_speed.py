@@ -105,6 +105,34 @@ def main() -> int:
                 x = torch.randn(b, 1, 28, 28)
                 per_k[b].append(timed_ms(lambda x=x: teacher(x), 2) * 1000 / b)
     rows += [f"| batch {b} | {statistics.median(v):.0f} |" for b, v in per_k.items()]
+    # the cache build's layout and precision at its batch (256): channels_last is the same arithmetic,
+    # bf16 changes the stored soft targets (not a default without its accuracy measured)
+    teacher_cl = models.build_model(args.teacher).eval().to(memory_format=torch.channels_last)
+    teacher_cl.load_state_dict(teacher.state_dict())
+    forms = {
+        "batch 256, fp32 contiguous": (teacher, False, False),
+        "batch 256, fp32 channels_last": (teacher_cl, True, False),
+        "batch 256, bf16 autocast + channels_last": (teacher_cl, True, True),
+    }
+    per_form: dict[str, list[float]] = {k: [] for k in forms}
+    x256 = torch.randn(256, 1, 28, 28)
+    x256_cl = x256.contiguous(memory_format=torch.channels_last)
+
+    def forward(model, cl, bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model(x256_cl if cl else x256)
+
+    with torch.no_grad():
+        for _ in range(max(3, args.rounds // 3)):
+            for name, form in forms.items():
+                per_form[name].append(timed_ms(lambda form=form: forward(*form), 2) * 1000 / 256)
+    ref = statistics.median(per_form["batch 256, fp32 contiguous"])
+    rows += [
+        "",
+        "| cache-build forward, layout and precision | ms per 1,000 images | vs fp32 contiguous |",
+        "|---|---|---|",
+    ]
+    rows += [f"| {k} | {statistics.median(v):.0f} | {statistics.median(v) / ref:.2f}x |" for k, v in per_form.items()]
     body = "\n".join(lines + rows)
     print(body)
     write_section("Pipeline cost: teacher step choices", body)
