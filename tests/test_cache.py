@@ -108,7 +108,8 @@ def test_config_refuses_cache_with_feature_losses():
 def test_cached_distillation_step(setup, tiny_data, tmp_path):
     from kdflow import steps
 
-    cfg = tiny_config(tmp_path, distill={"cache": True}, student={"epochs": 2})
+    # model reuse off: the second run must train, from the reused cache
+    cfg = tiny_config(tmp_path, distill={"cache": True}, student={"epochs": 2}, storage={"reuse": False})
     info = steps.distill(cfg, tiny_data, setup["teacher_pt"], tmp_path / "kd")
     m = info["metrics"]
     assert m["cache_views"] == 2 and m["cache_reused"] is False and m["epochs"] == 2

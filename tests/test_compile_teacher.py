@@ -82,6 +82,7 @@ def test_compiled_teacher_builds_the_same_cache(tiny_data, tmp_path):
                 "compile_teacher": compile_teacher,
                 "cache_dir": str(tmp_path / f"cache-{compile_teacher}"),
             },
+            storage={"reuse": False},  # compile_teacher is not in the fingerprint: the second run must train
         )
         _reset_compile_counters()
         info = steps.distill(cfg, tiny_data, teacher_pt, tmp_path / f"kd-{compile_teacher}")

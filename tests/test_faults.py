@@ -27,7 +27,17 @@ from kdflow.registry import judge
 from kdflow.storage import COMPLETE, S3Store, is_complete
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-QUICK = ["--set", "tracking.enabled=false", "--set", "train.num_threads=1", "--set", "train.warmup_epochs=0"]
+# storage.reuse off: these runs resume and retrain on purpose, and run in the repository (its .kdflow store)
+QUICK = [
+    "--set",
+    "tracking.enabled=false",
+    "--set",
+    "train.num_threads=1",
+    "--set",
+    "train.warmup_epochs=0",
+    "--set",
+    "storage.reuse=false",
+]
 
 
 def _kdflow(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
