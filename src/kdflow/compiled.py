@@ -48,6 +48,6 @@ class ChannelsLast(nn.Module):
 
 
 def frozen_forward(model: nn.Module, channels_last: bool, compiled: bool) -> nn.Module:
-    """The forward a teacher-cache build runs: in the teacher's layout, compiled when asked."""
+    """A frozen teacher's forward (online KD, cache build): in the teacher's layout, compiled when asked."""
     forward = ChannelsLast(model) if channels_last else model
     return compile_frozen(forward) if compiled else forward

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from kdflow import losses
 from kdflow.adversarial_training import TrainingAttack
-from kdflow.compiled import compile_frozen
+from kdflow.compiled import frozen_forward
 from kdflow.config import DistillConfig
 from kdflow.errors import ModelError
 from kdflow.features import Adapter, FeatureTap, probe_shapes
@@ -69,10 +69,6 @@ class DistillObjective(nn.Module):
         if not teachers:
             raise ModelError("teacher", "distillation needs at least one teacher", "set teacher.source or train one")
         self._teachers = [freeze(t) for t in teachers]  # a plain list: not submodules
-        # the teacher's own layout (teacher.channels_last): the same fp32 arithmetic, a faster forward on CPU
-        self.teacher_channels_last = teacher_channels_last
-        for t in self._teachers if teacher_channels_last else []:
-            t.to(memory_format=torch.channels_last)
         self.cfg = cfg
         self.specs = list(cfg.features)
         self.adapters = nn.ModuleList()
@@ -105,7 +101,8 @@ class DistillObjective(nn.Module):
             self.student_tap = FeatureTap(student, s_paths, "distill.features.student_module", "student")
             self.teacher_tap = FeatureTap(self._teachers[0], t_paths, "distill.features.teacher_module", "teacher")
         # compiled after the shape probes, so the compiled forward only ever sees training batches
-        self._teacher_forwards = [compile_frozen(t) for t in self._teachers] if cfg.compile_teacher else self._teachers
+        # in the teacher's own layout (teacher.channels_last: the same fp32 arithmetic), compiled when asked
+        self._teacher_forwards = [frozen_forward(t, teacher_channels_last, cfg.compile_teacher) for t in self._teachers]
 
     @property
     def teachers(self) -> list[nn.Module]:
@@ -127,8 +124,6 @@ class DistillObjective(nn.Module):
     @torch.no_grad()
     def teacher_forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         outs = []
-        if self.teacher_channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         for t, forward in zip(self._teachers, self._teacher_forwards, strict=True):
             t.eval()  # re-asserted every step
             outs.append(forward(x))
