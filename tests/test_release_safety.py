@@ -53,6 +53,8 @@ def test_cli_distill_refuses_a_checkpoint_of_another_temperature_or_teacher(tiny
         "tracking.enabled=false",
         "--set",
         "train.epochs=1",
+        "--set",
+        f"storage.state_dir={tmp_path / 'state'}",  # its own model store: a reused model leaves no checkpoint
     ]
     assert main([*base, "--teacher", teachers[0]]) == 0
     weights = (out / "model.pt").read_bytes()
