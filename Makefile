@@ -7,7 +7,7 @@ PROFILE  ?= default
 RUNNER   ?= subprocess
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: run image lock tune test test-unit test-fast lint typecheck check compile golden data venv stack stack-down stack-env bench bench-quick clean
+.PHONY: run image lock tune test test-unit test-integration test-e2e test-fast lint typecheck check compile golden data venv stack stack-down stack-env bench bench-quick clean
 
 # torchattacks (the tests' independent check of kdflow's attacks) pins requests~=2.25, which would downgrade
 # mlflow's; it imports without requests, so it is installed without its dependencies.
@@ -37,17 +37,27 @@ image: $(STAMP)
 lock: $(STAMP)
 	$(BIN)/python scripts/lock_image.py
 
-## The test suite, slow end-to-end tests included.
+## The whole suite, tier by tier: unit, then integration, then end-to-end; a failing tier stops the rest.
+## Every test carries exactly one tier marker (tests/conftest.py refuses collection otherwise).
 test: $(STAMP) data
-	$(BIN)/python -m pytest
+	@$(BIN)/python scripts/test_tiers.py unit integration e2e
 
-## Seconds-fast tier: losses, config, models, adapters, manifests, golden YAML, bad-input parsing.
+## Tier 1 (< 60 s): losses, config, models, adapters, manifests, golden YAML, bad-input parsing.
 ## No dataset, no training, no servers.
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m unit
 
+## Tier 2: the library on real data with tiny models, single steps, real servers and processes.
+test-integration: $(STAMP) data
+	$(BIN)/python -m pytest -m integration
+
+## Tier 3: whole workflows (the DAG on the local runner, the README's CLI, tune, retraining, containers).
+test-e2e: $(STAMP) data
+	$(BIN)/python -m pytest -m e2e
+
+## Tiers 1 and 2.
 test-fast: $(STAMP) data
-	$(BIN)/python -m pytest -m "not slow"
+	@$(BIN)/python scripts/test_tiers.py unit integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -89,13 +99,13 @@ bench-quick: $(STAMP) data
 
 ## Local SeaweedFS S3 + mlflow server on loopback (state in .kdflow/stack); prints the env to use.
 stack: $(STAMP)
-	$(BIN)/python -m kdflow.localstack up
+	$(BIN)/python -m kdflow.infra.localstack up
 
 stack-env: $(STAMP)
-	@$(BIN)/python -m kdflow.localstack env
+	@$(BIN)/python -m kdflow.infra.localstack env
 
 stack-down: $(STAMP)
-	$(BIN)/python -m kdflow.localstack down
+	$(BIN)/python -m kdflow.infra.localstack down
 
 clean:
 	rm -rf local_outputs .kdflow/mlflow.db

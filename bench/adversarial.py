@@ -29,8 +29,8 @@ from results import write_section  # noqa: E402
 
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
-from kdflow.data import load_prepared  # noqa: E402
-from kdflow.robustness import robustness_report  # noqa: E402
+from kdflow.data.prepared import load_prepared  # noqa: E402
+from kdflow.evaluation.robustness import robustness_report  # noqa: E402
 from kdflow.steps.evaluation import load_step_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The equal-wall-budget row of ../shared/BENCH.md: the best cnn-small kdflow reaches in the wall time of
+"""The equal-wall-budget row of bench/PROTOCOL.md: the best cnn-small kdflow reaches in the wall time of
 the hand-written KD run (~750 s here, teacher training excluded), over seeds 0,1,2.
 
 Recipe: consistent, patient distillation (Beyer et al. 2022, "Knowledge distillation: A good teacher is
@@ -27,9 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_section  # noqa: E402
 
-from kdflow import cache, data, steps  # noqa: E402
+from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
-from kdflow.io import sha256_file  # noqa: E402
+from kdflow.data import cache  # noqa: E402
+from kdflow.data import prepared as data  # noqa: E402
+from kdflow.infra.io import sha256_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAFETY = 0.90  # the machine is shared and its speed drifts: plan for 90% of the budget

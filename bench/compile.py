@@ -26,12 +26,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_section  # noqa: E402
 
-from kdflow import cache, data, models  # noqa: E402
-from kdflow.allocator import keep_freed_memory  # noqa: E402
-from kdflow.compiled import compile_frozen  # noqa: E402
 from kdflow.config import build_config  # noqa: E402
-from kdflow.objective import DistillObjective  # noqa: E402
-from kdflow.trainer import _TrainStep, build_optimizer, fit  # noqa: E402
+from kdflow.data import cache  # noqa: E402
+from kdflow.data import prepared as data  # noqa: E402
+from kdflow.models import zoo as models  # noqa: E402
+from kdflow.models.compiled import compile_frozen  # noqa: E402
+from kdflow.training.allocator import keep_freed_memory  # noqa: E402
+from kdflow.training.objective import DistillObjective  # noqa: E402
+from kdflow.training.trainer import _TrainStep, build_optimizer, fit  # noqa: E402
 
 
 def cold() -> None:

@@ -1,4 +1,4 @@
-"""Inference rows of ../shared/BENCH.md: teacher fp32, student fp32, student ONNX fp32 / int8 / TorchScript.
+"""Inference rows of bench/PROTOCOL.md: teacher fp32, student fp32, student ONNX fp32 / int8 / TorchScript.
 
 Uses the trained models of a local pipeline run (default: the newest under local_outputs/, i.e. the
 last `make run`): latency p50/p95 at batch 1, throughput at batch 256, parameters, file size and test
@@ -18,11 +18,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_section  # noqa: E402
 
-from kdflow import checkpoints, data  # noqa: E402
 from kdflow.config import EvaluateConfig  # noqa: E402
-from kdflow.evaluate import speed_profile  # noqa: E402
-from kdflow.export import logits_over, onnx_runner, onnx_session, torchscript_runner  # noqa: E402
-from kdflow.models import num_parameters  # noqa: E402
+from kdflow.data import prepared as data  # noqa: E402
+from kdflow.evaluation.metrics import speed_profile  # noqa: E402
+from kdflow.infra import checkpoints  # noqa: E402
+from kdflow.models.zoo import num_parameters  # noqa: E402
+from kdflow.release.export import logits_over, onnx_runner, onnx_session, torchscript_runner  # noqa: E402
 
 
 def main() -> int:

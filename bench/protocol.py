@@ -1,4 +1,4 @@
-"""Quality rows of ../shared/BENCH.md through kdflow's own steps (tracking off).
+"""Quality rows of bench/PROTOCOL.md through kdflow's own steps (tracking off).
 
 Teacher resnet20 (seed 0); students over seeds 0,1,2: cnn-small scratch, KD online, KD with the cached
 teacher (one cache shared by all seeds and cached rows), KD online with the teacher compiled
@@ -221,7 +221,7 @@ def main() -> int:
         steps.train(cfg, "teacher", data_dir, teacher_dir)
         (teacher_dir / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
     header = (
-        "Recipe of ../shared/BENCH.md (`configs/fashion_mnist.yaml`, profile `full`): SGD nesterov lr 0.1, "
+        "Recipe of bench/PROTOCOL.md (`configs/fashion_mnist.yaml`, profile `full`): SGD nesterov lr 0.1, "
         "wd 5e-4, 1 warm-up epoch then cosine, batch 128, T=4, alpha=0.1 (hard weight), 15 epochs"
         + (" -- QUICK: 3 epochs (0.5 warm-up) on 10k samples, one seed" if a.quick else "")
         + ". Mean ± std over the seeds listed; s/epoch is the median over every epoch of every seed (robust to "

@@ -1,4 +1,4 @@
-"""Speed rows of ../shared/BENCH.md, measured in one process, interleaved, median of repeats.
+"""Speed rows of bench/PROTOCOL.md, measured in one process, interleaved, median of repeats.
 
 - t_student, t_teacher: a hand-written student step and teacher forward on one batch of 128;
 - t_kd: kdflow's online KD step (its objective + trainer step module) on the same batch;
@@ -26,11 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_kd  # noqa: E402
 from results import write_section  # noqa: E402
 
-from kdflow import cache, data, models  # noqa: E402
-from kdflow.allocator import keep_freed_memory  # noqa: E402
 from kdflow.config import build_config  # noqa: E402
-from kdflow.objective import DistillObjective, SupervisedObjective  # noqa: E402
-from kdflow.trainer import _TrainStep, build_optimizer, fit  # noqa: E402
+from kdflow.data import cache  # noqa: E402
+from kdflow.data import prepared as data  # noqa: E402
+from kdflow.models import zoo as models  # noqa: E402
+from kdflow.training.allocator import keep_freed_memory  # noqa: E402
+from kdflow.training.objective import DistillObjective, SupervisedObjective  # noqa: E402
+from kdflow.training.trainer import _TrainStep, build_optimizer, fit  # noqa: E402
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -23,10 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_kd  # noqa: E402
 from results import write_section  # noqa: E402
 
-from kdflow import data, models, steps  # noqa: E402
+from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
-from kdflow.objective import SupervisedObjective  # noqa: E402
-from kdflow.trainer import fit  # noqa: E402
+from kdflow.data import prepared as data  # noqa: E402
+from kdflow.models import zoo as models  # noqa: E402
+from kdflow.training.objective import SupervisedObjective  # noqa: E402
+from kdflow.training.trainer import fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ def distill_student(config: Input[Artifact], dataset: Input[Dataset], teacher: I
 
     from kdflow import steps
     from kdflow.config import load_config
-    from kdflow.kfp_io import fill_model_metadata, log_scalar_metrics
+    from kdflow.infra.kfp_io import fill_model_metadata, log_scalar_metrics
 
     info = steps.distill(load_config(config.path), dataset.path, os.path.join(teacher.path, "model.pt"), student.path,
                          steps.RunContext(pipeline_run_id))

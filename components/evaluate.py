@@ -13,7 +13,7 @@ def evaluate(config: Input[Artifact], dataset: Input[Dataset], teacher: Input[Mo
 
     from kdflow import steps
     from kdflow.config import load_config
-    from kdflow.kfp_io import log_scalar_metrics
+    from kdflow.infra.kfp_io import log_scalar_metrics
 
     summary = steps.evaluate_models(load_config(config.path), dataset.path, teacher.path, scratch.path, student.path,
                                     evaluation.path, steps.RunContext(pipeline_run_id))

@@ -12,7 +12,7 @@ def export(config: Input[Artifact], dataset: Input[Dataset], student: Input[Mode
 
     from kdflow import steps
     from kdflow.config import load_config
-    from kdflow.kfp_io import log_scalar_metrics
+    from kdflow.infra.kfp_io import log_scalar_metrics
 
     result = steps.export_student(load_config(config.path), dataset.path, student.path, evaluation.path, exported.path,
                                   steps.RunContext(pipeline_run_id))

@@ -14,7 +14,7 @@ def prep_data(config_yaml: str, profile: str, extra_overrides: list, pipeline_ru
     """Resolve the config once (file + profile + parameters), then load, split and preload the dataset."""
     from kdflow import steps
     from kdflow.config import config_from_yaml_text, knob_overrides
-    from kdflow.io import atomic_write_text
+    from kdflow.infra.io import atomic_write_text
 
     overrides = knob_overrides(
         dataset_name=dataset_name, data_window=data_window, teacher_arch=teacher_arch, teacher_source=teacher_source,

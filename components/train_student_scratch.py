@@ -10,7 +10,7 @@ def train_student_scratch(config: Input[Artifact], dataset: Input[Dataset], pipe
     """Train the student from scratch: the baseline of the transfer rate."""
     from kdflow import steps
     from kdflow.config import load_config
-    from kdflow.kfp_io import fill_model_metadata, log_scalar_metrics
+    from kdflow.infra.kfp_io import fill_model_metadata, log_scalar_metrics
 
     info = steps.train(load_config(config.path), "scratch", dataset.path, student.path, steps.RunContext(pipeline_run_id))
     fill_model_metadata(student, info)

@@ -10,7 +10,7 @@ def train_teacher(config: Input[Artifact], dataset: Input[Dataset], pipeline_run
     """Train the teacher, or take the one teacher.source names (which skips training)."""
     from kdflow import steps
     from kdflow.config import load_config
-    from kdflow.kfp_io import fill_model_metadata, log_scalar_metrics
+    from kdflow.infra.kfp_io import fill_model_metadata, log_scalar_metrics
 
     info = steps.provide_teacher(load_config(config.path), dataset.path, teacher.path, steps.RunContext(pipeline_run_id))
     fill_model_metadata(teacher, info)

@@ -1,5 +1,6 @@
 """The automated-distillation DAG: prep -> teacher -> tune (ask/tell rounds, trials in parallel pods)
--> the pick distilled || its tuned scratch twin -> evaluate -> export -> If(gate) promote.
+-> the pick distilled || its tuned scratch twin -> evaluate -> export -> If(gate) promote, all inside the
+distillation DAG's ExitHandler (finalize closes the MLflow parent run with the final status).
 
 Rounds and parallelism are fixed when the pipeline is compiled (KFP unrolls them): ``rounds`` rounds of
 ``parallel`` distillation trials, then as many scratch-twin rounds. Locally, ``kdflow tune`` runs the
@@ -9,7 +10,7 @@ same study in one process (with pruning, which needs trials to see each other).
 from kfp import dsl
 
 from components import prep_data, train_teacher, tune_ask, tune_conclude, tune_setup, tune_tell, tune_trial
-from pipelines.distillation import EMBEDDED_CONFIG, _configure, _gpu, students_and_release
+from pipelines.distillation import EMBEDDED_CONFIG, _configure, _gpu, exit_handler, students_and_release
 
 PIPELINE_NAME = "kdflow-autodistill"
 ROUNDS, PARALLEL = 3, 4
@@ -37,44 +38,45 @@ def build_autodistill(use_gpu: bool = False, rounds: int = ROUNDS, parallel: int
     )
     def kdflow_autodistill(config_yaml: str = EMBEDDED_CONFIG, profile: str = "default", extra_overrides: list = []):  # noqa: B006
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        prep = prep_data(
-            config_yaml=config_yaml,
-            profile=profile,
-            extra_overrides=extra_overrides,
-            pipeline_run_id=run_id,
-            dataset_name="",
-            data_window="",
-            teacher_arch="",
-            teacher_source="",
-            student_arch="",
-            method="",
-            temperature=-1.0,
-            alpha=-1.0,
-            teacher_epochs=-1,
-            student_epochs=-1,
-            min_accuracy=-1.0,
-            min_retention=-1.0,
-            min_improvement=-1.0,
-            data_free=False,
-            adversarial_eps=-1.0,
-            min_robust_accuracy=-1.0,
-        )
-        _configure(prep, "prep", cache=True)
-        cfg, ds = prep.outputs["config"], prep.outputs["dataset"]
-        teacher = train_teacher(config=cfg, dataset=ds, pipeline_run_id=run_id)
-        _gpu(_configure(teacher, "train", cache=True, retries=2, shm=True), use_gpu)
-        teacher_model = teacher.outputs["teacher"]
+        with exit_handler(config_yaml, profile, extra_overrides, run_id):
+            prep = prep_data(
+                config_yaml=config_yaml,
+                profile=profile,
+                extra_overrides=extra_overrides,
+                pipeline_run_id=run_id,
+                dataset_name="",
+                data_window="",
+                teacher_arch="",
+                teacher_source="",
+                student_arch="",
+                method="",
+                temperature=-1.0,
+                alpha=-1.0,
+                teacher_epochs=-1,
+                student_epochs=-1,
+                min_accuracy=-1.0,
+                min_retention=-1.0,
+                min_improvement=-1.0,
+                data_free=False,
+                adversarial_eps=-1.0,
+                min_robust_accuracy=-1.0,
+            )
+            _configure(prep, "prep", cache=True)
+            cfg, ds = prep.outputs["config"], prep.outputs["dataset"]
+            teacher = train_teacher(config=cfg, dataset=ds, pipeline_run_id=run_id)
+            _gpu(_configure(teacher, "train", cache=True, retries=2, shm=True), use_gpu)
+            teacher_model = teacher.outputs["teacher"]
 
-        setup = tune_setup(config=cfg, dataset=ds, teacher=teacher_model)
-        _gpu(_configure(setup, "train", cache=True, shm=True), use_gpu)
-        cache = setup.outputs["teacher_cache"]
-        study = _tune_rounds(
-            cfg, ds, teacher_model, cache, setup.outputs["study"], "distill", rounds, parallel, run_id, use_gpu
-        )
-        study = _tune_rounds(cfg, ds, teacher_model, cache, study, "scratch", rounds, parallel, run_id, use_gpu)
-        pick = tune_conclude(config=cfg, dataset=ds, teacher=teacher_model, study=study)
-        _configure(pick, "light", cache=False)
+            setup = tune_setup(config=cfg, dataset=ds, teacher=teacher_model)
+            _gpu(_configure(setup, "train", cache=True, shm=True), use_gpu)
+            cache = setup.outputs["teacher_cache"]
+            study = _tune_rounds(
+                cfg, ds, teacher_model, cache, setup.outputs["study"], "distill", rounds, parallel, run_id, use_gpu
+            )
+            study = _tune_rounds(cfg, ds, teacher_model, cache, study, "scratch", rounds, parallel, run_id, use_gpu)
+            pick = tune_conclude(config=cfg, dataset=ds, teacher=teacher_model, study=study)
+            _configure(pick, "light", cache=False)
 
-        students_and_release(pick.outputs["best_config"], ds, teacher_model, run_id, use_gpu)
+            students_and_release(pick.outputs["best_config"], ds, teacher_model, run_id, use_gpu)
 
     return kdflow_autodistill

@@ -98,6 +98,15 @@ def students_and_release(cfg, ds, teacher_model, run_id, use_gpu: bool) -> None:
         conf(promo, "light", cache=False)
 
 
+def exit_handler(config_yaml, profile, extra_overrides, run_id) -> dsl.ExitHandler:
+    """finalize closes the pipeline run's MLflow parent run with the run's final status, whether the DAG
+    inside succeeded or failed: both pipelines run inside one, so no failed run stays RUNNING."""
+    fin = finalize(config_yaml=config_yaml, profile=profile, extra_overrides=extra_overrides, pipeline_run_id=run_id)
+    _configure(fin, "light", cache=False)
+    fin.set_display_name("finalize")
+    return dsl.ExitHandler(fin, name="kdflow-run")
+
+
 def build_pipeline(use_gpu: bool = False):
     """Return the pipeline function (the local runner ignores the Kubernetes-only settings)."""
     conf = _configure
@@ -125,12 +134,7 @@ def build_pipeline(use_gpu: bool = False):
         min_robust_accuracy: float = -1.0,
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        fin = finalize(
-            config_yaml=config_yaml, profile=profile, extra_overrides=extra_overrides, pipeline_run_id=run_id
-        )
-        conf(fin, "light", cache=False)
-        fin.set_display_name("finalize")
-        with dsl.ExitHandler(fin, name="kdflow-run"):
+        with exit_handler(config_yaml, profile, extra_overrides, run_id):
             prep = prep_data(
                 config_yaml=config_yaml,
                 profile=profile,

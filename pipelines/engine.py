@@ -166,7 +166,7 @@ def writable_dirs(state: Path, tracking_uri: str) -> list[Path]:
 
 def grant_writes(state: Path, pipeline_root: Path, tracking_uri: str) -> None:
     """The pipeline root, the teacher cache, and for a sqlite MLflow its folder (the journal), the db and
-    the artifacts beside it (kdflow.tracking.local_artifact_location)."""
+    the artifacts beside it (kdflow.infra.tracking.local_artifact_location)."""
     trees = [pipeline_root, state / "teacher_cache", state / "trained"]
     entries = [state]
     db = sqlite_db(tracking_uri)
@@ -181,7 +181,7 @@ def grant_writes(state: Path, pipeline_root: Path, tracking_uri: str) -> None:
 def read_only_inputs(cfg) -> list[Path]:
     """Host folders a step reads: the Debian datasets, a local data.source, a local teacher.source (the
     runner's --teacher-source is already in it)."""
-    from kdflow.raw_data import DEBIAN_DIRS
+    from kdflow.data.raw import DEBIAN_DIRS
 
     dirs = [d for ds in DEBIAN_DIRS.values() for d in ds]
     for source in (cfg.data.source, cfg.teacher.source):

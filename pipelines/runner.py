@@ -32,7 +32,7 @@ def compile_pipeline(out: str | Path, use_gpu: bool = False, which: str = "disti
 def _validate(profile: str, overrides: list[str], **knobs):
     """Resolve the config and check the tracking URI here, before any step runs."""
     from kdflow.config import knob_overrides
-    from kdflow.tracking import check_reachable, tracking_uri
+    from kdflow.infra.tracking import check_reachable, tracking_uri
 
     cfg = load_config(DEFAULT_CONFIG, profile, knob_overrides(**knobs) + overrides)
     if cfg.tracking.enabled:
@@ -72,7 +72,7 @@ def run_local(
 def _container_runner(engine: contextlib.ExitStack, state: Path, root_path: Path, cfg):
     """podman's Docker-API service for the run's lifetime, and a DockerRunner for the component image."""
     from components.image import KDFLOW_IMAGE
-    from kdflow.tracking import tracking_uri
+    from kdflow.infra.tracking import tracking_uri
     from pipelines import engine as containers
 
     docker_host = engine.enter_context(containers.podman_service(state / "podman"))
@@ -186,8 +186,8 @@ def reused_steps(run_dir: Path) -> dict[str, str]:
 
 
 def print_summary(summary: dict) -> None:
-    from kdflow.gate import gate_lines, verdict
-    from kdflow.report import render_table, robust_settings, summary_rows
+    from kdflow.evaluation.gate import gate_lines, verdict
+    from kdflow.evaluation.report import render_table, robust_settings, summary_rows
 
     ev, ex = summary["evaluation"], summary["export"]
     print("\n=== kdflow summary ===")

@@ -39,7 +39,7 @@ def main() -> int:
         raise SystemExit(f"error: --db: no tune trial runs in '{a.db}'; fix: run `make tune` first")
     latest = max(trials, key=lambda r: r.info.start_time).data.tags["mlflow.parentRunId"]  # the last study
     trials = [r for r in trials if r.data.tags.get("mlflow.parentRunId") == latest and "distill" in r.info.run_name]
-    from kdflow.localstack import free_port, stop_pid
+    from kdflow.infra.localstack import free_port, stop_pid
 
     port = free_port()
     server = subprocess.Popen(  # bounded lifetime: killed after 10 minutes whatever happens

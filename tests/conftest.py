@@ -9,7 +9,9 @@ import pytest
 import torch
 from helpers import FASHION, tiny_config
 
-from kdflow.data import prepare
+from kdflow.data.prepared import prepare
+
+TIERS = ("unit", "integration", "e2e")
 
 torch.set_num_threads(2)
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -29,3 +31,17 @@ def tiny_data(tmp_path_factory, fashion_available) -> Path:
     cfg = tiny_config(d)
     prepare(cfg.data, d / "prepared")
     return d / "prepared"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test carries exactly one tier marker (unit, integration, e2e): `make test` runs the tiers in
+    order, so a test without one would run in none of them, and one with two would run twice."""
+    bad = []
+    for item in items:
+        tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
+        if len(tiers) != 1:
+            bad.append(f"{item.nodeid}: {sorted(tiers) or 'no tier marker'}")
+    if bad:
+        raise pytest.UsageError(
+            "each test needs exactly one tier marker (pytest.mark.unit, .integration or .e2e):\n  " + "\n  ".join(bad)
+        )

@@ -14,9 +14,9 @@ import pytest
 import torch
 from helpers import ROOT
 
-from kdflow.checkpoints import load_model
+from kdflow.infra.checkpoints import load_model
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 DFAD = ["--set", "distill.method=dfad", "--set", "distill.data_free=true"]
 
 

@@ -7,12 +7,12 @@ import torch
 import torch.nn as nn
 from helpers import ROOT
 
-from kdflow import models
-from kdflow.adversarial_training import TrainingAttack
-from kdflow.attacks import PixelModel, fgsm, pgd
 from kdflow.config import DistillConfig, build_config, load_config
 from kdflow.config.adversarial import AdversarialConfig, GeneratorConfig
 from kdflow.errors import ConfigError
+from kdflow.evaluation.attacks import PixelModel, fgsm, pgd
+from kdflow.models import zoo as models
+from kdflow.training.adversarial import TrainingAttack
 
 pytestmark = pytest.mark.unit
 MEAN, STD = (0.2860,), (0.3530,)
@@ -100,7 +100,7 @@ def test_training_attack_replays_after_a_reload(batch):
 
 def test_ard_with_zero_radius_is_plain_kd():
     """ARD = KD with the soft term on the student's adversarial examples; at eps 0 those are the clean images."""
-    from kdflow.objective import DistillObjective
+    from kdflow.training.objective import DistillObjective
 
     torch.manual_seed(0)
     teacher, student = models.build_model("cnn-wide"), models.build_model("cnn-small")
@@ -160,7 +160,7 @@ def test_data_free_refuses_what_needs_real_images():
 
 
 def test_generator_too_large_for_the_memory_limit():
-    from kdflow.data_free import check_generator_fits
+    from kdflow.training.data_free import check_generator_fits
 
     check_generator_fits(GeneratorConfig(), 1, 28)  # the default fits this machine
     with pytest.raises(ConfigError, match=r"^distill\.generator: width 4096 .*fix: lower"):
@@ -168,7 +168,7 @@ def test_generator_too_large_for_the_memory_limit():
 
 
 def test_generator_makes_pixels_and_bn_statistics_measure_the_distance():
-    from kdflow.data_free import BatchNormStatistics, Generator, class_balance
+    from kdflow.training.data_free import BatchNormStatistics, Generator, class_balance
 
     g = Generator(16, 8, 1, 28)
     img = g(torch.randn(4, 16))
@@ -192,7 +192,7 @@ def test_generator_makes_pixels_and_bn_statistics_measure_the_distance():
 
 
 def test_dfad_soft_loss_is_the_mean_absolute_logit_difference():
-    from kdflow.loss_registry import SOFT_LOSSES
+    from kdflow.training.loss_registry import SOFT_LOSSES
 
     s, t = torch.randn(5, 10), torch.randn(5, 10)
     assert torch.allclose(SOFT_LOSSES["dfad"].fn(s, [t], torch.zeros(5), DistillConfig(), 0), (s - t).abs().mean())
@@ -200,7 +200,7 @@ def test_dfad_soft_loss_is_the_mean_absolute_logit_difference():
 
 
 def test_attack_fields_count_in_the_fingerprint_only_where_training_uses_them():
-    from kdflow.fingerprint import fingerprint
+    from kdflow.infra.fingerprint import fingerprint
 
     def fp(role, *sets):
         return fingerprint(build_config({"distill": dict(sets)} if sets else {}), role, "d")
@@ -220,7 +220,7 @@ def test_attack_fields_count_in_the_fingerprint_only_where_training_uses_them():
 
 def test_gate_reads_the_students_val_robust_accuracy():
     from kdflow.config import GateConfig
-    from kdflow.gate import quality_gate
+    from kdflow.evaluation.gate import quality_gate
 
     student = {
         "val_accuracy": 0.9,
@@ -238,7 +238,7 @@ def test_gate_reads_the_students_val_robust_accuracy():
 
 
 def test_knob_data_free_false_means_from_the_config():
-    from kdflow.kfp_params import knob_overrides
+    from kdflow.config.knobs import knob_overrides
 
     assert knob_overrides(data_free=False, adversarial_eps=-1.0, min_robust_accuracy=-1.0) == []
     assert knob_overrides(data_free=True, method="dfad", min_robust_accuracy=0.3) == [
@@ -249,7 +249,7 @@ def test_knob_data_free_false_means_from_the_config():
 
 
 def test_report_rows_say_how_each_model_was_trained():
-    from kdflow.report import render_report
+    from kdflow.evaluation.report import render_report
 
     row = {
         "accuracy": 0.8,
@@ -304,10 +304,10 @@ def test_which_roles_train_on_adversarial_examples():
 def test_robust_evaluation_keeps_the_model_in_eval_mode():
     """At eps 0 the curve is the clean accuracy of the subset, and batch-norm buffers stay untouched
     (an attack once restored the wrapper's default train mode, so later batches ran in train mode)."""
-    from kdflow.batches import Split
-    from kdflow.data import PreparedData
-    from kdflow.evaluate import accuracy, predict_logits
-    from kdflow.robustness import robustness_report
+    from kdflow.data.batches import Split
+    from kdflow.data.prepared import PreparedData
+    from kdflow.evaluation.metrics import accuracy, predict_logits
+    from kdflow.evaluation.robustness import robustness_report
 
     torch.manual_seed(0)
     x = torch.randint(0, 256, (600, 1, 28, 28), dtype=torch.uint8)

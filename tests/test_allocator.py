@@ -12,9 +12,12 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 PROBE = """
 import resource, sys, torch
-from kdflow import allocator, models
+from kdflow.training import allocator
+from kdflow.models import zoo as models
 applied = allocator.keep_freed_memory() if sys.argv[1] == "on" else False
 torch.set_num_threads(1)
 m = models.build_model("resnet20").eval()

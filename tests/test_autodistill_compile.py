@@ -28,8 +28,16 @@ def test_matches_golden(ir):
     assert ir == golden, "pipeline changed: run `make golden` and review the diff"
 
 
+def test_a_failed_run_is_closed_by_the_exit_handler(ir):
+    root = ir["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "finalize"}
+    assert root["finalize"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert root["finalize"]["dependentTasks"] == ["exit-handler-1"]
+    assert "status" in root["finalize"]["inputs"]["parameters"]
+
+
 def test_rounds_of_parallel_trials_feed_the_pick(ir):
-    tasks = ir["root"]["dag"]["tasks"]
+    tasks = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     loops = {n: t for n, t in tasks.items() if n.startswith("for-loop")}
     assert len(loops) == 2 * ROUNDS  # distillation rounds, then the scratch twin's rounds
     for task in loops.values():

@@ -13,8 +13,9 @@ import pytest
 import torch
 from helpers import ROOT
 
-from kdflow import checkpoints, models
 from kdflow.cli import main
+from kdflow.infra import checkpoints
+from kdflow.models import zoo as models
 
 
 class Evil:  # pickled code: weights_only loading must refuse it
@@ -179,6 +180,7 @@ def _local_registry(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name,argv,field", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.integration
 def test_bad_input(name, argv, field, inputs, tmp_path, capsys):
     out = tmp_path / "out"
     filled = [_fill(a, inputs) for a in argv]
@@ -208,6 +210,7 @@ def test_cli_process_exit_code_and_no_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("kind,said", [("random", "is not a readable checkpoint"), ("evil", "carries pickled code")])
+@pytest.mark.integration
 def test_checkpoint_errors_say_what_the_file_is(kind, said, inputs, tmp_path, capsys):
     """Random bytes were reported as "carries pickled code"."""
     argv = ["distill", *BASE, "--data", inputs["tiny"], "--teacher", inputs[kind], "--out", str(tmp_path / "o")]
@@ -215,6 +218,7 @@ def test_checkpoint_errors_say_what_the_file_is(kind, said, inputs, tmp_path, ca
     assert said in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_no_mlflow_dataset_warning_reaches_the_user(tiny_data, tmp_path):
     """MLflow warned "dataset source can be interpreted in multiple ways" in every step."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}

@@ -6,9 +6,14 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from kdflow import cache, checkpoints, data, models
 from kdflow.config import build_config
+from kdflow.data import cache
+from kdflow.data import prepared as data
 from kdflow.errors import ConfigError
+from kdflow.infra import checkpoints
+from kdflow.models import zoo as models
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +24,7 @@ def setup(tiny_data, tmp_path_factory):
     teacher = models.build_model("cnn-wide").eval()
     teacher_pt = tmp / "teacher.pt"
     checkpoints.save_model(teacher, "cnn-wide", 10, 1, 28, teacher_pt)
-    from kdflow.io import sha256_file
+    from kdflow.infra.io import sha256_file
 
     sha = sha256_file(teacher_pt)
     tc, path, reused = cache.get_or_build(teacher, sha, d, views=3, seed=5, cache_dir=tmp / "c")

@@ -10,12 +10,18 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from kdflow import cache, checkpoints, data, models, steps
-from kdflow.compiled import require_cpp_compiler
+from kdflow import steps
 from kdflow.config import build_config
+from kdflow.data import cache
+from kdflow.data import prepared as data
 from kdflow.errors import ConfigError
-from kdflow.io import sha256_file
-from kdflow.objective import DistillObjective
+from kdflow.infra import checkpoints
+from kdflow.infra.io import sha256_file
+from kdflow.models import zoo as models
+from kdflow.models.compiled import require_cpp_compiler
+from kdflow.training.objective import DistillObjective
+
+pytestmark = pytest.mark.integration
 
 
 def _graphs_compiled() -> int:

@@ -14,6 +14,8 @@ from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Markdown, Metrics,
 import components as C
 from pipelines.distillation import EMBEDDED_CONFIG
 
+pytestmark = pytest.mark.integration
+
 
 class _Status:
     state = "SUCCEEDED"

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import ROOT, tiny_config
 
-from kdflow import data
 from kdflow.config import build_config, config_from_yaml_text, flatten, knob_overrides, load_config, write_resolved
+from kdflow.data import prepared as data
 from kdflow.errors import ConfigError, DataError
 
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
@@ -70,6 +70,7 @@ def test_embedded_json_config_parses():
     assert "distill.alpha" in flatten(cfg.to_dict())
 
 
+@pytest.mark.integration
 def test_debian_idx_and_manifest(tiny_data):
     d = data.load_prepared(tiny_data)
     m = d.manifest
@@ -81,6 +82,7 @@ def test_debian_idx_and_manifest(tiny_data):
     assert d.test.y.tolist() == full[:500].tolist()
 
 
+@pytest.mark.integration
 def test_split_is_seeded_and_disjoint(fashion_available, tmp_path):
     cfg = tiny_config(tmp_path)
     raw = data.load_raw(cfg.data)
@@ -107,6 +109,7 @@ def test_augmentation_is_deterministic_and_shape_preserving():
         assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(-1))
 
 
+@pytest.mark.integration
 def test_truncated_idx_is_a_data_error(tmp_path, fashion_available):
     src = fashion_available / "train-labels-idx1-ubyte.gz"
     raw = gzip.open(src).read()
@@ -136,6 +139,7 @@ def test_imagefolder(tmp_path):
     assert sum(m["counts"].values()) == 20 and len(m["mean"]) == 3
 
 
+@pytest.mark.integration
 def test_data_window_selects_train_samples_and_keeps_test(fashion_available, tmp_path):
     cfg = tiny_config(tmp_path)
     raw = data.load_raw(cfg.data)

@@ -21,7 +21,7 @@ from helpers import ROOT
 
 from components.image import KDFLOW_IMAGE
 
-pytestmark = [pytest.mark.slow, pytest.mark.container]
+pytestmark = [pytest.mark.e2e, pytest.mark.container]
 
 SMOKE_OVERRIDES = ["gate.max_latency_p95_ms=1000"]
 
@@ -84,7 +84,7 @@ def test_smoke_dag_in_containers_matches_the_subprocess_runner(image, tmp_path, 
     """The smoke DAG with every step in the image, tracking to a real mlflow server and uploading to
     SeaweedFS on the host's loopback (host network, keys passed by name), against the same DAG as
     subprocesses with sqlite MLflow."""
-    from kdflow import localstack
+    from kdflow.infra import localstack
     from pipelines.runner import run_local
 
     results = {}
@@ -130,7 +130,7 @@ def _check_stack(stack, root: Path) -> None:
     the secret key reached the steps but was written nowhere."""
     import mlflow
 
-    from kdflow import localstack
+    from kdflow.infra import localstack
 
     client = mlflow.MlflowClient(stack.mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("kdflow").experiment_id])

@@ -9,9 +9,10 @@ import sys
 import pytest
 from helpers import ROOT
 
-from kdflow import checkpoints, models
+from kdflow.infra import checkpoints
+from kdflow.models import zoo as models
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 COMMON = [
     "--set",
     "tracking.enabled=false",

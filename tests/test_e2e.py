@@ -11,7 +11,7 @@ import pytest
 from helpers import ROOT
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_run_smoke(tmp_path):
     """`kdflow run --config configs/fashion_mnist.yaml --profile smoke --scratch`: every step, one command."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
@@ -44,7 +44,7 @@ def test_cli_run_smoke(tmp_path):
     assert (tmp_path / "run" / "student" / "config.resolved.yaml").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_local_pipeline_smoke(tmp_path, monkeypatch):
     """The same DAG as the compiled YAML, run by kfp.local.SubprocessRunner on a real data subset."""
     from pipelines.runner import run_local

@@ -10,12 +10,16 @@ import torch
 from helpers import tiny_config
 from PIL import Image
 
-from kdflow import checkpoints, data, models
 from kdflow.cli import main
+from kdflow.data import prepared as data
 from kdflow.errors import ExportError
-from kdflow.export import calibration_batches, export_all
-from kdflow.objective import SupervisedObjective
-from kdflow.trainer import fit
+from kdflow.infra import checkpoints
+from kdflow.models import zoo as models
+from kdflow.release.export import calibration_batches, export_all
+from kdflow.training.objective import SupervisedObjective
+from kdflow.training.trainer import fit
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def test_fp32_parity_and_int8_accuracy(exported):
 
 
 def test_manifests(exported):
-    from kdflow.io import sha256_file
+    from kdflow.infra.io import sha256_file
 
     out = exported["tmp"] / "out"
     for f in ("student.onnx", "student.int8.onnx", "student.torchscript.pt"):
@@ -128,7 +132,7 @@ class _FFTNet(torch.nn.Module):
 
 
 def test_unexportable_op_is_a_clear_error(tmp_path):
-    from kdflow.export import export_onnx
+    from kdflow.release.export import export_onnx
 
     with pytest.raises(ExportError, match=r"export\.opset: the model cannot be exported at opset 17"):
         export_onnx(_FFTNet(), (1, 28, 28), tmp_path / "fft.onnx", 17)

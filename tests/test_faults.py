@@ -2,7 +2,7 @@
 
 kill -9 of training and of a promoter, concurrent promoters against a real `mlflow server`, an S3
 server stopped mid-upload, a full disk (a small tmpfs), corrupted checkpoints and caches. Every test
-states the fault it injects; the README's reliability section tallies them.
+states the fault it injects; docs/reliability.md tallies them.
 """
 
 from __future__ import annotations
@@ -20,13 +20,17 @@ import pytest
 import torch
 from helpers import ROOT, tiny_config
 
-from kdflow import cache, checkpoints, data, localstack, models, steps
-from kdflow.evaluate import predict_logits
-from kdflow.io import sha256_file
-from kdflow.registry import judge
-from kdflow.storage import COMPLETE, S3Store, is_complete
+from kdflow import steps
+from kdflow.data import cache
+from kdflow.data import prepared as data
+from kdflow.evaluation.metrics import predict_logits
+from kdflow.infra import checkpoints, localstack
+from kdflow.infra.io import sha256_file
+from kdflow.infra.storage import COMPLETE, S3Store, is_complete
+from kdflow.models import zoo as models
+from kdflow.release.registry import judge
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 # storage.reuse off: these runs resume and retrain on purpose, and run in the repository (its .kdflow store)
 QUICK = [
     "--set",
@@ -82,6 +86,11 @@ def test_kill_9_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_data, tmp_pa
     _kill_after_first_checkpoint([*args, "--out", str(tmp_path / "killed")], tmp_path / "killed")
     resumed = _kdflow(*args, "--out", str(tmp_path / "killed"))
     assert resumed.wait(300) == 0, resumed.stderr.read()[-2000:]
+    # the second run really resumed (a deterministic retrain from epoch 0 would also give equal weights)
+    started = json.loads((tmp_path / "killed" / "step.json").read_text())["started"]
+    assert started["how"] == "resumed" and 0 < started["epoch"] < 6, started
+    assert f"resumed from epoch {started['epoch']}:" in resumed.stdout.read()
+    assert json.loads((tmp_path / "whole" / "step.json").read_text())["started"] == {"how": "fresh"}
     a = checkpoints.load_model(tmp_path / "whole" / "model.pt")[0].state_dict()
     b = checkpoints.load_model(tmp_path / "killed" / "model.pt")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from kdflow import localstack
 from kdflow.cli import main
 from kdflow.errors import StorageError
-from kdflow.storage import S3Store
+from kdflow.infra import localstack
+from kdflow.infra.storage import S3Store
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_storage_roundtrip_and_checksum(stack_env, tmp_path):
 
 def test_prefixes_match_folders_not_siblings(stack_env, tmp_path):
     """s3://b/fm is the folder fm/: fm-old/... and fmraw/... are other folders, never listed or downloaded."""
-    from kdflow.storage import get_dir
+    from kdflow.infra.storage import get_dir
 
     src = tmp_path / "f.bin"
     src.write_bytes(b"payload")

@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdflow import loss_registry, losses, models
 from kdflow.config import build_config
 from kdflow.errors import ConfigError
-from kdflow.objective import DistillObjective
+from kdflow.models import zoo as models
 from kdflow.steps import results
+from kdflow.training import loss_registry, losses
+from kdflow.training.objective import DistillObjective
 
 pytestmark = pytest.mark.unit
 

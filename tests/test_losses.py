@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdflow import losses
+from kdflow.training import losses
 
 pytestmark = pytest.mark.unit
 

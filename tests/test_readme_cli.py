@@ -12,9 +12,9 @@ import pytest
 from helpers import ROOT
 from PIL import Image
 
-from kdflow import data
+from kdflow.data import prepared as data
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def readme_steps() -> list[list[str]]:

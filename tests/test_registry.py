@@ -6,8 +6,12 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from kdflow import checkpoints, data, steps
-from kdflow.registry import accuracy_of_registered
+from kdflow import steps
+from kdflow.data import prepared as data
+from kdflow.infra import checkpoints
+from kdflow.release.registry import accuracy_of_registered
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

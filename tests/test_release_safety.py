@@ -8,13 +8,16 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from kdflow import checkpoints, models, steps
+from kdflow import steps
 from kdflow.cli import main
 from kdflow.config import build_config
 from kdflow.errors import ConfigError
-from kdflow.registry import judge, mcnemar
+from kdflow.infra import checkpoints
+from kdflow.models import zoo as models
+from kdflow.release.registry import judge, mcnemar
 
 
+@pytest.mark.integration
 def test_changed_config_never_resumes_old_weights(tiny_data, tmp_path):
     cfg = tiny_config(tmp_path)
     out = tmp_path / "scratch"
@@ -35,6 +38,7 @@ def test_changed_config_never_resumes_old_weights(tiny_data, tmp_path):
     assert fresh["fingerprint"]["train.lr"] == 0.05 and (out / "model.pt").read_bytes() != before
 
 
+@pytest.mark.integration
 def test_cli_distill_refuses_a_checkpoint_of_another_temperature_or_teacher(tiny_data, tmp_path, capsys):
     torch.manual_seed(0)
     teachers = []
@@ -90,6 +94,7 @@ def tracked(tiny_data, tmp_path_factory):
     return {"tmp": tmp, "uri": uri, "cfg": cfg}
 
 
+@pytest.mark.integration
 def test_export_without_evaluation_records_an_incomplete_gate(tracked):
     exported = json.loads((tracked["tmp"] / "export-noeval" / "export.json").read_text())
     assert exported["gate"]["passed"] is False and exported["gate"]["complete"] is False
@@ -97,6 +102,7 @@ def test_export_without_evaluation_records_an_incomplete_gate(tracked):
 
 
 @pytest.mark.parametrize("export_dir,verdict", [("export-failed", "val_accuracy: 0."), ("export-noeval", "INCOMPLETE")])
+@pytest.mark.integration
 def test_promote_enforces_the_recorded_gate(tracked, tiny_data, tmp_path, capsys, monkeypatch, export_dir, verdict):
     from mlflow.tracking import MlflowClient
 
@@ -123,6 +129,7 @@ def test_promote_enforces_the_recorded_gate(tracked, tiny_data, tmp_path, capsys
     assert not [m for m in client.search_registered_models() if m.name == "kd-student"]  # nothing registered
 
 
+@pytest.mark.integration
 def test_force_promotes_and_is_recorded(tracked, tiny_data, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -140,6 +147,7 @@ def test_force_promotes_and_is_recorded(tracked, tiny_data, tmp_path):
     assert any(r.data.tags.get("kdflow.forced") == "true" for r in runs)
 
 
+@pytest.mark.integration
 def test_promote_of_an_untracked_student_is_one_line(tiny_data, tracked, tmp_path, capsys, monkeypatch):
     """It used to die with a KeyError traceback."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked["uri"])

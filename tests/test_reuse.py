@@ -7,7 +7,9 @@ import json
 import pytest
 from helpers import tiny_config
 
-from kdflow import data, reuse, steps
+from kdflow import steps
+from kdflow.data import prepared as data
+from kdflow.infra import reuse
 from kdflow.steps.train import reuse_store
 
 
@@ -15,6 +17,7 @@ def _train(cfg, role, tiny_data, out, **kw):
     return steps.train(cfg, role, tiny_data, out, **kw)
 
 
+@pytest.mark.integration
 def test_same_inputs_reuse_the_model_other_inputs_train(tiny_data, tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     first = _train(cfg, "teacher", tiny_data, tmp_path / "run1")
@@ -40,6 +43,7 @@ def test_same_inputs_reuse_the_model_other_inputs_train(tiny_data, tmp_path, cap
     assert "reused_from" not in _train(off, "teacher", tiny_data, tmp_path / "run6")
 
 
+@pytest.mark.integration
 def test_changed_data_content_trains(tiny_data, tmp_path):
     cfg = tiny_config(tmp_path)
     _train(cfg, "scratch", tiny_data, tmp_path / "a")
@@ -50,6 +54,7 @@ def test_changed_data_content_trains(tiny_data, tmp_path):
     assert "reused_from" not in _train(window, "scratch", prepared, tmp_path / "b")
 
 
+@pytest.mark.integration
 def test_a_distilled_student_reuses_only_with_the_same_teacher_bytes(tiny_data, tmp_path):
     cfg = tiny_config(tmp_path)
     teacher = tmp_path / "teacher"
@@ -65,6 +70,7 @@ def test_a_distilled_student_reuses_only_with_the_same_teacher_bytes(tiny_data, 
 
 
 @pytest.mark.parametrize("damage", ["altered", "missing", "index"])
+@pytest.mark.integration
 def test_a_damaged_entry_is_never_taken(tiny_data, tmp_path, damage):
     cfg = tiny_config(tmp_path)
     first = _train(cfg, "scratch", tiny_data, tmp_path / "a")

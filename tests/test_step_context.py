@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 from helpers import tiny_config
 
-from kdflow import steps, storage, tracking
+from kdflow import steps
+from kdflow.infra import storage, tracking
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

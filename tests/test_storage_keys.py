@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kdflow.errors import StorageError
-from kdflow.storage import parse_s3_uri, validate_key
+from kdflow.infra.storage import parse_s3_uri, validate_key
 
 pytestmark = pytest.mark.unit
 

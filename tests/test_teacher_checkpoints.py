@@ -8,7 +8,9 @@ from helpers import tiny_config
 from kdflow import steps
 from kdflow.config import build_config
 from kdflow.errors import ConfigError
-from kdflow.io import sha256_file
+from kdflow.infra.io import sha256_file
+
+pytestmark = pytest.mark.integration
 
 
 def test_snapshot_not_saved_is_a_config_error():
@@ -48,7 +50,7 @@ def test_teacher_assistant_chain(tiny_data, tmp_path):
     assert (
         info["lineage"]["kdflow.assistant_arch"] == "cnn-16x2" and info["lineage"]["kdflow.teacher_arch"] == "cnn-16x2"
     )
-    from kdflow import checkpoints
+    from kdflow.infra import checkpoints
 
     assert checkpoints.load_model(str(assistant))[1]["arch"] == "cnn-16x2"
     with pytest.raises(Exception, match="distill.assistant.arch"):

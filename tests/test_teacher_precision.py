@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdflow import cache, data, models
-from kdflow.compiled import frozen_forward
 from kdflow.config import build_config
+from kdflow.data import cache
+from kdflow.data import prepared as data
 from kdflow.errors import ConfigError
-from kdflow.fingerprint import fingerprint
-from kdflow.objective import DistillObjective
+from kdflow.infra.fingerprint import fingerprint
+from kdflow.models import zoo as models
+from kdflow.models.compiled import frozen_forward
+from kdflow.training.objective import DistillObjective
 
 
 @pytest.mark.unit
@@ -57,6 +59,7 @@ def test_a_channels_last_teacher_gives_the_same_soft_targets():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_a_channels_last_cache_build_stores_the_same_logits(tiny_data, tmp_path):
     prepared = data.load_prepared(tiny_data)
     key = cache.cache_key("sha", prepared, 1, 0)

@@ -6,11 +6,12 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from kdflow import data, models
 from kdflow.config import FeatureLossSpec
+from kdflow.data import prepared as data
 from kdflow.errors import ModelError
-from kdflow.objective import DistillObjective, SupervisedObjective
-from kdflow.trainer import fit
+from kdflow.models import zoo as models
+from kdflow.training.objective import DistillObjective, SupervisedObjective
+from kdflow.training.trainer import fit
 
 
 def _prepared(tiny_data, n=640):
@@ -29,6 +30,7 @@ def _teacher(arch="cnn-wide"):
     return t.eval()
 
 
+@pytest.mark.integration
 def test_teacher_weights_and_bn_buffers_bit_identical(tiny_data, tmp_path):
     cfg = tiny_config(tmp_path)
     d = _prepared(tiny_data)
@@ -75,6 +77,7 @@ def _fit_run(tiny_data, out, epochs, stop_after=None, distill=False, build=lambd
 
 
 @pytest.mark.parametrize("distill", [False, True])
+@pytest.mark.integration
 def test_resume_equals_uninterrupted(tiny_data, tmp_path, distill):
     full, full_res = _fit_run(tiny_data, tmp_path / "a", 3, distill=distill)
     _fit_run(tiny_data, tmp_path / "b", 3, stop_after=2, distill=distill)  # "crash" after epoch 2
@@ -85,6 +88,7 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path, distill):
     assert [h["total"] for h in full_res.history] == [h["total"] for h in res.history]
 
 
+@pytest.mark.integration
 def test_same_seed_same_result(tiny_data, tmp_path):
     a, _ = _fit_run(tiny_data, tmp_path / "x", 1)
     b, _ = _fit_run(tiny_data, tmp_path / "y", 1)
@@ -140,6 +144,7 @@ def test_class_count_mismatch(tmp_path):
         DistillObjective([teacher], models.build_model("cnn-small"), cfg.distill, (1, 28, 28), 10)
 
 
+@pytest.mark.integration
 def test_nan_guard(tiny_data, tmp_path):
     from kdflow.errors import TrainingDiverged
 
@@ -152,7 +157,7 @@ def test_nan_guard(tiny_data, tmp_path):
 
 @pytest.mark.unit
 def test_collapsed_epochs_counts_trailing_chance_after_a_rise():
-    from kdflow.trainer import collapsed_epochs
+    from kdflow.training.trainer import collapsed_epochs
 
     h = [{"val_acc": v} for v in (0.10, 0.11)]
     assert collapsed_epochs(h, 10) == 0  # never rose: a slow start, not a collapse
@@ -169,6 +174,7 @@ class _CollapsingObjective(SupervisedObjective):
         return super().forward(student, x, y if epoch == 0 else torch.zeros_like(y), epoch)
 
 
+@pytest.mark.integration
 def test_collapse_guard_stops_a_collapsed_student(tiny_data, tmp_path):
     from kdflow.errors import TrainingDiverged
 
@@ -217,9 +223,11 @@ def _dropout_student():
     )
 
 
+@pytest.mark.integration
 def test_resume_is_exact_with_dropout(tiny_data, tmp_path):
     full, _ = _fit_run(tiny_data, tmp_path / "a", 3, build=_dropout_student)
     _fit_run(tiny_data, tmp_path / "b", 3, stop_after=1, build=_dropout_student)
-    resumed, _ = _fit_run(tiny_data, tmp_path / "b", 3, build=_dropout_student)
+    resumed, res = _fit_run(tiny_data, tmp_path / "b", 3, build=_dropout_student)
+    assert res.resumed_from == 0  # it resumed after the first epoch instead of retraining from scratch
     for (k, v1), (_, v2) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(v1, v2), k

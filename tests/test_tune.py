@@ -15,7 +15,7 @@ import pytest
 import yaml
 from helpers import ROOT, tiny_config
 
-pytestmark = [pytest.mark.slow]
+pytestmark = pytest.mark.e2e
 KDFLOW = [sys.executable, "-m", "kdflow.cli"]
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from kdflow import models
 from kdflow.config import build_config
+from kdflow.data.mixing import apply_mix, draw_mix, mixed_targets
 from kdflow.errors import ConfigError, ModelError
-from kdflow.mixing import apply_mix, draw_mix, mixed_targets
+from kdflow.models import zoo as models
 from kdflow.tune import report, space, study
 
 pytestmark = pytest.mark.unit
@@ -135,7 +135,7 @@ def test_scratch_twin_recipe_applies_to_the_scratch_step_only():
 
 
 def test_min_kd_gain_gate_reads_the_validation_gain():
-    from kdflow.gate import kd_verdict, quality_gate
+    from kdflow.evaluation.gate import kd_verdict, quality_gate
 
     student = {"val_accuracy": 0.9, "val_retention": 0.95, "latency_p95_ms": 1.0, "size_bytes": 1000}
     g = build_config({"gate": {"min_kd_gain": 0.005}}).gate

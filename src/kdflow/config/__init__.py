@@ -4,6 +4,7 @@ A config file holds the sections at top level plus an optional ``profiles:`` map
 name to a partial config that is deep-merged over the base. Unknown keys are errors.
 """
 
+from kdflow.config.distill import DistillConfig, ExtraTeacher, FeatureLossSpec
 from kdflow.config.loading import (
     apply_overrides,
     build_config,
@@ -13,26 +14,13 @@ from kdflow.config.loading import (
     parse_override,
     write_resolved,
 )
-from kdflow.config.sections import (
-    Config,
-    DataConfig,
-    DistillConfig,
-    EvaluateConfig,
-    ExportConfig,
-    ExtraTeacher,
-    FeatureLossSpec,
-    GateConfig,
-    StorageConfig,
-    StudentConfig,
-    TeacherConfig,
-    TrackingConfig,
-    TrainConfig,
-)
+from kdflow.config.release import EvaluateConfig, ExportConfig, GateConfig, StorageConfig, TrackingConfig
+from kdflow.config.sections import Config, DataConfig, StudentConfig, TeacherConfig, TrainConfig
 from kdflow.config.tune import SearchSpace, TuneConfig
 
 # The prep_data component imports knob_overrides from here, and its source is embedded verbatim in the
-# compiled pipeline YAML (golden-tested), so the mapping that lives in kdflow.kfp_params is re-exported.
-from kdflow.kfp_params import KNOB_KEYS, knob_overrides
+# compiled pipeline YAML (golden-tested), so the mapping in kdflow.config.knobs is re-exported here.
+from kdflow.config.knobs import KNOB_KEYS, knob_overrides
 
 __all__ = [
     "Config",

@@ -147,7 +147,7 @@ def config_from_yaml_text(text: str, profile: str | None = None, overrides: list
 
 def write_resolved(cfg: Config, out_dir: str | os.PathLike) -> Path:
     """Write config.resolved.yaml next to a step's outputs (atomically)."""
-    from kdflow.io import atomic_write_text
+    from kdflow.infra.io import atomic_write_text
 
     path = Path(out_dir) / "config.resolved.yaml"
     atomic_write_text(path, cfg.to_yaml())

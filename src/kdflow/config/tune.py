@@ -14,7 +14,7 @@ from kdflow.config.base import Section
 
 COSTS = ("params", "macs", "latency_ms")
 OBJECTIVES = ("val_accuracy", *COSTS)
-FAMILY = "cnn"  # the parametric CNN family: cnn-<width>x<depth> (kdflow.models)
+FAMILY = "cnn"  # the parametric CNN family: cnn-<width>x<depth> (kdflow.models.zoo)
 
 
 def _ordered(name: str, pair: list[float]) -> list[float]:
@@ -89,7 +89,7 @@ class SearchSpace(Section):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, v: list[str]) -> list[str]:
-        from kdflow import loss_registry
+        from kdflow.training import loss_registry
 
         for m in v:
             soft, _, feature = m.partition("+")

@@ -4,7 +4,10 @@ Every step writes its outputs and ``config.resolved.yaml`` into its output direc
 ``step.json``: its typed result (:mod:`kdflow.steps.results`), which later steps read back.
 
 - :mod:`~kdflow.steps.context`: the store, the tracker and the MLflow parent run, opened once per step
-- :mod:`~kdflow.steps.train`: prep, teacher, scratch and distilled student
+- :mod:`~kdflow.steps.prep`: raw data -> prepared splits
+- :mod:`~kdflow.steps.train`: the training body (fresh, resumed or reused), teacher and scratch
+- :mod:`~kdflow.steps.teacher`: a trained or provided teacher
+- :mod:`~kdflow.steps.distill`: the distilled student (through an assistant, if any)
 - :mod:`~kdflow.steps.evaluation`: teacher vs scratch vs student, the quality gate
 - :mod:`~kdflow.steps.release`: export with the final gate, promotion, the exit handler
 - :mod:`~kdflow.steps.record`: what each step logs to MLflow
@@ -12,10 +15,13 @@ Every step writes its outputs and ``config.resolved.yaml`` into its output direc
 """
 
 from kdflow.steps.context import RunContext, start_pipeline
+from kdflow.steps.distill import distill
 from kdflow.steps.evaluation import evaluate_models
 from kdflow.steps.orchestrate import Layout, run_all
+from kdflow.steps.prep import prep
 from kdflow.steps.release import export_student, finalize, promote
-from kdflow.steps.train import distill, load_teacher, prep, provide_teacher, train
+from kdflow.steps.teacher import provide_teacher
+from kdflow.steps.train import load_teacher, train
 
 __all__ = [
     "RunContext",

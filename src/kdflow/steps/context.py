@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from kdflow.config import Config
 
 if TYPE_CHECKING:
-    from kdflow.storage import LocalStore, S3Store
-    from kdflow.tracking import Tracker
+    from kdflow.infra.storage import LocalStore, S3Store
+    from kdflow.infra.tracking import Tracker
 
 PIPELINE_NAME = "kdflow-distillation"
 PathArg = str | Path  # a step's input or output directory, as the CLI and the KFP components pass it
@@ -39,7 +39,7 @@ def open_store(cfg: Config) -> LocalStore | S3Store | None:
     root = storage_root(cfg)
     if not root:
         return None
-    from kdflow import storage
+    from kdflow.infra import storage
 
     store = storage.open_store(root)
     store.check()
@@ -49,7 +49,7 @@ def open_store(cfg: Config) -> LocalStore | S3Store | None:
 def open_tracker(cfg: Config) -> Tracker | None:
     if not cfg.tracking.enabled:
         return None
-    from kdflow import tracking
+    from kdflow.infra import tracking
 
     return tracking.Tracker(cfg)
 
@@ -66,7 +66,7 @@ def start_pipeline(cfg: Config, ctx: RunContext, image: str = "") -> RunContext:
         ctx.opened = True
     if ctx.tracker is None or ctx.parent_run_id:
         return ctx
-    from kdflow.tracking import git_sha
+    from kdflow.infra.tracking import git_sha
 
     ctx.parent_run_id = ctx.tracker.parent_run(
         ctx.pipeline_run_id,
@@ -86,7 +86,7 @@ def upload(ctx: RunContext, step: str, out: Path, files: list[str] | None = None
     store = ctx.store
     if store is None:
         return None
-    from kdflow.storage import put_dir, put_files
+    from kdflow.infra.storage import put_dir, put_files
 
     prefix = f"{ctx.pipeline_run_id}/{step}"
     if files is None:

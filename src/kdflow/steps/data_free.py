@@ -10,16 +10,19 @@ from pathlib import Path
 
 import torch
 
-from kdflow import checkpoints, data, evaluate, models
-from kdflow.batches import Split
 from kdflow.config import Config, write_resolved
-from kdflow.data_free import DataFreeState, build_generator, check_generator_fits, fit_data_free, plot_samples
-from kdflow.fingerprint import fingerprint
-from kdflow.io import atomic_torch_save, atomic_write_json, atomic_write_text, csv_text, sha256_file
+from kdflow.data import prepared as data
+from kdflow.data.batches import Split
+from kdflow.evaluation import metrics as evaluate
+from kdflow.infra import checkpoints
+from kdflow.infra.fingerprint import fingerprint
+from kdflow.infra.io import atomic_torch_save, atomic_write_json, atomic_write_text, csv_text, sha256_file
+from kdflow.models import zoo as models
 from kdflow.steps import record, results
 from kdflow.steps.context import RunContext, start_pipeline, upload
 from kdflow.steps.results import TrainResult
-from kdflow.trainer import check_resumable
+from kdflow.training.data_free import DataFreeState, build_generator, check_generator_fits, fit_data_free, plot_samples
+from kdflow.training.trainer import check_resumable
 
 UPLOADED = ["model.pt", "generator.pt", "generator_samples.png", "history.csv", "metrics.json", "config.resolved.yaml"]
 
@@ -126,6 +129,7 @@ def distill_data_free(
             "pipeline_run_id": ctx.pipeline_run_id,
             "config_hash": cfg.digest(),
             "artifact_uri": upload(ctx, step, out, UPLOADED),
+            "started": results.started(fitted.resumed_from),
         }
         model_tags = {**tags, "kdflow.pipeline_run_id": ctx.pipeline_run_id, "kdflow.config_hash": cfg.digest()}
         result = results.merged(
@@ -134,7 +138,8 @@ def distill_data_free(
         record.generator(ctx.tracker, run_id, out)
         results.write(out, result)
     print(
-        f"[{step}] {cfg.student.arch} (data-free, no training image read): test accuracy "
+        f"[{step}] {cfg.student.arch} {results.describe_start(result['started'])} (data-free, no training image "
+        f"read): test accuracy "
         f"{metrics['test_accuracy']:.4f} after {cfg.distill.generator.iterations} generator steps -> {out / 'model.pt'}"
     )
     return result

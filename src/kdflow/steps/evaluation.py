@@ -6,11 +6,14 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from kdflow import checkpoints, data, evaluate, models
 from kdflow.config import Config, write_resolved
+from kdflow.data import prepared as data
 from kdflow.errors import CheckpointError
-from kdflow.gate import kd_verdict, quality_gate
-from kdflow.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from kdflow.evaluation import metrics as evaluate
+from kdflow.evaluation.gate import kd_verdict, quality_gate
+from kdflow.infra import checkpoints
+from kdflow.infra.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from kdflow.models import zoo as models
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.results import EvaluationResult, TrainResult
@@ -54,7 +57,7 @@ def _robustness(
     cfg: Config, prepared: data.PreparedData, loaded: dict[str, nn.Module], scores: dict, summary: dict, out: Path
 ) -> None:
     """FGSM/PGD accuracy and the PGD curve per model (test subset, reported); the student's PGD on val (gate)."""
-    from kdflow.robustness import plot_robustness, robustness_report, val_pgd_accuracy
+    from kdflow.evaluation.robustness import plot_robustness, robustness_report, val_pgd_accuracy
 
     a = cfg.adversarial
     for name, model in loaded.items():
@@ -62,7 +65,7 @@ def _robustness(
     scores["student"]["val_pgd_accuracy"] = val_pgd_accuracy(loaded["student"], prepared, a)
     if "scratch" in scores:
         summary["robust_gain"] = scores["student"]["pgd_accuracy"] - scores["scratch"]["pgd_accuracy"]
-    from kdflow.report import row_labels
+    from kdflow.evaluation.report import row_labels
 
     labels = row_labels(summary)  # the table's names: "student (ARD)", "student (scratch, PGD-AT)", ...
     plot_robustness({labels[n]: scores[n]["robustness_curve"] for n in loaded}, a.steps, out / "robustness.png")
@@ -132,7 +135,7 @@ def evaluate_models(
     ctx: RunContext | None = None,
 ) -> dict:
     """Evaluate and write ``evaluation.json``, ``report.md`` and the plots; returns the evaluation summary."""
-    from kdflow.report import render_report
+    from kdflow.evaluation.report import render_report
 
     out = Path(out_dir)
     prepared = data.load_prepared(data_dir)

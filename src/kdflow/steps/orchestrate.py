@@ -9,13 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdflow.config import Config
-from kdflow.distributed import info_from_env
 from kdflow.errors import ConfigError
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
+from kdflow.steps.distill import distill
 from kdflow.steps.evaluation import evaluate_models
 from kdflow.steps.preflight import check_run
+from kdflow.steps.prep import prep
 from kdflow.steps.results import TrainResult
-from kdflow.steps.train import distill, load_teacher, prep, train
+from kdflow.steps.train import load_teacher, train
+from kdflow.training.distributed import info_from_env
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,8 @@ class Layout:
 
 def _given_teacher(source: str, data_dir: Path, target: Path) -> Path:
     """A teacher passed by path or URI, written as a step directory so evaluate can read it like a trained one."""
-    from kdflow import checkpoints
-    from kdflow.io import read_json
+    from kdflow.infra import checkpoints
+    from kdflow.infra.io import read_json
 
     model, meta = load_teacher(source, read_json(data_dir / "manifest.json")["num_classes"])
     checkpoints.save_model(

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from kdflow import models
 from kdflow.config import Config
 from kdflow.errors import ModelError
+from kdflow.models import zoo as models
 
 # Input shape and class count of the built-in datasets, for checks made before the data is prepared.
 KNOWN_SHAPES = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
@@ -32,14 +32,14 @@ def check_models(cfg: Config, teacher: nn.Module | None = None) -> None:
     if teacher is None and not cfg.teacher.source:  # a given teacher is checked where it is loaded
         teacher = build(cfg.teacher.arch, "teacher.arch", shape, num_classes)
     if teacher is not None and cfg.distill.features and cfg.data.dataset in KNOWN_SHAPES:
-        from kdflow.objective import DistillObjective
+        from kdflow.training.objective import DistillObjective
 
         DistillObjective([teacher], student, cfg.distill, shape, num_classes).close()
 
 
 def check_teacher(source: str, field: str = "teacher") -> nn.Module:
     """A given teacher: reachable, a kdflow checkpoint, loadable without unpickling code."""
-    from kdflow import checkpoints
+    from kdflow.infra import checkpoints
 
     return checkpoints.load_model(source, field=field)[0]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from kdflow.config import Config
-from kdflow.data import PreparedData
-from kdflow.gate import Gate
+from kdflow.data.prepared import PreparedData
+from kdflow.evaluation.gate import Gate
+from kdflow.infra.tracking import CONSTANT_COLUMNS, Tracker
 from kdflow.steps.context import RunContext
-from kdflow.tracking import CONSTANT_COLUMNS, Tracker
 
 
 def prep(tracker: Tracker | None, ctx: RunContext, cfg: Config, manifest: dict, out: Path) -> dict[str, str]:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from kdflow import data
 from kdflow.config import Config, write_resolved
+from kdflow.data import prepared as data
 from kdflow.errors import CheckpointError, GateError
-from kdflow.gate import Gate, failures, release_gate, verdict
-from kdflow.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from kdflow.evaluation.gate import Gate, failures, release_gate, verdict
+from kdflow.infra.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, open_tracker, start_pipeline, upload
 from kdflow.steps.evaluation import load_step_model
@@ -20,7 +20,7 @@ from kdflow.steps.timing import timed
 
 def _decide_and_report(cfg: Config, exported: dict, eval_dir: Path | None, out: Path) -> Gate:
     """The final gate (the evaluation's quality checks, if any, plus parity); export.json, report and plots."""
-    from kdflow.report import render_report
+    from kdflow.evaluation.report import render_report
 
     evaluation = read_json(eval_dir / "evaluation.json") if eval_dir else None
     quality = evaluation["quality_gate"] if evaluation else None
@@ -46,7 +46,7 @@ def export_student(
 
     Returns the export report (``export.json``: forms, parity, gate).
     """
-    from kdflow.export import export_all
+    from kdflow.release.export import export_all
 
     out = Path(out_dir)
     prepared = data.load_prepared(data_dir)
@@ -64,7 +64,7 @@ def export_student(
         seed=cfg.train.seed,
     )
     if cfg.adversarial.evaluate:
-        from kdflow.robustness import export_robustness
+        from kdflow.evaluation.robustness import export_robustness
 
         export_robustness(student, prepared, cfg.adversarial, out, exported["forms"])
     exported["gate"] = _decide_and_report(cfg, exported, Path(eval_dir) if eval_dir else None, out)
@@ -141,7 +141,7 @@ def promote(
     The gate export recorded is enforced here, where the decision is made: a failed, incomplete or
     missing gate is refused unless ``force`` (then tagged ``kdflow.forced`` on the version and the run).
     """
-    from kdflow.registry import register_and_promote
+    from kdflow.release.registry import register_and_promote
 
     out = Path(out_dir)
     ctx = start_pipeline(cfg, ctx or RunContext())
@@ -182,7 +182,7 @@ def finalize(cfg: Config, pipeline_run_id: str, status: str) -> dict:
     tracker = open_tracker(cfg)
     if tracker is None:
         return {"closed": 0}
-    from kdflow.tracking import PIPELINE_TAG
+    from kdflow.infra.tracking import PIPELINE_TAG
 
     mlflow_status = {"SUCCEEDED": "FINISHED", "FINISHED": "FINISHED", "CANCELLED": "KILLED"}.get(
         status.upper(), "FAILED"

@@ -20,8 +20,8 @@ from pydantic import TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from kdflow.errors import CheckpointError
-from kdflow.gate import Gate
-from kdflow.io import atomic_write_json, read_json
+from kdflow.evaluation.gate import Gate
+from kdflow.infra.io import atomic_write_json, read_json
 
 STEP_FILE = "step.json"
 
@@ -43,6 +43,33 @@ class PrepResult(StepResult):
     config_hash: str
 
 
+class Started(TypedDict):
+    """How a training step began. ``epoch``: the last epoch the resumed checkpoint had finished (1-based),
+    so a resumed step always says N > 0; ``pipeline_run_id``: the run whose model was reused."""
+
+    how: str  # "fresh", "resumed" or "reused"
+    epoch: NotRequired[int]
+    pipeline_run_id: NotRequired[str]
+
+
+def started(resumed_from: int | None, reused_from: dict[str, Any] | None = None) -> Started:
+    """The step's start record from the trainer's ``resumed_from`` (0-based epoch index) or a reuse entry."""
+    if reused_from is not None:
+        return {"how": "reused", "pipeline_run_id": str(reused_from.get("pipeline_run_id") or "?")}
+    if resumed_from is not None:
+        return {"how": "resumed", "epoch": resumed_from + 1}
+    return {"how": "fresh"}
+
+
+def describe_start(start: Started) -> str:
+    """One phrase for the step's output line: 'trained', 'resumed from epoch 3', 'reused (trained by ...)'."""
+    if start["how"] == "reused":
+        return f"reused (trained by pipeline run {start.get('pipeline_run_id', '?')})"
+    if start["how"] == "resumed":
+        return f"resumed from epoch {start.get('epoch')}"
+    return "trained"
+
+
 class TrainResult(StepResult):
     """A trained (or provided) model: teacher, scratch student or distilled student."""
 
@@ -52,7 +79,7 @@ class TrainResult(StepResult):
     metrics: dict[str, Any]
     config_hash: NotRequired[str]
     lineage: NotRequired[dict[str, str]]  # kdflow.teacher_* tags of a distilled student
-    fingerprint: NotRequired[dict[str, Any]]  # what the weights depend on (kdflow.fingerprint)
+    fingerprint: NotRequired[dict[str, Any]]  # what the weights depend on (kdflow.infra.fingerprint)
     artifact_uri: NotRequired[str | None]
     model_id: NotRequired[str]
     model_uri: NotRequired[str]
@@ -60,6 +87,7 @@ class TrainResult(StepResult):
     registered_uri: NotRequired[str]
     source: NotRequired[str]  # a provided teacher: where it came from
     reused_from: NotRequired[dict[str, Any]]  # storage.reuse: the run that trained these exact weights
+    started: NotRequired[Started]  # how the step began: fresh, resumed from a checkpoint, or reused
 
 
 class EvaluationResult(StepResult):

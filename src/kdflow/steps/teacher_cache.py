@@ -7,17 +7,17 @@ from pathlib import Path
 import torch.nn as nn
 
 from kdflow.config import Config
-from kdflow.data import PreparedData
+from kdflow.data.prepared import PreparedData
 
 
 def cache_factory(cfg: Config, teacher: nn.Module, teacher_sha256: str):
     """A function that builds (or reuses) the cache for the prepared data and says what it did."""
 
     def build(prepared: PreparedData) -> tuple[object, dict]:
-        from kdflow import cache
-        from kdflow.allocator import keep_freed_memory
-        from kdflow.compiled import frozen_forward
-        from kdflow.trainer import pick_device
+        from kdflow.data import cache
+        from kdflow.models.compiled import frozen_forward
+        from kdflow.training.allocator import keep_freed_memory
+        from kdflow.training.trainer import pick_device
 
         if cfg.train.keep_freed_memory:
             keep_freed_memory()

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import torch.nn as nn
 
-from kdflow import checkpoints, data
+from kdflow.data import prepared as data
 from kdflow.errors import ConfigError
+from kdflow.infra import checkpoints
 
 if TYPE_CHECKING:
     from kdflow.steps.train import TrainingJob

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from kdflow import models
+from kdflow.models import zoo as models
 
 
 def onnx_latency_ms(model: nn.Module, input_shape: tuple[int, ...], repeats: int = 50) -> float:
     """Median batch-1 latency of the model's ONNX export under onnxruntime on this machine."""
-    from kdflow.evaluate import time_callable
-    from kdflow.export import export_onnx, onnx_runner, onnx_session
+    from kdflow.evaluation.metrics import time_callable
+    from kdflow.release.export import export_onnx, onnx_runner, onnx_session
 
     with tempfile.TemporaryDirectory(prefix="kdflow-latency-") as tmp:
         path = export_onnx(model, input_shape, Path(tmp) / "model.onnx", opset=17)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kdflow.config import Config
-from kdflow.tracking import Tracker
+from kdflow.infra.tracking import Tracker
 
 STUDY_STEP = "tune"
 

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kdflow.io import atomic_write_text, csv_text
+from kdflow.infra.io import atomic_write_text, csv_text
 
 COST_LABELS = {"params": "parameters", "macs": "MACs per image", "latency_ms": "ONNX batch-1 latency (ms)"}
 
@@ -102,7 +102,7 @@ def _rectangular(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def plot_pareto(
     path: Path, trials: list[FrozenTrial], costs: list[str], chosen: FrozenTrial | None, twin_acc: float | None
 ) -> Path:
-    from kdflow.evaluate import pyplot, save_figure
+    from kdflow.evaluation.metrics import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(costs), figsize=(5.5 * len(costs), 4.2), squeeze=False)

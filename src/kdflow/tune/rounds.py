@@ -52,7 +52,7 @@ def setup(cfg: Config, data_dir: Path, teacher_path: Path, study_out: Path, cach
 
 def ask(cfg: Config, study_in: Path, study_out: Path, data_dir: Path, kind: str, count: int) -> list[dict[str, Any]]:
     """Sample ``count`` trials of ``kind`` (distill, or scratch for the distillation pick's student)."""
-    from kdflow import data
+    from kdflow.data import prepared as data
 
     _copy(study_in, study_out)
     s = _study(cfg, study_out, kind)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdflow import data, models
 from kdflow.config import Config
-from kdflow.config.sections import ScratchTwinConfig
+from kdflow.config.distill import ScratchTwinConfig
+from kdflow.data import prepared as data
 from kdflow.errors import TrainingDiverged
-from kdflow.io import atomic_write_json, atomic_write_text
+from kdflow.infra.io import atomic_write_json, atomic_write_text
+from kdflow.models import zoo as models
 from kdflow.steps.context import RunContext, start_pipeline
 from kdflow.tune import record, report, space, study
 from kdflow.tune.trial import Study, feature_specs, run_trial

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from kdflow import models
 from kdflow.config import Config, TuneConfig
 from kdflow.config.tune import FAMILY
 from kdflow.errors import ConfigError
+from kdflow.models import zoo as models
 
 
 @dataclass
@@ -110,7 +110,7 @@ def sample_student(trial, tune: TuneConfig, feasible: Feasible) -> str:
 
 def last_feature_map(model: torch.nn.Module, input_shape: tuple[int, ...]) -> str | None:
     """The last top-level module whose output is a spatial map (where a feature loss attaches), if any."""
-    from kdflow.features import probe_shapes
+    from kdflow.models.features import probe_shapes
 
     names = [n for n, _ in model.named_children()]
     if not names:

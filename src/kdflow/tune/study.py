@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from kdflow.config import Config, flatten
 from kdflow.errors import ConfigError
-from kdflow.io import atomic_write_json
+from kdflow.infra.io import atomic_write_json
 
 DB = "study.db"
 IDENTITY = "study.json"

@@ -12,14 +12,15 @@ import optuna
 import torch
 import torch.nn as nn
 
-from kdflow import cache, models
-from kdflow.compiled import frozen_forward
 from kdflow.config import Config
-from kdflow.data import PreparedData
+from kdflow.data import cache
+from kdflow.data.prepared import PreparedData
 from kdflow.errors import KdflowError
-from kdflow.io import sha256_file
-from kdflow.objective import DistillObjective, SupervisedObjective
-from kdflow.trainer import fit
+from kdflow.infra.io import sha256_file
+from kdflow.models import zoo as models
+from kdflow.models.compiled import frozen_forward
+from kdflow.training.objective import DistillObjective, SupervisedObjective
+from kdflow.training.trainer import fit
 from kdflow.tune import space
 from kdflow.tune.cost import model_cost
 from kdflow.tune.record import TrialRecorder

@@ -1,0 +1,35 @@
+"""Run the test tiers in order (unit, integration, e2e), stop at the first failing one, print each tier's wall.
+
+`make test` calls this; extra pytest arguments go after `--`: `python scripts/test_tiers.py unit e2e -- -x`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def main(argv: list[str]) -> int:
+    tiers, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    unknown = [t for t in tiers if t not in TIERS]
+    if unknown or not tiers:
+        print(f"test_tiers: tiers: {unknown or 'none given'}; fix: name some of {', '.join(TIERS)}", file=sys.stderr)
+        return 2
+    walls: list[str] = []
+    for tier in tiers:
+        print(f"\n=== tier {tier} ===", flush=True)
+        start = time.monotonic()
+        rc = subprocess.call([sys.executable, "-m", "pytest", "-m", tier, *extra])
+        walls.append(f"{tier} {time.monotonic() - start:.0f} s")
+        if rc not in (0, 5):  # 5: no test in this tier was selected
+            print(f"\n=== tier {tier} failed (pytest exit {rc}); later tiers not run. Walls: {', '.join(walls)}")
+            return rc
+    print(f"\n=== all tiers passed. Walls: {', '.join(walls)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,182 @@
+"""Offline KD: a teacher-output cache that stays correct under augmentation (rule 7 of KD-CORRECTNESS).
+
+For K seeded augmented views of every train sample the cache stores the augmentation parameters
+(crop offsets, flip) and the teacher's RAW logits (fp16; never temperature-scaled probabilities). At
+epoch e the student is shown view ``e mod K`` of each sample -- exactly the image the teacher saw -- and
+the logits are looked up by (view, sample index). The cache is keyed by the teacher checkpoint's
+sha256, the data digest, the augmentation spec, K and the view seed; any mismatch is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from kdflow.data.mixing import MixParams, apply_mix, draw_mix
+from kdflow.data.prepared import Normalizer, PreparedData, apply_augmentation, draw_augmentation, stream_seed
+from kdflow.errors import CheckpointError, ConfigError
+from kdflow.infra.io import atomic_torch_save, safe_torch_load
+
+FORMAT = "kdflow-teacher-cache-v2"  # v2: mixing partners and weights (function matching)
+
+
+def cache_key(teacher_sha256: str, data: PreparedData, views: int, seed: int, mix: dict | None = None) -> dict:
+    """``mix`` ({kind, alpha}) stores each view's partner and weight too, and the logits of the mixed image."""
+    return {
+        "format": FORMAT,
+        "teacher_sha256": teacher_sha256,
+        "data_digest": data.digest,
+        "augmentation": data.manifest["augmentation"],
+        "views": views,
+        "seed": seed,
+        "num_train": len(data.train),
+        "mix": mix,
+    }
+
+
+def key_name(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def view_params(n: int, augmentation: dict, seed: int, view: int) -> torch.Tensor:
+    """(n, 3) augmentation parameters of one view; a pure function of (seed, view)."""
+    gen = torch.Generator().manual_seed(stream_seed(seed, view))
+    if not augmentation.get("enabled"):
+        return torch.zeros(n, 3, dtype=torch.long)
+    return draw_augmentation(n, augmentation.get("crop_padding", 0), augmentation.get("hflip", False), gen)
+
+
+def view_mix(n: int, mix: dict, image_hw: tuple[int, ...], seed: int, view: int) -> MixParams:
+    """Partners and weights of one view: a pure function of (seed, view), apart from the crop stream."""
+    gen = torch.Generator().manual_seed(stream_seed(seed, view) + 2**40)
+    return draw_mix(n, n, mix["kind"], mix["alpha"], image_hw, gen)
+
+
+@dataclass
+class TeacherCache:
+    key: dict
+    params: torch.Tensor  # views x N x 3 (int16)
+    logits: torch.Tensor  # views x N x C (fp16, raw)
+    build_seconds: float = 0.0
+    mix: list[MixParams] | None = None  # per view, when the teacher saw mixed images
+
+    @property
+    def views(self) -> int:
+        return int(self.params.shape[0])
+
+    def view_of(self, epoch: int) -> int:
+        return epoch % self.views
+
+    def params_for_epoch(self, epoch: int) -> torch.Tensor:
+        return self.params[self.view_of(epoch)].long()
+
+    def mix_for_epoch(self, epoch: int) -> MixParams | None:
+        return self.mix[self.view_of(epoch)] if self.mix is not None else None
+
+    def logits_for(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        return self.logits[self.view_of(epoch)][indices].float()
+
+
+@torch.no_grad()
+def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 256) -> TeacherCache:
+    teacher.eval()
+    device = next(teacher.parameters()).device  # the batches follow the teacher (CPU or GPU); the cache lives on CPU
+    norm = Normalizer(data.mean, data.std)
+    n = len(data.train)
+    aug = data.manifest["augmentation"]
+    pad = aug.get("crop_padding", 0) if aug.get("enabled") else 0
+    t0 = time.perf_counter()
+    all_params, all_logits, all_mix = [], [], []
+    mix: dict = key.get("mix") or {}
+    hw = tuple(data.train.x.shape[-2:])
+    bar = tqdm(
+        total=key["views"] * ((n + batch_size - 1) // batch_size), desc="teacher cache", unit="batch", mininterval=5.0
+    )
+    for v in range(key["views"]):
+        params = view_params(n, aug, key["seed"], v)
+        mp = view_mix(n, mix, hw, key["seed"], v) if mix else None
+        out = []
+        for start in range(0, n, batch_size):
+            bar.update(1)
+            sl = slice(start, start + batch_size)
+            x = norm(apply_augmentation(data.train.x[sl], params[sl], pad))
+            if mp is not None:
+                part = mp.partner[sl]
+                x = apply_mix(
+                    x, norm(apply_augmentation(data.train.x[part], params[part], pad)), mp.take(sl), mix["kind"]
+                )
+            out.append(teacher(x.to(device)).float().half().cpu())
+        all_params.append(params.to(torch.int16))
+        if mp is not None:
+            all_mix.append(mp)
+        all_logits.append(torch.cat(out))
+        tqdm.write(f"[teacher cache] view {v + 1}/{key['views']} done, {time.perf_counter() - t0:.0f} s")
+    bar.close()
+    return TeacherCache(
+        key, torch.stack(all_params), torch.stack(all_logits), time.perf_counter() - t0, all_mix if mix else None
+    )
+
+
+def save(cache: TeacherCache, path: Path) -> Path:
+    mix = None
+    if cache.mix is not None:
+        mix = {
+            "partner": torch.stack([m.partner for m in cache.mix]).to(torch.int32),
+            "lam": torch.stack([m.lam for m in cache.mix]),
+            "box": torch.stack([m.box for m in cache.mix]).to(torch.int16),
+        }
+    blob = {"key": cache.key, "params": cache.params, "logits": cache.logits, "build_seconds": cache.build_seconds}
+    return atomic_torch_save({**blob, "mix": mix}, path)
+
+
+def load(path: Path, expected: dict) -> TeacherCache:
+    """Load a cache and refuse it unless every key field matches what this run would build."""
+    blob = safe_torch_load(path, "distill.cache")
+    key = blob.get("key", {}) if isinstance(blob, dict) else {}
+    for field in ("format", "teacher_sha256", "data_digest", "augmentation", "views", "seed", "num_train", "mix"):
+        if key.get(field) != expected[field]:
+            raise ConfigError(
+                "distill.cache",
+                f"stale teacher cache '{path}': {field} is {key.get(field)!r}, this run needs {expected[field]!r}",
+                "delete the file or let kdflow rebuild it (distill.cache_dir)",
+            )
+    params, logits = blob["params"], blob["logits"]
+    if params.shape[:2] != (expected["views"], expected["num_train"]) or logits.shape[:2] != params.shape[:2]:
+        raise ConfigError("distill.cache", f"teacher cache '{path}' has inconsistent shapes", "delete it and rebuild")
+    stored = blob.get("mix")
+    mix = None
+    if stored is not None:
+        mix = [
+            MixParams(stored["partner"][v].long(), stored["lam"][v].float(), stored["box"][v].long())
+            for v in range(params.shape[0])
+        ]
+    return TeacherCache(key, params, logits, float(blob.get("build_seconds", 0.0)), mix)
+
+
+def get_or_build(
+    teacher: nn.Module,
+    teacher_sha256: str,
+    data: PreparedData,
+    views: int,
+    seed: int,
+    cache_dir: Path,
+    mix: dict | None = None,
+) -> tuple[TeacherCache, Path, bool]:
+    """Reuse a matching cache from ``cache_dir`` or build and save one. Returns (cache, path, reused)."""
+    key = cache_key(teacher_sha256, data, views, seed, mix)
+    path = Path(cache_dir) / f"teacher-cache-{key_name(key)}.pt"
+    if path.is_file():
+        try:
+            return load(path, key), path, True
+        except CheckpointError as e:  # corrupt or unreadable: derived data, so rebuilt (a stale key is refused)
+            print(f"[distill_student] teacher cache unusable, rebuilding it: {e.problem}")
+    cache = build(teacher, data, key)
+    save(cache, path)
+    return cache, path, False

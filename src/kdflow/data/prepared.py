@@ -1,0 +1,235 @@
+"""Prepared datasets: carve a seeded val split from the raw data, preload it as uint8 tensors, digest it.
+
+A prepared dataset is a directory with one file per split, ``train.pt``, ``val.pt`` and ``test.pt``
+(uint8 NCHW images and int64 labels, loadable with ``weights_only=True``; one file each so a step that
+must not read the training images, data-free distillation, never opens them) and ``manifest.json`` (counts, class names, normalization,
+sha256 digests). Raw loading lives in :mod:`kdflow.data.raw`, batching in :mod:`kdflow.data.batches`;
+both are re-exported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kdflow.config import DataConfig
+from kdflow.data.batches import (
+    Normalizer,
+    Split,
+    apply_augmentation,
+    augment_batch,
+    draw_augmentation,
+    iterate,
+    num_batches,
+    shard,
+    stream_seed,
+)
+from kdflow.data.raw import (
+    DEBIAN_DIRS,
+    FASHION_CLASSES,
+    IDX_FILES,
+    MNIST_CLASSES,
+    NORMALIZATION,
+    RawData,
+    load_raw,
+    read_idx,
+    register_source_resolver,
+)
+from kdflow.errors import DataError
+from kdflow.infra.io import atomic_torch_save, atomic_write_json, read_json, safe_torch_load
+
+__all__ = [
+    "DEBIAN_DIRS",
+    "FASHION_CLASSES",
+    "IDX_FILES",
+    "MNIST_CLASSES",
+    "NORMALIZATION",
+    "Normalizer",
+    "PreparedData",
+    "RawData",
+    "Split",
+    "apply_augmentation",
+    "augment_batch",
+    "augmentation_spec",
+    "draw_augmentation",
+    "iterate",
+    "has_split",
+    "load_manifest",
+    "load_prepared",
+    "load_split",
+    "load_raw",
+    "num_batches",
+    "prepare",
+    "read_idx",
+    "register_source_resolver",
+    "shard",
+    "split_raw",
+    "stream_seed",
+    "window_slice",
+]
+
+
+@dataclass
+class PreparedData:
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    manifest: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train.x.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train.x.shape[2]), int(self.train.x.shape[3])
+
+    @property
+    def digest(self) -> str:
+        return self.manifest["digest"]
+
+    def normalizer(self) -> Normalizer:
+        return Normalizer(self.mean, self.std)
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _normalization(dataset: str, train_x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if dataset in NORMALIZATION:
+        return NORMALIZATION[dataset]
+    x = train_x.float() / 255.0
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+
+
+def window_slice(window: str, n: int) -> slice | None:
+    """'START:END' selects raw train samples [START, END) (a time window of a growing stream); other text is a label."""
+    m = re.fullmatch(r"(\d*):(\d*)", window.strip())
+    if not m:
+        return None
+    start = int(m.group(1) or 0)
+    end = int(m.group(2) or n)
+    if not 0 <= start < end <= n:
+        raise DataError(
+            "data.window",
+            f"window '{window}' is outside the {n} train samples",
+            f"use START:END with 0 <= START < END <= {n}",
+        )
+    return slice(start, end)
+
+
+def split_raw(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split]:
+    window = window_slice(cfg.window, len(raw.train_y))
+    if window is not None:
+        raw = RawData(raw.train_x[window], raw.train_y[window], raw.test_x, raw.test_y, raw.class_names, raw.source)
+    n = len(raw.train_y)
+    if cfg.val_size >= n:
+        raise DataError(
+            "data.val_size", f"{cfg.val_size} is not smaller than the {n} train samples", "lower data.val_size"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
+    val_idx, train_idx = perm[: cfg.val_size], perm[cfg.val_size :]
+    if cfg.train_subset is not None:
+        train_idx = train_idx[: cfg.train_subset]
+    test = Split(raw.test_x, raw.test_y)
+    if cfg.test_subset is not None:
+        test = Split(raw.test_x[: cfg.test_subset], raw.test_y[: cfg.test_subset])
+    val_idx, train_idx = val_idx.sort().values, train_idx.sort().values
+    return (
+        Split(raw.train_x[train_idx], raw.train_y[train_idx]),
+        Split(raw.train_x[val_idx], raw.train_y[val_idx]),
+        test,
+    )
+
+
+def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None) -> dict:
+    """Load, split and save a dataset; returns the manifest."""
+    raw = load_raw(cfg, cache_dir)
+    train, val, test = split_raw(raw, cfg)
+    mean, std = _normalization(cfg.dataset, train.x)
+    class_names = raw.class_names or [str(i) for i in range(int(raw.train_y.max()) + 1)]
+    manifest = {
+        "dataset": cfg.dataset,
+        "source": raw.source,
+        "window": cfg.window,
+        "source_digest": _digest(raw.train_x, raw.train_y, raw.test_x, raw.test_y),
+        "digest": _digest(train.x, train.y, val.x, val.y, test.x, test.y),
+        "test_digest": _digest(test.x, test.y),
+        "split_seed": cfg.split_seed,
+        "counts": {"train": len(train), "val": len(val), "test": len(test)},
+        "class_names": class_names,
+        "num_classes": len(class_names),
+        "input_shape": list(train.x.shape[1:]),
+        "mean": list(mean),
+        "std": list(std),
+        "augmentation": augmentation_spec(cfg),
+    }
+    out = Path(out_dir)
+    for name, sp in {"train": train, "val": val, "test": test}.items():
+        atomic_torch_save({"x": sp.x.contiguous(), "y": sp.y.contiguous()}, out / SPLIT_FILES[name])
+    atomic_write_json(out / "manifest.json", manifest)  # last: a directory with a manifest is complete
+    return manifest
+
+
+def augmentation_spec(cfg: DataConfig) -> dict:
+    return {
+        "enabled": cfg.augment,
+        "crop_padding": cfg.crop_padding if cfg.augment else 0,
+        "hflip": cfg.hflip and cfg.augment,
+    }
+
+
+SPLIT_FILES = {"train": "train.pt", "val": "val.pt", "test": "test.pt"}
+
+
+def load_manifest(directory: str | Path) -> dict:
+    d = Path(directory)
+    if not (d / "manifest.json").is_file():
+        raise DataError("dataset", f"'{d}' is not a prepared dataset (no manifest.json)", "run `kdflow prep` first")
+    return read_json(d / "manifest.json")
+
+
+def has_split(directory: str | Path, name: str) -> bool:
+    return (Path(directory) / SPLIT_FILES[name]).is_file()
+
+
+def load_split(directory: str | Path, name: str) -> Split:
+    """One split of a prepared dataset; the other splits' files are not opened."""
+    path = Path(directory) / SPLIT_FILES[name]
+    if not path.is_file():
+        raise DataError(
+            "dataset", f"'{path}' is missing (the {name} split)", "run `kdflow prep` again into a fresh --out"
+        )
+    blob = safe_torch_load(path, field="dataset")
+    return Split(blob["x"], blob["y"])
+
+
+def load_prepared(directory: str | Path) -> PreparedData:
+    d = Path(directory)
+    manifest = load_manifest(d)
+    splits = {s: load_split(d, s) for s in SPLIT_FILES}
+    return PreparedData(
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        manifest["class_names"],
+        tuple(manifest["mean"]),
+        tuple(manifest["std"]),
+        manifest,
+    )

@@ -1,0 +1,166 @@
+"""Markdown report: the comparison table, the gate, lineage and the plots."""
+
+from __future__ import annotations
+
+from kdflow.evaluation.gate import Gate, gate_lines, verdict
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _num(v, fmt: str = "{:,}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+METHOD_LABELS = {"ard": "student (ARD)", "dfad": "student (data-free DFAD)", "dkd": "student (DKD)"}
+
+
+def row_labels(evaluation: dict) -> dict[str, str]:
+    """Row names that say how each model was trained (the method, adversarial baselines)."""
+    return {
+        "teacher": "teacher (PGD-AT)" if evaluation.get("teacher_adversarial") else "teacher",
+        "scratch": "student (scratch, PGD-AT)" if evaluation.get("scratch_adversarial") else "student (scratch)",
+        "student": METHOD_LABELS.get(evaluation.get("method", "kd"), "student (distilled)"),
+    }
+
+
+def summary_rows(evaluation: dict, export: dict | None = None) -> list[dict]:
+    """One row per model form: what `make run` prints and the report shows."""
+    m = evaluation["models"]
+    rows = []
+    labels = row_labels(evaluation)
+    for key in ("teacher", "scratch", "student"):
+        if key not in m:
+            continue
+        r = m[key]
+        rows.append(
+            {
+                "model": labels[key],
+                "accuracy": r["accuracy"],
+                "f1_macro": r["f1_macro"],
+                "agreement": r.get("agreement_with_teacher"),
+                "transfer_rate": evaluation.get("transfer_rate") if key == "student" else None,
+                "parameters": r["parameters"],
+                "size_bytes": r["size_bytes"],
+                "latency_p50_ms": r["latency_p50_ms"],
+                "throughput_ips": r["throughput_ips"],
+                "fgsm_accuracy": r.get("fgsm_accuracy"),
+                "pgd_accuracy": r.get("pgd_accuracy"),
+            }
+        )
+    if export:
+        for form, label in (("onnx", "student ONNX fp32"), ("onnx_int8", "student ONNX int8")):
+            if form in export.get("forms", {}):
+                f = export["forms"][form]
+                rows.append(
+                    {
+                        "model": label,
+                        "accuracy": f["accuracy"],
+                        "f1_macro": None,
+                        "agreement": None,
+                        "transfer_rate": None,
+                        "parameters": m["student"]["parameters"],
+                        "size_bytes": f["size_bytes"],
+                        "latency_p50_ms": f["latency_p50_ms"],
+                        "throughput_ips": f["throughput_ips"],
+                        "fgsm_accuracy": None,
+                        "pgd_accuracy": f.get("pgd_accuracy"),
+                    }
+                )
+    return rows
+
+
+def render_table(rows: list[dict], robust: dict | None = None) -> str:
+    """The comparison table; with ``robust`` ({eps, steps}) two more columns: FGSM and PGD accuracy."""
+    head = "| model | accuracy | F1 (macro) | agreement w/ teacher | transfer rate | params | size (bytes) | latency p50 b=1 (ms) | throughput b=256 (img/s) |"
+    cols = 9
+    if robust:
+        head += f" FGSM eps={robust['eps']:g} | PGD-{robust['steps']} eps={robust['eps']:g} |"
+        cols += 2
+    lines = [head, "|" + "---|" * cols]
+    for r in rows:
+        line = (
+            f"| {r['model']} | {_pct(r['accuracy'])} | {_pct(r['f1_macro'])} | {_pct(r['agreement'])} | "
+            f"{_num(r['transfer_rate'], '{:.3f}')} | {_num(r['parameters'])} | {_num(r['size_bytes'])} | "
+            f"{_num(r['latency_p50_ms'], '{:.3f}')} | {_num(r['throughput_ips'], '{:,.0f}')} |"
+        )
+        if robust:
+            line += f" {_pct(r.get('fgsm_accuracy'))} | {_pct(r.get('pgd_accuracy'))} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def robust_settings(evaluation: dict) -> dict | None:
+    s = evaluation["models"]["student"]
+    if s.get("pgd_accuracy") is None:
+        return None
+    return {"eps": s["robust_eps"], "steps": s["robust_steps"], "samples": s["robust_samples"]}
+
+
+def render_report(evaluation: dict, export: dict | None = None, gate: Gate | None = None) -> str:
+    parts = [
+        "# kdflow distillation report",
+        "",
+        f"Data digest: `{evaluation['data_digest'][:16]}`",
+        "",
+        "## Models on the test split",
+        "",
+        render_table(summary_rows(evaluation, export), robust_settings(evaluation)),
+        "",
+    ]
+    robust = robust_settings(evaluation)
+    if robust:
+        parts += [
+            f"Robust accuracy: L-inf attacks in [0, 1] pixels, eps {robust['eps']:g}, on the first "
+            f"{robust['samples']} test images (random start, seeded). ONNX rows: the PyTorch twin's PGD examples "
+            "(a transfer attack: onnxruntime gives no gradients); TorchScript is attacked directly."
+            + (
+                f" Robust gain over the scratch twin: {100 * evaluation['robust_gain']:+.2f} pt (PGD)."
+                if evaluation.get("robust_gain") is not None
+                else ""
+            ),
+            "",
+        ]
+    if evaluation.get("kd_gain") is not None:
+        parts += [
+            f"KD gain over scratch: {100 * evaluation['kd_gain']:+.2f} pt; "
+            f"transfer rate: {_num(evaluation.get('transfer_rate'), '{:.3f}')}",
+            "",
+        ]
+    if evaluation.get("kd_verdict"):
+        parts += [f"**{evaluation['kd_verdict']}**", ""]
+    s = evaluation["models"]["student"]
+    parts += [
+        f"Student: KL(teacher || student) = {s['kl_teacher_student']:.4f}, NLL = {s['nll']:.4f}, "
+        f"ECE = {s['ece']:.4f}, retention = {_pct(s.get('retention'))}, "
+        f"compression {s.get('compression_ratio', 0):.1f}x",
+        "",
+    ]
+    g: Gate = gate or evaluation["quality_gate"]
+    parts += ["## Gate", "", f"**{verdict(g)}**", "", *gate_lines(g)]
+    if export:
+        parts += ["", "## Export parity", ""]
+        for form, f in export.get("forms", {}).items():
+            parts.append(
+                f"- {form}: max |logit diff| {f['max_abs_diff']:.2e}, top-1 agreement {_pct(f['top1_agreement'])}, "
+                f"accuracy {_pct(f['accuracy'])}, p95 {f['latency_p95_ms']:.3f} ms, {f['size_bytes']:,} bytes"
+            )
+    if evaluation.get("lineage"):
+        parts += ["", "## Lineage", ""] + [f"- {k}: `{v}`" for k, v in sorted(evaluation["lineage"].items()) if v]
+    parts += [
+        "",
+        "## Plots",
+        "",
+        "![loss curves](loss_curves.png)",
+        "",
+        "![reliability](reliability.png)",
+        "",
+        "![confusion: distilled student](confusion_student.png)",
+        "",
+    ]
+    if robust:
+        parts += ["![robustness curve](robustness.png)", ""]
+    if evaluation.get("data_free"):
+        parts += ["![generated images](generator_samples.png)", ""]
+    return "\n".join(parts)
