@@ -1,12 +1,14 @@
 """The whole DAG's wall and where it goes: `python -m pipelines run --local` on a profile, per-step seconds
 (step_seconds.* on the MLflow pipeline run) and the pipeline's own overhead.
 
-    .venv/bin/python bench/dag.py --profile default [--runs 2] [--runner subprocess|container]
+    .venv/bin/python bench/dag.py --profile default [--runs 2] [--runner subprocess|container] [--modes warm,cold]
 
-Each run gets a fresh pipeline root and sqlite MLflow in a temp folder, with one state folder for all runs,
-so a second run shows what carries over between runs on unchanged data: the trained models (storage.reuse,
-by fingerprint) and the teacher cache.
-Writes the section "Pipeline cost: DAG wall (<profile>, <runner>)" of bench/RESULTS.md.
+Each run gets a fresh pipeline root and sqlite MLflow in a temp folder, with one state folder for all runs
+of a mode, so a second run shows what carries over between runs on unchanged data: the trained models
+(storage.reuse, by fingerprint) and the teacher cache. With the subprocess runner, ``--modes warm,cold``
+interleaves runs whose steps fork from the warm worker with runs whose steps start fresh interpreters,
+each mode in its own state folder (both train), so their overhead is compared in the same hour.
+Writes the section "Pipeline cost: DAG wall (<profile>, <runner>[, <modes>])" of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -29,18 +31,26 @@ def main() -> int:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--runs", type=int, default=1, help="successive runs on unchanged data")
     ap.add_argument("--runner", choices=["subprocess", "container"], default="subprocess")
+    ap.add_argument("--modes", default="warm", help="subprocess runner: warm, cold or warm,cold (interleaved)")
     args = ap.parse_args()
     from pipelines.runner import run_local
 
+    modes = args.modes.split(",") if args.runner == "subprocess" else ["container"]
     work = Path(tempfile.mkdtemp(prefix="kdflow-bench-dag-"))
-    os.chdir(work)  # the state folder (.kdflow: teacher cache) is shared by the runs
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work}/mlflow.db"
-    runs = []
+    runs, labels = [], []
     for i in range(args.runs):
-        summary = run_local(profile=args.profile, root=str(work / f"root{i}"), runner=args.runner)
-        runs.append(summary)
+        for mode in modes:
+            home = work / mode
+            home.mkdir(exist_ok=True)
+            os.chdir(home)  # the state folder (.kdflow: teacher cache, trained models) is shared by a mode's runs
+            os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home}/mlflow.db"
+            summary = run_local(
+                profile=args.profile, root=str(home / f"root{i}"), runner=args.runner, warm=mode != "cold"
+            )
+            runs.append(summary)
+            labels.append(f"{mode} run {i + 1}" if len(modes) > 1 else f"run {i + 1}")
     steps = [s for s, _, _ in runs[0]["step_seconds"]]
-    head = "| step | " + " | ".join(f"run {i + 1} s | share" for i in range(len(runs))) + " |"
+    head = "| step | " + " | ".join(f"{label} s | share" for label in labels) + " |"
     lines = [head, "|---|" + "---|---|" * len(runs)]
     for step in steps:
         cells = []
@@ -62,7 +72,7 @@ def main() -> int:
             if overhead
             else ""
         )
-        lines.append(f"Run {i + 1}: reused {', '.join(steps_reused) or 'nothing'} (storage.reuse){share}.")
+        lines.append(f"{labels[i]}: reused {', '.join(steps_reused) or 'nothing'} (storage.reuse){share}.")
     if args.profile == "full":  # BENCH.md's hand-written loop: teacher 1,575 s + online KD student 751 s
         hand = 1575 + 751
         lines.append(
@@ -72,7 +82,8 @@ def main() -> int:
         )
     body = "\n".join(lines)
     print(body)
-    write_section(f"Pipeline cost: DAG wall ({args.profile}, {args.runner})", body)
+    suffix = f", {'/'.join(modes)}" if args.runner == "subprocess" and modes != ["warm"] else ""
+    write_section(f"Pipeline cost: DAG wall ({args.profile}, {args.runner}{suffix})", body)
     return 0
 
 

@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         help="subprocess: each step a process of this venv; container: each step in the component image "
         "(kfp.local.DockerRunner on podman; `make image` first)",
     )
+    r.add_argument(
+        "--cold",
+        action="store_true",
+        help="subprocess runner: start every step in a fresh interpreter (default: each step forked from a warm "
+        "worker that imported torch, mlflow and kdflow once; KDFLOW_WARM=0 does the same as --cold)",
+    )
     r.add_argument("--profile", default="default")
     r.add_argument("--root", default="local_outputs", help="local pipeline root")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -81,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 teacher_source=args.teacher_source,
                 which=args.pipeline,
                 runner=args.runner,
+                warm=not args.cold,
                 **_shape(args),
             )
         elif args.cmd == "submit":

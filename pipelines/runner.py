@@ -48,9 +48,11 @@ def run_local(
     teacher_source: str = "",
     which: str = "distillation",
     runner: str = "subprocess",
+    warm: bool = True,
     **shape,
 ) -> dict:
-    """The whole DAG on this machine: each step a subprocess, or a container of the component image."""
+    """The whole DAG on this machine: each step a subprocess (forked from a warm worker unless ``warm`` is
+    False or KDFLOW_WARM=0), or a container of the component image."""
     from kfp import local
 
     overrides = overrides or []
@@ -63,6 +65,10 @@ def run_local(
         if runner == "container":
             local_runner = _container_runner(engine, state, root_path, cfg)
         elif runner == "subprocess":
+            if warm:
+                from pipelines.warm import warm_worker
+
+                engine.enter_context(warm_worker())
             local_runner = local.SubprocessRunner(use_venv=False)
         else:
             raise ConfigError("--runner", f"'{runner}' is not a runner", "use subprocess or container")

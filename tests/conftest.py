@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import FASHION, tiny_config
+from helpers import FASHION, SMOKE_DAG_OVERRIDES, SMOKE_DAG_WINDOW, tiny_config
 
 from kdflow.data.prepared import prepare
 
@@ -44,4 +44,19 @@ def pytest_collection_modifyitems(config, items) -> None:
     if bad:
         raise pytest.UsageError(
             "each test needs exactly one tier marker (pytest.mark.unit, .integration or .e2e):\n  " + "\n  ".join(bad)
+        )
+
+
+@pytest.fixture(scope="session")
+def smoke_dag(tmp_path_factory) -> dict:
+    """The smoke DAG run once by the local subprocess runner (warm worker), with its own state folder and
+    sqlite MLflow: test_e2e checks its wiring, test_container compares the same DAG in containers to it."""
+    from pipelines.runner import run_local
+
+    work = tmp_path_factory.mktemp("smoke_dag")
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)  # state dir and pipeline root land in the temp dir
+        m.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
+        return run_local(
+            profile="smoke", root=str(work / "root"), data_window=SMOKE_DAG_WINDOW, overrides=SMOKE_DAG_OVERRIDES
         )

@@ -8,6 +8,9 @@ from kdflow.config import build_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+# The session's smoke DAG (conftest.smoke_dag) and the container test's run of the same DAG
+SMOKE_DAG_OVERRIDES = ["gate.max_latency_p95_ms=1000", "export.int8_min_agreement=0.95"]
+SMOKE_DAG_WINDOW = "2026-11"  # a version label: recorded in lineage, selects no samples
 
 
 def tiny_config(tmp: Path, **sections):

@@ -17,13 +17,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, SMOKE_DAG_OVERRIDES, SMOKE_DAG_WINDOW
 
 from components.image import KDFLOW_IMAGE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.container]
-
-SMOKE_OVERRIDES = ["gate.max_latency_p95_ms=1000"]
 
 
 def _podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -80,10 +78,10 @@ def _accuracies(summary: dict) -> dict:
 
 
 @pytest.mark.timeout(2400)
-def test_smoke_dag_in_containers_matches_the_subprocess_runner(image, tmp_path, monkeypatch):
-    """The smoke DAG with every step in the image, tracking to a real mlflow server and uploading to
-    SeaweedFS on the host's loopback (host network, keys passed by name), against the same DAG as
-    subprocesses with sqlite MLflow."""
+def test_smoke_dag_in_containers_matches_the_subprocess_runner(image, smoke_dag, tmp_path, monkeypatch):
+    """The smoke DAG with every step in the image (each a fresh process), tracking to a real mlflow server
+    and uploading to SeaweedFS on the host's loopback (host network, keys passed by name), against the same
+    DAG as subprocesses forked from the warm worker with sqlite MLflow (the session's smoke_dag)."""
     from kdflow.infra import localstack
     from pipelines.runner import run_local
 
@@ -95,16 +93,16 @@ def test_smoke_dag_in_containers_matches_the_subprocess_runner(image, tmp_path, 
                 m.setenv(k, v)
             m.chdir(tmp_path)
             results["container"] = run_local(
-                profile="smoke", root=str(tmp_path / "root"), overrides=SMOKE_OVERRIDES, runner="container"
+                profile="smoke",
+                root=str(tmp_path / "root"),
+                data_window=SMOKE_DAG_WINDOW,
+                overrides=SMOKE_DAG_OVERRIDES,
+                runner="container",
             )
         _check_stack(stack, tmp_path / "root")
     finally:
         stack.stop()
-    work = tmp_path / "subprocess"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
-    results["subprocess"] = run_local(profile="smoke", root=str(work / "root"), overrides=SMOKE_OVERRIDES)
+    results["subprocess"] = smoke_dag
 
     summary = results["container"]
     run_dir = Path(summary["run_dir"])

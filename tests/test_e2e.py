@@ -45,18 +45,10 @@ def test_cli_run_smoke(tmp_path):
 
 
 @pytest.mark.e2e
-def test_local_pipeline_smoke(tmp_path, monkeypatch):
-    """The same DAG as the compiled YAML, run by kfp.local.SubprocessRunner on a real data subset."""
-    from pipelines.runner import run_local
-
-    monkeypatch.chdir(tmp_path)  # state dir and pipeline root land in the temp dir
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    summary = run_local(
-        profile="smoke",
-        root=str(tmp_path / "root"),
-        data_window="2026-11",
-        overrides=["gate.max_latency_p95_ms=1000", "export.int8_min_agreement=0.95"],
-    )
+def test_local_pipeline_smoke(smoke_dag):
+    """The same DAG as the compiled YAML, run by kfp.local.SubprocessRunner on a real data subset
+    (the session's smoke_dag fixture; budgets loosened there: this test is about wiring, not speed)."""
+    summary = smoke_dag
     ev, ex = summary["evaluation"], summary["export"]
     assert ev["models"]["student"]["accuracy"] > 0.6  # chance is 0.1
     assert ex["parity_ok"] and set(ex["forms"]) == {"onnx", "onnx_int8", "torchscript"}
@@ -76,7 +68,7 @@ def test_local_pipeline_smoke(tmp_path, monkeypatch):
     ):
         hits = list(__import__("pathlib").Path(run_dir).rglob(name))
         assert hits and all(h.stat().st_size > 0 for h in hits), name
-    assert ex["gate"]["passed"], ex["gate"]  # budgets loosened above: this test is about wiring, not speed
+    assert ex["gate"]["passed"], ex["gate"]
     assert summary["promotion"]["promoted"] is True
     # where the time went: every step's seconds and the overhead, printed and on the MLflow pipeline run
     rows = {step: seconds for step, seconds, _ in summary["step_seconds"]}
