@@ -5,6 +5,10 @@ name to a partial config that is deep-merged over the base. Unknown keys are err
 """
 
 from kdflow.config.distill import DistillConfig, ExtraTeacher, FeatureLossSpec
+
+# The prep_data component imports knob_overrides from here, and its source is embedded verbatim in the
+# compiled pipeline YAML (golden-tested), so the mapping in kdflow.config.knobs is re-exported here.
+from kdflow.config.knobs import KNOB_KEYS, knob_overrides
 from kdflow.config.loading import (
     apply_overrides,
     build_config,
@@ -17,10 +21,6 @@ from kdflow.config.loading import (
 from kdflow.config.release import EvaluateConfig, ExportConfig, GateConfig, StorageConfig, TrackingConfig
 from kdflow.config.sections import Config, DataConfig, StudentConfig, TeacherConfig, TrainConfig
 from kdflow.config.tune import SearchSpace, TuneConfig
-
-# The prep_data component imports knob_overrides from here, and its source is embedded verbatim in the
-# compiled pipeline YAML (golden-tested), so the mapping in kdflow.config.knobs is re-exported here.
-from kdflow.config.knobs import KNOB_KEYS, knob_overrides
 
 __all__ = [
     "Config",
