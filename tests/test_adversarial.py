@@ -166,7 +166,20 @@ def test_data_free_bad_input_is_one_line_and_writes_nothing(ard_run, test_only_d
 
 
 @pytest.mark.parametrize(
-    "method, overrides", [("ard", ["distill.method=ard"]), ("dfad", ["distill.method=dfad", "distill.data_free=true"])]
+    "method, overrides",
+    [
+        ("ard", ["distill.method=ard"]),
+        # the wiring, not the student: half the smoke profile's generator steps
+        (
+            "dfad",
+            [
+                "distill.method=dfad",
+                "distill.data_free=true",
+                "distill.generator.iterations=20",
+                "distill.generator.iterations_per_epoch=10",
+            ],
+        ),
+    ],
 )
 def test_pipeline_runs_each_method(method, overrides, tmp_path, monkeypatch):
     """The KFP DAG (local subprocess runner) with each method: its rows, robust exports, generator samples."""

@@ -15,8 +15,6 @@ from kdflow.errors import StorageError
 from kdflow.infra import localstack
 from kdflow.infra.storage import S3Store
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
@@ -32,6 +30,7 @@ def stack_env(stack, monkeypatch):
     return stack
 
 
+@pytest.mark.integration
 def test_storage_roundtrip_and_checksum(stack_env, tmp_path):
     store = S3Store(f"s3://{stack_env.bucket}/unit")
     src = tmp_path / "blob.bin"
@@ -54,6 +53,7 @@ def test_storage_roundtrip_and_checksum(stack_env, tmp_path):
     assert not list(tmp_path.glob(".bad.bin.*"))
 
 
+@pytest.mark.integration
 def test_prefixes_match_folders_not_siblings(stack_env, tmp_path):
     """s3://b/fm is the folder fm/: fm-old/... and fmraw/... are other folders, never listed or downloaded."""
     from kdflow.infra.storage import get_dir
@@ -69,6 +69,7 @@ def test_prefixes_match_folders_not_siblings(stack_env, tmp_path):
     assert sorted(str(p.relative_to(got)) for p in got.rglob("*") if p.is_file()) == ["a.gz", "raw/b.gz"]
 
 
+@pytest.mark.integration
 def test_server_killed_mid_test(tmp_path, monkeypatch):
     """Bounded retries, a clear error, and no partial object visible after a restart on the same data."""
     st = localstack.start_s3(tmp_path / "s3", lifetime_s=600)
@@ -106,6 +107,7 @@ def test_server_killed_mid_test(tmp_path, monkeypatch):
         ({}, ["storage.root=s3://A_/runs"], "storage.root"),
     ],
 )
+@pytest.mark.integration
 def test_bad_remote_input_fails_fast(stack_env, monkeypatch, tmp_path, capsys, env, overrides, field):
     for k, v in env.items():
         monkeypatch.setenv(k, v.format(free=localstack.free_port()))
@@ -116,6 +118,7 @@ def test_bad_remote_input_fails_fast(stack_env, monkeypatch, tmp_path, capsys, e
     assert not (tmp_path / "out" / "train.pt").exists()  # stopped before any data or training work
 
 
+@pytest.mark.e2e  # the whole DAG against the real servers
 def test_pipeline_tracking_lineage_and_promotion(stack_env, tmp_path, monkeypatch):
     from helpers import ROOT
     from mlflow.tracking import MlflowClient

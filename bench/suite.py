@@ -1,0 +1,70 @@
+"""`make test`'s wall, tier by tier: unit, integration, e2e, as scripts/test_tiers.py runs them.
+
+    .venv/bin/python bench/suite.py
+
+Records whether the component image was already built (a cold build runs inside the e2e tier's
+container tests and adds its minutes there). Writes the section "Test suite wall (make test)" of
+bench/RESULTS.md; nothing is written when a tier fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def image_cached() -> bool:
+    sys.path.insert(0, str(ROOT))
+    from components.image import KDFLOW_IMAGE
+
+    conf = os.environ.get("CONTAINERS_CONF", str(ROOT / "docker/containers.conf"))
+    try:
+        done = subprocess.run(
+            ["podman", "image", "exists", KDFLOW_IMAGE], env={**os.environ, "CONTAINERS_CONF": conf}, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def main() -> int:
+    cached = image_cached()
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/test_tiers.py"), "unit", "integration", "e2e", "--", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.monotonic() - started
+    sys.stdout.write(proc.stdout[-3000:])
+    walls = re.search(r"all tiers passed\. Walls: (.*)", proc.stdout)
+    if proc.returncode != 0 or not walls:
+        print(f"a tier failed (exit {proc.returncode}); nothing recorded", file=sys.stderr)
+        return 1
+    counts = re.findall(r"^(\d+) passed.*? in ([\d.]+)s", proc.stdout, re.M)
+    tiers = dict(pair.rsplit(" ", 2)[0:2] for pair in walls.group(1).replace(" s", "").split(", "))
+    rows = [f"| {t} | {tiers[t]} | {counts[i][0] if i < len(counts) else '?'} |" for i, t in enumerate(tiers)]
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    body = (
+        f"Commit {sha.strip()}; component image {'already built (layers reused)' if cached else 'built cold'} "
+        "before the run.\n\n| tier | wall s | tests passed |\n|---|---|---|\n"
+        + "\n".join(rows)
+        + f"\n| **all** | **{wall:.0f}** | |"
+    )
+    print(body)
+    write_section("Test suite wall (make test)", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
