@@ -94,6 +94,73 @@ def tracked(tiny_data, tmp_path_factory):
     return {"tmp": tmp, "uri": uri, "cfg": cfg}
 
 
+@pytest.fixture(scope="module")
+def chain(tracked, tiny_data, tmp_path_factory):
+    """Student A with a passing evaluation and export; student B (tracked too); a second prepared dataset."""
+    from kdflow.data.prepared import prepare
+
+    tmp = tracked["tmp"]
+    lenient = tracked["cfg"].model_copy(deep=True)
+    lenient.gate.min_accuracy, lenient.gate.min_retention = 0.0, 0.0  # a 1-epoch student passes: the chain
+    lenient.gate.require_export_parity = False  # is under test, not the student
+    ctx = steps.RunContext("release-chain")
+    steps.evaluate_models(lenient, tiny_data, tmp / "teacher", None, tmp / "student", tmp / "eval-pass", ctx)
+    steps.export_student(lenient, tiny_data, tmp / "student", tmp / "eval-pass", tmp / "export-pass", ctx)
+    steps.train(tracked["cfg"], "scratch", tiny_data, tmp / "other", ctx)
+    other_data = tmp_path_factory.mktemp("other_data")
+    prepare(tiny_config(other_data, data={"train_subset": 1400}).data, other_data / "prepared")
+    return {**tracked, "cfg": lenient, "other_data": other_data / "prepared"}
+
+
+def _promote_args(data, student, export, out, state) -> list[str]:
+    return [
+        "promote", "--data", str(data), "--student", str(student), "--export", str(export), "--out", str(out),
+        "--set", "gate.min_accuracy=0", "--set", "gate.min_retention=0", "--set", f"storage.state_dir={state}",
+    ]  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("force", [False, True])
+def test_a_gate_cannot_be_borrowed_from_another_students_export(chain, tiny_data, tmp_path, capsys, monkeypatch, force):
+    """`promote --student B --export <A's passing export>` promoted B (even untrained) as the first champion."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chain["uri"])
+    tmp = chain["tmp"]
+    args = _promote_args(tiny_data, tmp / "other", tmp / "export-pass", tmp_path / "p", tmp / "state")
+    capsys.readouterr()
+    assert main([*args, *(["--force"] if force else [])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kdflow: error: --export:") and "another student" in err[0], err
+    assert not [m for m in MlflowClient(chain["uri"]).search_registered_models() if m.name == "kd-student"]
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.integration
+def test_promote_refuses_an_export_judged_on_other_data(chain, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chain["uri"])
+    tmp = chain["tmp"]
+    args = _promote_args(chain["other_data"], tmp / "student", tmp / "export-pass", tmp_path / "p", tmp / "state")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kdflow: error: --export:") and "other data" in err[0], err
+
+
+@pytest.mark.integration
+def test_export_refuses_another_students_evaluation_before_writing(chain, tiny_data, tmp_path):
+    from kdflow.errors import CheckpointError
+
+    tmp, out = chain["tmp"], tmp_path / "export"
+    with pytest.raises(CheckpointError, match="--evaluation: .* is of another student"):
+        steps.export_student(chain["cfg"], tiny_data, tmp / "other", tmp / "eval-pass", out)
+    assert not out.exists() or not any(out.iterdir())
+    # the student's own evaluation and export bind it: promote accepts the chain
+    exported = json.loads((tmp / "export-pass" / "export.json").read_text())
+    evaluation = json.loads((tmp / "eval-pass" / "evaluation.json").read_text())
+    assert exported["student_sha256"] == evaluation["student_sha256"] and exported["gate"]["passed"]
+
+
 @pytest.mark.integration
 def test_export_without_evaluation_records_an_incomplete_gate(tracked):
     exported = json.loads((tracked["tmp"] / "export-noeval" / "export.json").read_text())

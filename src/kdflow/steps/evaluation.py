@@ -15,6 +15,7 @@ from kdflow.infra import checkpoints
 from kdflow.infra.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from kdflow.models import zoo as models
 from kdflow.steps import record, results
+from kdflow.steps.chain import student_sha256
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.results import EvaluationResult, TrainResult
 from kdflow.steps.timing import timed
@@ -98,6 +99,7 @@ def compare(
     summary = {
         "models": scores,
         "class_names": prepared.class_names,
+        "student_sha256": student_sha256(dirs["student"]),  # what export and promote check they were given
         "data_digest": prepared.digest,
         "test_digest": prepared.manifest["test_digest"],
     }

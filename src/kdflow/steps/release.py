@@ -12,17 +12,28 @@ from kdflow.errors import CheckpointError, GateError
 from kdflow.evaluation.gate import Gate, failures, release_gate, verdict
 from kdflow.infra.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from kdflow.steps import record, results
+from kdflow.steps.chain import check_link, student_sha256
 from kdflow.steps.context import PathArg, RunContext, open_tracker, start_pipeline, upload
 from kdflow.steps.evaluation import load_step_model
 from kdflow.steps.results import ExportResult, PromotionResult, TrainResult
 from kdflow.steps.timing import timed
 
 
-def _decide_and_report(cfg: Config, exported: dict, eval_dir: Path | None, out: Path) -> Gate:
+def _evaluation_of(eval_dir: Path | None, student_sha: str, data_digest: str) -> dict | None:
+    """The evaluation export takes its quality gate from, refused unless it evaluated this student on this data."""
+    if eval_dir is None:
+        return None
+    evaluation = read_json(eval_dir / "evaluation.json")
+    check_link(
+        evaluation, "--evaluation", eval_dir, student_sha, data_digest, "run `kdflow evaluate` with this --student"
+    )
+    return evaluation
+
+
+def _decide_and_report(cfg: Config, exported: dict, evaluation: dict | None, eval_dir: Path | None, out: Path) -> Gate:
     """The final gate (the evaluation's quality checks, if any, plus parity); export.json, report and plots."""
     from kdflow.evaluation.report import render_report
 
-    evaluation = read_json(eval_dir / "evaluation.json") if eval_dir else None
     quality = evaluation["quality_gate"] if evaluation else None
     gate = release_gate(cfg.gate, quality, exported["parity_ok"], exported["parity_problems"])
     atomic_write_json(out / "export.json", {**exported, "gate": gate})
@@ -53,6 +64,8 @@ def export_student(
     ctx = start_pipeline(cfg, ctx or RunContext())
     student = load_step_model(Path(student_dir), prepared.num_classes, "student")
     student_info: dict = dict(results.read(student_dir, TrainResult) or {})
+    student_sha = student_sha256(Path(student_dir))
+    evaluation = _evaluation_of(Path(eval_dir) if eval_dir else None, student_sha, prepared.digest)  # before writing
     torch.manual_seed(cfg.train.seed)
     exported = export_all(
         student,
@@ -67,7 +80,8 @@ def export_student(
         from kdflow.evaluation.robustness import export_robustness
 
         export_robustness(student, prepared, cfg.adversarial, out, exported["forms"])
-    exported["gate"] = _decide_and_report(cfg, exported, Path(eval_dir) if eval_dir else None, out)
+    exported.update(student_sha256=student_sha, data_digest=prepared.digest)
+    exported["gate"] = _decide_and_report(cfg, exported, evaluation, Path(eval_dir) if eval_dir else None, out)
     gate = exported["gate"]
     write_resolved(cfg, out)
     result: ExportResult = {
@@ -75,6 +89,8 @@ def export_student(
         "gate_passed": gate["passed"],
         "parity_ok": exported["parity_ok"],
         "student_model_uri": student_info.get("model_uri"),
+        "student_sha256": student_sha,
+        "data_digest": prepared.digest,
         "parent_run_id": ctx.parent_run_id,
         "pipeline_run_id": ctx.pipeline_run_id,
         "artifact_uri": upload(ctx, "export", out),
@@ -98,8 +114,9 @@ def export_student(
     return exported
 
 
-def _promotable(student_dir: PathArg, export_dir: PathArg, force: bool) -> tuple[dict, dict]:
-    """The student and export results, refused (one line) unless the recorded gate passed or ``force``."""
+def _promotable(student_dir: PathArg, export_dir: PathArg, force: bool, data_digest: str) -> tuple[dict, dict]:
+    """The student and export results, refused (one line) unless the recorded gate passed or ``force``, and
+    always unless the export is of this student on this data (``force`` overrides the gate, not the chain)."""
     student_info: dict = dict(results.read(student_dir, TrainResult) or {})
     export_info = results.read(export_dir, ExportResult)
     if export_info is None and not force:
@@ -122,6 +139,15 @@ def _promotable(student_dir: PathArg, export_dir: PathArg, force: bool) -> tuple
             "--student",
             f"'{student_dir}' has no MLflow model to register (trained with tracking off?)",
             "re-run the distill step with tracking enabled",
+        )
+    if export_info is not None:
+        check_link(
+            dict(export_info),
+            "--export",
+            Path(export_dir),
+            student_sha256(Path(student_dir)),
+            data_digest,
+            "run `kdflow export` with this --student",
         )
     return student_info, dict(export_info or {})
 
@@ -146,12 +172,12 @@ def promote(
     out = Path(out_dir)
     ctx = start_pipeline(cfg, ctx or RunContext())
     tracker = ctx.tracker
-    student_info, export_info = _promotable(student_dir, export_dir, force)
+    prepared = data.load_prepared(data_dir)
+    student_info, export_info = _promotable(student_dir, export_dir, force, prepared.digest)
     if tracker is None:
         decision: PromotionResult = {"promoted": False, "reason": "tracking disabled: no registry"}
         atomic_write_json(out / "promotion.json", decision)
         return decision
-    prepared = data.load_prepared(data_dir)
     model_uri = student_info["model_uri"]
     if cfg.export.promote_format == "onnx_int8" and export_info.get("onnx_int8_model_id"):
         model_uri = f"models:/{export_info['onnx_int8_model_id']}"

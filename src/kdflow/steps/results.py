@@ -100,6 +100,8 @@ class ExportResult(StepResult):
     gate_passed: bool
     parity_ok: bool
     student_model_uri: str | None
+    student_sha256: NotRequired[str]  # the weights exported (kdflow.steps.chain): promote checks its --student
+    data_digest: NotRequired[str]  # the data its gate and parity were judged on
     artifact_uri: str | None
     onnx_int8_model_id: NotRequired[str]
 
