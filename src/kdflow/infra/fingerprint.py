@@ -1,4 +1,5 @@
-"""What a trained model depends on: the config fields that change it, the data, the teacher, the code.
+"""What a trained model depends on: the config fields that change it, the data, the teacher, the code
+(the package version and a digest of the source of the rooms that shape weights: training, models, data).
 
 Stored in every training checkpoint and step result. A checkpoint whose fingerprint differs from the
 run's is refused (``--fresh`` discards it), so a changed config never resumes or reuses old weights.
@@ -6,6 +7,9 @@ run's is refused (``--fresh`` discards it), so a changed config never resumes or
 
 from __future__ import annotations
 
+import hashlib
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from kdflow import __version__
@@ -29,6 +33,23 @@ IGNORED = {
     "distill.cache_dir",
     "distill.compile_teacher",
 }
+
+
+PACKAGE = Path(__file__).resolve().parent.parent
+# The code that shapes trained weights: a change here must not resume or reuse weights the old code made.
+# Evaluation, release, tracking and the CLI do not change weights, so editing them keeps models valid.
+WEIGHT_SHAPING_ROOMS = ("training", "models", "data")
+
+
+@lru_cache(maxsize=4)
+def training_code_digest(package: Path = PACKAGE) -> str:
+    """sha256 (16 hex) over the source of the rooms that shape the weights, file by file in path order."""
+    h = hashlib.sha256()
+    for room in WEIGHT_SHAPING_ROOMS:
+        for path in sorted((package / room).rglob("*.py")):
+            h.update(path.relative_to(package).as_posix().encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def trains_adversarially(cfg: Config, role: str) -> bool:
@@ -62,4 +83,10 @@ def fingerprint(cfg: Config, role: str, data_digest: str, teacher_digest: str = 
     }
     if trains_adversarially(cfg, role):
         fields.update(_training_attack(cfg))
-    return {**fields, "data_digest": data_digest, "teacher_digest": teacher_digest, "kdflow_version": __version__}
+    return {
+        **fields,
+        "data_digest": data_digest,
+        "teacher_digest": teacher_digest,
+        "kdflow_version": __version__,
+        "kdflow_code": training_code_digest(),
+    }
