@@ -84,6 +84,19 @@ def test_tune_writes_study_outputs_and_mlflow_runs(tmp_path, fashion_available):
     one = trial_runs[0]
     assert "val_acc" in one.data.metrics and "global_batch" in one.data.params  # constants are params
 
+    # a study grows: the same command with a larger --trials continues it under the same study run (it used
+    # to die with MLflow's "Changing param values is not allowed": the budget was logged as a param)
+    grown = _tune(config, out, "--trials", "4")
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(_trials(out)) == 4 and [r["study"] for r in rows].count("distill") == 4
+    runs = client.search_runs([exp.experiment_id], max_results=200)
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs if r.data.tags.get("kdflow.step") == "tune_trial"} == {
+        study_run.info.run_id
+    }
+    study_run = client.get_run(study_run.info.run_id)
+    assert study_run.data.tags["kdflow.budget.tune.trials"] == "4" and "tune.trials" not in study_run.data.params
+
     # best.yaml is a complete config that `kdflow distill` runs as is: pick, scratch twin, evaluation
     final = subprocess.run(
         [

@@ -178,11 +178,19 @@ class Tracker:
             raise
 
     # ------------------------------------------------------------------ logging
-    def log_config(self, run_id: str, cfg: Config) -> None:
+    def log_config(self, run_id: str, cfg: Config, budget: frozenset[str] = frozenset()) -> None:
+        """The resolved config as params. Fields in ``budget`` (and then the config hash, which they move)
+        are tags instead: params are immutable, and a run that continues with a larger budget re-logs them."""
         params = flatten(cfg.to_dict())
         params["distill.hard_weight"] = cfg.distill.hard_weight
         params["distill.soft_weight"] = cfg.distill.soft_weight
         params["config_hash"] = cfg.digest()
+        if budget:
+            moving = {k: params.pop(k) for k in [*budget, "config_hash"] if k in params}
+            for k, v in moving.items():
+                self.client.set_tag(
+                    run_id, f"kdflow.budget.{k}" if k != "config_hash" else "kdflow.config_hash", str(v)
+                )
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]

@@ -9,6 +9,7 @@ from typing import Any
 
 from kdflow.config import Config
 from kdflow.infra.tracking import Tracker
+from kdflow.tune.study import BUDGET_KEYS
 
 STUDY_STEP = "tune"
 
@@ -73,7 +74,7 @@ def study_run(tracker: Tracker | None, study_key: str, cfg: Config) -> str | Non
         f"tune-{study_key}",
         {"kdflow.kind": STUDY_STEP, "kdflow.config_hash": cfg.digest(), "kdflow.profile": cfg.profile},
     )
-    tracker.log_config(run_id, cfg)
+    tracker.log_config(run_id, cfg, budget=frozenset(BUDGET_KEYS))  # a larger --trials continues the study
     return run_id
 
 
