@@ -165,6 +165,13 @@ CASES = [
     ("negative epochs", ["train-student", "--data", "{tiny}", "--set", "train.epochs=-1"], "train.epochs"),
     ("negative batch size", ["train-student", "--data", "{tiny}", "--set", "train.batch_size=-8"], "train.batch_size"),
     ("unknown profile", ["prep", "--profile", "nightly"], "--profile"),
+    # refused from the config, before the teacher trains (a snapshot it never reaches was silently never saved)
+    (
+        "snapshot beyond the teacher's epochs",
+        ["prep", "--set", "teacher.epochs=2", "--set", "teacher.snapshot_epochs=[5]"],
+        "teacher.snapshot_epochs",
+    ),
+    ("DKD with mixing", ["prep", "--set", "train.mix=mixup", "--set", "distill.method=dkd"], "train.mix"),
 ]
 
 
@@ -191,6 +198,16 @@ def test_bad_input(name, argv, field, inputs, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("kdflow: error: "), err
     assert field in err[0] and "fix:" in err[0], err[0]
     assert not out.exists(), f"{name}: --out was written before the error: {sorted(out.rglob('*'))}"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("nproc", ["0", "-2", "two"])
+def test_nproc_below_one_is_refused_not_taken_as_one(nproc, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train-student", "--nproc", nproc, "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--nproc" in last and "fix: pass e.g. --nproc 2" in last and not (tmp_path / "o").exists()
 
 
 @pytest.mark.unit

@@ -33,7 +33,9 @@ def test_distil_from_a_snapshot_of_the_teacher(tiny_data, tmp_path):
     assert info["lineage"]["kdflow.teacher_model_uri"].endswith("model-epoch1.pt")
     assert info["fingerprint"]["teacher_digest"] == sha256_file(first)
 
-    unsaved = tiny_config(tmp_path, distill={"teacher_checkpoint": "epoch:2"}, teacher={"snapshot_epochs": [2]})
+    unsaved = tiny_config(
+        tmp_path, distill={"teacher_checkpoint": "epoch:2"}, teacher={"epochs": 2, "snapshot_epochs": [2]}
+    )  # a valid config, but the teacher given was trained without that snapshot
     with pytest.raises(ConfigError, match="no epoch:2 checkpoint"):
         steps.distill(unsaved, tiny_data, final, tmp_path / "student2")
 

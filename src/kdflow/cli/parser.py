@@ -35,7 +35,7 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 def _nproc(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--nproc",
-        type=int,
+        type=_process_count,
         default=1,
         help="train with N processes (torch DDP under torchrun; gloo on CPU, NCCL on CUDA). "
         "train.batch_size stays the global batch; the LR is not rescaled",
@@ -86,6 +86,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; fix: pass e.g. --trials 20") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 (got {value}); fix: pass e.g. --trials 20")
+    return value
+
+
+def _process_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; fix: pass e.g. --nproc 2") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 process (got {value}); fix: pass e.g. --nproc 2")
     return value
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,12 @@ def _format_validation_error(err: ValidationError) -> ConfigError:
     msg = first["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", msg, re.S)
+    if not loc and named:  # a check across sections names its field first: "teacher.snapshot_epochs: ..."
+        loc, msg = named.group(1), named.group(2)
     if "; fix:" in msg:
         problem, fix = msg.split("; fix:", 1)
-        return ConfigError(loc, problem.strip(), fix.strip())
+        return ConfigError(loc or "config", problem.strip(), fix.strip())
     got = first.get("input")
     return ConfigError(loc, f"{msg} (got {got!r})", f"correct {loc} in the config or with --set {loc}=...")
 

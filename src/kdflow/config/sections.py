@@ -138,7 +138,7 @@ class Config(_Section):
     def _mix_needs_label_free_soft_loss(self) -> Config:
         if self.train.mix != "none" and self.distill.method == "dkd":
             raise ValueError(
-                "DKD splits the loss at the one true class, a mixed image has two; "
+                "train.mix: DKD splits the loss at the one true class, a mixed image has two; "
                 "fix: set train.mix=none or distill.method=kd"
             )
         return self
@@ -163,8 +163,20 @@ class Config(_Section):
         missing = [e for e in missing if e not in self.teacher.snapshot_epochs]
         if missing:
             raise ValueError(
-                f"teacher checkpoints of epochs {missing} are asked for but not saved; "
+                f"teacher.snapshot_epochs: teacher checkpoints of epochs {missing} are asked for but not saved; "
                 f"fix: add them to teacher.snapshot_epochs, e.g. teacher.snapshot_epochs={missing}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _snapshots_within_the_teachers_schedule(self) -> Config:
+        """A snapshot of an epoch the teacher never reaches was silently never written."""
+        epochs = self.epochs_for("teacher")
+        beyond = sorted(e for e in self.teacher.snapshot_epochs if e > epochs) if not self.teacher.source else []
+        if beyond:
+            raise ValueError(
+                f"teacher.snapshot_epochs: {beyond} are beyond the teacher's {epochs} epochs and would never be "
+                f"saved; fix: keep them within 1..{epochs} or raise teacher.epochs"
             )
         return self
 
