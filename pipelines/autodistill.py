@@ -9,8 +9,8 @@ same study in one process (with pruning, which needs trials to see each other).
 
 from kfp import dsl
 
-from components import prep_data, train_teacher, tune_ask, tune_conclude, tune_setup, tune_tell, tune_trial
-from pipelines.distillation import EMBEDDED_CONFIG, _configure, _gpu, exit_handler, students_and_release
+from components import train_teacher, tune_ask, tune_conclude, tune_setup, tune_tell, tune_trial
+from pipelines.distillation import EMBEDDED_CONFIG, _configure, _gpu, exit_handler, prep_task, students_and_release
 
 PIPELINE_NAME = "kdflow-autodistill"
 ROUNDS, PARALLEL = 3, 4
@@ -39,29 +39,7 @@ def build_autodistill(use_gpu: bool = False, rounds: int = ROUNDS, parallel: int
     def kdflow_autodistill(config_yaml: str = EMBEDDED_CONFIG, profile: str = "default", extra_overrides: list = []):  # noqa: B006
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         with exit_handler(config_yaml, profile, extra_overrides, run_id):
-            prep = prep_data(
-                config_yaml=config_yaml,
-                profile=profile,
-                extra_overrides=extra_overrides,
-                pipeline_run_id=run_id,
-                dataset_name="",
-                data_window="",
-                teacher_arch="",
-                teacher_source="",
-                student_arch="",
-                method="",
-                temperature=-1.0,
-                alpha=-1.0,
-                teacher_epochs=-1,
-                student_epochs=-1,
-                min_accuracy=-1.0,
-                min_retention=-1.0,
-                min_improvement=-1.0,
-                data_free=False,
-                adversarial_eps=-1.0,
-                min_robust_accuracy=-1.0,
-            )
-            _configure(prep, "prep", cache=True)
+            prep = prep_task(config_yaml, profile, extra_overrides, run_id)
             cfg, ds = prep.outputs["config"], prep.outputs["dataset"]
             teacher = train_teacher(config=cfg, dataset=ds, pipeline_run_id=run_id)
             _gpu(_configure(teacher, "train", cache=True, retries=2, shm=True), use_gpu)

@@ -98,6 +98,39 @@ def students_and_release(cfg, ds, teacher_model, run_id, use_gpu: bool) -> None:
         conf(promo, "light", cache=False)
 
 
+# The pipeline parameters that override config fields (kdflow.config.knobs), at their "from the config" values.
+KNOB_DEFAULTS = {
+    "dataset_name": "",
+    "data_window": "",
+    "teacher_arch": "",
+    "teacher_source": "",
+    "student_arch": "",
+    "method": "",
+    "temperature": -1.0,
+    "alpha": -1.0,
+    "teacher_epochs": -1,
+    "student_epochs": -1,
+    "min_accuracy": -1.0,
+    "min_retention": -1.0,
+    "min_improvement": -1.0,
+    "data_free": False,
+    "adversarial_eps": -1.0,
+    "min_robust_accuracy": -1.0,
+}
+
+
+def prep_task(config_yaml, profile, extra_overrides, run_id, **knobs) -> dsl.PipelineTask:
+    """prep_data resolves the config once for the whole DAG; knobs not given keep their config values."""
+    prep = prep_data(
+        config_yaml=config_yaml,
+        profile=profile,
+        extra_overrides=extra_overrides,
+        pipeline_run_id=run_id,
+        **{**KNOB_DEFAULTS, **knobs},
+    )
+    return _configure(prep, "prep", cache=True)
+
+
 def exit_handler(config_yaml, profile, extra_overrides, run_id) -> dsl.ExitHandler:
     """finalize closes the pipeline run's MLflow parent run with the run's final status, whether the DAG
     inside succeeded or failed: both pipelines run inside one, so no failed run stays RUNNING."""
@@ -135,11 +168,11 @@ def build_pipeline(use_gpu: bool = False):
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         with exit_handler(config_yaml, profile, extra_overrides, run_id):
-            prep = prep_data(
-                config_yaml=config_yaml,
-                profile=profile,
-                extra_overrides=extra_overrides,
-                pipeline_run_id=run_id,
+            prep = prep_task(
+                config_yaml,
+                profile,
+                extra_overrides,
+                run_id,
                 dataset_name=dataset_name,
                 data_window=data_window,
                 teacher_arch=teacher_arch,
@@ -157,7 +190,6 @@ def build_pipeline(use_gpu: bool = False):
                 adversarial_eps=adversarial_eps,
                 min_robust_accuracy=min_robust_accuracy,
             )
-            conf(prep, "prep", cache=True)
             cfg, ds = prep.outputs["config"], prep.outputs["dataset"]
 
             teacher = train_teacher(config=cfg, dataset=ds, pipeline_run_id=run_id)

@@ -35,7 +35,7 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 def _nproc(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--nproc",
-        type=_process_count,
+        type=_at_least_one("--nproc 2"),
         default=1,
         help="train with N processes (torch DDP under torchrun; gloo on CPU, NCCL on CUDA). "
         "train.batch_size stays the global batch; the LR is not rescaled",
@@ -79,24 +79,19 @@ def _relaunch_under_torchrun(argv: list[str], nproc: int) -> int:
     return subprocess.call(cmd)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; fix: pass e.g. --trials 20") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value}); fix: pass e.g. --trials 20")
-    return value
+def _at_least_one(example: str):
+    """An argparse type for a whole number >= 1 whose errors show ``example`` (e.g. '--trials 20')."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; fix: pass e.g. {example}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1 (got {value}); fix: pass e.g. {example}")
+        return value
 
-def _process_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number; fix: pass e.g. --nproc 2") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 process (got {value}); fix: pass e.g. --nproc 2")
-    return value
+    return parse
 
 
 def _positive_float(text: str) -> float:
@@ -152,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         "tune the pick's scratch twin the same way, write the Pareto front and best.yaml",
     )
     _common(p)
-    p.add_argument("--trials", type=_positive_int, help="trials of the distillation study (default: tune.trials)")
+    p.add_argument(
+        "--trials", type=_at_least_one("--trials 20"), help="trials of the distillation study (default: tune.trials)"
+    )
     p.add_argument(
         "--timeout", type=_positive_float, help="stop starting distillation trials after SECONDS (tune.timeout_s)"
     )
