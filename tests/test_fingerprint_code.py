@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from kdflow.config import build_config
-from kdflow.infra.fingerprint import PACKAGE, WEIGHT_SHAPING_ROOMS, fingerprint, training_code_digest
+from kdflow.infra.fingerprint import PACKAGE, fingerprint, training_code_digest
 
 pytestmark = pytest.mark.unit
 
@@ -27,4 +27,3 @@ def test_an_edit_moves_the_digest_only_in_a_weight_shaping_room(tmp_path, room, 
     target = sorted((copy / room).glob("*.py"))[-1]
     target.write_text(target.read_text() + "\n# an edit\n")
     assert (training_code_digest.__wrapped__(copy) != before) is moves
-    assert set(WEIGHT_SHAPING_ROOMS) == {"training", "models", "data"}

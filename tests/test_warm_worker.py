@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -91,9 +90,9 @@ def test_sigterm_to_the_task_reaches_the_forked_process(worker):
         text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
-    started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(20) == 128 + signal.SIGTERM and time.monotonic() - started < 15
+    # 128 + SIGTERM: the forked task died of the forwarded signal (the client itself would exit -SIGTERM)
+    assert proc.wait(20) == 128 + signal.SIGTERM
 
 
 def test_without_a_worker_the_task_runs_cold(tmp_path):
