@@ -49,11 +49,11 @@ test-unit: $(STAMP)
 
 ## Tier 2: the library on real data with tiny models, single steps, real servers and processes.
 test-integration: $(STAMP) data
-	$(BIN)/python -m pytest -m integration
+	@$(BIN)/python scripts/test_tiers.py integration
 
 ## Tier 3: whole workflows (the DAG on the local runner, the README's CLI, tune, retraining, containers).
 test-e2e: $(STAMP) data
-	$(BIN)/python -m pytest -m e2e
+	@$(BIN)/python scripts/test_tiers.py e2e
 
 ## Tiers 1 and 2.
 test-fast: $(STAMP) data

@@ -41,12 +41,25 @@ def main(argv: list[str]) -> int:
     except OSError:
         conn.close()
         _fall_back(argv)
+    # Handlers go in before the task exists: the child can print (and be signalled) before its pid reaches
+    # us, so a signal that arrives in between is held and forwarded as soon as the pid is known.
+    child: list[int] = []
+    held: list[int] = []
+
+    def forward(sig: int, _frame: object) -> None:
+        if child:
+            os.kill(child[0], sig)
+        else:
+            held.append(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
     request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
     socket.send_fds(conn, [len(request).to_bytes(8, "big")], [0, 1, 2])
     conn.sendall(request)
-    child = int(_read_line(conn))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda s, _f: os.kill(child, s))
+    child.append(int(_read_line(conn)))
+    for sig in held:
+        os.kill(child[0], sig)
     return int(_read_line(conn))
 
 

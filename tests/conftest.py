@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import FASHION, SMOKE_DAG_OVERRIDES, SMOKE_DAG_WINDOW, tiny_config
+from helpers import FASHION, SMOKE_DAG_OVERRIDES, SMOKE_DAG_WINDOW, TEST_THREADS, tiny_config
 
 from kdflow.data.prepared import prepare
 
 TIERS = ("unit", "integration", "e2e")
 
-torch.set_num_threads(2)
+torch.set_num_threads(TEST_THREADS)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the steps' subprocesses inherit these: one thread where no config names a count, and threads that sleep
+    # (not spin) while they wait, so a step configured for two threads does not starve the other worker
+    os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
@@ -50,10 +56,26 @@ def pytest_collection_modifyitems(config, items) -> None:
 @pytest.fixture(scope="session")
 def smoke_dag(tmp_path_factory) -> dict:
     """The smoke DAG run once by the local subprocess runner (warm worker), with its own state folder and
-    sqlite MLflow: test_e2e checks its wiring, test_container compares the same DAG in containers to it."""
+    sqlite MLflow: test_e2e checks its wiring, test_container compares the same DAG in containers to it.
+
+    Once per `make test`, not once per xdist worker: the first worker to ask runs it under a file lock and
+    leaves its summary beside the workers' temp dirs; the other reads it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _run_smoke_dag(tmp_path_factory.mktemp("smoke_dag"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "smoke_dag.json"
+    with FileLock(f"{shared}.lock"):
+        if shared.is_file():
+            return json.loads(shared.read_text())
+        summary = _run_smoke_dag(tmp_path_factory.mktemp("smoke_dag"))
+        shared.write_text(json.dumps(summary))
+        return json.loads(shared.read_text())  # what the other worker gets, so both see the same types
+
+
+def _run_smoke_dag(work: Path) -> dict:
     from pipelines.runner import run_local
 
-    work = tmp_path_factory.mktemp("smoke_dag")
     with pytest.MonkeyPatch.context() as m:
         m.chdir(work)  # state dir and pipeline root land in the temp dir
         m.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kdflow.config import build_config
@@ -10,7 +11,12 @@ ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 # The session's smoke DAG (conftest.smoke_dag) and the container test's run of the same DAG
 SMOKE_DAG_OVERRIDES = ["gate.max_latency_p95_ms=1000", "export.int8_min_agreement=0.95"]
-SMOKE_DAG_WINDOW = "2026-11"  # a version label: recorded in lineage, selects no samples
+SMOKE_DAG_WINDOW = "2026-11"
+# Under pytest-xdist (`make test` runs two workers on this 2-core machine) each worker trains on one thread,
+# so two workers never oversubscribe the cores; a plain `pytest` keeps two.
+TEST_THREADS = (
+    1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+)  # a version label: recorded in lineage, selects no samples
 
 
 def tiny_config(tmp: Path, **sections):
@@ -19,7 +25,7 @@ def tiny_config(tmp: Path, **sections):
         "data": {"val_size": 500, "train_subset": 1500, "test_subset": 500},
         "teacher": {"arch": "cnn-wide", "epochs": 1},
         "student": {"arch": "cnn-small", "epochs": 1},
-        "train": {"batch_size": 64, "num_threads": 2, "warmup_epochs": 0},
+        "train": {"batch_size": 64, "num_threads": TEST_THREADS, "warmup_epochs": 0},
         "evaluate": {"latency_repeats": 5, "throughput_repeats": 2, "latency_warmup": 1},
         "export": {"calibration_samples": 64},
         "tracking": {"enabled": False},

@@ -23,17 +23,17 @@ def test_two_windows_champion_logic(tmp_path, monkeypatch):
         "data.train_subset=null",
         "data.val_size=500",
         "train.batch_size=32",
-        "teacher.epochs=3",
-        "student.epochs=3",
+        "teacher.epochs=2",
+        "student.epochs=2",
         "gate.min_retention=0.5",
         "gate.min_accuracy=0.5",
         "gate.max_latency_p95_ms=1000",
         "export.int8_min_agreement=0.95",
     ]
-    first = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:2500", overrides=common)
+    first = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:2000", overrides=common)
     assert first["promotion"], first["export"]["gate"]
     assert first["promotion"]["promoted"] and first["promotion"]["reason"] == "first champion"
-    second = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:12500", overrides=common)
+    second = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:8000", overrides=common)
     client = MlflowClient(uri)
     acc1 = first["evaluation"]["models"]["student"]["accuracy"]
     acc2 = second["evaluation"]["models"]["student"]["accuracy"]
@@ -49,7 +49,7 @@ def test_two_windows_champion_logic(tmp_path, monkeypatch):
 
     # the next scheduled run on the unchanged window: every training step reuses its model (storage.reuse),
     # evaluation and promotion run again, and the same student is no challenger to itself
-    third = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:12500", overrides=common)
+    third = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:8000", overrides=common)
     assert set(third["reused"]) == {"train_teacher", "train_student_scratch", "distill_student"}
     assert set(third["reused"].values()) == {second["evaluation"]["lineage"]["pipeline_run_id"]}
     assert third["evaluation"]["models"]["student"]["accuracy"] == acc2

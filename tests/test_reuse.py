@@ -9,7 +9,7 @@ from helpers import tiny_config
 
 from kdflow import steps
 from kdflow.data import prepared as data
-from kdflow.infra import reuse
+from kdflow.infra import reuse, step_manifest
 from kdflow.steps.train import reuse_store
 
 
@@ -89,13 +89,32 @@ def test_a_damaged_entry_is_never_taken(tiny_data, tmp_path, damage):
 
 
 @pytest.mark.unit
+def test_publish_takes_exactly_the_manifests_files_never_an_earlier_runs_snapshot(tmp_path):
+    """An --out reused by another config (--fresh): the earlier teacher's snapshots are removed before the new
+    run writes, and a file dropped in after the step finished is not published under its fingerprint."""
+    out = tmp_path / "out"
+    step_manifest.claim(out, "train_teacher", {"a": 1})
+    for name in ("model.pt", "model-epoch2.pt", "model-best_val.pt"):
+        (out / name).write_bytes(b"old teacher")
+    step_manifest.complete(out)
+    step_manifest.claim(out, "train_teacher", {"a": 2}, fresh=True)
+    (out / "model.pt").write_bytes(b"new teacher")
+    step_manifest.complete(out)
+    (out / "model-epoch3.pt").write_bytes(b"dropped in later")
+    entry = reuse.publish(tmp_path / "store", "teacher", {"a": 2}, out, {"pipeline_run_id": "r2"})
+    assert sorted(p.name for p in entry.iterdir()) == ["entry.json", "model.pt"]
+    assert (entry / "model.pt").read_bytes() == b"new teacher"
+
+
+@pytest.mark.unit
 def test_publish_keeps_the_first_entry_and_leaves_no_staging(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    fp = {"a": 1}
+    step_manifest.claim(out, "train_student_scratch", fp)
     (out / "model.pt").write_bytes(b"one")
     (out / "metrics.json").write_text("{}")
     (out / "unrelated.txt").write_text("not a training output")
-    fp = {"a": 1}
+    step_manifest.complete(out)
     entry = reuse.publish(tmp_path / "store", "scratch", fp, out, {"pipeline_run_id": "r1"})
     (out / "model.pt").write_bytes(b"two")
     assert reuse.publish(tmp_path / "store", "scratch", fp, out, {"pipeline_run_id": "r2"}) == entry

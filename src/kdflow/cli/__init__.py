@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
     except KdflowError as e:
+        from kdflow.infra.step_manifest import withdraw_open_claims
+
+        withdraw_open_claims()  # a refused step leaves no directory and no manifest behind
         print(f"kdflow: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

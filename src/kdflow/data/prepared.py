@@ -40,6 +40,7 @@ from kdflow.data.raw import (
     register_source_resolver,
 )
 from kdflow.errors import DataError
+from kdflow.infra import step_manifest
 from kdflow.infra.io import atomic_torch_save, atomic_write_json, read_json, safe_torch_load
 
 __all__ = [
@@ -221,7 +222,10 @@ def load_split(directory: str | Path, name: str) -> Split:
 
 
 def load_prepared(directory: str | Path) -> PreparedData:
+    """The prepared splits; a directory the prep step wrote is checked against its step manifest first (never
+    finished, or a split changed since: refused). One made by hand (no step manifest) is read as it is."""
     d = Path(directory)
+    step_manifest.verify(d, ("prep_data",), "--data", required=False)
     manifest = load_manifest(d)
     splits = {s: load_split(d, s) for s in SPLIT_FILES}
     return PreparedData(

@@ -90,3 +90,17 @@ def fingerprint(cfg: Config, role: str, data_digest: str, teacher_digest: str = 
         "kdflow_version": __version__,
         "kdflow_code": training_code_digest(),
     }
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 20 else text[:17] + "..."
+
+
+def differences(recorded: dict | None, expected: dict, shown: int = 4) -> str:
+    """Each differing field, old -> new (the first ``shown``, then a count), for a refusal's one line."""
+    if recorded is None:
+        return "it records no fingerprint (written by an older kdflow)"
+    keys = sorted(k for k in {*expected, *recorded} if recorded.get(k) != expected.get(k))
+    text = ", ".join(f"{k} {_short(recorded.get(k))} -> {_short(expected.get(k))}" for k in keys[:shown])
+    return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")

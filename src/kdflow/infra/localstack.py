@@ -132,7 +132,10 @@ def start_s3(state_dir: str | Path, lifetime_s: int = 3600) -> Stack:
     state = Path(state_dir)
     access_key, secret_key = "kdflow-" + secrets.token_hex(6), secrets.token_urlsafe(24)
     (state / "weed").mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("s3", "master", "volume", "filer")}
+    # every port it opens is chosen here: gRPC would otherwise be HTTP + 10000 (past 65535 for a high free port)
+    # and the admin UI, WebDAV, Iceberg and Lance listeners take fixed ports, so two stacks at once collide
+    names = ("s3", "master", "volume", "filer", "admin")
+    ports = {name: free_port() for name in (*names, *(f"{n}.grpc" for n in names))}
     log = state / "weed.log"
     cfg = state / "s3.json"
     fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -165,6 +168,12 @@ def start_s3(state_dir: str | Path, lifetime_s: int = 3600) -> Stack:
         f"-master.port={ports['master']}",
         f"-volume.port={ports['volume']}",
         f"-filer.port={ports['filer']}",
+        f"-admin.port={ports['admin']}",
+        *(f"-{n}.port.grpc={ports[n + '.grpc']}" for n in names),
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         f"-s3.config={cfg}",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

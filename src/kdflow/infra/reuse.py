@@ -16,9 +16,11 @@ import json
 import os
 import shutil
 import tempfile
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+from kdflow.infra import step_manifest
 from kdflow.infra.io import atomic_write_json, sha256_file
 
 # What a training step leaves in its output directory and a reuse must restore (model*.pt covers the
@@ -68,19 +70,29 @@ def restore(entry: Path, out: Path) -> list[str]:
     return names
 
 
+def published_files(out: Path) -> list[str]:
+    """The step's outputs a reuse restores: exactly those its complete manifest lists (never a file an earlier
+    run left in the directory), of the kinds in PATTERNS."""
+    manifest = step_manifest.read(out)
+    if manifest is None or manifest["status"] != step_manifest.COMPLETE:
+        raise RuntimeError(f"{out}: publish needs the step's complete manifest")
+    return sorted(n for n in manifest["outputs"] if "/" not in n and any(fnmatch(n, p) for p in PATTERNS))
+
+
 def publish(store: Path, role: str, fp: dict[str, Any], out: Path, source: dict[str, Any]) -> Path:
-    """Publish a finished step's outputs under its fingerprint; an existing entry is left as it is."""
+    """Publish a finished step's outputs (its manifest's files) under its fingerprint; an existing entry is
+    left as it is."""
     entry = entry_dir(store, role, fp)
     if (entry / INDEX).is_file():
         return entry
+    names = published_files(out)
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
     try:
         files = {}
-        for pattern in PATTERNS:
-            for path in sorted(out.glob(pattern)):
-                shutil.copy2(path, staging / path.name)
-                files[path.name] = sha256_file(staging / path.name)
+        for name in names:
+            shutil.copy2(out / name, staging / name)
+            files[name] = sha256_file(staging / name)
         atomic_write_json(staging / INDEX, {"fingerprint": fp, "files": files, "source": source})
         try:
             os.rename(staging, entry)

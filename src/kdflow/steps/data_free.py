@@ -14,7 +14,7 @@ from kdflow.config import Config, write_resolved
 from kdflow.data import prepared as data
 from kdflow.data.batches import Split
 from kdflow.evaluation import metrics as evaluate
-from kdflow.infra import checkpoints
+from kdflow.infra import checkpoints, step_manifest
 from kdflow.infra.fingerprint import fingerprint
 from kdflow.infra.io import atomic_torch_save, atomic_write_json, atomic_write_text, csv_text, sha256_file
 from kdflow.models import zoo as models
@@ -77,6 +77,7 @@ def distill_data_free(
     teacher_digest = sha256_file(checkpoints.resolve_source(teacher_path, "teacher"))
     fp = fingerprint(cfg, "distill", prepared.digest, teacher_digest)
     ckpt = out / "train_state" / "checkpoint.pt"
+    step_manifest.claim(out, "distill_student", fp, fresh)
     if fresh:
         ckpt.unlink(missing_ok=True)
     check_resumable(ckpt, fp)
@@ -136,7 +137,7 @@ def distill_data_free(
             result, record.trained_model(ctx.tracker, run_id, student, "distill", out, prepared, metrics, model_tags)
         )
         record.generator(ctx.tracker, run_id, out)
-        results.write(out, result)
+        results.write(out, result, {"data_digest": prepared.digest, "teacher_sha256": teacher_digest})
     print(
         f"[{step}] {cfg.student.arch} {results.describe_start(result['started'])} (data-free, no training image "
         f"read): test accuracy "

@@ -9,7 +9,8 @@ import torch.nn as nn
 
 from kdflow.config import Config
 from kdflow.data import prepared as data
-from kdflow.infra import checkpoints
+from kdflow.errors import CheckpointError
+from kdflow.infra import checkpoints, step_manifest
 from kdflow.infra.io import sha256_file
 from kdflow.steps import results
 from kdflow.steps.context import PathArg, RunContext
@@ -32,6 +33,20 @@ def _teacher_lineage(cfg: Config, teacher_path: str, teacher_arch: str) -> dict[
         "kdflow.method": cfg.distill.method,
         "kdflow.assistant_arch": cfg.distill.assistant.arch if cfg.distill.assistant else "",
     }
+
+
+def _check_teacher_step(teacher: Path) -> None:
+    """A teacher file in a step directory must be one that step wrote, unchanged (never a file an earlier run
+    left there); a file made by hand or a URI has no manifest to check."""
+    if not teacher.is_file():
+        return
+    manifest = step_manifest.verify(teacher.parent, step_manifest.MODEL_STEPS, "--teacher", required=False)
+    if manifest is not None and teacher.name not in manifest["outputs"]:
+        raise CheckpointError(
+            "--teacher",
+            f"'{teacher}' is not an output of the step in {teacher.parent}",
+            "pass a checkpoint that step wrote, or retrain the teacher with the snapshots you need",
+        )
 
 
 def _train_assistant(
@@ -71,6 +86,7 @@ def distill(
         teacher_path = _train_assistant(cfg, data_dir, teacher_path, Path(out_dir) / "assistant", ctx, fresh)
         which = "final"  # the student learns from the assistant's final weights
     teacher_path = chosen_teacher(str(teacher_path), which)
+    _check_teacher_step(Path(teacher_path))
     teacher, teacher_meta = load_teacher(str(teacher_path), num_classes, "teacher")
     extra = [
         load_teacher(t.source, num_classes, f"distill.extra_teachers[{i}].source")[0]

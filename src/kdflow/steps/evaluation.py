@@ -11,24 +11,43 @@ from kdflow.data import prepared as data
 from kdflow.errors import CheckpointError
 from kdflow.evaluation import metrics as evaluate
 from kdflow.evaluation.gate import kd_verdict, quality_gate
-from kdflow.infra import checkpoints
-from kdflow.infra.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from kdflow.infra import checkpoints, step_manifest
+from kdflow.infra.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_file
 from kdflow.models import zoo as models
 from kdflow.steps import record, results
 from kdflow.steps.chain import student_sha256
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.results import EvaluationResult, TrainResult
+from kdflow.steps.teacher_checkpoints import chosen_teacher
 from kdflow.steps.timing import timed
 
 LABELS = {"teacher": "teacher", "scratch": "scratch student", "student": "distilled student"}
 LINEAGE_KEYS = ("model_id", "model_uri", "run_id", "config_hash", "pipeline_run_id", "data_digest")
 
 
-def load_step_model(model_dir: Path, num_classes: int, name: str) -> nn.Module:
-    path = model_dir / "model.pt"
+def load_step_model(model_dir: Path, num_classes: int, name: str, file: str = "model.pt") -> nn.Module:
+    """The model a step directory holds, its manifest verified first: a step that never finished or whose files
+    changed since is refused; the student's directory must have one (a teacher may be a directory made by hand)."""
+    path = model_dir / file
     if not path.is_file():
         raise CheckpointError(name, f"'{path}' not found", f"pass the output directory of the {name} step")
+    step_manifest.verify(model_dir, step_manifest.MODEL_STEPS, f"--{name}", required=name == "student")
     return checkpoints.load_model(path, field=name, expect_classes=num_classes)[0]
+
+
+def learned_from(student_dir: Path) -> str:
+    """The teacher checkpoint the student learned from (final, best_val or epoch:N), from its lineage."""
+    info: dict = dict(results.read(student_dir, TrainResult) or {})
+    return str(info.get("lineage", {}).get("kdflow.teacher_checkpoint") or "final")
+
+
+def teacher_file(teacher_dir: Path, student_dir: Path) -> str:
+    """The teacher's file to compare the student with: the one it learned from, when the teacher's directory
+    holds it (a teacher made by hand may hold model.pt only)."""
+    which = learned_from(student_dir)
+    if which == "final":
+        return "model.pt"
+    return Path(chosen_teacher(str(teacher_dir / "model.pt"), which)).name
 
 
 def _model_metrics(name: str, model: nn.Module, logits, prepared: data.PreparedData, cfg: Config, out: Path) -> dict:
@@ -145,9 +164,13 @@ def evaluate_models(
     dirs = {"teacher": Path(teacher_dir), "student": Path(student_dir)}
     if scratch_dir:
         dirs["scratch"] = Path(scratch_dir)
-    loaded = {name: load_step_model(d, prepared.num_classes, name) for name, d in dirs.items()}  # before any write
-    out.mkdir(parents=True, exist_ok=True)
+    files = {"teacher": teacher_file(dirs["teacher"], dirs["student"])}
+    loaded = {  # before any write
+        name: load_step_model(d, prepared.num_classes, name, files.get(name, "model.pt")) for name, d in dirs.items()
+    }
+    step_manifest.claim(out, "evaluate")
     summary = compare(cfg, prepared, dirs, loaded, out)
+    summary["teacher_checkpoint"] = files["teacher"]  # retention and agreement are against this teacher
     atomic_write_json(out / "evaluation.json", summary)
     atomic_write_text(out / "report.md", render_report(summary))
     write_resolved(cfg, out)
@@ -158,5 +181,7 @@ def evaluate_models(
         "pipeline_run_id": ctx.pipeline_run_id,
     }
     result = results.merged(result, record.evaluation(ctx.tracker, ctx, prepared, summary, out))
-    results.write(out, result)
+    inputs = {"data_digest": prepared.digest, "student_sha256": summary["student_sha256"]}
+    inputs.update({f"{n}_sha256": sha256_file(d / files.get(n, "model.pt")) for n, d in dirs.items() if n != "student"})
+    results.write(out, result, inputs)
     return summary

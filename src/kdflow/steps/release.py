@@ -10,7 +10,8 @@ from kdflow.config import Config, write_resolved
 from kdflow.data import prepared as data
 from kdflow.errors import CheckpointError, GateError
 from kdflow.evaluation.gate import Gate, failures, release_gate, verdict
-from kdflow.infra.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from kdflow.infra import step_manifest
+from kdflow.infra.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_file
 from kdflow.steps import record, results
 from kdflow.steps.chain import check_link, student_sha256
 from kdflow.steps.context import PathArg, RunContext, open_tracker, start_pipeline, upload
@@ -23,6 +24,7 @@ def _evaluation_of(eval_dir: Path | None, student_sha: str, data_digest: str) ->
     """The evaluation export takes its quality gate from, refused unless it evaluated this student on this data."""
     if eval_dir is None:
         return None
+    step_manifest.verify(eval_dir, ("evaluate",), "--evaluation")
     evaluation = read_json(eval_dir / "evaluation.json")
     check_link(
         evaluation, "--evaluation", eval_dir, student_sha, data_digest, "run `kdflow evaluate` with this --student"
@@ -66,6 +68,7 @@ def export_student(
     student_info: dict = dict(results.read(student_dir, TrainResult) or {})
     student_sha = student_sha256(Path(student_dir))
     evaluation = _evaluation_of(Path(eval_dir) if eval_dir else None, student_sha, prepared.digest)  # before writing
+    step_manifest.claim(out, "export")
     torch.manual_seed(cfg.train.seed)
     exported = export_all(
         student,
@@ -108,7 +111,10 @@ def export_student(
             result["student_model_uri"],
         ),
     )
-    results.write(out, result)
+    inputs = {"data_digest": prepared.digest, "student_sha256": student_sha}
+    if eval_dir:
+        inputs["evaluation_sha256"] = sha256_file(Path(eval_dir) / "evaluation.json")
+    results.write(out, result, inputs)
     parity = "ok" if exported["parity_ok"] else exported["parity_problems"]
     print(f"[export] gate {verdict(gate)}; parity {parity}")
     return exported
@@ -117,6 +123,8 @@ def export_student(
 def _promotable(student_dir: PathArg, export_dir: PathArg, force: bool, data_digest: str) -> tuple[dict, dict]:
     """The student and export results, refused (one line) unless the recorded gate passed or ``force``, and
     always unless the export is of this student on this data (``force`` overrides the gate, not the chain)."""
+    step_manifest.verify(Path(student_dir), step_manifest.MODEL_STEPS, "--student")
+    step_manifest.verify(Path(export_dir), ("export",), "--export", required=not force)
     student_info: dict = dict(results.read(student_dir, TrainResult) or {})
     export_info = results.read(export_dir, ExportResult)
     if export_info is None and not force:
@@ -174,9 +182,14 @@ def promote(
     tracker = ctx.tracker
     prepared = data.load_prepared(data_dir)
     student_info, export_info = _promotable(student_dir, export_dir, force, prepared.digest)
+    step_manifest.claim(out, "register_and_promote")
+    inputs = {"data_digest": prepared.digest, "student_sha256": student_sha256(Path(student_dir))}
+    if (Path(export_dir) / "export.json").is_file():
+        inputs["export_sha256"] = sha256_file(Path(export_dir) / "export.json")
     if tracker is None:
         decision: PromotionResult = {"promoted": False, "reason": "tracking disabled: no registry"}
         atomic_write_json(out / "promotion.json", decision)
+        step_manifest.complete(out, inputs)
         return decision
     model_uri = student_info["model_uri"]
     if cfg.export.promote_format == "onnx_int8" and export_info.get("onnx_int8_model_id"):
@@ -199,6 +212,7 @@ def promote(
             }
         )
     atomic_write_json(out / "promotion.json", decision)
+    step_manifest.complete(out, inputs)
     print(f"[promote] {decision['reason']}")
     return decision
 

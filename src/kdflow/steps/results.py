@@ -130,8 +130,15 @@ def merged(result: R, ids: Mapping[str, Any]) -> R:
     return cast(R, {**cast(dict, result), **ids})
 
 
-def write(out_dir: str | Path, result: Any) -> Path:
-    return atomic_write_json(Path(out_dir) / STEP_FILE, result)
+def write(out_dir: str | Path, result: Any, inputs: dict[str, Any] | None = None) -> Path:
+    """``step.json``, then (for a step that claimed its directory) the manifest marked complete, listing the
+    sha256 of every output and ``inputs``: what the step consumed (kdflow.infra.step_manifest)."""
+    from kdflow.infra import step_manifest
+
+    path = atomic_write_json(Path(out_dir) / STEP_FILE, result)
+    if step_manifest.read(Path(out_dir)) is not None:
+        step_manifest.complete(Path(out_dir), inputs)
+    return path
 
 
 def read(out_dir: str | Path, kind: type[R]) -> R | None:

@@ -7,8 +7,8 @@ from pathlib import Path
 from kdflow.config import Config, write_resolved
 from kdflow.data import prepared as data
 from kdflow.evaluation import metrics as evaluate
-from kdflow.infra import checkpoints
-from kdflow.infra.io import atomic_write_json
+from kdflow.infra import checkpoints, step_manifest
+from kdflow.infra.io import atomic_write_json, sha256_file
 from kdflow.models import zoo as models
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
@@ -36,6 +36,9 @@ def provide_teacher(
     start_pipeline(cfg, ctx)  # fails fast on a bad tracking URI
     prepared = data.load_prepared(data_dir)
     model, meta = load_teacher(cfg.teacher.source, prepared.num_classes)
+    # a provided teacher's identity is its source's bytes: another teacher's files never stay beside it
+    source_sha = sha256_file(checkpoints.resolve_source(cfg.teacher.source, "teacher.source"))
+    step_manifest.claim(out, "train_teacher", {"teacher.source_sha256": source_sha}, fresh)
     checkpoints.save_model(
         model,
         meta["arch"],
@@ -57,7 +60,7 @@ def provide_teacher(
         "source": cfg.teacher.source,
     }
     atomic_write_json(out / "metrics.json", result["metrics"])
-    results.write(out, result)
     write_resolved(cfg, out)
+    results.write(out, result, {"data_digest": prepared.digest, "teacher_sha256": source_sha})
     print(f"[train_teacher] took teacher {cfg.teacher.source} ({meta['arch']}): test accuracy {acc:.4f}")
     return result

@@ -18,7 +18,7 @@ import torch.nn as nn
 from kdflow.config import Config, write_resolved
 from kdflow.data import prepared as data
 from kdflow.evaluation import metrics as evaluate
-from kdflow.infra import checkpoints, reuse
+from kdflow.infra import checkpoints, reuse, step_manifest
 from kdflow.infra.fingerprint import fingerprint, trains_adversarially
 from kdflow.infra.io import atomic_write_json, atomic_write_text, csv_text
 from kdflow.models import zoo as models
@@ -166,10 +166,12 @@ def train_model(job: TrainingJob) -> TrainResult | None:
     cfg, ctx, out = job.cfg, job.ctx, job.out
     prepared = data.load_prepared(job.data_dir)
     fp = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest)
+    dist_info = info_from_env()
+    if dist_info.is_main:  # another run's outputs are refused (or removed with --fresh) before anything is written
+        step_manifest.claim(out, job.step, fp, job.fresh)
     if job.fresh:
         job.checkpoint.unlink(missing_ok=True)
     check_resumable(job.checkpoint, fp)  # a stale checkpoint stops here: no MLflow run, no cache build
-    dist_info = info_from_env()
     entry = _reusable(job, fp, dist_info)
     if dist_info.is_main:  # fails fast on a bad tracking URI, before any training; only rank 0 talks to MLflow
         start_pipeline(cfg, ctx)
@@ -204,8 +206,6 @@ def train_model(job: TrainingJob) -> TrainResult | None:
             )
             if job.role == "teacher" and fitted.best_state is not None:
                 save_variant(model, fitted.best_state, job.arch, prepared, out / TEACHER_CHECKPOINTS["best_val"])
-            if cfg.storage.reuse and dist_info.world == 1:
-                reuse.publish(reuse_store(cfg), job.role, fp, out, {"pipeline_run_id": ctx.pipeline_run_id})
         result: TrainResult = {
             "role": job.role,
             "arch": job.arch,
@@ -225,7 +225,9 @@ def train_model(job: TrainingJob) -> TrainResult | None:
         result = results.merged(
             result, record.trained_model(tracker, run_id, model, job.role, out, prepared, metrics, model_tags)
         )
-        results.write(out, result)
+        results.write(out, result, {"data_digest": prepared.digest, "teacher_sha256": job.teacher_digest})
+        if entry is None and cfg.storage.reuse and dist_info.world == 1:  # exactly the manifest's files
+            reuse.publish(reuse_store(cfg), job.role, fp, out, {"pipeline_run_id": ctx.pipeline_run_id})
     print(
         f"[{job.step}] {job.arch} {results.describe_start(start)}: test accuracy {metrics['test_accuracy']:.4f} "
         f"(val-selected {metrics['val_selected_test_accuracy']}) -> {out / 'model.pt'}"
