@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from helpers import tiny_config
@@ -10,6 +11,9 @@ from helpers import tiny_config
 from kdflow import steps
 from kdflow.data import prepared as data
 from kdflow.infra import reuse, step_manifest
+from kdflow.infra.checkpoints import save_model
+from kdflow.infra.io import sha256_file
+from kdflow.models.zoo import build_model
 from kdflow.steps.train import reuse_store
 
 
@@ -69,23 +73,77 @@ def test_a_distilled_student_reuses_only_with_the_same_teacher_bytes(tiny_data, 
     )
 
 
-@pytest.mark.parametrize("damage", ["altered", "missing", "index"])
+@pytest.mark.parametrize("damage", ["altered", "missing", "index", "swapped"])
 @pytest.mark.integration
-def test_a_damaged_entry_is_never_taken(tiny_data, tmp_path, damage):
+def test_a_damaged_entry_is_quarantined_and_the_next_run_repairs_it(tiny_data, tmp_path, damage, capsys):
     cfg = tiny_config(tmp_path)
+    store = reuse_store(cfg)
     first = _train(cfg, "scratch", tiny_data, tmp_path / "a")
-    entry = reuse.entry_dir(reuse_store(cfg), "scratch", first["fingerprint"])
-    assert reuse.lookup(reuse_store(cfg), "scratch", first["fingerprint"]) == entry
+    fp = first["fingerprint"]
+    entry = reuse.entry_dir(store, "scratch", fp)
+    assert reuse.lookup(store, "scratch", fp, "cnn-small") == entry
     if damage == "altered":
         (entry / "model.pt").write_bytes((entry / "model.pt").read_bytes()[:-8] + b"\0" * 8)
     elif damage == "missing":
         (entry / "metrics.json").unlink()
-    else:  # an index naming another fingerprint (a key collision, another kdflow) is not this one
+    elif damage == "index":  # an index naming another fingerprint (a key collision, another kdflow) is not this one
         index = json.loads((entry / reuse.INDEX).read_text())
         index["fingerprint"]["train.lr"] = 123.0
         (entry / reuse.INDEX).write_text(json.dumps(index))
-    assert reuse.lookup(reuse_store(cfg), "scratch", first["fingerprint"]) is None
-    assert "reused_from" not in _train(cfg, "scratch", tiny_data, tmp_path / "b")
+    else:  # model file and index replaced consistently: another architecture, every sha256 right
+        other = build_model("mlp", 10, 1, 28)
+        save_model(other, "mlp", 10, 1, 28, entry / "model.pt", extra={"role": "scratch", "data_digest": "x"})
+        index = json.loads((entry / reuse.INDEX).read_text())
+        index["files"]["model.pt"] = sha256_file(entry / "model.pt")
+        (entry / reuse.INDEX).write_text(json.dumps(index))
+    capsys.readouterr()
+    second = _train(cfg, "scratch", tiny_data, tmp_path / "b")
+    assert "reused_from" not in second and "quarantined" in capsys.readouterr().out
+    (quarantined,) = (store / reuse.QUARANTINE).iterdir()
+    words = {"altered": "sha256", "missing": "missing", "index": "another fingerprint", "swapped": "architecture"}
+    assert words[damage] in (quarantined / "REASON.txt").read_text()
+    assert reuse.lookup(store, "scratch", fp, "cnn-small") == entry  # repaired: the retrained model, intact
+    assert (entry / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+
+
+def _entry(store, role: str, n: int, size: int, used: float):
+    out = store.parent / f"out-{role}-{n}"
+    fp = {"n": n, "data_digest": "d"}
+    step_manifest.claim(out, "train_teacher", fp)
+    (out / "model.pt").write_bytes(b"x" * size)
+    step_manifest.complete(out)
+    entry = reuse.publish(store, role, fp, out, {"pipeline_run_id": f"r{n}"})
+    os.utime(entry / reuse.INDEX, (used, used))
+    return entry
+
+
+@pytest.mark.unit
+def test_the_store_evicts_the_least_recently_used_entries_down_to_its_cap(tmp_path):
+    store = tmp_path / "state" / "trained"
+    old, mid, new = (_entry(store, "teacher", n, 1000, used) for n, used in ((1, 100.0), (2, 200.0), (3, 300.0)))
+    evicted = reuse.gc(store, 2500, keep={old})
+    assert [e.path for e in evicted] == [mid] and old.is_dir() and new.is_dir()
+    assert [e.path for e in reuse.entries(store)] == [old, new]
+
+
+@pytest.mark.unit
+def test_store_ls_and_gc_from_the_cli(tmp_path, capsys):
+    from kdflow.cli import main
+
+    state = tmp_path / "state"
+    _entry(state / "trained", "teacher", 1, 2_000_000, 100.0)
+    _entry(state / "trained", "scratch", 2, 2_000_000, 200.0)
+    common = ["--set", f"storage.state_dir={state}", "--set", "tracking.enabled=false"]
+    assert main(["store", "ls", *common]) == 0
+    listed = capsys.readouterr().out
+    assert "2 entries, 4.0 MB" in listed and "| teacher |" in listed and "| r2 |" in listed
+    assert main(["store", "gc", "--max-gb", "0.003", *common]) == 0
+    out = capsys.readouterr().out
+    assert "evicted teacher/" in out and "1 entries, 2.0 MB" in out
+    with pytest.raises(SystemExit) as refused:  # argparse's own exit: usage, then one error line
+        main(["store", "gc", "--max-gb", "-1", *common])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "argument --max-gb: must be a positive number of GB" in err
 
 
 @pytest.mark.unit

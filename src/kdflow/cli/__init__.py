@@ -119,8 +119,15 @@ COMMANDS = {
     ),
     "export": _export,
     "attack": _attack,
+    "store": lambda cfg, a, ctx: _store(cfg, a),
     "promote": lambda cfg, a, ctx: _steps().promote(cfg, a.data, a.student, a.export, a.out, ctx, a.force),
 }
+
+
+def _store(cfg, args) -> None:
+    from kdflow.cli.store import store_command
+
+    store_command(cfg, args.action, args.max_gb, args.purge_quarantine)
 
 
 def _steps():

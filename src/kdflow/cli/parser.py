@@ -46,8 +46,8 @@ def _fresh(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fresh",
         action="store_true",
-        help="discard a checkpoint left in OUT by an earlier run instead of resuming it (a checkpoint of "
-        "another config, data or teacher is refused without this flag)",
+        help="replace what OUT holds (an earlier run's checkpoint and outputs, snapshots included) instead of "
+        "resuming or rerunning it; OUT holding another step, config, data or teacher is refused without this flag",
     )
 
 
@@ -94,14 +94,19 @@ def _at_least_one(example: str):
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds; fix: pass e.g. --timeout 600") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text}); fix: e.g. --timeout 600")
-    return value
+def _positive(unit: str, example: str):
+    """An argparse type for a finite number > 0 (of ``unit``) whose errors show ``example``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number of {unit}; fix: pass e.g. {example}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a positive number of {unit} (got {text}); fix: e.g. {example}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials", type=_at_least_one("--trials 20"), help="trials of the distillation study (default: tune.trials)"
     )
     p.add_argument(
-        "--timeout", type=_positive_float, help="stop starting distillation trials after SECONDS (tune.timeout_s)"
+        "--timeout",
+        type=_positive("seconds", "--timeout 600"),
+        help="stop starting distillation trials after SECONDS (tune.timeout_s)",
     )
 
     p = sub.add_parser("evaluate", help="compare teacher, scratch and distilled student on the test split")
@@ -188,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", required=True, help="a step's model.pt or a .torchscript.pt export (ONNX has no gradients)"
     )
+
+    p = sub.add_parser(
+        "store", help="the reuse store (<storage.state_dir>/trained): ls its entries, gc to its size cap"
+    )
+    _common(p, out=False)
+    p.add_argument("action", choices=["ls", "gc"])
+    p.add_argument(
+        "--max-gb", type=_positive("GB", "--max-gb 20"), help="gc: the size cap (default storage.reuse_max_gb)"
+    )
+    p.add_argument("--purge-quarantine", action="store_true", help="gc: also delete quarantined (damaged) entries")
 
     p = sub.add_parser("predict", help="classify images with an exported model (ONNX, TorchScript or models:/ URI)")
     p.add_argument("--model", required=True, help="path of a .onnx / .torchscript.pt export, or models:/NAME@ALIAS")

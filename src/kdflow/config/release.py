@@ -86,3 +86,9 @@ class StorageConfig(_Section):
         description="a training step whose fingerprint (config fields, data content, teacher, kdflow version) "
         "matches a model an earlier run trained takes that model from <state_dir>/trained instead of retraining",
     )
+    reuse_max_gb: float | None = Field(
+        20.0,
+        gt=0,
+        description="size cap of <state_dir>/trained: after each publish the least recently used entries are "
+        "evicted until it fits (null: no cap); `kdflow store ls|gc` shows and trims it",
+    )

@@ -140,7 +140,7 @@ def _reusable(job: TrainingJob, fp: dict, dist_info: DistInfo) -> Path | None:
     """An earlier run's model with this exact fingerprint, unless told to train afresh (or under DDP)."""
     if job.fresh or not job.cfg.storage.reuse or dist_info.world > 1:
         return None
-    return reuse.lookup(reuse_store(job.cfg), job.role, fp)
+    return reuse.lookup(reuse_store(job.cfg), job.role, fp, job.arch)
 
 
 def reuse_store(cfg: Config) -> Path:
@@ -202,7 +202,7 @@ def train_model(job: TrainingJob) -> TrainResult | None:
                 fitted,
                 metrics,
                 cfg,
-                {"role": job.role, "data_digest": prepared.digest, **job.lineage},
+                {"role": job.role, "data_digest": prepared.digest, "fingerprint_key": reuse.key(fp), **job.lineage},
             )
             if job.role == "teacher" and fitted.best_state is not None:
                 save_variant(model, fitted.best_state, job.arch, prepared, out / TEACHER_CHECKPOINTS["best_val"])
@@ -227,7 +227,8 @@ def train_model(job: TrainingJob) -> TrainResult | None:
         )
         results.write(out, result, {"data_digest": prepared.digest, "teacher_sha256": job.teacher_digest})
         if entry is None and cfg.storage.reuse and dist_info.world == 1:  # exactly the manifest's files
-            reuse.publish(reuse_store(cfg), job.role, fp, out, {"pipeline_run_id": ctx.pipeline_run_id})
+            source = {"pipeline_run_id": ctx.pipeline_run_id}
+            reuse.publish(reuse_store(cfg), job.role, fp, out, source, cfg.storage.reuse_max_gb)
     print(
         f"[{job.step}] {job.arch} {results.describe_start(start)}: test accuracy {metrics['test_accuracy']:.4f} "
         f"(val-selected {metrics['val_selected_test_accuracy']}) -> {out / 'model.pt'}"

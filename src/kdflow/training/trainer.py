@@ -24,6 +24,7 @@ from kdflow.data.mixing import hard_labels
 from kdflow.data.prepared import PreparedData, iterate, stream_seed
 from kdflow.errors import ConfigError, TrainingDiverged
 from kdflow.evaluation.metrics import accuracy, predict_logits
+from kdflow.infra.fingerprint import differences
 from kdflow.infra.io import atomic_torch_save, safe_torch_load
 from kdflow.training.collapse import collapsed_epochs, raise_if_collapsed
 from kdflow.training.optim import build_optimizer, lr_factor
@@ -53,24 +54,13 @@ class FitResult:
     resumed_from: int | None = None
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 20 else text[:17] + "..."
-
-
 def _refuse_if_stale(recorded: dict | None, expected: dict, ckpt_path: Path) -> None:
     """A checkpoint of another config, data, teacher or code version is never resumed."""
     if recorded == expected:
         return
-    if recorded is None:
-        differs = "it records no fingerprint (written by an older kdflow)"
-    else:
-        keys = sorted(k for k in {*expected, *recorded} if recorded.get(k) != expected.get(k))
-        shown = ", ".join(f"{k} {_short(recorded.get(k))} -> {_short(expected.get(k))}" for k in keys[:4])
-        differs = shown + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
     raise ConfigError(
         "--out",
-        f"'{ckpt_path}' is a checkpoint of another run: {differs}",
+        f"'{ckpt_path}' is a checkpoint of another run: {differences(recorded, expected)}",
         "pass --fresh to discard it, or choose a new --out",
     )
 
