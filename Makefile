@@ -72,8 +72,11 @@ check: lint typecheck test-unit
 compile: $(STAMP)
 	$(BIN)/python -m pipelines compile
 
-## Regenerate the compiled pipeline, which the compile test also uses as its golden copy.
+## Regenerate the compiled pipeline, which the compile test also uses as its golden copy, and the
+## fingerprinted config defaults (tests/test_fingerprint_code.py).
 golden: $(STAMP)
+	$(BIN)/python -c "import json; from kdflow.infra.fingerprint import defaults_snapshot; \
+		open('tests/golden/fingerprint_defaults.json', 'w').write(json.dumps(defaults_snapshot(), indent=1, sort_keys=True) + chr(10))"
 	$(BIN)/python -m pipelines compile --out pipelines/kdflow_distillation.yaml
 	$(BIN)/python -m pipelines compile --pipeline autodistill --out pipelines/kdflow_autodistill.yaml
 

@@ -71,16 +71,57 @@ def _training_attack(cfg: Config) -> dict[str, Any]:
     }
 
 
+# Move this whenever the default of an existing field of a fingerprinted section changes: fields at their
+# default are left out of fingerprints, so without it a changed default would keep old weights valid.
+# tests/test_fingerprint_code.py compares the defaults with tests/golden/fingerprint_defaults.json.
+DEFAULTS_VERSION = 1
+
+
+def _read_by_role(cfg: Config, key: str) -> bool:
+    """Whether training reads ``key`` under this config: method-specific knobs count only for their method."""
+    d = cfg.distill
+    if key.startswith("distill.dkd_"):
+        return d.method.startswith("dkd")
+    if key.startswith("distill.generator."):
+        return d.data_free
+    if key == "distill.ensemble":
+        return bool(d.extra_teachers)
+    if key in ("distill.cache_views", "distill.cache_seed"):
+        return d.cache
+    return True
+
+
+def section_defaults(cfg: Config, section: str) -> dict[str, Any]:
+    """The schema defaults of one section, flat (from the section's own class, so a field added by an upgrade
+    has its default here too)."""
+    return flatten({section: type(getattr(cfg, section))().model_dump(mode="json")})
+
+
+def defaults_snapshot() -> dict[str, Any]:
+    """DEFAULTS_VERSION and every fingerprinted section's defaults (`make golden` writes it to
+    tests/golden/fingerprint_defaults.json; a test fails when a default moved and the version did not)."""
+    cfg = Config()
+    sections = sorted({s for roles in SECTIONS.values() for s in roles})
+    return {
+        "version": DEFAULTS_VERSION,
+        "defaults": {k: v for s in sections for k, v in section_defaults(cfg, s).items()},
+    }
+
+
 def fingerprint(cfg: Config, role: str, data_digest: str, teacher_digest: str = "") -> dict[str, Any]:
     """Flat ``{field: value}``: config fields of ``role``'s sections, then data, teacher and code versions.
 
-    The attack's fields count only for a role that trains on it (evaluation-only radii never retrain).
+    Only fields this role's training reads, and only those away from their schema default: an upgrade that
+    adds a field whose default keeps the old behaviour keeps every fingerprint (and checkpoint) valid, and a
+    plain-KD student does not depend on the data-free generator's or DKD's knobs. The attack's fields count
+    only for a role that trains on it (evaluation-only radii never retrain).
     """
-    fields = {
-        k: v
-        for k, v in flatten({s: getattr(cfg, s).model_dump(mode="json") for s in SECTIONS[role]}).items()
-        if k not in IGNORED
-    }
+    fields: dict[str, Any] = {}
+    for section in SECTIONS[role]:
+        defaults = section_defaults(cfg, section)
+        for k, v in flatten({section: getattr(cfg, section).model_dump(mode="json")}).items():
+            if k not in IGNORED and _read_by_role(cfg, k) and (k not in defaults or defaults[k] != v):
+                fields[k] = v
     if trains_adversarially(cfg, role):
         fields.update(_training_attack(cfg))
     return {
@@ -89,6 +130,7 @@ def fingerprint(cfg: Config, role: str, data_digest: str, teacher_digest: str = 
         "teacher_digest": teacher_digest,
         "kdflow_version": __version__,
         "kdflow_code": training_code_digest(),
+        "kdflow_defaults": DEFAULTS_VERSION,
     }
 
 
