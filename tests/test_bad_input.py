@@ -264,3 +264,129 @@ def test_no_mlflow_dataset_warning_reaches_the_user(tiny_data, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "interpreted in multiple ways" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory, inputs) -> dict[str, str]:
+    """Files of every kind kdflow reads, damaged: TorchScript, ONNX, export manifests, images, a study database."""
+    import json
+
+    d = tmp_path_factory.mktemp("damaged")
+    script = torch.jit.script(models.build_model("cnn-small"))
+    good_ts = d / "good.torchscript.pt"
+    script.save(str(good_ts))
+    manifest = {
+        "format": "torchscript",
+        "input_shape": [1, 1, 28, 28],
+        "normalization": {"mean": [0.286], "std": [0.353]},
+        "class_names": [str(i) for i in range(10)],
+    }
+
+    def export(name: str, payload: bytes, manifest_text: str | None = None, fmt: str = "torchscript") -> str:
+        (d / name).write_bytes(payload)
+        (d / f"{name}.manifest.json").write_text(manifest_text or json.dumps({**manifest, "format": fmt}))
+        return str(d / name)
+
+    png = d / "digit.png"
+    from PIL import Image
+
+    Image.new("L", (28, 28), 128).save(png)
+    (d / "truncated.png").write_bytes(png.read_bytes()[:40])
+    (d / "text.png").write_text("not an image")
+    (d / "a_dir.png").mkdir()
+    tune = d / "tune"
+    tune.mkdir()
+    (tune / "study.json").write_text("{}")
+    (tune / "study.db").write_bytes(b"garbage, not sqlite" * 100)
+    (d / "a_file").write_text("x")
+    unfinished, by_hand = d / "unfinished", d / "by_hand"
+    for model_dir in (unfinished, by_hand):
+        model_dir.mkdir()
+        shutil.copy(inputs["teacher"], model_dir / "model.pt")
+    (unfinished / "step-manifest.json").write_text('{"step": "distill_student", "status": "in_progress"}')
+    return {
+        "unfinished": str(unfinished),
+        "by_hand": str(by_hand),
+        **inputs,
+        "png": str(png),
+        "ts_good": export("good.torchscript.pt", good_ts.read_bytes()),
+        "ts_truncated": export("truncated.torchscript.pt", good_ts.read_bytes()[:300]),
+        "ts_garbage": export("garbage.torchscript.pt", b"\x00garbage" * 64),
+        "onnx_garbage": export("garbage.onnx", b"not a protobuf" * 32, fmt="onnx"),
+        "manifest_broken": export("broken.torchscript.pt", good_ts.read_bytes(), manifest_text="{not json"),
+        "manifest_foreign": export("foreign.torchscript.pt", good_ts.read_bytes(), manifest_text="[1, 2, 3]"),
+        "png_truncated": str(d / "truncated.png"),
+        "png_text": str(d / "text.png"),
+        "png_dir": str(d / "a_dir.png"),
+        "dir": str(d),
+        "tune": str(tune),
+        "a_file": str(d / "a_file"),
+    }
+
+
+FILE_CASES = [
+    # (name, argv, field named in the error)
+    ("predict: truncated TorchScript", ["predict", "--model", "{ts_truncated}", "{png}"], "--model"),
+    ("predict: TorchScript of garbage", ["predict", "--model", "{ts_garbage}", "{png}"], "--model"),
+    ("predict: ONNX of garbage", ["predict", "--model", "{onnx_garbage}", "{png}"], "model"),
+    ("predict: manifest not JSON", ["predict", "--model", "{manifest_broken}", "{png}"], "--model"),
+    ("predict: manifest of another tool", ["predict", "--model", "{manifest_foreign}", "{png}"], "--model"),
+    ("predict: a directory as the model", ["predict", "--model", "{dir}", "{png}"], "--model"),
+    ("predict: truncated PNG", ["predict", "--model", "{manifest_foreign}", "{png_truncated}"], "--model"),
+    ("predict: truncated PNG, good model", ["predict", "--model", "{ts_good}", "{png_truncated}"], "images"),
+    ("predict: text named .png", ["predict", "--model", "{ts_good}", "{png_text}"], "images"),
+    ("predict: a directory as an image", ["predict", "--model", "{ts_good}", "{png_dir}"], "images"),
+    ("attack: truncated TorchScript", ["attack", "--data", "{tiny}", "--model", "{ts_truncated}"], "--model"),
+    ("attack: directory as the model", ["attack", "--data", "{tiny}", "--model", "{dir}"], "--model"),
+    ("tune: corrupt study database", ["tune", "--profile", "smoke", "--out", "{tune}"], "--out"),
+    ("train: --out is a file", ["train-student", "--data", "{tiny}", "--out", "{a_file}"], "--out"),
+    ("train: --out below a file", ["train-student", "--data", "{tiny}", "--out", "{a_file}/x"], "--out"),
+    ("train: --data is a file", ["train-student", "--data", "{a_file}", "--out", "{dir}/never"], "--data"),
+    ("evaluate: student never finished", ["evaluate", "--data", "{tiny}", "--teacher", "{by_hand}", "--student",
+                                          "{unfinished}", "--out", "{dir}/never"], "--student"),
+    ("evaluate: student made by hand", ["evaluate", "--data", "{tiny}", "--teacher", "{by_hand}", "--student",
+                                        "{by_hand}", "--out", "{dir}/never"], "--student"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,argv,field", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+@pytest.mark.integration
+def test_damaged_files_of_every_kind_are_one_line(name, argv, field, damaged, tmp_path, capsys):
+    """The classes of #25's damaged-file cases: one line naming the field, exit 2, no traceback, nothing written."""
+    before = sorted(p.name for p in Path(damaged["dir"]).rglob("*"))
+    filled = [_fill(a, damaged) for a in argv]
+    if filled[0] == "attack":
+        filled += ["--out", str(tmp_path / "attack")]
+    if filled[0] not in ("predict",):
+        filled[1:1] = BASE
+    code = main(filled)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, f"{name}: exit {code}, stderr {err}"
+    assert len(err) == 1 and err[0].startswith("kdflow: error: ") and field in err[0] and "fix:" in err[0], err
+    assert sorted(p.name for p in Path(damaged["dir"]).rglob("*")) == before, f"{name} wrote beside its inputs"
+    assert not (tmp_path / "attack").exists()
+
+
+@pytest.mark.integration
+def test_a_16_bit_png_is_read_on_the_8_bit_scale_and_palette_and_alpha_by_mode(tmp_path):
+    """A 16-bit image read as if it were 8-bit is off by 257x (another class, exit 0): each mode converts."""
+    import numpy as np
+    from PIL import Image
+
+    from kdflow.infra.loaders import read_image
+
+    grey = np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) % 256
+    Image.fromarray(grey.astype(np.uint8), mode="L").save(tmp_path / "8.png")
+    Image.fromarray((grey * 257).astype(np.uint16)).save(tmp_path / "16.png")  # the same picture, 16 bits
+    eight, sixteen = read_image(tmp_path / "8.png", 1), read_image(tmp_path / "16.png", 1)
+    assert Image.open(tmp_path / "16.png").mode.startswith("I") and sixteen.max() > 250
+    np.testing.assert_allclose(sixteen, eight, atol=0.5)
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))  # fully transparent: white where it is composited
+    rgba.save(tmp_path / "clear.png")
+    assert read_image(tmp_path / "clear.png", 1).min() == 255.0
+    pal = Image.new("P", (4, 4), 0)
+    pal.putpalette([10, 20, 30] * 256)
+    pal.save(tmp_path / "pal.png")
+    assert read_image(tmp_path / "pal.png", 3)[:, 0, 0].tolist() == [10.0, 20.0, 30.0]
+    Image.new("CMYK", (4, 4), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
+    assert read_image(tmp_path / "cmyk.jpg", 3).shape == (3, 4, 4)

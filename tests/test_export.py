@@ -114,14 +114,16 @@ def test_predict_bad_inputs(exported, tmp_path, capsys):
         (exported["tmp"] / "out" / "student.onnx.manifest.json").read_text()
     )
     good = _pngs(exported["data"], tmp_path, 1)
-    for argv, needle in [
-        ([onnx_path, str(big)], "resize to 28x28"),
-        ([onnx_path, str(rgb)], "1 channel"),
-        ([str(corrupt), *good], "not a valid ONNX model"),
-    ]:
+    for argv, needle in [([onnx_path, str(big)], "resize to 28x28"), ([str(corrupt), *good], "not a valid ONNX model")]:
         assert main(["predict", "--model", argv[0], *argv[1:]]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("kdflow: error:") and needle in err and "\n" not in err
+    # a colour image for a greyscale model is converted by its mode (as PIL's L), not refused
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(grey)
+    assert main(["predict", "--model", onnx_path, str(rgb), str(grey), "--json"]) == 0
+    rgb_row, grey_row = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
+    assert (rgb_row["class"], rgb_row["probability"]) == (grey_row["class"], grey_row["probability"])
 
 
 class _FFTNet(torch.nn.Module):

@@ -160,6 +160,23 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(target)], check=False)
 
 
+def test_a_read_only_out_is_refused_before_any_work(tiny_data, tmp_path, capsys):
+    """Permission bits say nothing to root: a read-only mount is found by writing, before training starts."""
+    from kdflow.cli import main
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=65536", "tmpfs", str(ro)], capture_output=True)
+    assert proc.returncode == 0, f"cannot mount a tmpfs here: {proc.stderr}"
+    try:
+        code = main(["train-student", "--data", str(tiny_data), *QUICK, "--out", str(ro / "student")])
+        err = capsys.readouterr()
+        assert code == 2 and "not writable" in err.err and "--out" in err.err and len(err.err.splitlines()) == 1
+        assert "epoch" not in err.out  # refused before the first epoch
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
 def test_full_disk_during_checkpoint_writes(tiny_data, tmp_path, small_disk):
     args = ["train-student", "--data", str(tiny_data), *QUICK]
     probe = _kdflow(*args, "--set", "student.epochs=1", "--out", str(tmp_path / "probe"))

@@ -267,3 +267,33 @@ def test_mcnemar_matches_the_binomial_tail():
     assert (test["challenger_only_correct"], test["champion_only_correct"]) == (20, 10)
     tail = sum(comb(30, k) for k in range(20, 31)) / 2**30
     assert test["p_value"] == pytest.approx(tail, rel=1e-9)
+
+
+@pytest.mark.integration
+def test_promote_against_another_tracking_server_is_one_line(chain, tiny_data, tmp_path, capsys, monkeypatch):
+    """The student's run and model live on the server that trained it; another server does not know them."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other-server.db")
+    tmp = chain["tmp"]
+    args = _promote_args(tiny_data, tmp / "student", tmp / "export-pass", tmp_path / "p", tmp / "state")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--student" in err[0] and "unknown to the tracking server" in err[0], err
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.integration
+def test_promote_refuses_a_student_changed_after_it_finished(chain, tiny_data, tmp_path, capsys, monkeypatch):
+    """The chain is checked file by file: a student whose model.pt was replaced after its step completed."""
+    import shutil
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chain["uri"])
+    tmp = chain["tmp"]
+    copy = tmp_path / "student"
+    shutil.copytree(tmp / "student", copy)
+    (copy / "metrics.json").write_text("{}")
+    args = _promote_args(tiny_data, copy, tmp / "export-pass", tmp_path / "p", tmp / "state")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--student" in err[0] and "changed since the step finished" in err[0], err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 
 import optuna
 import pytest
@@ -118,13 +119,15 @@ def test_study_of_another_config_is_refused_without_touching_it(tmp_path):
     cfg = tiny_config(tmp_path)
     study.write_identity(tmp_path, cfg)
     db = tmp_path / study.DB
-    db.write_bytes(b"pretend sqlite")
+    with sqlite3.connect(db) as conn:  # a database that opens (a corrupt one is refused: test_bad_input)
+        conn.execute("CREATE TABLE trials (n INTEGER)")
+    before = db.read_bytes()
     study.check_identity(tmp_path, cfg)  # same config: fine
     study.check_identity(tmp_path, build_config({**cfg.to_dict(), "tune": {"trials": 99}}))  # a budget: fine
     other = build_config({**cfg.to_dict(), "tune": {"space": {"lr": [0.01, 0.1]}}})
     with pytest.raises(ConfigError, match=r"tune.space.lr"):
         study.check_identity(tmp_path, other)
-    assert db.read_bytes() == b"pretend sqlite"
+    assert db.read_bytes() == before
 
 
 def test_scratch_twin_recipe_applies_to_the_scratch_step_only():

@@ -41,7 +41,8 @@ from kdflow.data.raw import (
 )
 from kdflow.errors import DataError
 from kdflow.infra import step_manifest
-from kdflow.infra.io import atomic_torch_save, atomic_write_json, read_json, safe_torch_load
+from kdflow.infra.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from kdflow.infra.loaders import read_json_state
 
 __all__ = [
     "DEBIAN_DIRS",
@@ -202,8 +203,8 @@ SPLIT_FILES = {"train": "train.pt", "val": "val.pt", "test": "test.pt"}
 def load_manifest(directory: str | Path) -> dict:
     d = Path(directory)
     if not (d / "manifest.json").is_file():
-        raise DataError("dataset", f"'{d}' is not a prepared dataset (no manifest.json)", "run `kdflow prep` first")
-    return read_json(d / "manifest.json")
+        raise DataError("--data", f"'{d}' is not a prepared dataset (no manifest.json)", "run `kdflow prep` first")
+    return read_json_state(d / "manifest.json", "--data", "prepare the data again with `kdflow prep`")
 
 
 def has_split(directory: str | Path, name: str) -> bool:

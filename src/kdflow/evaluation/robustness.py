@@ -138,9 +138,9 @@ def load_attackable(path: str, num_classes: int) -> nn.Module:
             "scores ONNX forms on the twin's adversarial examples",
         )
     if p.name.endswith(".torchscript.pt"):
-        if not p.is_file():
-            raise ModelError("--model", f"'{p}' not found", "pass the export step's student.torchscript.pt")
-        return torch.jit.load(str(p), map_location="cpu").eval()
+        from kdflow.infra.loaders import load_torchscript
+
+        return load_torchscript(p, "--model")
     return checkpoints.load_model(path, field="--model", expect_classes=num_classes)[0]
 
 

@@ -139,10 +139,20 @@ def _short(value: Any) -> str:
     return text if len(text) <= 20 else text[:17] + "..."
 
 
+@lru_cache(maxsize=1)
+def _all_defaults() -> dict[str, Any]:
+    return flatten(Config().model_dump(mode="json"))
+
+
 def differences(recorded: dict | None, expected: dict, shown: int = 4) -> str:
     """Each differing field, old -> new (the first ``shown``, then a count), for a refusal's one line."""
     if recorded is None:
         return "it records no fingerprint (written by an older kdflow)"
     keys = sorted(k for k in {*expected, *recorded} if recorded.get(k) != expected.get(k))
-    text = ", ".join(f"{k} {_short(recorded.get(k))} -> {_short(expected.get(k))}" for k in keys[:shown])
+    defaults = _all_defaults()  # a field left out of a fingerprint is at its default: show that value
+
+    def value(fp: dict, k: str) -> str:
+        return _short(fp[k]) if k in fp else _short(defaults.get(k))
+
+    text = ", ".join(f"{k} {value(recorded, k)} -> {value(expected, k)}" for k in keys[:shown])
     return text + (f" and {len(keys) - shown} more" if len(keys) > shown else "")

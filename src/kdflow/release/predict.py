@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from kdflow.errors import ExportError
-from kdflow.infra.io import read_json
+from kdflow.infra.loaders import load_torchscript, read_image, read_json_state
 
 
 def _resolve(model: str) -> tuple[Path, Path]:
@@ -29,6 +29,10 @@ def _resolve(model: str) -> tuple[Path, Path]:
             )
         return onnx_files[0], manifests[0]
     p = Path(model)
+    if p.is_dir():
+        raise ExportError(
+            "--model", f"'{model}' is a directory", "pass an exported .onnx or .torchscript.pt file in it"
+        )
     if not p.is_file():
         raise ExportError("--model", f"'{model}' not found", "pass an exported .onnx or .torchscript.pt file")
     manifest = p.with_name(p.name + ".manifest.json")
@@ -38,19 +42,11 @@ def _resolve(model: str) -> tuple[Path, Path]:
 
 
 def load_images(paths: list[str], shape: list[int]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
+    """The images as the model's (N, C, H, W) batch on the 0-255 scale (modes and bit depths converted)."""
     c, h, w = shape
     out = []
     for p in paths:
-        try:
-            img = np.asarray(Image.open(p))
-        except (FileNotFoundError, UnidentifiedImageError):
-            raise ExportError("images", f"'{p}' is not a readable image", "pass PNG or JPEG files") from None
-        if img.ndim == 2:
-            img = img[None]
-        else:
-            img = img.transpose(2, 0, 1)
+        img = read_image(p, c)
         if tuple(img.shape) != (c, h, w):
             raise ExportError(
                 "images",
@@ -63,13 +59,15 @@ def load_images(paths: list[str], shape: list[int]) -> np.ndarray:
 
 def predict_cli(model: str, images: list[str], as_json: bool = False) -> int:
     path, manifest_path = _resolve(model)
-    manifest = read_json(manifest_path)
+    manifest = read_json_state(manifest_path, "--model", "re-export the model with `kdflow export`")
+    if not isinstance(manifest, dict) or not {"input_shape", "normalization", "class_names", "format"} <= set(manifest):
+        raise ExportError("--model", f"'{manifest_path}' is not a kdflow export manifest", "re-export the model")
     x = load_images(images, manifest["input_shape"][1:])
     mean = np.asarray(manifest["normalization"]["mean"], np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(manifest["normalization"]["std"], np.float32).reshape(1, -1, 1, 1)
     x = (x / 255.0 - mean) / std
     if manifest["format"] == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        module = load_torchscript(path, "--model")
         with torch.inference_mode():
             logits = module(torch.from_numpy(x)).numpy()
     else:

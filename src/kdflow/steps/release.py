@@ -160,6 +160,22 @@ def _promotable(student_dir: PathArg, export_dir: PathArg, force: bool, data_dig
     return student_info, dict(export_info or {})
 
 
+def _known_to(tracker, student_info: dict) -> None:
+    """The student's run and model must be on this tracking server (not one the student was trained against)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tracker.client.get_run(student_info["run_id"])
+        if student_info.get("model_id"):
+            tracker.client.get_logged_model(student_info["model_id"])
+    except MlflowException:
+        raise CheckpointError(
+            "--student",
+            f"its MLflow run {student_info['run_id']} is unknown to the tracking server {tracker.uri}",
+            "promote against the tracking server that trained it (MLFLOW_TRACKING_URI or tracking.uri)",
+        ) from None
+
+
 @timed("register_and_promote")
 def promote(
     cfg: Config,
@@ -182,6 +198,8 @@ def promote(
     tracker = ctx.tracker
     prepared = data.load_prepared(data_dir)
     student_info, export_info = _promotable(student_dir, export_dir, force, prepared.digest)
+    if tracker is not None:
+        _known_to(tracker, student_info)
     step_manifest.claim(out, "register_and_promote")
     inputs = {"data_digest": prepared.digest, "student_sha256": student_sha256(Path(student_dir))}
     if (Path(export_dir) / "export.json").is_file():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from optuna.trial import TrialState
 from kdflow.config import Config, flatten
 from kdflow.errors import ConfigError
 from kdflow.infra.io import atomic_write_json
+from kdflow.infra.loaders import check_study_db, read_json_state
 
 DB = "study.db"
 IDENTITY = "study.json"
@@ -42,7 +42,10 @@ def check_identity(out: Path, cfg: Config) -> None:
         return
     if not ident.is_file():
         raise ConfigError("--out", f"'{out}' holds a {DB} that kdflow tune did not write", "choose a new --out")
-    recorded = json.loads(ident.read_text())
+    recorded = read_json_state(ident, "--out", "restore the study's identity file, or choose a new --out")
+    if not isinstance(recorded, dict):
+        raise ConfigError("--out", f"'{ident}' is not a study identity", "choose a new --out")
+    check_study_db(db)
     expected = identity(cfg)
     differs = sorted(k for k in {*recorded, *expected} if recorded.get(k) != expected.get(k))
     if differs:
