@@ -57,7 +57,8 @@ def main() -> int:
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     body = (
         f"Commit {sha.strip()}; component image {'already built (layers reused)' if cached else 'built cold'} "
-        "before the run.\n\n| tier | wall s | tests passed |\n|---|---|---|\n"
+        f"before the run; integration and e2e on {os.environ.get('KDFLOW_TEST_WORKERS', '2')} pytest-xdist "
+        "workers (scripts/test_tiers.py).\n\n| tier | wall s | tests passed |\n|---|---|---|\n"
         + "\n".join(rows)
         + f"\n| **all** | **{wall:.0f}** | |"
     )
