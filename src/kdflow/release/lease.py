@@ -7,9 +7,14 @@ with an expiry time. The next promoter waits while the newest generation is held
 creates the next generation; of several waiters exactly one succeeds. A holder killed with kill -9 never
 releases, so its lease simply expires after ``ttl_s`` and the registry is free again.
 
-Like every lease without fencing tokens, it assumes a holder finishes within ``ttl_s`` (promotion takes
-seconds; the default TTL is minutes). The holder re-checks, right before it moves the alias, that its
-lease is still the newest and unexpired, and gives up otherwise.
+Fencing: the generation is a monotonically increasing token. Right before each registry write (each alias,
+each tag) the holder checks that its lease is still the newest and unexpired by its *own* monotonic clock
+(it stops at 90% of ``ttl_s``; waiters on other hosts treat a lease as expired only ``SKEW_MARGIN_S`` after
+its recorded wall-clock expiry), and that no newer generation has written to the registered model (the tag
+``kdflow.lease.fence`` holds the highest generation that wrote; the holder sets it to its own). A lost
+lease stops the promotion with one line naming what was written before it was lost, and a non-zero exit.
+MLflow offers no compare-and-set, so a holder paused for longer than the margins between its check and
+its write is the remaining window; the margins make it seconds wide against a TTL of minutes.
 """
 
 from __future__ import annotations
@@ -20,12 +25,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kdflow.errors import TrackingError
 
 TAG = "kdflow.lease"
+FENCE_TAG = "kdflow.lease.fence"
+SKEW_MARGIN_S = 2.0  # clocks of different hosts: a waiter takes an expired lease only this much later
+HOLDER_SHARE = 0.9  # the holder stops using its lease at this share of ttl_s, by its own monotonic clock
+
+
+class LeaseLost(Exception):
+    """The lease expired or a newer holder wrote: nothing more may be written."""
 
 
 @dataclass
@@ -34,15 +46,29 @@ class Lease:
     name: str  # the registered model the lease protects
     generation: int
     owner: str
-    expires_at: float
+    expires_at: float  # wall clock, for waiters on other hosts
+    ttl_s: float = 0.0
+    acquired: float = field(default_factory=time.monotonic)  # the holder's own clock
 
     @property
     def model_name(self) -> str:
         return lease_name(self.name, self.generation)
 
     def still_held(self) -> bool:
+        if time.monotonic() - self.acquired >= HOLDER_SHARE * self.ttl_s:
+            return False
         newest = _newest(self.client, self.name)
-        return newest is not None and newest[0] == self.generation and time.time() < self.expires_at
+        return newest is not None and newest[0] == self.generation
+
+    def fence(self) -> None:
+        """Check right before one registry write; raises LeaseLost when this holder may no longer write."""
+        if not self.still_held():
+            raise LeaseLost(f"lease generation {self.generation} expired or superseded")
+        written = self.client.get_registered_model(self.name).tags.get(FENCE_TAG)
+        if written is not None and int(written) > self.generation:
+            raise LeaseLost(f"generation {written} wrote after this lease (generation {self.generation})")
+        if written != str(self.generation):
+            self.client.set_registered_model_tag(self.name, FENCE_TAG, str(self.generation))
 
 
 def lease_name(name: str, generation: int) -> str:
@@ -56,7 +82,7 @@ def _newest(client, name: str) -> tuple[int, dict[str, str]] | None:
 
 
 def _free(tags: dict[str, str]) -> bool:
-    return tags.get("released") == "true" or float(tags.get("expires_at", "0")) <= time.time()
+    return tags.get("released") == "true" or float(tags.get("expires_at", "0")) + SKEW_MARGIN_S <= time.time()
 
 
 def _already_exists(e: Exception) -> bool:
@@ -77,7 +103,7 @@ def acquire(client, name: str, ttl_s: float, wait_s: float) -> Lease:
                 client.create_registered_model(
                     lease_name(name, generation), tags=tags, description=f"kdflow promotion lease of {name}"
                 )
-                return Lease(client, name, generation, owner, expires_at)
+                return Lease(client, name, generation, owner, expires_at, ttl_s)
             except Exception as e:  # noqa: BLE001 - MlflowException; another promoter won this generation
                 if not _already_exists(e):
                     raise

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -113,14 +114,39 @@ def _stall_if_asked() -> None:
         time.sleep(pause)
 
 
-def _move_champion(client, name: str, version: str, champion, reason: str, run_id: str, forced: bool) -> None:
+def _move_champion(
+    client, held: lease.Lease, name: str, version: str, champion, reason: str, run_id: str, forced: bool
+) -> None:
+    """The alias and tag writes of a promotion, each fenced by the lease: a lost lease stops them with one
+    line naming what was already written."""
+    writes: list[tuple[str, Callable[[], object]]] = []
     if champion is not None:
-        client.set_registered_model_alias(name, PREVIOUS, champion.version)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    for k, v in {"kdflow.promotion": reason, "kdflow.promoted_by_run": run_id}.items():
-        client.set_model_version_tag(name, version, k, v)
+        writes.append(
+            (
+                f"{PREVIOUS} -> v{champion.version}",
+                lambda: client.set_registered_model_alias(name, PREVIOUS, champion.version),
+            )
+        )
+    writes.append((f"{CHAMPION} -> v{version}", lambda: client.set_registered_model_alias(name, CHAMPION, version)))
+    tags = {"kdflow.promotion": reason, "kdflow.promoted_by_run": run_id}
     if forced:
-        client.set_model_version_tag(name, version, "kdflow.forced", "true: promoted with a failed or missing gate")
+        tags["kdflow.forced"] = "true: promoted with a failed or missing gate"
+    for k, v in tags.items():
+        writes.append((f"tag {k}", partial(client.set_model_version_tag, name, version, k, v)))
+    done: list[str] = []
+    for what, write in writes:
+        try:
+            held.fence()
+        except lease.LeaseLost as e:
+            raise TrackingError(
+                "gate.promotion_lease_s",
+                f"lost the promotion lease of '{name}' before writing {what} ({e}); written before it: "
+                + (", ".join(done) or "nothing"),
+                "promote again (it judges afresh against the champion then); raise gate.promotion_lease_s if "
+                "judging takes longer",
+            ) from None
+        write()
+        done.append(what)
 
 
 def register_and_promote(
@@ -165,9 +191,7 @@ def register_and_promote(
                 return {**decision, "promoted": False, "reason": reason}
             reason = f"beats champion v{champion.version}: {verdict['rule']}"
         _stall_if_asked()
-        if not held.still_held():
-            return {**decision, "promoted": False, "reason": "lost the promotion lease (expired); judge again"}
-        _move_champion(client, name, version, champion, reason, run_id, forced)
+        _move_champion(client, held, name, version, champion, reason, run_id, forced)
     return {**decision, "promoted": True, "reason": reason}
 
 
