@@ -232,8 +232,9 @@ def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
     t0 = time.perf_counter()
     out = Path(out_dir)
     study.check_identity(out, cfg)  # a study of another config is refused before anything is touched
-    if cfg.data.dataset in KNOWN_INPUTS:
-        space.feasible_students(cfg.tune, *KNOWN_INPUTS[cfg.data.dataset])  # an unmeetable budget, before any work
+    if cfg.data.dataset in KNOWN_INPUTS:  # an unmeetable budget (size, MACs, latency) is refused before any work
+        feasible = space.feasible_students(cfg.tune, *KNOWN_INPUTS[cfg.data.dataset])
+        space.check_latency_budget(cfg.tune, feasible, *KNOWN_INPUTS[cfg.data.dataset])
     with study.exclusive(out):
         key = study_key(out, cfg)
         ctx = start_pipeline(cfg, RunContext(pipeline_run_id=f"tune-{key}"))

@@ -76,6 +76,28 @@ def feasible_students(tune: TuneConfig, input_shape: tuple[int, ...], num_classe
     return out
 
 
+def check_latency_budget(tune: TuneConfig, feasible: Feasible, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """With ``tune.max_latency_ms``: the fastest candidate (each fixed student, the family's narrowest width at each
+    depth) is measured here, before data, teacher or registry are written; a budget none meets is one line."""
+    if tune.max_latency_ms is None:
+        return
+    from kdflow.tune.cost import onnx_latency_ms
+
+    names = [*feasible.fixed, *(models.param_cnn_name(tune.space.cnn_width[0], d) for d in feasible.max_width)]
+    measured = {
+        n: onnx_latency_ms(models.build_model(n, num_classes, input_shape[0], input_shape[-1]), input_shape, 20)
+        for n in names
+    }
+    fastest = min(measured, key=lambda n: measured[n])
+    if measured[fastest] > tune.max_latency_ms:
+        raise ConfigError(
+            "tune.max_latency_ms",
+            f"no student in the search space meets {tune.max_latency_ms} ms: the fastest, {fastest}, takes "
+            f"{measured[fastest]:.3f} ms (ONNX, batch 1, on this machine)",
+            "raise tune.max_latency_ms, or add smaller students to tune.space.students",
+        )
+
+
 def _suggest_float(trial, name: str, bounds: list[float], log: bool) -> float:
     return float(trial.suggest_float(name, bounds[0], bounds[1], log=log and bounds[0] > 0))
 
