@@ -139,6 +139,31 @@ def test_imagefolder(tmp_path):
     assert sum(m["counts"].values()) == 20 and len(m["mean"]) == 3
 
 
+@pytest.mark.unit
+def test_imagefolder_reads_16_bit_images_on_the_8_bit_scale_and_names_a_damaged_file(tmp_path):
+    """imagefolder reads through the guarded image loader: a 16-bit PNG is its 8-bit twin (it was read raw,
+    values up to 65535 cast to uint8), and a truncated file is one line naming it, before anything is written."""
+    import numpy as np
+    from PIL import Image
+
+    grey = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 4).astype(np.uint8)
+    for c in ("eight", "sixteen"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(grey, mode="L").save(tmp_path / "imgs" / "eight" / f"{i}.png")
+        Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "imgs" / "sixteen" / f"{i}.png")
+    raw = data.load_raw(build_config({"data": {"dataset": "imagefolder", "source": str(tmp_path / "imgs")}}).data)
+    assert raw.train_x.shape[1:] == (1, 8, 8)
+    by_class = {int(y): x for x, y in zip(raw.train_x, raw.train_y, strict=True)}
+    assert torch.equal(by_class[0], by_class[1])  # the 16-bit image equals its 8-bit twin
+    damaged = tmp_path / "imgs" / "eight" / "9.png"
+    damaged.write_bytes((tmp_path / "imgs" / "eight" / "0.png").read_bytes()[:30])
+    cfg = build_config({"data": {"dataset": "imagefolder", "source": str(tmp_path / "imgs"), "val_size": 2}})
+    with pytest.raises(DataError, match=r"^data.source: .*9.png' is not a readable image"):
+        data.prepare(cfg.data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.integration
 def test_data_window_selects_train_samples_and_keeps_test(fashion_available, tmp_path):
     cfg = tiny_config(tmp_path)

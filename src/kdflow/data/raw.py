@@ -17,6 +17,7 @@ import torch
 
 from kdflow.config import DataConfig
 from kdflow.errors import DataError
+from kdflow.infra.loaders import read_image
 
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -195,8 +196,6 @@ def _try_torchvision(cls, root: Path, train: bool):
 
 
 def _load_imagefolder(directory: Path, split_seed: int) -> RawData:
-    from PIL import Image
-
     def load_tree(root: Path) -> tuple[list[np.ndarray], list[int], list[str]]:
         classes = sorted(d.name for d in root.iterdir() if d.is_dir())
         if not classes:
@@ -208,8 +207,9 @@ def _load_imagefolder(directory: Path, split_seed: int) -> RawData:
             for f in sorted((root / c).iterdir()):
                 if f.suffix.lower() not in {".png", ".jpg", ".jpeg", ".bmp"}:
                     continue
-                img = np.asarray(Image.open(f))
-                xs.append(img)
+                # the guarded loader: a damaged file is one line naming it; 16-bit, palette, alpha, CMYK by mode
+                img = read_image(f, None, "data.source")
+                xs.append(np.rint(img).clip(0, 255).astype(np.uint8))
                 ys.append(ci)
         return xs, ys, classes
 
@@ -221,8 +221,7 @@ def _load_imagefolder(directory: Path, split_seed: int) -> RawData:
                 f"images under '{where}' have different shapes {sorted(shapes)[:3]}",
                 "resize all images to one size first",
             )
-        a = np.stack(xs)
-        return _nchw(a) if a.ndim == 3 else torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(np.stack(xs)).contiguous()  # N C H W, uint8
 
     if (directory / "train").is_dir() and (directory / "test").is_dir():
         trx, try_, classes = load_tree(directory / "train")

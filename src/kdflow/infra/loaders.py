@@ -61,9 +61,13 @@ def _to_8bit_scale(img) -> np.ndarray:
     return a.astype(np.float32)
 
 
-def read_image(path: str | Path, channels: int, field: str = "images") -> np.ndarray:
+GREY_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def read_image(path: str | Path, channels: int | None, field: str = "images") -> np.ndarray:
     """One image as float32 (channels, height, width) on the 0-255 scale: EXIF orientation applied; palette,
-    alpha (composited on white), CMYK, 1-bit and 16-bit modes converted; grey or RGB as the model wants."""
+    alpha (composited on white), CMYK, 1-bit and 16-bit modes converted; grey or RGB as the model wants
+    (``channels`` None: grey for a grey image, RGB otherwise)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = _a_file(Path(path), field, DataError, "pass image files (PNG, JPEG, ...)")
@@ -73,6 +77,8 @@ def read_image(path: str | Path, channels: int, field: str = "images") -> np.nda
             img = ImageOps.exif_transpose(opened)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(field, f"'{p}' is not a readable image ({str(e)[:80]})", "pass an intact PNG or JPEG") from None
+    if channels is None:
+        channels = 1 if img.mode in GREY_MODES else 3
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         grey = _to_8bit_scale(img)
         return np.repeat(grey[None], channels, axis=0) if channels > 1 else grey[None]

@@ -47,7 +47,7 @@ class Lease:
     generation: int
     owner: str
     expires_at: float  # wall clock, for waiters on other hosts
-    ttl_s: float = 0.0
+    ttl_s: float
     acquired: float = field(default_factory=time.monotonic)  # the holder's own clock
 
     @property

@@ -39,10 +39,10 @@ class Layout:
 
 def _given_teacher(source: str, data_dir: Path, target: Path) -> Path:
     """A teacher passed by path or URI, written as a step directory so evaluate can read it like a trained one."""
+    from kdflow.data.prepared import load_manifest
     from kdflow.infra import checkpoints
-    from kdflow.infra.io import read_json
 
-    model, meta = load_teacher(source, read_json(data_dir / "manifest.json")["num_classes"])
+    model, meta = load_teacher(source, load_manifest(data_dir)["num_classes"])
     checkpoints.save_model(
         model, meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"], target / "model.pt"
     )

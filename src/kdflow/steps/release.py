@@ -11,7 +11,8 @@ from kdflow.data import prepared as data
 from kdflow.errors import CheckpointError, GateError
 from kdflow.evaluation.gate import Gate, failures, release_gate, verdict
 from kdflow.infra import step_manifest
-from kdflow.infra.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_file
+from kdflow.infra.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from kdflow.infra.loaders import read_json_state
 from kdflow.steps import record, results
 from kdflow.steps.chain import check_link, student_sha256
 from kdflow.steps.context import PathArg, RunContext, open_tracker, start_pipeline, upload
@@ -25,7 +26,7 @@ def _evaluation_of(eval_dir: Path | None, student_sha: str, data_digest: str) ->
     if eval_dir is None:
         return None
     step_manifest.verify(eval_dir, ("evaluate",), "--evaluation")
-    evaluation = read_json(eval_dir / "evaluation.json")
+    evaluation = read_json_state(eval_dir / "evaluation.json", "--evaluation", "run `kdflow evaluate` again")
     check_link(
         evaluation, "--evaluation", eval_dir, student_sha, data_digest, "run `kdflow evaluate` with this --student"
     )
@@ -120,7 +121,9 @@ def export_student(
     return exported
 
 
-def _promotable(student_dir: PathArg, export_dir: PathArg, force: bool, data_digest: str) -> tuple[dict, dict]:
+def _promotable(
+    student_dir: PathArg, export_dir: PathArg, force: bool, data_digest: str, student_sha: str
+) -> tuple[dict, dict]:
     """The student and export results, refused (one line) unless the recorded gate passed or ``force``, and
     always unless the export is of this student on this data (``force`` overrides the gate, not the chain)."""
     step_manifest.verify(Path(student_dir), step_manifest.MODEL_STEPS, "--student")
@@ -153,7 +156,7 @@ def _promotable(student_dir: PathArg, export_dir: PathArg, force: bool, data_dig
             dict(export_info),
             "--export",
             Path(export_dir),
-            student_sha256(Path(student_dir)),
+            student_sha,
             data_digest,
             "run `kdflow export` with this --student",
         )
@@ -197,11 +200,12 @@ def promote(
     ctx = start_pipeline(cfg, ctx or RunContext())
     tracker = ctx.tracker
     prepared = data.load_prepared(data_dir)
-    student_info, export_info = _promotable(student_dir, export_dir, force, prepared.digest)
+    student_sha = student_sha256(Path(student_dir))
+    student_info, export_info = _promotable(student_dir, export_dir, force, prepared.digest, student_sha)
     if tracker is not None:
         _known_to(tracker, student_info)
     step_manifest.claim(out, "register_and_promote")
-    inputs = {"data_digest": prepared.digest, "student_sha256": student_sha256(Path(student_dir))}
+    inputs = {"data_digest": prepared.digest, "student_sha256": student_sha}
     if (Path(export_dir) / "export.json").is_file():
         inputs["export_sha256"] = sha256_file(Path(export_dir) / "export.json")
     if tracker is None:

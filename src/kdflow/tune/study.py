@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from kdflow.config import Config, flatten
 from kdflow.errors import ConfigError
+from kdflow.infra.fingerprint import differences
 from kdflow.infra.io import atomic_write_json
 from kdflow.infra.loaders import check_study_db, read_json_state
 
@@ -47,13 +48,10 @@ def check_identity(out: Path, cfg: Config) -> None:
         raise ConfigError("--out", f"'{ident}' is not a study identity", "choose a new --out")
     check_study_db(db)
     expected = identity(cfg)
-    differs = sorted(k for k in {*recorded, *expected} if recorded.get(k) != expected.get(k))
-    if differs:
-        k = differs[0]
-        more = f" and {len(differs) - 1} more" if len(differs) > 1 else ""
+    if recorded != expected:
         raise ConfigError(
             "--out",
-            f"'{out}' holds a study of another config: {k} {recorded.get(k)!r} -> {expected.get(k)!r}{more}",
+            f"'{out}' holds a study of another config: {differences(recorded, expected, shown=1)}",
             "rerun with the study's config, or choose a new --out",
         )
 
