@@ -218,23 +218,24 @@ def test_attack_fields_count_in_the_fingerprint_only_where_training_uses_them():
     assert fp("distill")  # the helper itself builds
 
 
-def test_gate_reads_the_students_val_robust_accuracy():
+def test_gate_reads_the_students_release_robust_accuracy():
     from kdflow.config import GateConfig
     from kdflow.evaluation.gate import quality_gate
 
     student = {
-        "val_accuracy": 0.9,
-        "val_retention": 1.0,
+        "release_accuracy": 0.9,
+        "release_retention": 1.0,
         "latency_p95_ms": 1.0,
         "size_bytes": 10,
-        "val_pgd_accuracy": 0.4,
+        "val_pgd_accuracy": 0.99,  # selection split: never read by the gate
+        "release_pgd_accuracy": 0.4,
         "pgd_accuracy": 0.99,  # test: reported, never read by the gate
     }
     assert quality_gate(GateConfig(min_robust_accuracy=0.35), student)["passed"]
     failed = quality_gate(GateConfig(min_robust_accuracy=0.5), student)
-    assert not failed["passed"] and failed["checks"]["val_robust_accuracy"]["rule"] == "PGD 0.4000 >= 0.5"
-    missing = quality_gate(GateConfig(min_robust_accuracy=0.1), {**student, "val_pgd_accuracy": None})
-    assert not missing["passed"] and "not evaluated" in missing["checks"]["val_robust_accuracy"]["rule"]
+    assert not failed["passed"] and failed["checks"]["release_robust_accuracy"]["rule"] == "PGD 0.4000 >= 0.5"
+    missing = quality_gate(GateConfig(min_robust_accuracy=0.1), {**student, "release_pgd_accuracy": None})
+    assert not missing["passed"] and "not evaluated" in missing["checks"]["release_robust_accuracy"]["rule"]
 
 
 def test_knob_data_free_false_means_from_the_config():

@@ -74,7 +74,13 @@ def test_embedded_json_config_parses():
 def test_debian_idx_and_manifest(tiny_data):
     d = data.load_prepared(tiny_data)
     m = d.manifest
-    assert m["source"].startswith("debian:") and m["counts"] == {"train": 1500, "val": 500, "test": 500}
+    assert m["source"].startswith("debian:") and m["counts"] == {
+        "train": 1500,
+        "val": 500,
+        "test": 500,
+        "release": 3101,
+    }
+    assert len(d.release) == 3101 and m["release_fraction"] == 0.05  # ~5% of the 60,000 raw train images
     assert m["class_names"][9] == "Ankle boot" and len(m["digest"]) == 64
     assert d.train.x.dtype == torch.uint8 and d.train.x.shape[1:] == (1, 28, 28)
     # the test split is the first test_subset samples of the official test set, untouched by the split seed
@@ -170,12 +176,56 @@ def test_data_window_selects_train_samples_and_keeps_test(fashion_available, tmp
     raw = data.load_raw(cfg.data)
     a = data.split_raw(raw, cfg.data.model_copy(update={"window": "0:3000", "train_subset": None}))
     b = data.split_raw(raw, cfg.data.model_copy(update={"window": "3000:9000", "train_subset": None}))
-    assert len(a[0]) + len(a[1]) == 3000 and len(b[0]) + len(b[1]) == 6000
+    members = data.release_members(raw.train_x, raw.train_y, cfg.data.release_fraction, cfg.data.release_seed)
+    assert len(a[0]) + len(a[1]) == 3000 - int(members[:3000].sum())
+    assert len(b[0]) + len(b[1]) == 6000 - int(members[3000:9000].sum())
     assert torch.equal(a[2].x, b[2].x)  # the frozen test split never moves with the window
     label = data.split_raw(raw, cfg.data.model_copy(update={"window": "2026-11", "train_subset": None}))
-    assert len(label[0]) + len(label[1]) == 60000
+    assert len(label[0]) + len(label[1]) + len(label[3]) == 60000
     with pytest.raises(DataError, match="data.window"):
         data.split_raw(raw, cfg.data.model_copy(update={"window": "0:99999"}))
+
+
+@pytest.mark.unit
+def test_release_membership_is_by_content():
+    """A copy of an image is on the same side as the original wherever it sits in the stream; the share is
+    the configured fraction; the label is part of the content."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4000, 1, 4, 4), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, 10, (4000,), generator=gen)
+    member = data.release_members(x, y, 0.1, 0)
+    assert 300 < int(member.sum()) < 500
+    shuffled = torch.randperm(4000, generator=gen)
+    assert torch.equal(data.release_members(x[shuffled], y[shuffled], 0.1, 0), member[shuffled])
+    doubled = data.release_members(torch.cat([x, x]), torch.cat([y, y]), 0.1, 0)
+    assert torch.equal(doubled[:4000], doubled[4000:])
+    assert not torch.equal(data.release_members(x, (y + 1) % 10, 0.1, 0), member)
+    assert not data.release_members(x, y, 0.0, 0).any()
+
+
+@pytest.mark.integration
+def test_release_split_is_one_for_every_window_and_outside_all_their_data(fashion_available, tmp_path):
+    """The split promotion judges on is carved once per dataset: the same images whatever the window, the
+    split seed or the stream's length, and none of them in any window's train or val split."""
+    cfg = tiny_config(tmp_path).data.model_copy(update={"train_subset": None})
+    raw = data.load_raw(cfg)
+    windows = ["0:20000", "20000:60000", "10000:30000", "", "2026-11"]
+    splits = [data.split_raw(raw, cfg.model_copy(update={"window": w})) for w in windows]
+    splits.append(data.split_raw(raw, cfg.model_copy(update={"split_seed": 7, "val_size": 900})))
+    release = splits[0][3]
+    assert 2500 < len(release) < 3500  # ~5% of 60,000
+    release_bytes = {bytes(x.numpy()) for x in release.x}
+    for train, val, _test, rel in splits:
+        assert torch.equal(rel.x, release.x) and torch.equal(rel.y, release.y)
+        assert not any(bytes(x.numpy()) in release_bytes for x in torch.cat([train.x, val.x]))
+    # a stream that grows keeps every earlier member (membership is by content, not position)
+    short = data.RawData(raw.train_x[:30000], raw.train_y[:30000], raw.test_x, raw.test_y, raw.class_names, raw.source)
+    early = data.split_raw(short, cfg.model_copy(update={"val_size": 100}))[3]
+    assert {bytes(x.numpy()) for x in early.x} <= release_bytes and len(early) < len(release)
+    # another release seed draws another split of the same size; 0 draws none
+    other = data.split_raw(raw, cfg.model_copy(update={"release_seed": 1}))[3]
+    assert not torch.equal(other.x[:100], release.x[:100]) and abs(len(other) - len(release)) < 300
+    assert len(data.split_raw(raw, cfg.model_copy(update={"release_fraction": 0.0}))[3]) == 0
 
 
 def _write_idx(path, array):

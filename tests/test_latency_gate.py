@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 
 
 def _student(**latency) -> dict:
-    return {"val_accuracy": 0.9, "val_retention": 0.95, "size_bytes": 1000, **latency}
+    return {"release_accuracy": 0.9, "release_retention": 0.95, "size_bytes": 1000, **latency}
 
 
 def test_one_disturbed_round_does_not_move_the_steady_p95():

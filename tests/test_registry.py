@@ -63,8 +63,8 @@ def test_onnx_int8_promotion(int8_champion, tiny_data):
     # the champion is the int8 ONNX model, run by onnxruntime: its reported test accuracy is export's
     assert decision["challenger_test_accuracy"] == pytest.approx(exported["forms"]["onnx_int8"]["accuracy"], abs=1e-6)
     prepared = data.load_prepared(tiny_data)
-    assert accuracy_of_registered("kd-student-int8", decision["version"], prepared, "val") == pytest.approx(
-        decision["challenger_accuracy"]  # judged on the promotion split
+    assert accuracy_of_registered("kd-student-int8", decision["version"], prepared, "release") == pytest.approx(
+        decision["challenger_accuracy"]  # judged on the release split
     )
 
 

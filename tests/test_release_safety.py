@@ -168,7 +168,9 @@ def test_export_without_evaluation_records_an_incomplete_gate(tracked):
     assert exported["gate"]["checks"]["evaluation"]["passed"] is False
 
 
-@pytest.mark.parametrize("export_dir,verdict", [("export-failed", "val_accuracy: 0."), ("export-noeval", "INCOMPLETE")])
+@pytest.mark.parametrize(
+    "export_dir,verdict", [("export-failed", "release_accuracy: 0."), ("export-noeval", "INCOMPLETE")]
+)
 @pytest.mark.integration
 def test_promote_enforces_the_recorded_gate(tracked, tiny_data, tmp_path, capsys, monkeypatch, export_dir, verdict):
     from mlflow.tracking import MlflowClient
@@ -203,7 +205,7 @@ def test_force_promotes_and_is_recorded(tracked, tiny_data, tmp_path):
     tmp, cfg = tracked["tmp"], tracked["cfg"].model_copy(deep=True)
     cfg.tracking.registered_model = "kd-student-forced"
     decision = steps.promote(cfg, tiny_data, tmp / "student", tmp / "export-failed", tmp_path / "p", None, force=True)
-    assert decision["promoted"] is True and decision["forced"] is True and decision["split"] == "val"
+    assert decision["promoted"] is True and decision["forced"] is True and decision["split"] == "release"
     client = MlflowClient(tracked["uri"])
     version = client.get_model_version_by_alias("kd-student-forced", "champion")
     assert version.tags["kdflow.forced"].startswith("true")
@@ -297,3 +299,29 @@ def test_promote_refuses_a_student_changed_after_it_finished(chain, tiny_data, t
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--student" in err[0] and "changed since the step finished" in err[0], err
+
+
+@pytest.mark.integration
+def test_promote_refuses_data_without_a_release_split(chain, tiny_data, tmp_path, capsys, monkeypatch):
+    """Promotion judges only on the release split: data prepared by hand (or by an earlier kdflow) without
+    one is refused before anything is registered, never judged on val instead."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chain["uri"])
+    by_hand = tmp_path / "data"
+    by_hand.mkdir()
+    for f in ("train.pt", "val.pt", "test.pt"):
+        shutil.copy(tiny_data / f, by_hand / f)
+    manifest = json.loads((tiny_data / "manifest.json").read_text())
+    del manifest["counts"]["release"]
+    (by_hand / "manifest.json").write_text(json.dumps(manifest))  # same digest: only the release split is gone
+    tmp = chain["tmp"]
+    args = _promote_args(by_hand, tmp / "student", tmp / "export-pass", tmp_path / "p", tmp / "state")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kdflow: error: data.release_fraction:") and "no release split" in err[0]
+    assert not (tmp_path / "p").exists()
+    assert not [m for m in MlflowClient(chain["uri"]).search_registered_models() if m.name == "kd-student"]

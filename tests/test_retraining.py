@@ -1,7 +1,7 @@
 """Scheduled retraining for real: two successive local pipeline runs on growing data windows.
 
 The first run sets the champion; the retrained challenger (more data) is promoted only because it beats
-the champion on the same frozen test split; the champion of the first window is kept as previous_champion.
+the champion on the release split, which neither window trained or selected on; the champion of the first window is kept as previous_champion.
 """
 
 from __future__ import annotations

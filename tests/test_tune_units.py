@@ -137,13 +137,16 @@ def test_scratch_twin_recipe_applies_to_the_scratch_step_only():
     assert (cfg.lr_for("student"), cfg.train.mix) == (0.1, "none")
 
 
-def test_min_kd_gain_gate_reads_the_validation_gain():
+def test_min_kd_gain_gate_reads_the_release_gain():
     from kdflow.evaluation.gate import kd_verdict, quality_gate
 
-    student = {"val_accuracy": 0.9, "val_retention": 0.95, "latency_p95_ms": 1.0, "size_bytes": 1000}
+    student = {"release_accuracy": 0.9, "release_retention": 0.95, "latency_p95_ms": 1.0, "size_bytes": 1000}
     g = build_config({"gate": {"min_kd_gain": 0.005}}).gate
     assert quality_gate(g, student, 0.006)["passed"]
     assert not quality_gate(g, student, 0.004)["passed"]
     assert not quality_gate(g, student, None)["passed"]  # no twin evaluated: the requirement is not met
     assert "kd_gain" not in quality_gate(build_config({}).gate, student, -0.01)["checks"]
     assert "use the scratch model" in kd_verdict(-0.001) and "paid" in kd_verdict(0.002)
+    # no release split (prepared by hand, or release_fraction 0): accuracy and retention cannot pass
+    empty = quality_gate(g, {**student, "release_accuracy": None, "release_retention": None, "val_accuracy": 0.99}, 0.1)
+    assert not empty["passed"] and "no release split" in empty["checks"]["release_accuracy"]["rule"]

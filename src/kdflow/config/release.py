@@ -28,7 +28,7 @@ class ExportConfig(_Section):
     calibration_samples: int = Field(512, ge=0)
     parity_atol: float = Field(1e-3, gt=0, description="max |logit diff| allowed for fp32 exports")
     int8_min_agreement: float = Field(0.97, ge=0, le=1, description="top-1 agreement int8 vs PyTorch")
-    int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="on the validation split")
+    int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="on the release split")
     promote_format: Literal["pytorch", "onnx_int8"] = "pytorch"
 
 

@@ -31,6 +31,15 @@ class DataConfig(_Section):
     crop_padding: int = Field(2, ge=0)
     hflip: bool = True
     split_seed: int = 0
+    release_fraction: float = Field(
+        0.05,
+        ge=0,
+        lt=0.5,
+        description="share of the raw train stream held out as the release split, which only the gate's "
+        "final check and promotion read (never training or selection); chosen by each image's content hash, so "
+        "it is the same for every data window. 0 = none (the gate and promotion then refuse)",
+    )
+    release_seed: int = Field(0, description="seed of the release split's content hash")
     window: str = Field(
         "",
         description="START:END selects raw train samples [START, END); any other text is a "

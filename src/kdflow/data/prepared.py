@@ -1,9 +1,12 @@
-"""Prepared datasets: carve a seeded val split from the raw data, preload it as uint8 tensors, digest it.
+"""Prepared datasets: carve the release and a seeded val split from the raw data, preload them as uint8
+tensors, digest them.
 
-A prepared dataset is a directory with one file per split, ``train.pt``, ``val.pt`` and ``test.pt``
+A prepared dataset is a directory with one file per split, ``train.pt``, ``val.pt``, ``release.pt`` and
+``test.pt``
 (uint8 NCHW images and int64 labels, loadable with ``weights_only=True``; one file each so a step that
 must not read the training images, data-free distillation, never opens them) and ``manifest.json`` (counts, class names, normalization,
-sha256 digests). Raw loading lives in :mod:`kdflow.data.raw`, batching in :mod:`kdflow.data.batches`;
+sha256 digests). Val selects (epochs, recipes, students); release only decides (the gate, promotion; see
+:mod:`kdflow.data.release_split`); test is reported. Raw loading lives in :mod:`kdflow.data.raw`, batching in :mod:`kdflow.data.batches`;
 both are re-exported here.
 """
 
@@ -39,6 +42,7 @@ from kdflow.data.raw import (
     read_idx,
     register_source_resolver,
 )
+from kdflow.data.release_split import release_members
 from kdflow.errors import DataError
 from kdflow.infra import step_manifest
 from kdflow.infra.io import atomic_torch_save, atomic_write_json, safe_torch_load
@@ -68,6 +72,7 @@ __all__ = [
     "prepare",
     "read_idx",
     "register_source_resolver",
+    "release_members",
     "shard",
     "split_raw",
     "stream_seed",
@@ -84,6 +89,7 @@ class PreparedData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     manifest: dict
+    release: Split | None = None  # None: a dataset made by hand without one (the release decision refuses it)
 
     @property
     def num_classes(self) -> int:
@@ -136,14 +142,21 @@ def window_slice(window: str, n: int) -> slice | None:
     return slice(start, end)
 
 
-def split_raw(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split]:
-    window = window_slice(cfg.window, len(raw.train_y))
-    if window is not None:
-        raw = RawData(raw.train_x[window], raw.train_y[window], raw.test_x, raw.test_y, raw.class_names, raw.source)
-    n = len(raw.train_y)
+def split_raw(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split, Split]:
+    """train, val, test and release. Release members (by content, over the whole raw train stream) are taken
+    out first; the window then selects from the rest, and val is carved from the window by the split seed."""
+    n_raw = len(raw.train_y)
+    in_release = release_members(raw.train_x, raw.train_y, cfg.release_fraction, cfg.release_seed)
+    release = Split(raw.train_x[in_release], raw.train_y[in_release])
+    window = window_slice(cfg.window, n_raw) or slice(0, n_raw)
+    pool = torch.arange(n_raw)[window]
+    pool = pool[~in_release[pool]]
+    n = len(pool)
     if cfg.val_size >= n:
         raise DataError(
-            "data.val_size", f"{cfg.val_size} is not smaller than the {n} train samples", "lower data.val_size"
+            "data.val_size",
+            f"{cfg.val_size} is not smaller than the {n} train samples (after {int(in_release.sum())} release samples)",
+            "lower data.val_size (or data.release_fraction)",
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
     val_idx, train_idx = perm[: cfg.val_size], perm[cfg.val_size :]
@@ -152,18 +165,19 @@ def split_raw(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split]:
     test = Split(raw.test_x, raw.test_y)
     if cfg.test_subset is not None:
         test = Split(raw.test_x[: cfg.test_subset], raw.test_y[: cfg.test_subset])
-    val_idx, train_idx = val_idx.sort().values, train_idx.sort().values
+    val_idx, train_idx = pool[val_idx.sort().values], pool[train_idx.sort().values]
     return (
         Split(raw.train_x[train_idx], raw.train_y[train_idx]),
         Split(raw.train_x[val_idx], raw.train_y[val_idx]),
         test,
+        release,
     )
 
 
 def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None) -> dict:
     """Load, split and save a dataset; returns the manifest."""
     raw = load_raw(cfg, cache_dir)
-    train, val, test = split_raw(raw, cfg)
+    train, val, test, release = split_raw(raw, cfg)
     mean, std = _normalization(cfg.dataset, train.x)
     class_names = raw.class_names or [str(i) for i in range(int(raw.train_y.max()) + 1)]
     manifest = {
@@ -171,10 +185,13 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
         "source": raw.source,
         "window": cfg.window,
         "source_digest": _digest(raw.train_x, raw.train_y, raw.test_x, raw.test_y),
-        "digest": _digest(train.x, train.y, val.x, val.y, test.x, test.y),
+        "digest": _digest(train.x, train.y, val.x, val.y, test.x, test.y, release.x, release.y),
         "test_digest": _digest(test.x, test.y),
+        "release_digest": _digest(release.x, release.y),
         "split_seed": cfg.split_seed,
-        "counts": {"train": len(train), "val": len(val), "test": len(test)},
+        "release_fraction": cfg.release_fraction,
+        "release_seed": cfg.release_seed,
+        "counts": {"train": len(train), "val": len(val), "test": len(test), "release": len(release)},
         "class_names": class_names,
         "num_classes": len(class_names),
         "input_shape": list(train.x.shape[1:]),
@@ -183,7 +200,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
         "augmentation": augmentation_spec(cfg),
     }
     out = Path(out_dir)
-    for name, sp in {"train": train, "val": val, "test": test}.items():
+    for name, sp in {"train": train, "val": val, "test": test, "release": release}.items():
         atomic_torch_save({"x": sp.x.contiguous(), "y": sp.y.contiguous()}, out / SPLIT_FILES[name])
     atomic_write_json(out / "manifest.json", manifest)  # last: a directory with a manifest is complete
     return manifest
@@ -197,7 +214,7 @@ def augmentation_spec(cfg: DataConfig) -> dict:
     }
 
 
-SPLIT_FILES = {"train": "train.pt", "val": "val.pt", "test": "test.pt"}
+SPLIT_FILES = {"train": "train.pt", "val": "val.pt", "test": "test.pt", "release": "release.pt"}
 
 
 def load_manifest(directory: str | Path) -> dict:
@@ -228,7 +245,7 @@ def load_prepared(directory: str | Path) -> PreparedData:
     d = Path(directory)
     step_manifest.verify(d, ("prep_data",), "--data", required=False)
     manifest = load_manifest(d)
-    splits = {s: load_split(d, s) for s in SPLIT_FILES}
+    splits = {s: load_split(d, s) for s in ("train", "val", "test")}
     return PreparedData(
         splits["train"],
         splits["val"],
@@ -237,4 +254,5 @@ def load_prepared(directory: str | Path) -> PreparedData:
         tuple(manifest["mean"]),
         tuple(manifest["std"]),
         manifest,
+        load_split(d, "release") if has_split(d, "release") or "release" in manifest.get("counts", {}) else None,
     )

@@ -130,6 +130,13 @@ def render_report(evaluation: dict, export: dict | None = None, gate: Gate | Non
         ]
     if evaluation.get("kd_verdict"):
         parts += [f"**{evaluation['kd_verdict']}**", ""]
+    if evaluation.get("release_samples") is not None:
+        parts += [
+            f"The gate reads the release split ({evaluation['release_samples']:,} images held out by content hash "
+            "from every data window; nothing trained or selected on them); val picked epochs and recipes; test "
+            "is reported.",
+            "",
+        ]
     s = evaluation["models"]["student"]
     parts += [
         f"Student: KL(teacher || student) = {s['kl_teacher_student']:.4f}, NLL = {s['nll']:.4f}, "

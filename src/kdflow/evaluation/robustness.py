@@ -78,9 +78,12 @@ def robustness_report(model: nn.Module, prepared: PreparedData, cfg: Adversarial
     }
 
 
-def val_pgd_accuracy(model: nn.Module, prepared: PreparedData, cfg: AdversarialConfig) -> float:
-    """PGD accuracy at ``cfg.eps`` on the validation split: what ``gate.min_robust_accuracy`` reads."""
-    return _accuracy_on(model, prepared, prepared.val, cfg, "pgd", cfg.eps)["self"]
+def release_pgd_accuracy(model: nn.Module, prepared: PreparedData, cfg: AdversarialConfig) -> float | None:
+    """PGD accuracy at ``cfg.eps`` on the release split: what ``gate.min_robust_accuracy`` reads (None: no
+    release split)."""
+    if prepared.release is None or not len(prepared.release):
+        return None
+    return _accuracy_on(model, prepared, prepared.release, cfg, "pgd", cfg.eps)["self"]
 
 
 def transfer_pgd_accuracy(

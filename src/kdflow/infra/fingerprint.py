@@ -74,7 +74,7 @@ def _training_attack(cfg: Config) -> dict[str, Any]:
 # Move this whenever the default of an existing field of a fingerprinted section changes: fields at their
 # default are left out of fingerprints, so without it a changed default would keep old weights valid.
 # tests/test_fingerprint_code.py compares the defaults with tests/golden/fingerprint_defaults.json.
-DEFAULTS_VERSION = 1
+DEFAULTS_VERSION = 2  # 2: data.release_fraction carves the release split out of train
 
 
 def _read_by_role(cfg: Config, key: str) -> bool:

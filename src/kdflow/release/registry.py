@@ -1,7 +1,9 @@
 """Registry promotion with aliases (no stages): challenger -> champion only when it wins beyond noise.
 
-The decision is made on the validation split (the promotion split: carved from train, never trained
-on, never the split results are reported on). Challenger and champion are evaluated there with the same
+The decision is made on the release split (:mod:`kdflow.data.release_split`: held out of every data
+window by content hash, never trained on, never selected on, never the split results are reported on), so
+a champion trained on one window and a challenger trained on the next are judged on images neither saw and
+neither was picked on. Challenger and champion are evaluated there with the same
 code, on the same examples, and the challenger wins only when (a) its accuracy exceeds the champion's
 by at least ``gate.min_improvement`` and (b) McNemar's exact test on the examples the two disagree on
 rejects "not better" at ``gate.promotion_alpha`` (one-sided). Test accuracy is recorded, never used.
@@ -23,12 +25,12 @@ import torch
 from kdflow.config import GateConfig
 from kdflow.data.batches import Split
 from kdflow.data.prepared import PreparedData
-from kdflow.errors import TrackingError
+from kdflow.errors import GateError, TrackingError
 from kdflow.evaluation.metrics import accuracy, predict_logits
 from kdflow.release import lease
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
-PROMOTION_SPLIT = "val"
+PROMOTION_SPLIT = "release"
 FAULT_PAUSE = "KDFLOW_FAULT_PAUSE_BEFORE_ALIAS"  # fault-injection point of the fault suite (seconds to stall)
 
 
@@ -96,6 +98,19 @@ def judge(challenger_correct: torch.Tensor, champion_correct: torch.Tensor, g: G
     return {"wins": wins, "rule": rule, "champion_accuracy": acc_k, **test}
 
 
+def promotion_split(prepared: PreparedData) -> Split:
+    """The release split, refused (before anything is registered) when the dataset has none."""
+    release = prepared.release
+    if release is None or not len(release):
+        raise GateError(
+            "data.release_fraction",
+            "the prepared --data has no release split to judge the promotion on (release_fraction 0, or prepared "
+            "by hand or by an earlier kdflow)",
+            "prepare the data again with `kdflow prep` and data.release_fraction > 0 (default 0.05)",
+        )
+    return release
+
+
 def _registered_version(tracker, model_uri: str, name: str, run_id: str, tags: dict[str, str]):
     """Register once: a re-run of the same promotion finds its version instead of adding another."""
     client = tracker.client
@@ -159,10 +174,10 @@ def register_and_promote(
     tags: dict[str, str],
     forced: bool = False,
 ) -> dict:
+    split = promotion_split(prepared)
     client = tracker.client
     version = str(_registered_version(tracker, model_uri, name, run_id, tags).version)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    split = getattr(prepared, PROMOTION_SPLIT)
     challenger = registered_predictor(name, version, prepared)
     challenger_correct = challenger(split).argmax(1) == split.y
     test_accuracy = accuracy(challenger(prepared.test), prepared.test.y)  # reported, never decides

@@ -1,4 +1,5 @@
-"""The evaluate step: teacher vs scratch vs distilled student on the test split, plots, the quality gate."""
+"""The evaluate step: teacher vs scratch vs distilled student on the test split (reported), val (the selection
+split, reported) and the release split (what the quality gate reads), plots, the quality gate."""
 
 from __future__ import annotations
 
@@ -77,12 +78,12 @@ def _robustness(
     cfg: Config, prepared: data.PreparedData, loaded: dict[str, nn.Module], scores: dict, summary: dict, out: Path
 ) -> None:
     """FGSM/PGD accuracy and the PGD curve per model (test subset, reported); the student's PGD on val (gate)."""
-    from kdflow.evaluation.robustness import plot_robustness, robustness_report, val_pgd_accuracy
+    from kdflow.evaluation.robustness import plot_robustness, release_pgd_accuracy, robustness_report
 
     a = cfg.adversarial
     for name, model in loaded.items():
         scores[name].update(robustness_report(model, prepared, a))
-    scores["student"]["val_pgd_accuracy"] = val_pgd_accuracy(loaded["student"], prepared, a)
+    scores["student"]["release_pgd_accuracy"] = release_pgd_accuracy(loaded["student"], prepared, a)
     if "scratch" in scores:
         summary["robust_gain"] = scores["student"]["pgd_accuracy"] - scores["scratch"]["pgd_accuracy"]
     from kdflow.evaluation.report import row_labels
@@ -105,14 +106,23 @@ def compare(
     norm = prepared.normalizer()
     logits = {name: evaluate.predict_logits(m, prepared.test, norm) for name, m in loaded.items()}
     scores = {name: _model_metrics(name, m, logits, prepared, cfg, out) for name, m in loaded.items()}
-    for name, m in loaded.items():  # what the gate reads: the test figures above are reported only
+    release = prepared.release if prepared.release is not None and len(prepared.release) else None
+    for name, m in loaded.items():  # val: what selection read; release: what the gate reads; both beside test
         scores[name]["val_accuracy"] = evaluate.accuracy(evaluate.predict_logits(m, prepared.val, norm), prepared.val.y)
+        scores[name]["release_accuracy"] = (
+            evaluate.accuracy(evaluate.predict_logits(m, release, norm), release.y) if release is not None else None
+        )
     acc_t = scores["teacher"]["accuracy"]
     for name in ("student", "scratch"):
         if name in scores:
             scores[name]["retention"] = evaluate.retention(scores[name]["accuracy"], acc_t)
             scores[name]["val_retention"] = evaluate.retention(
                 scores[name]["val_accuracy"], scores["teacher"]["val_accuracy"]
+            )
+            scores[name]["release_retention"] = (
+                evaluate.retention(scores[name]["release_accuracy"], scores["teacher"]["release_accuracy"])
+                if release is not None
+                else None
             )
             scores[name]["compression_ratio"] = scores["teacher"]["parameters"] / max(1, scores[name]["parameters"])
     summary = {
@@ -121,6 +131,8 @@ def compare(
         "student_sha256": student_sha256(dirs["student"]),  # what export and promote check they were given
         "data_digest": prepared.digest,
         "test_digest": prepared.manifest["test_digest"],
+        "release_digest": prepared.manifest.get("release_digest"),
+        "release_samples": len(release) if release is not None else 0,
     }
     if "scratch" in scores:
         summary["transfer_rate"] = evaluate.transfer_rate(
@@ -128,13 +140,15 @@ def compare(
         )
         summary["kd_gain"] = scores["student"]["accuracy"] - scores["scratch"]["accuracy"]
         summary["kd_gain_val"] = scores["student"]["val_accuracy"] - scores["scratch"]["val_accuracy"]
-        summary["kd_verdict"] = kd_verdict(summary["kd_gain_val"])
+        if release is not None:
+            summary["kd_gain_release"] = scores["student"]["release_accuracy"] - scores["scratch"]["release_accuracy"]
+            summary["kd_verdict"] = kd_verdict(summary["kd_gain_release"])
     summary.update(method_labels(cfg))
     if cfg.adversarial.evaluate:
         _robustness(cfg, prepared, loaded, scores, summary, out)
     if (dirs["student"] / "generator_samples.png").is_file():  # data-free: what the generator made
         atomic_write_bytes(out / "generator_samples.png", (dirs["student"] / "generator_samples.png").read_bytes())
-    summary["quality_gate"] = quality_gate(cfg.gate, scores["student"], summary.get("kd_gain_val"))
+    summary["quality_gate"] = quality_gate(cfg.gate, scores["student"], summary.get("kd_gain_release"))
     evaluate.plot_reliability(
         {name: evaluate.reliability_bins(logits[name], prepared.test.y, cfg.evaluate.ece_bins) for name in loaded},
         out / "reliability.png",

@@ -24,7 +24,7 @@ def prep(tracker: Tracker | None, ctx: RunContext, cfg: Config, manifest: dict, 
     tracker.client.set_tag(ctx.parent_run_id, "kdflow.data_digest", manifest["digest"])
     with tracker.step_run("prep_data", ctx.parent_run_id, ctx.pipeline_run_id) as run_id:
         tracker.log_config(run_id, cfg)
-        for split in ("train", "val", "test"):
+        for split in ("train", "val", "test", "release"):
             tracker.log_dataset(manifest, manifest["source"], split)
         tracker.log_artifact(run_id, out / "manifest.json")
     return {"run_id": run_id}
@@ -106,10 +106,12 @@ def evaluation(
     with tracker.step_run("evaluate", ctx.parent_run_id, ctx.pipeline_run_id) as run_id:
         tracker.log_dataset(prepared.manifest, prepared.manifest["source"], "test")
         for name, r in summary["models"].items():
-            tracker.log_metrics(run_id, {k: v for k, v in r.items() if not isinstance(v, list)}, prefix=f"{name}.")
+            scalars = {k: v for k, v in r.items() if not isinstance(v, list) and v is not None}
+            tracker.log_metrics(run_id, scalars, prefix=f"{name}.")
             curve = {f"pgd_accuracy_eps_{c['eps']:g}": c["pgd_accuracy"] for c in r.get("robustness_curve", [])}
             tracker.log_metrics(run_id, curve, prefix=f"{name}.robustness_curve.")
-        for k in ("transfer_rate", "kd_gain", "kd_gain_val", "robust_gain"):
+        tracker.log_dataset(prepared.manifest, prepared.manifest["source"], "release")
+        for k in ("transfer_rate", "kd_gain", "kd_gain_val", "kd_gain_release", "robust_gain"):
             if summary.get(k) is not None:
                 tracker.log_metrics(run_id, {k: summary[k]})
         for f in (

@@ -194,7 +194,7 @@ def promote(
     The gate export recorded is enforced here, where the decision is made: a failed, incomplete or
     missing gate is refused unless ``force`` (then tagged ``kdflow.forced`` on the version and the run).
     """
-    from kdflow.release.registry import register_and_promote
+    from kdflow.release.registry import promotion_split, register_and_promote
 
     out = Path(out_dir)
     ctx = start_pipeline(cfg, ctx or RunContext())
@@ -204,6 +204,7 @@ def promote(
     student_info, export_info = _promotable(student_dir, export_dir, force, prepared.digest, student_sha)
     if tracker is not None:
         _known_to(tracker, student_info)
+        promotion_split(prepared)  # a dataset without a release split is refused before anything is written
     step_manifest.claim(out, "register_and_promote")
     inputs = {"data_digest": prepared.digest, "student_sha256": student_sha}
     if (Path(export_dir) / "export.json").is_file():
