@@ -30,6 +30,21 @@ class DataConfig(_Section):
     augment: bool = True
     crop_padding: int = Field(2, ge=0)
     hflip: bool = True
+    image_size: int | None = Field(
+        None,
+        ge=4,
+        description="resize each image's shorter side to this and center-crop a square (at prep; antialiased); "
+        "None keeps the source size, which must then be one size",
+    )
+    channels: Literal[1, 3] | None = Field(
+        None, description="1 = grey, 3 = RGB; None: grey when every image is grey, else RGB"
+    )
+    max_bad_files: int = Field(
+        0,
+        ge=0,
+        description="imagefolder: unreadable files (corrupt, truncated, not an image) tolerated and listed in the "
+        "manifest; one more stops prep naming the first",
+    )
     split_seed: int = 0
     release_fraction: float = Field(
         0.05,

@@ -42,7 +42,8 @@ from kdflow.data.raw import (
     read_idx,
     register_source_resolver,
 )
-from kdflow.data.release_split import release_members
+from kdflow.data.release_split import release_members, shared_images
+from kdflow.data.transforms import resize_center_crop_batch, to_channels
 from kdflow.errors import DataError
 from kdflow.infra import step_manifest
 from kdflow.infra.io import atomic_torch_save, atomic_write_json, safe_torch_load
@@ -174,9 +175,21 @@ def split_raw(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split, Split
     )
 
 
+def _fitted(raw: RawData, cfg: DataConfig) -> RawData:
+    """IDX and torchvision data at ``data.channels`` and ``data.image_size`` (an image folder is fitted image by
+    image as it is read)."""
+    if cfg.dataset == "imagefolder":
+        return raw
+    xs = []
+    for x in (raw.train_x, raw.test_x):
+        x = to_channels(x, cfg.channels)
+        xs.append(resize_center_crop_batch(x, cfg.image_size) if cfg.image_size is not None else x)
+    return RawData(xs[0], raw.train_y, xs[1], raw.test_y, raw.class_names, raw.source, raw.bad_files)
+
+
 def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None) -> dict:
     """Load, split and save a dataset; returns the manifest."""
-    raw = load_raw(cfg, cache_dir)
+    raw = _fitted(load_raw(cfg, cache_dir), cfg)
     train, val, test, release = split_raw(raw, cfg)
     mean, std = _normalization(cfg.dataset, train.x)
     class_names = raw.class_names or [str(i) for i in range(int(raw.train_y.max()) + 1)]
@@ -198,7 +211,15 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
         "mean": list(mean),
         "std": list(std),
         "augmentation": augmentation_spec(cfg),
+        "image_size": cfg.image_size,
+        "bad_files": raw.bad_files,
+        "test_duplicates_in_train": shared_images(raw.test_x, raw.train_x),
     }
+    if manifest["test_duplicates_in_train"]:
+        print(
+            f"[prep] {manifest['test_duplicates_in_train']} test images are byte-identical to a train image "
+            "(test accuracy is optimistic by them; listed as test_duplicates_in_train in manifest.json)"
+        )
     out = Path(out_dir)
     for name, sp in {"train": train, "val": val, "test": test, "release": release}.items():
         atomic_torch_save({"x": sp.x.contiguous(), "y": sp.y.contiguous()}, out / SPLIT_FILES[name])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,6 @@ import torch
 
 from kdflow.config import DataConfig
 from kdflow.errors import DataError
-from kdflow.infra.loaders import read_image
 
 FASHION_CLASSES = [
     "T-shirt/top",
@@ -138,6 +137,7 @@ class RawData:
     test_y: torch.Tensor
     class_names: list[str]
     source: str
+    bad_files: list[dict[str, str]] = field(default_factory=list)  # unreadable files data.max_bad_files let pass
 
 
 def _nchw(a: np.ndarray) -> torch.Tensor:
@@ -195,48 +195,6 @@ def _try_torchvision(cls, root: Path, train: bool):
         return cls(str(root), train=train, download=True)
 
 
-def _load_imagefolder(directory: Path, split_seed: int) -> RawData:
-    def load_tree(root: Path) -> tuple[list[np.ndarray], list[int], list[str]]:
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        if not classes:
-            raise DataError(
-                "data.source", f"'{root}' has no class sub-directories", "lay images out as ROOT/<class>/<image>.png"
-            )
-        xs, ys = [], []
-        for ci, c in enumerate(classes):
-            for f in sorted((root / c).iterdir()):
-                if f.suffix.lower() not in {".png", ".jpg", ".jpeg", ".bmp"}:
-                    continue
-                # the guarded loader: a damaged file is one line naming it; 16-bit, palette, alpha, CMYK by mode
-                img = read_image(f, None, "data.source")
-                xs.append(np.rint(img).clip(0, 255).astype(np.uint8))
-                ys.append(ci)
-        return xs, ys, classes
-
-    def stack(xs: list[np.ndarray], where: Path) -> torch.Tensor:
-        shapes = {x.shape for x in xs}
-        if len(shapes) != 1:
-            raise DataError(
-                "data.source",
-                f"images under '{where}' have different shapes {sorted(shapes)[:3]}",
-                "resize all images to one size first",
-            )
-        return torch.from_numpy(np.stack(xs)).contiguous()  # N C H W, uint8
-
-    if (directory / "train").is_dir() and (directory / "test").is_dir():
-        trx, try_, classes = load_tree(directory / "train")
-        tex, tey, _ = load_tree(directory / "test")
-        return RawData(
-            stack(trx, directory), torch.tensor(try_), stack(tex, directory), torch.tensor(tey), classes, str(directory)
-        )
-    xs, ys, classes = load_tree(directory)
-    x, y = stack(xs, directory), torch.tensor(ys)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(split_seed + 7))
-    n_test = max(1, len(y) // 5)
-    te, tr = perm[:n_test], perm[n_test:]
-    return RawData(x[tr], y[tr], x[te], y[te], classes, str(directory))
-
-
 def load_raw(cfg: DataConfig, cache_dir: Path | None = None) -> RawData:
     classes = {"fashion-mnist": FASHION_CLASSES, "mnist": MNIST_CLASSES}.get(cfg.dataset, [])
     if cfg.source:
@@ -254,7 +212,10 @@ def load_raw(cfg: DataConfig, cache_dir: Path | None = None) -> RawData:
                 "data.source", f"directory '{cfg.source}' does not exist", "point data.source at the raw data directory"
             )
         if cfg.dataset == "imagefolder":
-            return _load_imagefolder(local, cfg.split_seed)
+            from kdflow.data.imagefolder import load_imagefolder
+
+            f = load_imagefolder(local, cfg)
+            return RawData(f.train_x, f.train_y, f.test_x, f.test_y, f.classes, str(local), f.bad_files)
         if cfg.dataset == "cifar10":
             raise DataError(
                 "data.source", "an explicit cifar10 source is not supported", "leave data.source empty for cifar10"

@@ -41,3 +41,13 @@ def release_members(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int
         count=n,
     )
     return torch.from_numpy(mask)
+
+
+def shared_images(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many images of ``a`` are byte-identical to some image of ``b`` (a test image also in train)."""
+    if not len(a) or not len(b) or a.shape[1:] != b.shape[1:]:
+        return 0
+    seen = {hashlib.sha256(row.tobytes()).digest() for row in np.ascontiguousarray(b.reshape(len(b), -1).numpy())}
+    return sum(
+        hashlib.sha256(row.tobytes()).digest() in seen for row in np.ascontiguousarray(a.reshape(len(a), -1).numpy())
+    )

@@ -26,7 +26,11 @@ def prep(tracker: Tracker | None, ctx: RunContext, cfg: Config, manifest: dict, 
         tracker.log_config(run_id, cfg)
         for split in ("train", "val", "test", "release"):
             tracker.log_dataset(manifest, manifest["source"], split)
-        tracker.log_artifact(run_id, out / "manifest.json")
+        tracker.log_artifact(run_id, out / "manifest.json")  # lists the tolerated bad files, if any
+        tracker.log_metrics(
+            run_id,
+            {"bad_files": len(manifest["bad_files"]), "test_duplicates_in_train": manifest["test_duplicates_in_train"]},
+        )
     return {"run_id": run_id}
 
 

@@ -1,0 +1,152 @@
+"""A user's own image folder: ROOT/<class>/<image> (or ROOT/train/... and ROOT/test/...), any mix of sizes,
+formats and modes.
+
+Every file goes through the guarded image loader (EXIF orientation, 16-bit, palette, alpha, CMYK by mode),
+then to ``data.channels`` and, with ``data.image_size``, the evaluation transform (shorter side resized,
+center crop), so the prepared splits are one uint8 tensor each. A file that cannot be read (corrupt,
+truncated, not an image) stops prep with one line naming it, before anything is written, unless
+``data.max_bad_files`` tolerates it: the tolerated files are listed in the manifest (and so in MLflow).
+Hidden files (``.DS_Store``, ``._x.jpg``) are skipped, as every image tool does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdflow.config import DataConfig
+from kdflow.data.transforms import resize_center_crop
+from kdflow.errors import DataError
+from kdflow.infra.loaders import read_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+@dataclass
+class Tree:
+    """The images of one tree, read and fitted, and the files that could not be read."""
+
+    images: list[np.ndarray] = field(default_factory=list)  # uint8 (C, H, W)
+    labels: list[int] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    bad: list[dict[str, str]] = field(default_factory=list)  # {"file": relative path, "reason": ...}
+
+
+def _read(path: Path, cfg: DataConfig) -> np.ndarray:
+    img = read_image(path, cfg.channels, "data.source")
+    if cfg.image_size is not None:
+        return resize_center_crop(img, cfg.image_size)
+    return np.rint(img).clip(0, 255).astype(np.uint8)
+
+
+def _files(class_dir: Path) -> list[Path]:
+    return sorted(f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith("."))
+
+
+def read_tree(root: Path, cfg: DataConfig, base: Path) -> Tree:
+    tree = Tree(classes=sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if not tree.classes:
+        raise DataError(
+            "data.source", f"'{root}' has no class sub-directories", "lay images out as ROOT/<class>/<image>.png"
+        )
+    for ci, c in enumerate(tree.classes):
+        read = 0
+        for f in _files(root / c):
+            rel = str(f.relative_to(base))
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                tree.bad.append({"file": rel, "reason": f"not an image file (suffix '{f.suffix}')"})
+                continue
+            try:
+                tree.images.append(_read(f, cfg))
+            except DataError as e:
+                tree.bad.append({"file": rel, "reason": e.problem})
+                continue
+            tree.labels.append(ci)
+            read += 1
+        if read == 0:
+            raise DataError(
+                "data.source",
+                f"class folder '{root / c}' has no readable image",
+                "add images to it or remove the folder",
+            )
+    return tree
+
+
+def _stack(images: list[np.ndarray], where: Path) -> torch.Tensor:
+    shapes = sorted({x.shape for x in images})
+    if len(shapes) != 1:
+        channels = sorted({s[0] for s in shapes})
+        if len(channels) > 1 and len({s[1:] for s in shapes}) == 1:
+            raise DataError(
+                "data.source",
+                f"images under '{where}' mix grey and colour ({channels} channels)",
+                "set data.channels to 1 or 3",
+            )
+        raise DataError(
+            "data.source",
+            f"images under '{where}' have different sizes ({', '.join('x'.join(map(str, s[1:])) for s in shapes[:3])}, ...)",
+            "set data.image_size (e.g. 64) to resize and center-crop each image to one size",
+        )
+    return torch.from_numpy(np.stack(images)).contiguous()  # N C H W, uint8
+
+
+def _unify_channels(trees: list[Tree], cfg: DataConfig) -> None:
+    """``data.channels`` unset: grey stays grey only when every image is grey; otherwise all become RGB."""
+    if cfg.channels is not None:
+        return
+    if any(img.shape[0] == 3 for t in trees for img in t.images):
+        for t in trees:
+            t.images = [np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img for img in t.images]
+
+
+def _check_bad(bad: list[dict[str, str]], cfg: DataConfig, base: Path) -> None:
+    if len(bad) > cfg.max_bad_files:
+        first = bad[0]
+        raise DataError(
+            "data.source",
+            f"'{base / first['file']}': {first['reason']} ({len(bad)} bad files; data.max_bad_files={cfg.max_bad_files})",
+            "remove or repair it, or set data.max_bad_files to tolerate and list them",
+        )
+
+
+@dataclass
+class FolderData:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    bad_files: list[dict[str, str]]
+
+
+def load_imagefolder(directory: Path, cfg: DataConfig) -> FolderData:
+    """ROOT/train + ROOT/test when both exist; otherwise one tree with a seeded fifth held out as test."""
+    if (directory / "train").is_dir() and (directory / "test").is_dir():
+        train, test = read_tree(directory / "train", cfg, directory), read_tree(directory / "test", cfg, directory)
+        if test.classes != train.classes:
+            raise DataError(
+                "data.source",
+                f"'{directory / 'test'}' has classes {test.classes[:5]}, train has {train.classes[:5]}",
+                "give train/ and test/ the same class folders",
+            )
+        _check_bad(train.bad + test.bad, cfg, directory)
+        _unify_channels([train, test], cfg)
+        return FolderData(
+            _stack(train.images, directory),
+            torch.tensor(train.labels),
+            _stack(test.images, directory),
+            torch.tensor(test.labels),
+            train.classes,
+            train.bad + test.bad,
+        )
+    tree = read_tree(directory, cfg, directory)
+    _check_bad(tree.bad, cfg, directory)
+    _unify_channels([tree], cfg)
+    x, y = _stack(tree.images, directory), torch.tensor(tree.labels)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed + 7))
+    n_test = max(1, len(y) // 5)
+    te, tr = perm[:n_test], perm[n_test:]
+    return FolderData(x[tr], y[tr], x[te], y[te], tree.classes, tree.bad)
