@@ -113,6 +113,18 @@ class ModelSection(_Section):
     lr: float | None = Field(None, gt=0, description="overrides train.lr for this model")
     amp: Literal["off", "bf16", "fp16"] | None = Field(None, description="overrides train.amp for this model")
     channels_last: bool | None = Field(None, description="overrides train.channels_last for this model")
+    weights: str | None = Field(
+        None,
+        description="start from pretrained weights: a file (a state dict, wrapped or not), an s3:// object or a "
+        "torchvision weights name found in the torch hub cache (e.g. ResNet18_Weights.IMAGENET1K_V1); the "
+        "classifier becomes a new head for the dataset's classes, an RGB first conv is summed for grey data",
+    )
+    finetune: Literal["full", "head"] = Field(
+        "full", description="with weights: train all of it (backbone at backbone_lr_mult) or only the new head"
+    )
+    backbone_lr_mult: float = Field(
+        0.1, gt=0, le=1, description="with weights and finetune=full: the backbone's lr scale"
+    )
 
     _amp_off = field_validator("amp", mode="before")(staticmethod(_amp_off))
 

@@ -2,8 +2,10 @@
 
 Names: ``resnet20``, ``cnn-small``, ``mlp`` (as ../shared/BENCH.md defines them), ``mobilenet-tiny``
 (a depthwise-separable student), ``cnn-wide`` (a fast mid-size teacher), the parametric family
-``cnn-<width>x<depth>`` (:class:`ParamCNN`), and any torchvision
-classification model as ``tv:<name>`` or by its bare name (first conv and classifier adapted).
+``cnn-<width>x<depth>`` (:class:`ParamCNN`), any torchvision classification model as ``tv:<name>`` or by
+its bare name (first conv and classifier adapted), any timm model as ``timm:<name>``, and the user's own
+module as ``py:package.module:factory`` (called with ``num_classes`` and ``in_channels``). Pretrained
+weights are loaded into these by :mod:`kdflow.infra.pretrained`.
 """
 
 from __future__ import annotations
@@ -199,8 +201,43 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _timm(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("arch", f"'timm:{name}' needs timm", "pip install timm") from None
+    if not timm.is_model(name):
+        raise ModelError("arch", f"timm has no model '{name}'", "see timm.list_models(), e.g. timm:resnet18") from None
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+
+def _user_module(spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    """``package.module:factory``: the user's own model, imported from their code."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ModelError(
+            "arch",
+            f"cannot import 'py:{spec}' ({type(e).__name__}: {str(e)[:80]})",
+            "name an importable module and its factory, e.g. py:mypkg.models:build (on PYTHONPATH)",
+        ) from None
+    model = factory(num_classes=num_classes, in_channels=in_channels)
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            "arch", f"py:{spec} returned {type(model).__name__}, not a torch nn.Module", "return the model"
+        )
+    return model
+
+
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
     """Build a freshly initialised model by name (seed torch before calling for determinism)."""
+    if name.startswith("timm:"):
+        return _timm(name[5:], num_classes, in_channels)
+    if name.startswith("py:"):
+        return _user_module(name[3:], num_classes, in_channels)
     if name in ZOO:
         return ZOO[name](num_classes, in_channels, image_size)
     family = PARAM_CNN.match(name)

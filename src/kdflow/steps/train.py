@@ -20,7 +20,8 @@ from kdflow.data import prepared as data
 from kdflow.evaluation import metrics as evaluate
 from kdflow.infra import checkpoints, reuse, step_manifest
 from kdflow.infra.fingerprint import fingerprint, trains_adversarially
-from kdflow.infra.io import atomic_write_json, atomic_write_text, csv_text
+from kdflow.infra.io import atomic_write_json, atomic_write_text, csv_text, sha256_file
+from kdflow.infra.pretrained import start_from, weights_file
 from kdflow.models import zoo as models
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline, upload
@@ -160,12 +161,21 @@ def _restore(job: TrainingJob, entry: Path, tracker, run_id: str | None) -> tupl
     return model, json.loads((job.out / "metrics.json").read_text())
 
 
+def _section_name(role: str) -> str:
+    return "teacher" if role == "teacher" else "student"
+
+
 def train_model(job: TrainingJob) -> TrainResult | None:
     """Train ``job.arch`` in ``job.role`` (or reuse the model an earlier run trained on the same inputs);
     None on the ranks of DDP other than 0."""
     cfg, ctx, out = job.cfg, job.ctx, job.out
     prepared = data.load_prepared(job.data_dir)
     fp = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest)
+    section = cfg.teacher if job.role == "teacher" else cfg.student
+    if section.weights:  # the pretrained start is part of what the weights are: by content, not by path
+        fp[f"{_section_name(job.role)}.weights_sha256"] = sha256_file(
+            weights_file(section.weights, f"{_section_name(job.role)}.weights")
+        )
     dist_info = info_from_env()
     if dist_info.is_main:  # another run's outputs are refused (or removed with --fresh) before anything is written
         step_manifest.claim(out, job.step, fp, job.fresh)
@@ -187,6 +197,20 @@ def train_model(job: TrainingJob) -> TrainResult | None:
         else:
             torch.manual_seed(cfg.train.seed)
             model = models.build_model(job.arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0])
+            if section.weights:
+                name = _section_name(job.role)
+                started = start_from(
+                    model,
+                    section.weights,
+                    section.finetune,
+                    section.backbone_lr_mult,
+                    prepared.num_classes,
+                    f"{name}.weights",
+                )
+                print(
+                    f"[{job.step}] pretrained {section.weights}: {started['tensors_loaded']} tensors, new head "
+                    f"{started['new_head']}, fine-tuning {section.finetune}"
+                )
             objective = job.objective_factory(model, prepared)
             on_epoch = with_snapshots(job, model, prepared, record.epoch_logger(tracker, run_id))
             fitted, cache_info = _fit(job, fp, model, objective, prepared, on_epoch)

@@ -24,8 +24,12 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, cfg: TrainConfig) ->
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD or AdamW; parameters a fine-tuning marked with an lr scale get their own group."""
+    from kdflow.infra.pretrained import param_groups
+
+    groups = param_groups(params, lr)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
-        params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay
+        groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay
     )
