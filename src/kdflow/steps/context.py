@@ -61,6 +61,9 @@ def start_pipeline(cfg: Config, ctx: RunContext, image: str = "") -> RunContext:
     under this run's parent.
     """
     if not ctx.opened:
+        from kdflow.infra.cpu import fit_threads
+
+        fit_threads(cfg.train.num_threads)  # the container's CPU quota, not the host's cores
         ctx.store = open_store(cfg)  # fails fast on bad S3 credentials, a missing bucket or a malformed URI
         ctx.tracker = open_tracker(cfg)
         ctx.opened = True

@@ -81,9 +81,7 @@ def distill_data_free(
     if fresh:
         ckpt.unlink(missing_ok=True)
     check_resumable(ckpt, fp)
-    start_pipeline(cfg, ctx)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    start_pipeline(cfg, ctx)  # threads: train.num_threads, else the CPU quota
     torch.manual_seed(cfg.train.seed)
     student = models.build_model(cfg.student.arch, prepared.num_classes, channels, side)
     generator = build_generator(cfg.distill.generator, channels, side)

@@ -75,8 +75,9 @@ def setup(
     student: nn.Module, objective: nn.Module, data: PreparedData, cfg: TrainConfig, epochs: int, lr: float
 ) -> TrainState:
     """Threads, allocator, device and DDP; optimizer over student + adapters; the lr schedule."""
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    from kdflow.infra.cpu import fit_threads
+
+    fit_threads(cfg.num_threads)  # train.num_threads, else the CPUs the quota and affinity allow
     if cfg.keep_freed_memory:
         keep_freed_memory()
     device = pick_device(cfg.device)
