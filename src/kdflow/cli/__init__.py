@@ -109,7 +109,9 @@ COMMANDS = {
     "prep": lambda cfg, a, ctx: print(
         json.dumps({k: v for k, v in _steps().prep(cfg, a.out, ctx).items() if k in ("digest", "counts")})
     ),
-    "train-teacher": lambda cfg, a, ctx: _steps().train(cfg, "teacher", a.data, a.out, ctx, a.fresh),
+    "train-teacher": lambda cfg, a, ctx: _steps().provide_teacher(
+        cfg, a.data, a.out, ctx, a.fresh
+    ),  # or teacher.source
     "train-student": lambda cfg, a, ctx: _steps().train(cfg, "scratch", a.data, a.out, ctx, a.fresh),
     "distill": _distill,
     "run": _run_all,

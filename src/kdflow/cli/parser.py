@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prep", help="resolve, split and preload the dataset")
     _common(p)
 
-    p = sub.add_parser("train-teacher", help="train the teacher on a prepared dataset")
+    p = sub.add_parser(
+        "train-teacher", help="train the teacher on a prepared dataset, or take teacher.source (a checkpoint or .onnx)"
+    )
     _common(p)
     _fresh(p)
     _nproc(p)

@@ -87,7 +87,8 @@ class TeacherCache:
 @torch.no_grad()
 def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 256) -> TeacherCache:
     teacher.eval()
-    device = next(teacher.parameters()).device  # the batches follow the teacher (CPU or GPU); the cache lives on CPU
+    # the batches follow the teacher (CPU or GPU; a black-box ONNX teacher has buffers only); the cache lives on CPU
+    device = next(iter([*teacher.parameters(), *teacher.buffers()]), torch.empty(0)).device
     norm = Normalizer(data.mean, data.std)
     n = len(data.train)
     aug = data.manifest["augmentation"]

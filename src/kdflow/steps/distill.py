@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from kdflow.config import Config
 from kdflow.data import prepared as data
-from kdflow.errors import CheckpointError
+from kdflow.errors import CheckpointError, ConfigError
 from kdflow.infra import checkpoints, step_manifest
 from kdflow.infra.io import sha256_file
 from kdflow.steps import results
@@ -49,6 +49,24 @@ def _check_teacher_step(teacher: Path) -> None:
         )
 
 
+def _check_black_box(cfg: Config, archs: list[str]) -> None:
+    """An ONNX teacher gives logits only: no gradients for data-free distillation, no modules to tap."""
+    if not any(a in ("onnx", "OnnxTeacher") for a in archs):
+        return
+    if cfg.distill.data_free:
+        raise ConfigError(
+            "distill.data_free",
+            "data-free distillation backpropagates through the teacher, and an ONNX teacher gives no gradients",
+            "use a PyTorch teacher (a kdflow checkpoint) or distil on data",
+        )
+    if cfg.distill.features:
+        raise ConfigError(
+            "distill.features",
+            "an ONNX teacher is a black box: it has no modules to tap for feature or relation losses",
+            "remove distill.features (logit losses work) or use a PyTorch teacher",
+        )
+
+
 def _train_assistant(
     cfg: Config, data_dir: PathArg, teacher_path: str | Path, out: Path, ctx: RunContext | None, fresh: bool
 ) -> Path:
@@ -80,18 +98,20 @@ def distill(
     from kdflow.steps.teacher_cache import cache_factory
     from kdflow.training.objective import DistillObjective
 
-    num_classes = data.load_manifest(data_dir)["num_classes"]  # a missing manifest is a one-line error
+    manifest = data.load_manifest(data_dir)  # a missing manifest is a one-line error
+    num_classes, input_shape = manifest["num_classes"], tuple(manifest["input_shape"])
     which = cfg.distill.teacher_checkpoint
     if cfg.distill.assistant is not None:
         teacher_path = _train_assistant(cfg, data_dir, teacher_path, Path(out_dir) / "assistant", ctx, fresh)
         which = "final"  # the student learns from the assistant's final weights
     teacher_path = chosen_teacher(str(teacher_path), which)
     _check_teacher_step(Path(teacher_path))
-    teacher, teacher_meta = load_teacher(str(teacher_path), num_classes, "teacher")
+    teacher, teacher_meta = load_teacher(str(teacher_path), num_classes, "teacher", input_shape)
     extra = [
-        load_teacher(t.source, num_classes, f"distill.extra_teachers[{i}].source")[0]
+        load_teacher(t.source, num_classes, f"distill.extra_teachers[{i}].source", input_shape)[0]
         for i, t in enumerate(cfg.distill.extra_teachers)
     ]
+    _check_black_box(cfg, [teacher_meta["arch"], *(type(t).__name__ for t in extra)])
     teachers = [teacher, *extra]
 
     if cfg.distill.data_free:

@@ -81,15 +81,23 @@ def _robustness(
     from kdflow.evaluation.robustness import plot_robustness, release_pgd_accuracy, robustness_report
 
     a = cfg.adversarial
-    for name, model in loaded.items():
+    attackable = {n: m for n, m in loaded.items() if not is_black_box(m)}  # white-box attacks need gradients
+    for name, model in attackable.items():
         scores[name].update(robustness_report(model, prepared, a))
     scores["student"]["release_pgd_accuracy"] = release_pgd_accuracy(loaded["student"], prepared, a)
-    if "scratch" in scores:
+    if "scratch" in attackable:
         summary["robust_gain"] = scores["student"]["pgd_accuracy"] - scores["scratch"]["pgd_accuracy"]
     from kdflow.evaluation.report import row_labels
 
     labels = row_labels(summary)  # the table's names: "student (ARD)", "student (scratch, PGD-AT)", ...
-    plot_robustness({labels[n]: scores[n]["robustness_curve"] for n in loaded}, a.steps, out / "robustness.png")
+    plot_robustness({labels[n]: scores[n]["robustness_curve"] for n in attackable}, a.steps, out / "robustness.png")
+
+
+def is_black_box(model: nn.Module) -> bool:
+    """A teacher given as an ONNX file: logits only, no gradients to attack it with."""
+    from kdflow.models.onnx_teacher import OnnxTeacher
+
+    return isinstance(model, OnnxTeacher)
 
 
 def _lineage(student_dir: Path) -> dict[str, str]:

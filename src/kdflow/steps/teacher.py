@@ -17,6 +17,16 @@ from kdflow.steps.timing import timed
 from kdflow.steps.train import load_teacher, train
 
 
+def _onnx_note(model) -> dict[str, str]:
+    from kdflow.models.onnx_teacher import OnnxTeacher
+
+    if not isinstance(model, OnnxTeacher):
+        return {}
+    return {
+        "onnx_outputs": "probabilities (taken as log-probabilities)" if bool(model.outputs_probabilities) else "logits"
+    }
+
+
 @timed("train_teacher")
 def provide_teacher(
     cfg: Config, data_dir: PathArg, out_dir: PathArg, ctx: RunContext | None = None, fresh: bool = False
@@ -35,7 +45,7 @@ def provide_teacher(
     out = Path(out_dir)
     start_pipeline(cfg, ctx)  # fails fast on a bad tracking URI
     prepared = data.load_prepared(data_dir)
-    model, meta = load_teacher(cfg.teacher.source, prepared.num_classes)
+    model, meta = load_teacher(cfg.teacher.source, prepared.num_classes, input_shape=tuple(prepared.train.x.shape[1:]))
     # a provided teacher's identity is its source's bytes: another teacher's files never stay beside it
     source_sha = sha256_file(checkpoints.resolve_source(cfg.teacher.source, "teacher.source"))
     step_manifest.claim(out, "train_teacher", {"teacher.source_sha256": source_sha}, fresh)
@@ -46,7 +56,7 @@ def provide_teacher(
         meta["in_channels"],
         meta["image_size"],
         out / "model.pt",
-        extra={"role": "teacher", "source": cfg.teacher.source},
+        extra={"role": "teacher", "source": cfg.teacher.source, **_onnx_note(model)},
     )
     acc = evaluate.accuracy(evaluate.predict_logits(model, prepared.test, prepared.normalizer()), prepared.test.y)
     result: TrainResult = {

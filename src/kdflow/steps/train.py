@@ -293,5 +293,19 @@ def training_attack(cfg: Config, role: str, prepared: data.PreparedData) -> Trai
     return TrainingAttack(cfg.adversarial, prepared.mean, prepared.std, cfg.train.seed)
 
 
-def load_teacher(source: str, num_classes: int, field: str = "teacher.source") -> tuple[nn.Module, dict]:
+def load_teacher(
+    source: str, num_classes: int, field: str = "teacher.source", input_shape: tuple[int, ...] | None = None
+) -> tuple[nn.Module, dict]:
+    """A kdflow checkpoint, or (with the data's ``input_shape``) an ONNX file: a black-box teacher."""
+    from kdflow.infra.onnx_file import is_onnx, load_onnx_teacher
+
+    if is_onnx(source) and input_shape is not None:
+        model = load_onnx_teacher(checkpoints.resolve_source(source, field), num_classes, input_shape, field)
+        meta = {
+            "arch": "onnx",
+            "num_classes": num_classes,
+            "in_channels": input_shape[0],
+            "image_size": input_shape[-1],
+        }
+        return model, meta
     return checkpoints.load_model(source, field=field, expect_classes=num_classes)
