@@ -74,6 +74,11 @@ class DistillConfig(_Section):
     features: list[FeatureLossSpec] = Field(default_factory=list)
     extra_teachers: list[ExtraTeacher] = Field(default_factory=list)
     ensemble: Literal["mean_logits", "mean_probs"] = "mean_probs"
+    unlabeled: bool = Field(
+        True,
+        description="learn also from the data's unlabeled transfer set when it has one (data.labels_kept, "
+        "data.unlabeled): the teacher's soft targets there, the hard loss on the labelled images only",
+    )
     cache: bool = Field(False, description="offline KD: replay cached teacher logits of K stored augmented views")
     cache_views: int = Field(0, ge=0, description="K views per sample; 0 = one per student epoch")
     cache_seed: int = 0

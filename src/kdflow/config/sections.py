@@ -45,6 +45,17 @@ class DataConfig(_Section):
         description="imagefolder: unreadable files (corrupt, truncated, not an image) tolerated and listed in the "
         "manifest; one more stops prep naming the first",
     )
+    labels_kept: int | None = Field(
+        None,
+        ge=1,
+        description="keep the labels of this many train images (seeded); the rest of the window's train images "
+        "become the unlabeled transfer set (their labels dropped at prep), which only distillation reads",
+    )
+    unlabeled: str | None = Field(
+        None,
+        description="a directory (any layout, searched recursively) or s3:// prefix of images without labels: "
+        "more of the unlabeled transfer set, fitted to the data's channels and size",
+    )
     split_seed: int = 0
     release_fraction: float = Field(
         0.05,

@@ -43,6 +43,7 @@ from kdflow.data.raw import (
     register_source_resolver,
 )
 from kdflow.data.release_split import release_members, shared_images
+from kdflow.data.transfer_set import build_pool
 from kdflow.data.transforms import resize_center_crop_batch, to_channels
 from kdflow.errors import DataError
 from kdflow.infra import step_manifest
@@ -91,6 +92,7 @@ class PreparedData:
     std: tuple[float, ...]
     manifest: dict
     release: Split | None = None  # None: a dataset made by hand without one (the release decision refuses it)
+    unlabeled: Split | None = None  # the transfer set only distillation reads (labels -1); None: none
 
     @property
     def num_classes(self) -> int:
@@ -191,6 +193,10 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
     """Load, split and save a dataset; returns the manifest."""
     raw = _fitted(load_raw(cfg, cache_dir), cfg)
     train, val, test, release = split_raw(raw, cfg)
+    train, pool, pool_bad = build_pool(train, cfg, cache_dir or Path(cfg.download_root))
+    splits = {"train": train, "val": val, "test": test, "release": release}
+    if len(pool):
+        splits["unlabeled"] = pool
     mean, std = _normalization(cfg.dataset, train.x)
     class_names = raw.class_names or [str(i) for i in range(int(raw.train_y.max()) + 1)]
     manifest = {
@@ -198,13 +204,13 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
         "source": raw.source,
         "window": cfg.window,
         "source_digest": _digest(raw.train_x, raw.train_y, raw.test_x, raw.test_y),
-        "digest": _digest(train.x, train.y, val.x, val.y, test.x, test.y, release.x, release.y),
+        "digest": _digest(*(t for sp in splits.values() for t in (sp.x, sp.y))),
         "test_digest": _digest(test.x, test.y),
         "release_digest": _digest(release.x, release.y),
         "split_seed": cfg.split_seed,
         "release_fraction": cfg.release_fraction,
         "release_seed": cfg.release_seed,
-        "counts": {"train": len(train), "val": len(val), "test": len(test), "release": len(release)},
+        "counts": {name: len(sp) for name, sp in splits.items()},
         "class_names": class_names,
         "num_classes": len(class_names),
         "input_shape": list(train.x.shape[1:]),
@@ -212,7 +218,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
         "std": list(std),
         "augmentation": augmentation_spec(cfg),
         "image_size": cfg.image_size,
-        "bad_files": raw.bad_files,
+        "bad_files": raw.bad_files + pool_bad,
         "test_duplicates_in_train": shared_images(raw.test_x, raw.train_x),
     }
     if manifest["test_duplicates_in_train"]:
@@ -221,7 +227,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
             "(test accuracy is optimistic by them; listed as test_duplicates_in_train in manifest.json)"
         )
     out = Path(out_dir)
-    for name, sp in {"train": train, "val": val, "test": test, "release": release}.items():
+    for name, sp in splits.items():
         atomic_torch_save({"x": sp.x.contiguous(), "y": sp.y.contiguous()}, out / SPLIT_FILES[name])
     atomic_write_json(out / "manifest.json", manifest)  # last: a directory with a manifest is complete
     return manifest
@@ -235,7 +241,13 @@ def augmentation_spec(cfg: DataConfig) -> dict:
     }
 
 
-SPLIT_FILES = {"train": "train.pt", "val": "val.pt", "test": "test.pt", "release": "release.pt"}
+SPLIT_FILES = {
+    "train": "train.pt",
+    "val": "val.pt",
+    "test": "test.pt",
+    "release": "release.pt",
+    "unlabeled": "unlabeled.pt",
+}
 
 
 def load_manifest(directory: str | Path) -> dict:
@@ -276,4 +288,5 @@ def load_prepared(directory: str | Path) -> PreparedData:
         tuple(manifest["std"]),
         manifest,
         load_split(d, "release") if has_split(d, "release") or "release" in manifest.get("counts", {}) else None,
+        load_split(d, "unlabeled") if "unlabeled" in manifest.get("counts", {}) else None,
     )

@@ -195,22 +195,24 @@ def _try_torchvision(cls, root: Path, train: bool):
         return cls(str(root), train=train, download=True)
 
 
+def resolve_local(source: str, field: str, cache_dir: Path) -> Path:
+    """A local path for a directory, file or URI (``s3://``: copied and verified into ``cache_dir``)."""
+    scheme = source.split("://", 1)[0] if "://" in source else ""
+    if scheme:
+        if scheme not in _SOURCE_RESOLVERS:
+            raise DataError(field, f"unsupported URI scheme '{scheme}://'", "use a local path or an s3:// URI")
+        local = _SOURCE_RESOLVERS[scheme](source, cache_dir)
+    else:
+        local = Path(source)
+    if not local.exists():
+        raise DataError(field, f"directory '{source}' does not exist", f"point {field} at the raw data directory")
+    return local
+
+
 def load_raw(cfg: DataConfig, cache_dir: Path | None = None) -> RawData:
     classes = {"fashion-mnist": FASHION_CLASSES, "mnist": MNIST_CLASSES}.get(cfg.dataset, [])
     if cfg.source:
-        scheme = cfg.source.split("://", 1)[0] if "://" in cfg.source else ""
-        if scheme:
-            if scheme not in _SOURCE_RESOLVERS:
-                raise DataError(
-                    "data.source", f"unsupported URI scheme '{scheme}://'", "use a local path or an s3:// URI"
-                )
-            local = _SOURCE_RESOLVERS[scheme](cfg.source, cache_dir or Path(cfg.download_root))
-        else:
-            local = Path(cfg.source)
-        if not local.exists():
-            raise DataError(
-                "data.source", f"directory '{cfg.source}' does not exist", "point data.source at the raw data directory"
-            )
+        local = resolve_local(cfg.source, "data.source", cache_dir or Path(cfg.download_root))
         if cfg.dataset == "imagefolder":
             from kdflow.data.imagefolder import load_imagefolder
 

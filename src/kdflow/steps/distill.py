@@ -147,5 +147,6 @@ def distill(
         cache_factory(cfg, teacher, digests[0]) if cfg.distill.cache else None,
         teacher_digest=",".join(digests),
         fresh=fresh,
+        transfer_set=cfg.distill.unlabeled,
     )
     return train_model(job)

@@ -42,7 +42,8 @@ def _given_teacher(source: str, data_dir: Path, target: Path) -> Path:
     from kdflow.data.prepared import load_manifest
     from kdflow.infra import checkpoints
 
-    model, meta = load_teacher(source, load_manifest(data_dir)["num_classes"])
+    manifest = load_manifest(data_dir)
+    model, meta = load_teacher(source, manifest["num_classes"], input_shape=tuple(manifest["input_shape"]))
     checkpoints.save_model(
         model, meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"], target / "model.pt"
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from kdflow.config import Config, write_resolved
 from kdflow.data import prepared as data
+from kdflow.data.transfer_set import with_pool
 from kdflow.evaluation import metrics as evaluate
 from kdflow.infra import checkpoints, reuse, step_manifest
 from kdflow.infra.fingerprint import fingerprint, trains_adversarially
@@ -99,6 +100,7 @@ class TrainingJob:
     cache_factory: CacheFactory | None = None
     teacher_digest: str = ""
     fresh: bool = False  # discard a checkpoint left in out/train_state instead of resuming it
+    transfer_set: bool = False  # distillation: train also on the data's unlabeled pool (the teacher labels it)
 
     @property
     def step(self) -> str:
@@ -161,6 +163,21 @@ def _restore(job: TrainingJob, entry: Path, tracker, run_id: str | None) -> tupl
     return model, json.loads((job.out / "metrics.json").read_text())
 
 
+def check_transfer_set(cfg: Config, role: str) -> None:
+    """What cannot learn from images without labels is refused in one line."""
+    from kdflow.errors import ConfigError
+
+    method, fix = cfg.distill.method, "set distill.unlabeled=false, or drop the pool (data.labels_kept, data.unlabeled)"
+    if method.startswith("dkd") or method == "ard":
+        raise ConfigError(
+            "distill.method", f"{method} needs every training image's label; the unlabeled transfer set has none", fix
+        )
+    if cfg.train_for("student").mix != "none":
+        raise ConfigError("train.mix", "mixed targets need labels; the unlabeled transfer set has none", fix)
+    if trains_adversarially(cfg, role):
+        raise ConfigError("adversarial", "adversarial training attacks the label; the transfer set has none", fix)
+
+
 def _section_name(role: str) -> str:
     return "teacher" if role == "teacher" else "student"
 
@@ -170,6 +187,10 @@ def train_model(job: TrainingJob) -> TrainResult | None:
     None on the ranks of DDP other than 0."""
     cfg, ctx, out = job.cfg, job.ctx, job.out
     prepared = data.load_prepared(job.data_dir)
+    if job.transfer_set and prepared.unlabeled is not None and len(prepared.unlabeled):
+        check_transfer_set(cfg, job.role)  # before anything is written
+        job.lineage["kdflow.transfer_set"] = str(len(prepared.unlabeled))
+        prepared = replace(prepared, train=with_pool(prepared.train, prepared.unlabeled))
     fp = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest)
     section = cfg.teacher if job.role == "teacher" else cfg.student
     if section.weights:  # the pretrained start is part of what the weights are: by content, not by path

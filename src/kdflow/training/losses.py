@@ -72,7 +72,18 @@ class KDTerms(NamedTuple):
 def distillation_terms(
     student_logits: torch.Tensor, targets: torch.Tensor, soft: torch.Tensor, alpha: float
 ) -> KDTerms:
-    """alpha * CE(student, targets) + (1 - alpha) * soft, with both terms kept for logging."""
+    """alpha * CE(student, targets) + (1 - alpha) * soft, with both terms kept for logging.
+
+    Targets of -1 (the unlabeled transfer set) have no hard term: CE is the mean over the labelled rows
+    (0 when the batch has none); the soft term covers every row."""
+    if targets.dim() == 1 and bool((targets < 0).any()):
+        labelled = targets >= 0
+        hard = (
+            F.cross_entropy(student_logits.float()[labelled], targets[labelled])
+            if bool(labelled.any())
+            else student_logits.float().sum() * 0.0
+        )
+        return KDTerms(alpha * hard + (1.0 - alpha) * soft, hard, soft)
     hard = F.cross_entropy(student_logits.float(), targets)
     return KDTerms(alpha * hard + (1.0 - alpha) * soft, hard, soft)
 

@@ -112,6 +112,7 @@ def train_one_epoch(
     state.step_module.train()
     sums: dict[str, float] = {}
     correct = seen = 0
+    pooled = data.train.y.dim() == 1 and bool((data.train.y < 0).any())  # the same on every rank (DDP sums keys)
     views = teacher_cache.params_for_epoch(epoch) if teacher_cache is not None else None
     mix = {"kind": cfg.mix, "alpha": cfg.mix_alpha, "num_classes": data.num_classes} if cfg.mix != "none" else None
     mix_views = teacher_cache.mix_for_epoch(epoch) if teacher_cache is not None and mix else None
@@ -154,7 +155,13 @@ def train_one_epoch(
         _optimizer_step(state, loss, cfg)
         n = len(yb)
         seen += n
-        correct += int((logits.detach().argmax(1) == hard_labels(yb)).sum())
+        labels = hard_labels(yb)
+        if pooled:  # train accuracy over the labelled images; the transfer set's have no label
+            known = labels >= 0
+            correct += int((logits.detach().argmax(1) == labels)[known].sum())
+            sums["labelled"] = sums.get("labelled", 0.0) + int(known.sum())
+        else:
+            correct += int((logits.detach().argmax(1) == labels).sum())
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
         sums["total"] = sums.get("total", 0.0) + float(loss.detach()) * n
@@ -211,12 +218,13 @@ def _record_epoch(
         predict_logits(state.student, data.val, state.normalizer, device=state.device, channels_last=cfg.channels_last),
         data.val.y,
     )
+    labelled = sums.get("labelled", seen)  # the unlabeled transfer set counts for the losses, not for accuracy
     row = {
         "epoch": epoch + 1,
-        **{k: v / max(seen, 1) for k, v in sums.items()},
+        **{k: v / max(seen, 1) for k, v in sums.items()},  # "labelled": the labelled share of the images seen
         "global_batch": cfg.batch_size,
         "world_size": state.dist.world,
-        "train_acc": correct / max(seen, 1),
+        "train_acc": correct / max(labelled, 1),
         "val_acc": val_acc,
         "lr": state.optimizer.param_groups[0]["lr"],
         "seconds": time.perf_counter() - seconds_from,

@@ -1,0 +1,95 @@
+"""The unlabeled transfer set: images without labels that only distillation reads, the teacher labelling them.
+
+Distillation pays most where labels are few and images are many: the teacher's soft targets on unlabeled
+images carry what its training taught it, which the student's few labels cannot. Two sources, combined:
+``data.labels_kept`` keeps the labels of that many train images (seeded) and drops the others' (the
+standard protocol: N labels, the rest of the set unlabeled), and ``data.unlabeled`` reads a folder of
+images without classes, fitted to the labelled data's channels and size. The pool is stored with label -1;
+the teacher and the scratch twin never see it, the distilled student's hard loss skips it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdflow.config import DataConfig
+from kdflow.data.batches import Split
+from kdflow.data.transforms import resize_center_crop, to_channels
+from kdflow.errors import DataError
+from kdflow.infra.loaders import read_image
+
+UNLABELED = -1
+
+
+def keep_labels(train: Split, n: int | None, seed: int) -> tuple[Split, torch.Tensor]:
+    """(the labelled train split, the images whose labels were dropped); ``n`` None keeps every label."""
+    if n is None:
+        return train, train.x[:0]
+    if n >= len(train):
+        raise DataError(
+            "data.labels_kept", f"{n} is not fewer than the {len(train)} train images", "keep fewer labels, or unset it"
+        )
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 11))
+    kept, dropped = perm[:n].sort().values, perm[n:].sort().values
+    return Split(train.x[kept], train.y[kept]), train.x[dropped]
+
+
+def read_pool(directory: Path, shape: tuple[int, int, int], max_bad: int) -> tuple[torch.Tensor, list[dict[str, str]]]:
+    """Every image under ``directory`` (recursively, hidden files skipped) fitted to ``shape`` (C, H, W)."""
+    from kdflow.data.imagefolder import IMAGE_SUFFIXES
+
+    files = sorted(
+        f
+        for f in directory.rglob("*")
+        if f.is_file() and not any(p.startswith(".") for p in f.relative_to(directory).parts)
+    )
+    images, bad = [], []
+    for f in files:
+        rel = str(f.relative_to(directory))
+        if f.suffix.lower() not in IMAGE_SUFFIXES:
+            bad.append({"file": f"unlabeled/{rel}", "reason": f"not an image file (suffix '{f.suffix}')"})
+            continue
+        try:
+            img = read_image(f, shape[0], "data.unlabeled")
+        except DataError as e:
+            bad.append({"file": f"unlabeled/{rel}", "reason": e.problem})
+            continue
+        images.append(
+            resize_center_crop(img, shape[1])
+            if img.shape[1:] != shape[1:]
+            else np.rint(img).clip(0, 255).astype(np.uint8)
+        )
+    if len(bad) > max_bad:
+        raise DataError(
+            "data.unlabeled",
+            f"'{directory / bad[0]['file'].removeprefix('unlabeled/')}': {bad[0]['reason']} ({len(bad)} bad files; data.max_bad_files={max_bad})",
+            "remove or repair it, or set data.max_bad_files to tolerate and list them",
+        )
+    if not images:
+        raise DataError("data.unlabeled", f"'{directory}' holds no readable image", "point it at a folder of images")
+    return torch.from_numpy(np.stack(images)).contiguous(), bad
+
+
+def build_pool(train: Split, cfg: DataConfig, cache_dir: Path) -> tuple[Split, Split, list[dict[str, str]]]:
+    """(the labelled train split, the unlabeled pool with label -1, bad files of data.unlabeled)."""
+    from kdflow.data.raw import resolve_local
+
+    labelled, dropped = keep_labels(train, cfg.labels_kept, cfg.split_seed)
+    xs: list[torch.Tensor] = [dropped]
+    bad: list[dict[str, str]] = []
+    if cfg.unlabeled:
+        shape = tuple(int(d) for d in train.x.shape[1:])
+        folder, bad = read_pool(resolve_local(cfg.unlabeled, "data.unlabeled", cache_dir), shape, cfg.max_bad_files)  # type: ignore[arg-type]
+        xs.append(to_channels(folder, shape[0]))
+    x = torch.cat(xs) if len(xs) > 1 else xs[0]
+    return labelled, Split(x, torch.full((len(x),), UNLABELED, dtype=torch.long)), bad
+
+
+def with_pool(train: Split, pool: Split | None) -> Split:
+    """The distilled student's training set: the labelled images, then the pool."""
+    if pool is None or not len(pool):
+        return train
+    return Split(torch.cat([train.x, pool.x]), torch.cat([train.y, pool.y]))
