@@ -194,3 +194,41 @@ def test_the_teacher_step_fine_tunes_a_pretrained_users_module(user_package, tin
     assert trained.head.weight.shape == (10, 32)
     metrics = json.loads((tmp_path / "teacher" / "metrics.json").read_text())
     assert metrics["test_accuracy"] > 0.15  # above chance (0.10): the new head learned on the frozen features
+
+
+@pytest.fixture
+def hf_dir(tmp_path):
+    """A tiny Hugging Face ResNet image classifier (5 classes, RGB), written with save_pretrained."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(2)
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)
+    transformers.ResNetForImageClassification(config).save_pretrained(str(tmp_path / "hf-resnet"))
+    return tmp_path / "hf-resnet"
+
+
+@pytest.mark.unit
+def test_a_hugging_face_directory_is_a_model_with_its_own_weights(hf_dir):
+    from safetensors.torch import load_file
+
+    source = load_file(str(hf_dir / "model.safetensors"))
+    model = build_model(f"hf:{hf_dir}", 10, 1)
+    done = pretrained.start_from(model, pretrained.default_weights(f"hf:{hf_dir}", None), "full", 0.1, 10, "w")
+    assert done["new_head"] == ["net.classifier.1.bias", "net.classifier.1.weight"]
+    assert done["first_conv_summed_to_grey"] == ["net.resnet.embedder.embedder.convolution.weight"]
+    conv = "resnet.embedder.embedder.convolution.weight"
+    assert torch.equal(model.state_dict()[f"net.{conv}"], source[conv].sum(1, keepdim=True))
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)  # plain logits, like every zoo model
+    with pytest.raises(ModelError, match=r"^arch: .* holds no config.json"):
+        build_model(f"hf:{hf_dir.parent / 'nowhere'}", 10, 1)
+
+
+@pytest.mark.integration
+def test_a_hugging_face_teacher_is_fine_tuned_and_distilled(hf_dir, tiny_data, tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg.teacher.arch, cfg.teacher.epochs = f"hf:{hf_dir}", 1
+    teacher = steps.train(cfg, "teacher", tiny_data, tmp_path / "teacher")
+    assert len(teacher["fingerprint"]["teacher.weights_sha256"]) == 64  # started from the directory's weights
+    loaded, meta = checkpoints.load_model(tmp_path / "teacher" / "model.pt")
+    assert meta["arch"] == f"hf:{hf_dir}" and loaded(torch.rand(1, 1, 28, 28)).shape == (1, 10)
+    student = steps.distill(cfg, tiny_data, tmp_path / "teacher" / "model.pt", tmp_path / "student")
+    assert student is not None and student["lineage"]["kdflow.teacher_arch"] == f"hf:{hf_dir}"

@@ -42,7 +42,8 @@ def test_the_hard_loss_skips_the_unlabeled_rows_and_the_soft_loss_keeps_them():
     soft = logits.pow(2).mean()  # stands for the soft term over every row
     terms = distillation_terms(logits, y, soft, alpha=0.5)
     labelled = y >= 0
-    assert torch.allclose(terms.hard, F.cross_entropy(logits[labelled], y[labelled]))
+    # summed over the labelled rows, divided by the batch: each labelled row weighs as in a labelled batch
+    assert torch.allclose(terms.hard, F.cross_entropy(logits[labelled], y[labelled], reduction="sum") / 6)
     none = distillation_terms(logits, torch.full((6,), UNLABELED), soft, alpha=0.5)
     assert float(none.hard.detach()) == 0.0
     none.total.backward()  # a batch of pool images only still trains through the soft term

@@ -36,6 +36,15 @@ def weights_file(spec: str, field: str) -> Path:
     path = Path(spec)
     if path.is_file():
         return path
+    if path.is_dir():  # a Hugging Face save_pretrained directory
+        from kdflow.models.hf import pretrained_file
+
+        found = pretrained_file(spec)
+        if found is None:
+            raise CheckpointError(
+                field, f"'{spec}' holds no model.safetensors or pytorch_model.bin", "pass a weights file"
+            )
+        return found
     if re.fullmatch(r"\w+_Weights\.\w+", spec):
         return _hub_cached(spec, field)
     raise CheckpointError(
@@ -70,6 +79,16 @@ def _hub_cached(name: str, field: str) -> Path:
 def read_state(path: Path, field: str) -> dict[str, torch.Tensor]:
     """A state dict from a weights file: bare, wrapped ({"state_dict": ...}, a kdflow checkpoint, ...), or
     saved from DataParallel/DDP ("module." prefixes)."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(
+                field, f"'{path}' is not a readable safetensors file ({str(e)[:60]})", "save it again"
+            ) from None
     blob = safe_torch_load(path, field)
     for _ in range(2):
         if isinstance(blob, dict):
@@ -161,10 +180,21 @@ def param_groups(params: list[nn.Parameter], lr: float) -> list[dict]:
     return [{"params": ps, "lr": lr * scale} for scale, ps in sorted(groups.items(), reverse=True)]
 
 
+def default_weights(arch: str, weights: str | None) -> str | None:
+    """The weights a model starts from: ``weights``, else an ``hf:<dir>`` model's own directory."""
+    if weights:
+        return weights
+    return arch[3:] if arch.startswith("hf:") else None
+
+
 def start_from(
     model: nn.Module, weights: str, finetune: str, backbone_lr_mult: float, num_classes: int, field: str
 ) -> dict:
     """Pretrained weights into a freshly built model, set up for fine-tuning; what was loaded and adapted."""
-    done = load_pretrained(model, read_state(weights_file(weights, field), field), num_classes, field)
+    state = read_state(weights_file(weights, field), field)
+    prefix = getattr(model, "state_prefix", "")
+    if prefix and not any(k.startswith(prefix) for k in state):
+        state = {prefix + k: v for k, v in state.items()}
+    done = load_pretrained(model, state, num_classes, field)
     prepare_finetune(model, done["new_head"], finetune, backbone_lr_mult)
     return {**done, "finetune": finetune}

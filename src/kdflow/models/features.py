@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from kdflow.errors import ModelError
 
 
-def _top_level_names(model: nn.Module) -> str:
-    return ", ".join(name for name, _ in model.named_children())
+def _top_level_names(model: nn.Module, depth: int = 2, most: int = 15) -> str:
+    """Module paths up to ``depth`` dots deep (a wrapped model's blocks sit one level down), at most ``most``."""
+    names = [name for name, _ in model.named_modules() if name and name.count(".") < depth]
+    return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
 
 
 def resolve_module(model: nn.Module, path: str, field: str, role: str) -> nn.Module:

@@ -238,6 +238,10 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_si
         return _timm(name[5:], num_classes, in_channels)
     if name.startswith("py:"):
         return _user_module(name[3:], num_classes, in_channels)
+    if name.startswith("hf:"):
+        from kdflow.models.hf import HFImageClassifier
+
+        return HFImageClassifier(name[3:], num_classes, in_channels)
     if name == "onnx":  # a teacher given as an ONNX file; its bytes come with the checkpoint's state dict
         from kdflow.models.onnx_teacher import OnnxTeacher
 

@@ -22,7 +22,7 @@ from kdflow.evaluation import metrics as evaluate
 from kdflow.infra import checkpoints, reuse, step_manifest
 from kdflow.infra.fingerprint import fingerprint, trains_adversarially
 from kdflow.infra.io import atomic_write_json, atomic_write_text, csv_text, sha256_file
-from kdflow.infra.pretrained import start_from, weights_file
+from kdflow.infra.pretrained import default_weights, start_from, weights_file
 from kdflow.models import zoo as models
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline, upload
@@ -193,9 +193,10 @@ def train_model(job: TrainingJob) -> TrainResult | None:
         prepared = replace(prepared, train=with_pool(prepared.train, prepared.unlabeled))
     fp = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest)
     section = cfg.teacher if job.role == "teacher" else cfg.student
-    if section.weights:  # the pretrained start is part of what the weights are: by content, not by path
+    pretrained = default_weights(job.arch, section.weights)  # weights=, or an hf:<dir> model's own
+    if pretrained:  # the pretrained start is part of what the weights are: by content, not by path
         fp[f"{_section_name(job.role)}.weights_sha256"] = sha256_file(
-            weights_file(section.weights, f"{_section_name(job.role)}.weights")
+            weights_file(pretrained, f"{_section_name(job.role)}.weights")
         )
     dist_info = info_from_env()
     if dist_info.is_main:  # another run's outputs are refused (or removed with --fresh) before anything is written
@@ -218,18 +219,18 @@ def train_model(job: TrainingJob) -> TrainResult | None:
         else:
             torch.manual_seed(cfg.train.seed)
             model = models.build_model(job.arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0])
-            if section.weights:
+            if pretrained:
                 name = _section_name(job.role)
                 started = start_from(
                     model,
-                    section.weights,
+                    pretrained,
                     section.finetune,
                     section.backbone_lr_mult,
                     prepared.num_classes,
                     f"{name}.weights",
                 )
                 print(
-                    f"[{job.step}] pretrained {section.weights}: {started['tensors_loaded']} tensors, new head "
+                    f"[{job.step}] pretrained {pretrained}: {started['tensors_loaded']} tensors, new head "
                     f"{started['new_head']}, fine-tuning {section.finetune}"
                 )
             objective = job.objective_factory(model, prepared)

@@ -74,15 +74,15 @@ def distillation_terms(
 ) -> KDTerms:
     """alpha * CE(student, targets) + (1 - alpha) * soft, with both terms kept for logging.
 
-    Targets of -1 (the unlabeled transfer set) have no hard term: CE is the mean over the labelled rows
-    (0 when the batch has none); the soft term covers every row."""
+    Targets of -1 (the unlabeled transfer set) have no hard term: CE is summed over the labelled rows and
+    divided by the whole batch, so a labelled image weighs what it weighs in a fully labelled batch. (The
+    mean over the labelled rows alone gave the two or three labelled images of a pooled batch 50x their
+    weight, and at lr 0.1 training collapsed to chance in the second epoch.) The soft term covers every row.
+    """
     if targets.dim() == 1 and bool((targets < 0).any()):
         labelled = targets >= 0
-        hard = (
-            F.cross_entropy(student_logits.float()[labelled], targets[labelled])
-            if bool(labelled.any())
-            else student_logits.float().sum() * 0.0
-        )
+        logits = student_logits.float()
+        hard = F.cross_entropy(logits[labelled], targets[labelled], reduction="sum") / len(targets)
         return KDTerms(alpha * hard + (1.0 - alpha) * soft, hard, soft)
     hard = F.cross_entropy(student_logits.float(), targets)
     return KDTerms(alpha * hard + (1.0 - alpha) * soft, hard, soft)
