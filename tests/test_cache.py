@@ -69,6 +69,18 @@ def test_raw_logits_not_probabilities(setup):
     assert (tc.logits[0][:50] < 0).any()
 
 
+def test_logits_beyond_float16_are_kept_in_float32_and_non_finite_ones_refused():
+    """A teacher with logits of 2e7 (a resnet18 after one fp16 epoch at lr 0.1, found by scripts/gpu-check.sh's
+    CPU rehearsal) overflowed the fp16 cache to inf: the student's first batch was NaN."""
+    small = torch.tensor([[1.0, -2.0], [3.5, 0.25]])
+    assert cache.compact(small).dtype == torch.float16
+    huge = torch.tensor([[2.0e7, -1.0], [3.0, 1.0]])
+    kept = cache.compact(huge)
+    assert kept.dtype == torch.float32 and torch.equal(kept, huge)
+    with pytest.raises(ConfigError, match=r"^teacher: the teacher's logits are not finite"):
+        cache.compact(torch.tensor([[float("nan"), 0.0]]))
+
+
 def test_reuse_and_key(setup):
     assert setup["reused"] is False
     again, path, reused = cache.get_or_build(setup["teacher"], setup["sha"], setup["d"], 3, 5, setup["tmp"] / "c")

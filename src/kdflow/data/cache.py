@@ -113,7 +113,7 @@ def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 2
                 x = apply_mix(
                     x, norm(apply_augmentation(data.train.x[part], params[part], pad)), mp.take(sl), mix["kind"]
                 )
-            out.append(teacher(x.to(device)).float().half().cpu())
+            out.append(teacher(x.to(device)).float().cpu())
         all_params.append(params.to(torch.int16))
         if mp is not None:
             all_mix.append(mp)
@@ -121,8 +121,28 @@ def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 2
         tqdm.write(f"[teacher cache] view {v + 1}/{key['views']} done, {time.perf_counter() - t0:.0f} s")
     bar.close()
     return TeacherCache(
-        key, torch.stack(all_params), torch.stack(all_logits), time.perf_counter() - t0, all_mix if mix else None
+        key,
+        torch.stack(all_params),
+        compact(torch.stack(all_logits)),
+        time.perf_counter() - t0,
+        all_mix if mix else None,
     )
+
+
+FP16_SAFE = 6.0e4  # below float16's largest finite value (65504)
+
+
+def compact(logits: torch.Tensor) -> torch.Tensor:
+    """fp16 (half the bytes) when every logit fits it, else fp32: a teacher with logits of 1e7 (one that
+    trained badly, or never normalised its head) turned into inf in fp16 and NaN in the student's first
+    batch, reported as a learning-rate problem. Non-finite teacher logits are refused in one line."""
+    if not bool(torch.isfinite(logits).all()):
+        raise ConfigError(
+            "teacher",
+            "the teacher's logits are not finite (NaN or inf) on the training images",
+            "check the teacher: evaluate it, or retrain it with a lower lr or train.amp=off",
+        )
+    return logits.half() if float(logits.abs().max()) < FP16_SAFE else logits
 
 
 def save(cache: TeacherCache, path: Path) -> Path:
