@@ -189,6 +189,9 @@ def _fitted(raw: RawData, cfg: DataConfig) -> RawData:
     return RawData(xs[0], raw.train_y, xs[1], raw.test_y, raw.class_names, raw.source, raw.bad_files)
 
 
+RELEASE_WARN = 500  # fewer release images than this: one image moves the gate's accuracy by > 0.2 pt
+
+
 def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None) -> dict:
     """Load, split and save a dataset; returns the manifest."""
     raw = _fitted(load_raw(cfg, cache_dir), cfg)
@@ -221,6 +224,11 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
         "bad_files": raw.bad_files + pool_bad,
         "test_duplicates_in_train": shared_images(raw.test_x, raw.train_x),
     }
+    if len(release) < RELEASE_WARN:
+        print(
+            f"[prep] warning: the release split holds {len(release)} images; the gate's accuracy and promotion's "
+            f"paired test on so few are noisy (raise data.release_fraction, now {cfg.release_fraction})"
+        )
     if manifest["test_duplicates_in_train"]:
         print(
             f"[prep] {manifest['test_duplicates_in_train']} test images are byte-identical to a train image "
