@@ -44,6 +44,8 @@ def test_the_hard_loss_skips_the_unlabeled_rows_and_the_soft_loss_keeps_them():
     labelled = y >= 0
     # summed over the labelled rows, divided by the batch: each labelled row weighs as in a labelled batch
     assert torch.allclose(terms.hard, F.cross_entropy(logits[labelled], y[labelled], reduction="sum") / 6)
+    full = distillation_terms(logits, torch.tensor([2, 1, 0, 3, 3, 1]), soft, alpha=0.5)
+    assert torch.allclose(full.hard, F.cross_entropy(logits, torch.tensor([2, 1, 0, 3, 3, 1])))  # the usual mean
     none = distillation_terms(logits, torch.full((6,), UNLABELED), soft, alpha=0.5)
     assert float(none.hard.detach()) == 0.0
     none.total.backward()  # a batch of pool images only still trains through the soft term
@@ -86,8 +88,11 @@ def pooled(tiny_data, tmp_path_factory):
 def test_prep_keeps_n_labels_and_pools_the_rest(pooled):
     m = pooled["manifest"]
     assert m["counts"]["train"] == 300 and m["counts"]["unlabeled"] == 1200 + 20
-    prepared = data.load_prepared(pooled["tmp"] / "data")
-    assert prepared.unlabeled is not None and bool((prepared.unlabeled.y == UNLABELED).all())
+    pool = data.load_split(pooled["tmp"] / "data", "unlabeled")
+    assert len(pool) == 1220 and bool((pool.y == UNLABELED).all())  # the dropped labels are nowhere in the pool
+    train = data.load_prepared(pooled["tmp"] / "data").train
+    pool_bytes = {bytes(x.numpy()) for x in pool.x}
+    assert not any(bytes(x.numpy()) in pool_bytes for x in train.x)  # kept and dropped images are disjoint
     teacher = json.loads((pooled["tmp"] / "teacher" / "history.json").read_text())
     assert "labelled" not in teacher[0]  # the teacher trains on the 300 labelled images only
 

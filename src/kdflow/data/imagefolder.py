@@ -35,11 +35,34 @@ class Tree:
     bad: list[dict[str, str]] = field(default_factory=list)  # {"file": relative path, "reason": ...}
 
 
-def _read(path: Path, cfg: DataConfig) -> np.ndarray:
-    img = read_image(path, cfg.channels, "data.source")
-    if cfg.image_size is not None:
-        return resize_center_crop(img, cfg.image_size)
+def read_file(
+    f: Path, rel: str, channels: int | None, size: int | None, field: str, bad: list[dict[str, str]]
+) -> np.ndarray | None:
+    """One image as uint8 (C, H, W), resized and center-cropped to ``size`` when given; None, with the reason
+    appended to ``bad``, for a file that is not a readable image (also used for the unlabeled pool)."""
+    if f.suffix.lower() not in IMAGE_SUFFIXES:
+        bad.append({"file": rel, "reason": f"not an image file (suffix '{f.suffix}')"})
+        return None
+    try:
+        img = read_image(f, channels, field)
+    except DataError as e:
+        bad.append({"file": rel, "reason": e.problem})
+        return None
+    if size is not None:
+        return resize_center_crop(img, size)
     return np.rint(img).clip(0, 255).astype(np.uint8)
+
+
+def check_bad(bad: list[dict[str, str]], max_bad: int, field: str, root: Path, prefix: str = "") -> None:
+    """More unreadable files than ``data.max_bad_files``: one line naming the first and the count."""
+    if len(bad) > max_bad:
+        first = bad[0]
+        raise DataError(
+            field,
+            f"'{root / first['file'].removeprefix(prefix)}': {first['reason']} ({len(bad)} bad files; "
+            f"data.max_bad_files={max_bad})",
+            "remove or repair it, or set data.max_bad_files to tolerate and list them",
+        )
 
 
 def _files(class_dir: Path) -> list[Path]:
@@ -55,17 +78,11 @@ def read_tree(root: Path, cfg: DataConfig, base: Path) -> Tree:
     for ci, c in enumerate(tree.classes):
         read = 0
         for f in _files(root / c):
-            rel = str(f.relative_to(base))
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                tree.bad.append({"file": rel, "reason": f"not an image file (suffix '{f.suffix}')"})
-                continue
-            try:
-                tree.images.append(_read(f, cfg))
-            except DataError as e:
-                tree.bad.append({"file": rel, "reason": e.problem})
-                continue
-            tree.labels.append(ci)
-            read += 1
+            img = read_file(f, str(f.relative_to(base)), cfg.channels, cfg.image_size, "data.source", tree.bad)
+            if img is not None:
+                tree.images.append(img)
+                tree.labels.append(ci)
+                read += 1
         if read == 0:
             raise DataError(
                 "data.source",
@@ -102,16 +119,6 @@ def _unify_channels(trees: list[Tree], cfg: DataConfig) -> None:
             t.images = [np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img for img in t.images]
 
 
-def _check_bad(bad: list[dict[str, str]], cfg: DataConfig, base: Path) -> None:
-    if len(bad) > cfg.max_bad_files:
-        first = bad[0]
-        raise DataError(
-            "data.source",
-            f"'{base / first['file']}': {first['reason']} ({len(bad)} bad files; data.max_bad_files={cfg.max_bad_files})",
-            "remove or repair it, or set data.max_bad_files to tolerate and list them",
-        )
-
-
 @dataclass
 class FolderData:
     train_x: torch.Tensor
@@ -132,7 +139,7 @@ def load_imagefolder(directory: Path, cfg: DataConfig) -> FolderData:
                 f"'{directory / 'test'}' has classes {test.classes[:5]}, train has {train.classes[:5]}",
                 "give train/ and test/ the same class folders",
             )
-        _check_bad(train.bad + test.bad, cfg, directory)
+        check_bad(train.bad + test.bad, cfg.max_bad_files, "data.source", directory)
         _unify_channels([train, test], cfg)
         return FolderData(
             _stack(train.images, directory),
@@ -143,7 +150,7 @@ def load_imagefolder(directory: Path, cfg: DataConfig) -> FolderData:
             train.bad + test.bad,
         )
     tree = read_tree(directory, cfg, directory)
-    _check_bad(tree.bad, cfg, directory)
+    check_bad(tree.bad, cfg.max_bad_files, "data.source", directory)
     _unify_channels([tree], cfg)
     x, y = _stack(tree.images, directory), torch.tensor(tree.labels)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed + 7))

@@ -92,7 +92,6 @@ class PreparedData:
     std: tuple[float, ...]
     manifest: dict
     release: Split | None = None  # None: a dataset made by hand without one (the release decision refuses it)
-    unlabeled: Split | None = None  # the transfer set only distillation reads (labels -1); None: none
 
     @property
     def num_classes(self) -> int:
@@ -296,5 +295,4 @@ def load_prepared(directory: str | Path) -> PreparedData:
         tuple(manifest["std"]),
         manifest,
         load_split(d, "release") if has_split(d, "release") or "release" in manifest.get("counts", {}) else None,
-        load_split(d, "unlabeled") if "unlabeled" in manifest.get("counts", {}) else None,
-    )
+    )  # the unlabeled pool is not loaded here: only the distill step reads it (load_split(d, "unlabeled"))

@@ -19,7 +19,6 @@ from kdflow.config import DataConfig
 from kdflow.data.batches import Split
 from kdflow.data.transforms import resize_center_crop, to_channels
 from kdflow.errors import DataError
-from kdflow.infra.loaders import read_image
 
 UNLABELED = -1
 
@@ -37,37 +36,23 @@ def keep_labels(train: Split, n: int | None, seed: int) -> tuple[Split, torch.Te
     return Split(train.x[kept], train.y[kept]), train.x[dropped]
 
 
-def read_pool(directory: Path, shape: tuple[int, int, int], max_bad: int) -> tuple[torch.Tensor, list[dict[str, str]]]:
-    """Every image under ``directory`` (recursively, hidden files skipped) fitted to ``shape`` (C, H, W)."""
-    from kdflow.data.imagefolder import IMAGE_SUFFIXES
+def read_pool(directory: Path, shape: tuple[int, ...], max_bad: int) -> tuple[torch.Tensor, list[dict[str, str]]]:
+    """Every image under ``directory`` (recursively, hidden files skipped) fitted to ``shape`` (C, H, W), read
+    as an image folder's files are (the same loader, the same bad-file rule)."""
+    from kdflow.data.imagefolder import check_bad, read_file
 
     files = sorted(
         f
         for f in directory.rglob("*")
         if f.is_file() and not any(p.startswith(".") for p in f.relative_to(directory).parts)
     )
-    images, bad = [], []
+    images: list[np.ndarray] = []
+    bad: list[dict[str, str]] = []
     for f in files:
-        rel = str(f.relative_to(directory))
-        if f.suffix.lower() not in IMAGE_SUFFIXES:
-            bad.append({"file": f"unlabeled/{rel}", "reason": f"not an image file (suffix '{f.suffix}')"})
-            continue
-        try:
-            img = read_image(f, shape[0], "data.unlabeled")
-        except DataError as e:
-            bad.append({"file": f"unlabeled/{rel}", "reason": e.problem})
-            continue
-        images.append(
-            resize_center_crop(img, shape[1])
-            if img.shape[1:] != shape[1:]
-            else np.rint(img).clip(0, 255).astype(np.uint8)
-        )
-    if len(bad) > max_bad:
-        raise DataError(
-            "data.unlabeled",
-            f"'{directory / bad[0]['file'].removeprefix('unlabeled/')}': {bad[0]['reason']} ({len(bad)} bad files; data.max_bad_files={max_bad})",
-            "remove or repair it, or set data.max_bad_files to tolerate and list them",
-        )
+        img = read_file(f, f"unlabeled/{f.relative_to(directory)}", shape[0], None, "data.unlabeled", bad)
+        if img is not None:
+            images.append(resize_center_crop(img, shape[1]) if img.shape[1:] != shape[1:] else img)
+    check_bad(bad, max_bad, "data.unlabeled", directory, prefix="unlabeled/")
     if not images:
         raise DataError("data.unlabeled", f"'{directory}' holds no readable image", "point it at a folder of images")
     return torch.from_numpy(np.stack(images)).contiguous(), bad
@@ -82,14 +67,12 @@ def build_pool(train: Split, cfg: DataConfig, cache_dir: Path) -> tuple[Split, S
     bad: list[dict[str, str]] = []
     if cfg.unlabeled:
         shape = tuple(int(d) for d in train.x.shape[1:])
-        folder, bad = read_pool(resolve_local(cfg.unlabeled, "data.unlabeled", cache_dir), shape, cfg.max_bad_files)  # type: ignore[arg-type]
+        folder, bad = read_pool(resolve_local(cfg.unlabeled, "data.unlabeled", cache_dir), shape, cfg.max_bad_files)
         xs.append(to_channels(folder, shape[0]))
     x = torch.cat(xs) if len(xs) > 1 else xs[0]
     return labelled, Split(x, torch.full((len(x),), UNLABELED, dtype=torch.long)), bad
 
 
-def with_pool(train: Split, pool: Split | None) -> Split:
+def with_pool(train: Split, pool: Split) -> Split:
     """The distilled student's training set: the labelled images, then the pool."""
-    if pool is None or not len(pool):
-        return train
     return Split(torch.cat([train.x, pool.x]), torch.cat([train.y, pool.y]))

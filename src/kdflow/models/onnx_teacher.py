@@ -20,6 +20,11 @@ import torch.nn as nn
 ARCH = "onnx"
 
 
+def is_black_box(model: nn.Module) -> bool:
+    """A teacher given as an ONNX file: logits only, no gradients, no modules to tap."""
+    return isinstance(model, OnnxTeacher)
+
+
 class OnnxTeacher(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()

@@ -49,9 +49,11 @@ def _check_teacher_step(teacher: Path) -> None:
         )
 
 
-def _check_black_box(cfg: Config, archs: list[str]) -> None:
+def _check_black_box(cfg: Config, teachers: list[nn.Module]) -> None:
     """An ONNX teacher gives logits only: no gradients for data-free distillation, no modules to tap."""
-    if not any(a in ("onnx", "OnnxTeacher") for a in archs):
+    from kdflow.models.onnx_teacher import is_black_box
+
+    if not any(is_black_box(t) for t in teachers):
         return
     if cfg.distill.data_free:
         raise ConfigError(
@@ -111,8 +113,8 @@ def distill(
         load_teacher(t.source, num_classes, f"distill.extra_teachers[{i}].source", input_shape)[0]
         for i, t in enumerate(cfg.distill.extra_teachers)
     ]
-    _check_black_box(cfg, [teacher_meta["arch"], *(type(t).__name__ for t in extra)])
     teachers = [teacher, *extra]
+    _check_black_box(cfg, teachers)
 
     if cfg.distill.data_free:
         from kdflow.steps.data_free import distill_data_free

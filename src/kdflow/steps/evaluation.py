@@ -79,6 +79,7 @@ def _robustness(
 ) -> None:
     """FGSM/PGD accuracy and the PGD curve per model (test subset, reported); the student's PGD on val (gate)."""
     from kdflow.evaluation.robustness import plot_robustness, release_pgd_accuracy, robustness_report
+    from kdflow.models.onnx_teacher import is_black_box
 
     a = cfg.adversarial
     attackable = {n: m for n, m in loaded.items() if not is_black_box(m)}  # white-box attacks need gradients
@@ -91,13 +92,6 @@ def _robustness(
 
     labels = row_labels(summary)  # the table's names: "student (ARD)", "student (scratch, PGD-AT)", ...
     plot_robustness({labels[n]: scores[n]["robustness_curve"] for n in attackable}, a.steps, out / "robustness.png")
-
-
-def is_black_box(model: nn.Module) -> bool:
-    """A teacher given as an ONNX file: logits only, no gradients to attack it with."""
-    from kdflow.models.onnx_teacher import OnnxTeacher
-
-    return isinstance(model, OnnxTeacher)
 
 
 def _lineage(student_dir: Path) -> dict[str, str]:

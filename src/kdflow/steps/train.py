@@ -187,17 +187,17 @@ def train_model(job: TrainingJob) -> TrainResult | None:
     None on the ranks of DDP other than 0."""
     cfg, ctx, out = job.cfg, job.ctx, job.out
     prepared = data.load_prepared(job.data_dir)
-    if job.transfer_set and prepared.unlabeled is not None and len(prepared.unlabeled):
+    if job.transfer_set and prepared.manifest["counts"].get("unlabeled"):
         check_transfer_set(cfg, job.role)  # before anything is written
-        job.lineage["kdflow.transfer_set"] = str(len(prepared.unlabeled))
-        prepared = replace(prepared, train=with_pool(prepared.train, prepared.unlabeled))
+        pool = data.load_split(job.data_dir, "unlabeled")  # read here only: no other step opens the pool
+        job.lineage["kdflow.transfer_set"] = str(len(pool))
+        prepared = replace(prepared, train=with_pool(prepared.train, pool))
     fp = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest)
-    section = cfg.teacher if job.role == "teacher" else cfg.student
+    name = _section_name(job.role)
+    section = getattr(cfg, name)
     pretrained = default_weights(job.arch, section.weights)  # weights=, or an hf:<dir> model's own
     if pretrained:  # the pretrained start is part of what the weights are: by content, not by path
-        fp[f"{_section_name(job.role)}.weights_sha256"] = sha256_file(
-            weights_file(pretrained, f"{_section_name(job.role)}.weights")
-        )
+        fp[f"{name}.weights_sha256"] = sha256_file(weights_file(pretrained, f"{name}.weights"))
     dist_info = info_from_env()
     if dist_info.is_main:  # another run's outputs are refused (or removed with --fresh) before anything is written
         step_manifest.claim(out, job.step, fp, job.fresh)
@@ -220,7 +220,6 @@ def train_model(job: TrainingJob) -> TrainResult | None:
             torch.manual_seed(cfg.train.seed)
             model = models.build_model(job.arch, prepared.num_classes, prepared.in_channels, prepared.image_size[0])
             if pretrained:
-                name = _section_name(job.role)
                 started = start_from(
                     model,
                     pretrained,

@@ -13,6 +13,8 @@ from typing import NamedTuple, TypeVar
 import torch
 import torch.nn.functional as F
 
+from kdflow.data.transfer_set import UNLABELED
+
 F_ = TypeVar("F_", bound=Callable[..., torch.Tensor])
 
 
@@ -78,13 +80,12 @@ def distillation_terms(
     divided by the whole batch, so a labelled image weighs what it weighs in a fully labelled batch. (The
     mean over the labelled rows alone gave the two or three labelled images of a pooled batch 50x their
     weight, and at lr 0.1 training collapsed to chance in the second epoch.) The soft term covers every row.
+    ``ignore_index`` does the masking without asking the device whether a batch has pool rows (a sync per step).
     """
-    if targets.dim() == 1 and bool((targets < 0).any()):
-        labelled = targets >= 0
-        logits = student_logits.float()
-        hard = F.cross_entropy(logits[labelled], targets[labelled], reduction="sum") / len(targets)
-        return KDTerms(alpha * hard + (1.0 - alpha) * soft, hard, soft)
-    hard = F.cross_entropy(student_logits.float(), targets)
+    if targets.dim() == 1:  # class indices; a fully labelled batch gives the usual mean
+        hard = F.cross_entropy(student_logits.float(), targets, ignore_index=UNLABELED, reduction="sum") / len(targets)
+    else:  # mixed (soft) targets: every row labelled
+        hard = F.cross_entropy(student_logits.float(), targets)
     return KDTerms(alpha * hard + (1.0 - alpha) * soft, hard, soft)
 
 

@@ -156,12 +156,9 @@ def train_one_epoch(
         n = len(yb)
         seen += n
         labels = hard_labels(yb)
+        correct += int((logits.detach().argmax(1) == labels).sum())  # a pool row (label -1) is never a hit
         if pooled:  # train accuracy over the labelled images; the transfer set's have no label
-            known = labels >= 0
-            correct += int((logits.detach().argmax(1) == labels)[known].sum())
-            sums["labelled"] = sums.get("labelled", 0.0) + int(known.sum())
-        else:
-            correct += int((logits.detach().argmax(1) == labels).sum())
+            sums["labelled"] = sums.get("labelled", 0.0) + int((labels >= 0).sum())
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
         sums["total"] = sums.get("total", 0.0) + float(loss.detach()) * n

@@ -47,7 +47,7 @@ class Study:
             from kdflow.steps.train import load_teacher
 
             path = chosen_teacher(str(self.teacher_path), which)
-            model, _ = load_teacher(path, self.prepared.num_classes)
+            model, _ = load_teacher(path, self.prepared.num_classes, input_shape=self.input_shape)
             self.teachers[which] = (model, sha256_file(path))
         return self.teachers[which]
 
