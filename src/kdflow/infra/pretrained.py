@@ -13,7 +13,6 @@ downloaded; its file name carries the first hex digits of its sha256, which are 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from kdflow.errors import CheckpointError, ModelError
-from kdflow.infra.io import safe_torch_load
+from kdflow.infra.io import safe_torch_load, sha256_file
 
 WRAPPERS = ("state_dict", "model_state_dict", "model", "module")
 LR_SCALE = "kdflow_lr_scale"  # attribute on a parameter: its lr is the step's lr times this (set by fine-tuning)
@@ -71,7 +70,7 @@ def _hub_cached(name: str, field: str) -> Path:
             f"put the file from {url} at {path} (or pass the file's path)",
         )
     prefix = re.search(r"-([a-f0-9]{8,})\.", path.name)
-    if prefix and not hashlib.sha256(path.read_bytes()).hexdigest().startswith(prefix.group(1)):
+    if prefix and not sha256_file(path).startswith(prefix.group(1)):  # streamed, not read whole into memory
         raise CheckpointError(field, f"'{path}' does not match the sha256 its name carries", "download it again")
     return path
 
