@@ -148,11 +148,12 @@ def test_an_empty_class_folder_is_one_line_even_when_bad_files_are_tolerated(tmp
 
 @pytest.mark.unit
 def test_byte_identical_images_across_train_and_test_are_reported(tmp_path):
+    seeds = iter(range(100))  # every image distinct; hash() of a tuple changes per process
     for split in ("train", "test"):
         for c in ("a", "b"):
             (tmp_path / "imgs" / split / c).mkdir(parents=True)
             for i in range(6):
-                _rgb(12, 12, hash((split, c, i)) % 1000).save(tmp_path / "imgs" / split / c / f"{i}.png")
+                _rgb(12, 12, next(seeds)).save(tmp_path / "imgs" / split / c / f"{i}.png")
     leaked = tmp_path / "imgs" / "test" / "b" / "leak.png"
     leaked.write_bytes((tmp_path / "imgs" / "train" / "a" / "3.png").read_bytes())
     m = data.prepare(_cfg(tmp_path / "imgs").data, tmp_path / "out")
