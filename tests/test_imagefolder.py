@@ -163,13 +163,17 @@ def test_byte_identical_images_across_train_and_test_are_reported(tmp_path):
 @pytest.mark.integration
 def test_every_step_runs_on_a_mixed_size_tree(tmp_path):
     """prep -> teacher -> scratch -> distill -> evaluate (`kdflow run --scratch`) and export, through the CLI,
-    on a folder of photos of mixed sizes, formats and modes."""
+    on a folder of photos of mixed sizes, formats and modes, its pixels on disk and read by a loader worker
+    (the in-memory route is every other test's)."""
     _write_mixed_tree(tmp_path / "imgs", per_class=12)
     common = ["--profile", "smoke", "--set", "tracking.enabled=false", "--set", f"storage.state_dir={tmp_path / 's'}"]
     for kv in (
         "data.dataset=imagefolder",
         f"data.source={tmp_path / 'imgs'}",
         "data.image_size=32",
+        "data.channels=3",
+        "data.storage=disk",
+        "train.loader_workers=1",
         "data.val_size=4",
         "data.train_subset=null",
         "data.test_subset=null",
@@ -181,7 +185,8 @@ def test_every_step_runs_on_a_mixed_size_tree(tmp_path):
     assert main(["run", "--scratch", "--out", str(run), *common]) == 0
     ev = json.loads((run / "evaluation" / "evaluation.json").read_text())
     assert set(ev["models"]) == {"teacher", "scratch", "student"} and ev["class_names"] == ["ant", "bee", "cow"]
-    assert ev["release_samples"] == len(data.load_prepared(run / "data").release)
+    prepared = data.load_prepared(run / "data")
+    assert ev["release_samples"] == len(prepared.release) and prepared.manifest["storage"] == "disk"
     args = ["export", "--data", str(run / "data"), "--student", str(run / "student")]
     args += ["--evaluation", str(run / "evaluation"), "--out", str(tmp_path / "export"), *common]
     assert main(args) == 0

@@ -56,6 +56,12 @@ class DataConfig(_Section):
         description="a directory (any layout, searched recursively) or s3:// prefix of images without labels: "
         "more of the unlabeled transfer set, fitted to the data's channels and size",
     )
+    storage: Literal["auto", "memory", "disk"] = Field(
+        "auto",
+        description="where the prepared pixels live: memory (each split one tensor), disk (decoded once into "
+        "pixels.u8 and read a batch at a time: bounded memory for data larger than RAM), auto (disk for an image "
+        "folder decoding to more than 2 GiB). Same digests and batches either way",
+    )
     split_seed: int = 0
     release_fraction: float = Field(
         0.05,
@@ -107,6 +113,12 @@ class TrainConfig(_Section):
         "returning them to the OS each batch (see kdflow.training.allocator)",
     )
     num_threads: int | None = Field(None, ge=1)
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes that read and augment training batches; None: 0 for data in "
+        "memory, else from the CPU quota (at least 1); batches are the same either way",
+    )
     seed: int = 0
     select: Literal["final", "best_val"] = Field("final", description="which weights a step outputs")
     device: str = "auto"

@@ -6,18 +6,19 @@ per-sample parameters so a teacher cache can store the view each sample was show
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from kdflow.data.mixing import MixParams, apply_mix, draw_mix, mixed_targets
+from kdflow.data.pixels import DiskImages
 
 
 @dataclass
 class Split:
-    x: torch.Tensor  # uint8, N x C x H x W
+    x: torch.Tensor | DiskImages  # uint8, N x C x H x W (in memory, or rows of the pixel store)
     y: torch.Tensor  # int64, N
 
     def __len__(self) -> int:
@@ -62,6 +63,8 @@ class Normalizer:
         self.inv_std = 1.0 / (torch.tensor(std).view(1, -1, 1, 1) * 255.0)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        if x_uint8.device != self.mean.device:
+            self.mean, self.inv_std = self.mean.to(x_uint8.device), self.inv_std.to(x_uint8.device)
         return (x_uint8.float() - self.mean) * self.inv_std
 
 
@@ -71,6 +74,39 @@ def shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     per = -(-n // world)
     padded = torch.cat([order, order[: per * world - n]]) if per * world > n else order
     return padded[rank::world]
+
+
+@dataclass
+class BatchPlan:
+    """One batch decided in the main process (order, augmentation and mix draws from the seeded stream), so the
+    images can be read and augmented anywhere (a DataLoader worker) with the same result."""
+
+    idx: torch.Tensor
+    params: torch.Tensor | None  # per-sample augmentation (N x 3), None: the images as stored
+    mix: MixParams | None = None
+    partner_params: torch.Tensor | None = None
+
+
+def load_batch(x, plan: BatchPlan, padding: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The plan's images (and its mix partners'), read and augmented: uint8 batches."""
+
+    def view(rows: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
+        xb = x[rows]
+        return apply_augmentation(xb, params, padding) if params is not None else xb
+
+    partner = view(plan.mix.partner, plan.partner_params) if plan.mix is not None else None
+    return view(plan.idx, plan.params), partner
+
+
+class _PlannedBatches(torch.utils.data.Dataset):
+    def __init__(self, x, plans: list[BatchPlan], padding: int):
+        self.x, self.plans, self.padding = x, plans, padding
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def __getitem__(self, i: int):
+        return load_batch(self.x, self.plans[i], self.padding)
 
 
 def iterate(
@@ -87,6 +123,8 @@ def iterate(
     views: torch.Tensor | None = None,
     mix: dict | None = None,
     mix_views: MixParams | None = None,
+    workers: int = 0,
+    device: torch.device | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (normalized float batch, labels, sample indices). Same seed -> same batches.
 
@@ -96,6 +134,11 @@ def iterate(
     the view stored for it. ``mix`` ({kind, alpha, num_classes}) mixes every sample with a partner and
     yields mixed soft targets (N x C) instead of labels; ``mix_views`` fixes the partners and weights
     per train-set index (a teacher cache stores them), else they are drawn from the same seeded stream.
+
+    Every draw happens here, in order, before any image is read; ``workers`` > 0 then reads and augments the
+    batches in that many DataLoader worker processes (a split on disk overlaps its reads with training), with
+    batches identical to ``workers=0``. ``device`` (CUDA) takes the uint8 batch through pinned memory and
+    normalizes it there (a quarter of the bytes of a float copy).
     """
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(split), generator=gen) if shuffle else torch.arange(len(split))
@@ -105,27 +148,49 @@ def iterate(
     n = len(order)
     stop = n - (n % batch_size) if drop_last and n > batch_size else n
     pad = augment.get("crop_padding", 0) if augment else 0
+    hw = tuple(int(d) for d in split.x.shape[-2:])
 
-    def augmented(sample_idx: torch.Tensor) -> torch.Tensor:
-        xb = split.x[sample_idx]
+    def params_for(sample_idx: torch.Tensor) -> torch.Tensor | None:
         if views is not None:
-            return apply_augmentation(xb, views[sample_idx], pad)
+            return views[sample_idx]
         if augment and augment.get("enabled"):
-            return augment_batch(xb, pad, augment.get("hflip", False), gen)
-        return xb
+            return draw_augmentation(len(sample_idx), pad, augment.get("hflip", False), gen)
+        return None
 
-    for start in range(0, stop, batch_size):
-        idx = order[start : start + batch_size]
-        xb, yb = normalizer(augmented(idx)), split.y[idx]
+    def plan(idx: torch.Tensor) -> BatchPlan:
+        p = BatchPlan(idx, params_for(idx))
         if mix:
-            mp = (
+            p.mix = (
                 mix_views.take(idx)
                 if mix_views is not None
-                else draw_mix(len(idx), len(split), mix["kind"], mix["alpha"], tuple(xb.shape[-2:]), gen)
+                else draw_mix(len(idx), len(split), mix["kind"], mix["alpha"], hw, gen)
             )
-            xb = apply_mix(xb, normalizer(augmented(mp.partner)), mp, mix["kind"])
-            yb = mixed_targets(yb, split.y[mp.partner], mp.lam, mix["num_classes"])
-        yield xb, yb, idx
+            p.partner_params = params_for(p.mix.partner)
+        return p
+
+    plans = [plan(order[start : start + batch_size]) for start in range(0, stop, batch_size)]
+    cuda = device is not None and torch.device(device).type == "cuda"
+    loaded: Iterable[tuple[torch.Tensor, torch.Tensor | None]]
+    if workers > 0 and len(plans) > 1:
+        loaded = torch.utils.data.DataLoader(
+            _PlannedBatches(split.x, plans, pad),
+            batch_size=None,
+            shuffle=False,
+            num_workers=min(workers, len(plans)),
+            pin_memory=cuda,
+            prefetch_factor=4,
+        )
+    else:
+        loaded = (load_batch(split.x, p, pad) for p in plans)
+    for p, (xu8, partner_u8) in zip(plans, loaded, strict=True):
+        if cuda:
+            xu8 = xu8.to(device, non_blocking=True)
+            partner_u8 = partner_u8.to(device, non_blocking=True) if partner_u8 is not None else None
+        xb, yb = normalizer(xu8), split.y[p.idx]
+        if p.mix is not None and partner_u8 is not None:
+            xb = apply_mix(xb, normalizer(partner_u8), p.mix.to(xb.device), mix["kind"])  # type: ignore[index]
+            yb = mixed_targets(yb, split.y[p.mix.partner], p.mix.lam, mix["num_classes"])  # type: ignore[index]
+        yield xb, (yb.to(device, non_blocking=True) if cuda else yb), p.idx
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from kdflow.config import DataConfig
+from kdflow.data.pixels import DiskImages, PixelWriter, take
 from kdflow.data.transforms import resize_center_crop
 from kdflow.errors import DataError
 from kdflow.infra.loaders import read_image
@@ -29,7 +30,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".g
 class Tree:
     """The images of one tree, read and fitted, and the files that could not be read."""
 
-    images: list[np.ndarray] = field(default_factory=list)  # uint8 (C, H, W)
+    images: list[np.ndarray] = field(default_factory=list)  # uint8 (C, H, W), in memory
+    rows: list[int] = field(default_factory=list)  # or their rows in the pixel store (data.storage: disk)
     labels: list[int] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     bad: list[dict[str, str]] = field(default_factory=list)  # {"file": relative path, "reason": ...}
@@ -69,7 +71,7 @@ def _files(class_dir: Path) -> list[Path]:
     return sorted(f for f in class_dir.iterdir() if f.is_file() and not f.name.startswith("."))
 
 
-def read_tree(root: Path, cfg: DataConfig, base: Path) -> Tree:
+def read_tree(root: Path, cfg: DataConfig, base: Path, store: PixelWriter | None = None) -> Tree:
     tree = Tree(classes=sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")))
     if not tree.classes:
         raise DataError(
@@ -80,7 +82,10 @@ def read_tree(root: Path, cfg: DataConfig, base: Path) -> Tree:
         for f in _files(root / c):
             img = read_file(f, str(f.relative_to(base)), cfg.channels, cfg.image_size, "data.source", tree.bad)
             if img is not None:
-                tree.images.append(img)
+                if store is not None:
+                    tree.rows.append(store.append(img))
+                else:
+                    tree.images.append(img)
                 tree.labels.append(ci)
                 read += 1
         if read == 0:
@@ -121,18 +126,28 @@ def _unify_channels(trees: list[Tree], cfg: DataConfig) -> None:
 
 @dataclass
 class FolderData:
-    train_x: torch.Tensor
+    train_x: torch.Tensor | DiskImages
     train_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: torch.Tensor | DiskImages
     test_y: torch.Tensor
     classes: list[str]
     bad_files: list[dict[str, str]]
 
 
-def load_imagefolder(directory: Path, cfg: DataConfig) -> FolderData:
-    """ROOT/train + ROOT/test when both exist; otherwise one tree with a seeded fifth held out as test."""
+def load_imagefolder(directory: Path, cfg: DataConfig, store: PixelWriter | None = None) -> FolderData:
+    """ROOT/train + ROOT/test when both exist; otherwise one tree with a seeded fifth held out as test. With a
+    ``store`` (data.storage: disk) every image is written to it as it is read and the splits are its rows."""
+
+    def images(tree: Tree) -> torch.Tensor | DiskImages:
+        return (
+            store.images(torch.tensor(tree.rows, dtype=torch.long))
+            if store is not None
+            else _stack(tree.images, directory)
+        )
+
     if (directory / "train").is_dir() and (directory / "test").is_dir():
-        train, test = read_tree(directory / "train", cfg, directory), read_tree(directory / "test", cfg, directory)
+        train = read_tree(directory / "train", cfg, directory, store)
+        test = read_tree(directory / "test", cfg, directory, store)
         if test.classes != train.classes:
             raise DataError(
                 "data.source",
@@ -142,18 +157,23 @@ def load_imagefolder(directory: Path, cfg: DataConfig) -> FolderData:
         check_bad(train.bad + test.bad, cfg.max_bad_files, "data.source", directory)
         _unify_channels([train, test], cfg)
         return FolderData(
-            _stack(train.images, directory),
+            images(train),
             torch.tensor(train.labels),
-            _stack(test.images, directory),
+            images(test),
             torch.tensor(test.labels),
             train.classes,
             train.bad + test.bad,
         )
-    tree = read_tree(directory, cfg, directory)
+    tree = read_tree(directory, cfg, directory, store)
     check_bad(tree.bad, cfg.max_bad_files, "data.source", directory)
     _unify_channels([tree], cfg)
-    x, y = _stack(tree.images, directory), torch.tensor(tree.labels)
+    x, y = images(tree), torch.tensor(tree.labels)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.split_seed + 7))
     n_test = max(1, len(y) // 5)
     te, tr = perm[:n_test], perm[n_test:]
-    return FolderData(x[tr], y[tr], x[te], y[te], tree.classes, tree.bad)
+    return FolderData(take(x, tr), y[tr], take(x, te), y[te], tree.classes, tree.bad)
+
+
+def count_files(directory: Path) -> int:
+    """Candidate image files under ``directory`` (for the storage decision; not read)."""
+    return sum(1 for f in directory.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)

@@ -24,6 +24,9 @@ class MixParams:
     def take(self, idx: torch.Tensor | slice) -> MixParams:
         return MixParams(self.partner[idx], self.lam[idx], self.box[idx])
 
+    def to(self, device: torch.device) -> MixParams:
+        return MixParams(self.partner, self.lam.to(device), self.box.to(device))
+
 
 def draw_mix(
     n: int, num_train: int, kind: str, alpha: float, image_hw: tuple[int, ...], gen: torch.Generator
@@ -61,8 +64,8 @@ def apply_mix(x: torch.Tensor, partner_x: torch.Tensor, mix: MixParams, kind: st
         lam = mix.lam.to(x.dtype).view(-1, 1, 1, 1)
         return lam * x + (1.0 - lam) * partner_x
     h, w = x.shape[-2:]
-    rows = torch.arange(h).view(1, h, 1)
-    cols = torch.arange(w).view(1, 1, w)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
     b = mix.box
     inside = (
         (rows >= b[:, 0, None, None])

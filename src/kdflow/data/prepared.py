@@ -12,7 +12,6 @@ both are re-exported here.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from kdflow.data.batches import (
     shard,
     stream_seed,
 )
+from kdflow.data.pixels import PixelWriter, take
 from kdflow.data.raw import (
     DEBIAN_DIRS,
     FASHION_CLASSES,
@@ -41,8 +41,10 @@ from kdflow.data.raw import (
     load_raw,
     read_idx,
     register_source_resolver,
+    resolve_local,
 )
 from kdflow.data.release_split import release_members, shared_images
+from kdflow.data.storage import channel_stats, digest, open_store, split_blob, split_from_blob, to_store
 from kdflow.data.transfer_set import build_pool
 from kdflow.data.transforms import resize_center_crop_batch, to_channels
 from kdflow.errors import DataError
@@ -113,19 +115,10 @@ class PreparedData:
         return Normalizer(self.mean, self.std)
 
 
-def _digest(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _normalization(dataset: str, train_x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _normalization(dataset: str, train_x) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if dataset in NORMALIZATION:
         return NORMALIZATION[dataset]
-    x = train_x.float() / 255.0
-    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    return channel_stats(train_x)
 
 
 def window_slice(window: str, n: int) -> slice | None:
@@ -149,7 +142,7 @@ def split_raw(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split, Split
     out first; the window then selects from the rest, and val is carved from the window by the split seed."""
     n_raw = len(raw.train_y)
     in_release = release_members(raw.train_x, raw.train_y, cfg.release_fraction, cfg.release_seed)
-    release = Split(raw.train_x[in_release], raw.train_y[in_release])
+    release = Split(take(raw.train_x, in_release), raw.train_y[in_release])
     window = window_slice(cfg.window, n_raw) or slice(0, n_raw)
     pool = torch.arange(n_raw)[window]
     pool = pool[~in_release[pool]]
@@ -166,11 +159,11 @@ def split_raw(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split, Split
         train_idx = train_idx[: cfg.train_subset]
     test = Split(raw.test_x, raw.test_y)
     if cfg.test_subset is not None:
-        test = Split(raw.test_x[: cfg.test_subset], raw.test_y[: cfg.test_subset])
+        test = Split(take(raw.test_x, slice(0, cfg.test_subset)), raw.test_y[: cfg.test_subset])
     val_idx, train_idx = pool[val_idx.sort().values], pool[train_idx.sort().values]
     return (
-        Split(raw.train_x[train_idx], raw.train_y[train_idx]),
-        Split(raw.train_x[val_idx], raw.train_y[val_idx]),
+        Split(take(raw.train_x, train_idx), raw.train_y[train_idx]),
+        Split(take(raw.train_x, val_idx), raw.train_y[val_idx]),
         test,
         release,
     )
@@ -183,6 +176,7 @@ def _fitted(raw: RawData, cfg: DataConfig) -> RawData:
         return raw
     xs = []
     for x in (raw.train_x, raw.test_x):
+        assert isinstance(x, torch.Tensor)  # only an image folder is read straight to disk
         x = to_channels(x, cfg.channels)
         xs.append(resize_center_crop_batch(x, cfg.image_size) if cfg.image_size is not None else x)
     return RawData(xs[0], raw.train_y, xs[1], raw.test_y, raw.class_names, raw.source, raw.bad_files)
@@ -192,10 +186,26 @@ RELEASE_WARN = 500  # fewer release images than this: one image moves the gate's
 
 
 def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None) -> dict:
-    """Load, split and save a dataset; returns the manifest."""
-    raw = _fitted(load_raw(cfg, cache_dir), cfg)
+    """Load, split and save a dataset; returns the manifest. With pixels on disk (``data.storage``) the images
+    are written to the store as they are decoded, and a failure removes it (nothing half-written)."""
+    out = Path(out_dir)
+    cache = cache_dir or Path(cfg.download_root)
+    source = resolve_local(cfg.source, "data.source", cache) if cfg.source and cfg.storage != "memory" else None
+    store = open_store(cfg, out, source)
+    try:
+        manifest = _prepare(cfg, out, cache, store)
+    except BaseException:
+        if store is not None:
+            store.abort()
+        raise
+    return manifest
+
+
+def _prepare(cfg: DataConfig, out: Path, cache_dir: Path, store: PixelWriter | None) -> dict:
+    raw = _fitted(load_raw(cfg, cache_dir, store), cfg)
+    raw.train_x, raw.test_x = to_store(raw.train_x, store), to_store(raw.test_x, store)
     train, val, test, release = split_raw(raw, cfg)
-    train, pool, pool_bad = build_pool(train, cfg, cache_dir or Path(cfg.download_root))
+    train, pool, pool_bad = build_pool(train, cfg, cache_dir, store)
     splits = {"train": train, "val": val, "test": test, "release": release}
     if len(pool):
         splits["unlabeled"] = pool
@@ -205,10 +215,10 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
         "dataset": cfg.dataset,
         "source": raw.source,
         "window": cfg.window,
-        "source_digest": _digest(raw.train_x, raw.train_y, raw.test_x, raw.test_y),
-        "digest": _digest(*(t for sp in splits.values() for t in (sp.x, sp.y))),
-        "test_digest": _digest(test.x, test.y),
-        "release_digest": _digest(release.x, release.y),
+        "source_digest": digest(raw.train_x, raw.train_y, raw.test_x, raw.test_y),
+        "digest": digest(*(t for sp in splits.values() for t in (sp.x, sp.y))),
+        "test_digest": digest(test.x, test.y),
+        "release_digest": digest(release.x, release.y),
         "split_seed": cfg.split_seed,
         "release_fraction": cfg.release_fraction,
         "release_seed": cfg.release_seed,
@@ -220,6 +230,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
         "std": list(std),
         "augmentation": augmentation_spec(cfg),
         "image_size": cfg.image_size,
+        "storage": "disk" if store is not None else "memory",
         "bad_files": raw.bad_files + pool_bad,
         "test_duplicates_in_train": shared_images(raw.test_x, raw.train_x),
     }
@@ -233,9 +244,10 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
             f"[prep] {manifest['test_duplicates_in_train']} test images are byte-identical to a train image "
             "(test accuracy is optimistic by them; listed as test_duplicates_in_train in manifest.json)"
         )
-    out = Path(out_dir)
+    if store is not None:
+        store.finish()
     for name, sp in splits.items():
-        atomic_torch_save({"x": sp.x.contiguous(), "y": sp.y.contiguous()}, out / SPLIT_FILES[name])
+        atomic_torch_save(split_blob(sp), out / SPLIT_FILES[name])
     atomic_write_json(out / "manifest.json", manifest)  # last: a directory with a manifest is complete
     return manifest
 
@@ -275,8 +287,7 @@ def load_split(directory: str | Path, name: str) -> Split:
         raise DataError(
             "dataset", f"'{path}' is missing (the {name} split)", "run `kdflow prep` again into a fresh --out"
         )
-    blob = safe_torch_load(path, field="dataset")
-    return Split(blob["x"], blob["y"])
+    return split_from_blob(safe_torch_load(path, field="dataset"), Path(directory), path)
 
 
 def load_prepared(directory: str | Path) -> PreparedData:

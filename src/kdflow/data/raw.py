@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from kdflow.config import DataConfig
+from kdflow.data.pixels import DiskImages, PixelWriter
 from kdflow.errors import DataError
 
 FASHION_CLASSES = [
@@ -131,9 +132,9 @@ def _load_idx_dir(directory: Path) -> dict[str, np.ndarray] | None:
 
 @dataclass
 class RawData:
-    train_x: torch.Tensor
+    train_x: torch.Tensor | DiskImages
     train_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: torch.Tensor | DiskImages
     test_y: torch.Tensor
     class_names: list[str]
     source: str
@@ -209,14 +210,15 @@ def resolve_local(source: str, field: str, cache_dir: Path) -> Path:
     return local
 
 
-def load_raw(cfg: DataConfig, cache_dir: Path | None = None) -> RawData:
+def load_raw(cfg: DataConfig, cache_dir: Path | None = None, store: PixelWriter | None = None) -> RawData:
+    """The raw train and test images; an image folder is decoded straight into ``store`` when one is given."""
     classes = {"fashion-mnist": FASHION_CLASSES, "mnist": MNIST_CLASSES}.get(cfg.dataset, [])
     if cfg.source:
         local = resolve_local(cfg.source, "data.source", cache_dir or Path(cfg.download_root))
         if cfg.dataset == "imagefolder":
             from kdflow.data.imagefolder import load_imagefolder
 
-            f = load_imagefolder(local, cfg)
+            f = load_imagefolder(local, cfg, store)
             return RawData(f.train_x, f.train_y, f.test_x, f.test_y, f.classes, str(local), f.bad_files)
         if cfg.dataset == "cifar10":
             raise DataError(

@@ -16,38 +16,38 @@ import hashlib
 import numpy as np
 import torch
 
+from kdflow.data.pixels import chunks
+
 HASH_RANGE = 2**64
 
 
-def release_members(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """A bool mask over the samples: True for the release split's members."""
+def _row_hashes(x, prefix: bytes = b"", labels: np.ndarray | None = None):
+    """sha256 of each image's bytes (after ``prefix`` and its label), streamed a chunk of images at a time."""
+    i = 0
+    for chunk in chunks(x):
+        rows = np.ascontiguousarray(chunk.reshape(len(chunk), -1).numpy())
+        for row in rows:
+            label = int(labels[i]).to_bytes(8, "little") if labels is not None else b""
+            yield hashlib.sha256(prefix + label + row.tobytes()).digest()
+            i += 1
+
+
+def release_members(x, y: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """A bool mask over the samples (``x`` a uint8 tensor or images on disk): True for the release split's members."""
     n = int(y.shape[0])
     if fraction <= 0 or n == 0:
         return torch.zeros(n, dtype=torch.bool)
     threshold = int(fraction * HASH_RANGE)
-    pixels = np.ascontiguousarray(x.reshape(n, -1).numpy())
-    labels = y.numpy()
     prefix = f"kdflow-release:{seed}:".encode()
     mask = np.fromiter(
-        (
-            int.from_bytes(
-                hashlib.sha256(prefix + int(labels[i]).to_bytes(8, "little") + pixels[i].tobytes()).digest()[:8],
-                "little",
-            )
-            < threshold
-            for i in range(n)
-        ),
-        dtype=bool,
-        count=n,
+        (int.from_bytes(d[:8], "little") < threshold for d in _row_hashes(x, prefix, y.numpy())), dtype=bool, count=n
     )
     return torch.from_numpy(mask)
 
 
-def shared_images(a: torch.Tensor, b: torch.Tensor) -> int:
+def shared_images(a, b) -> int:
     """How many images of ``a`` are byte-identical to some image of ``b`` (a test image also in train)."""
-    if not len(a) or not len(b) or a.shape[1:] != b.shape[1:]:
+    if not len(a) or not len(b) or tuple(a.shape[1:]) != tuple(b.shape[1:]):
         return 0
-    seen = {hashlib.sha256(row.tobytes()).digest() for row in np.ascontiguousarray(b.reshape(len(b), -1).numpy())}
-    return sum(
-        hashlib.sha256(row.tobytes()).digest() in seen for row in np.ascontiguousarray(a.reshape(len(a), -1).numpy())
-    )
+    seen = set(_row_hashes(b))
+    return sum(d in seen for d in _row_hashes(a))

@@ -17,28 +17,31 @@ import torch
 
 from kdflow.config import DataConfig
 from kdflow.data.batches import Split
+from kdflow.data.pixels import DiskImages, PixelWriter, cat, is_on_disk, take
 from kdflow.data.transforms import resize_center_crop, to_channels
 from kdflow.errors import DataError
 
 UNLABELED = -1
 
 
-def keep_labels(train: Split, n: int | None, seed: int) -> tuple[Split, torch.Tensor]:
+def keep_labels(train: Split, n: int | None, seed: int) -> tuple[Split, torch.Tensor | DiskImages]:
     """(the labelled train split, the images whose labels were dropped); ``n`` None keeps every label."""
     if n is None:
-        return train, train.x[:0]
+        return train, take(train.x, slice(0, 0))
     if n >= len(train):
         raise DataError(
             "data.labels_kept", f"{n} is not fewer than the {len(train)} train images", "keep fewer labels, or unset it"
         )
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 11))
     kept, dropped = perm[:n].sort().values, perm[n:].sort().values
-    return Split(train.x[kept], train.y[kept]), train.x[dropped]
+    return Split(take(train.x, kept), train.y[kept]), take(train.x, dropped)
 
 
-def read_pool(directory: Path, shape: tuple[int, ...], max_bad: int) -> tuple[torch.Tensor, list[dict[str, str]]]:
+def read_pool(
+    directory: Path, shape: tuple[int, ...], max_bad: int, store: PixelWriter | None = None
+) -> tuple[torch.Tensor | DiskImages, list[dict[str, str]]]:
     """Every image under ``directory`` (recursively, hidden files skipped) fitted to ``shape`` (C, H, W), read
-    as an image folder's files are (the same loader, the same bad-file rule)."""
+    as an image folder's files are (the same loader, the same bad-file rule); into ``store`` when given."""
     from kdflow.data.imagefolder import check_bad, read_file
 
     files = sorted(
@@ -47,32 +50,42 @@ def read_pool(directory: Path, shape: tuple[int, ...], max_bad: int) -> tuple[to
         if f.is_file() and not any(p.startswith(".") for p in f.relative_to(directory).parts)
     )
     images: list[np.ndarray] = []
+    rows: list[int] = []
     bad: list[dict[str, str]] = []
     for f in files:
         img = read_file(f, f"unlabeled/{f.relative_to(directory)}", shape[0], None, "data.unlabeled", bad)
         if img is not None:
-            images.append(resize_center_crop(img, shape[1]) if img.shape[1:] != shape[1:] else img)
+            img = resize_center_crop(img, shape[1]) if img.shape[1:] != shape[1:] else img
+            if store is not None:
+                rows.append(store.append(img))
+            else:
+                images.append(img)
     check_bad(bad, max_bad, "data.unlabeled", directory, prefix="unlabeled/")
-    if not images:
+    if not images and not rows:
         raise DataError("data.unlabeled", f"'{directory}' holds no readable image", "point it at a folder of images")
+    if store is not None:
+        return store.images(torch.tensor(rows, dtype=torch.long)), bad
     return torch.from_numpy(np.stack(images)).contiguous(), bad
 
 
-def build_pool(train: Split, cfg: DataConfig, cache_dir: Path) -> tuple[Split, Split, list[dict[str, str]]]:
+def build_pool(
+    train: Split, cfg: DataConfig, cache_dir: Path, store: PixelWriter | None = None
+) -> tuple[Split, Split, list[dict[str, str]]]:
     """(the labelled train split, the unlabeled pool with label -1, bad files of data.unlabeled)."""
     from kdflow.data.raw import resolve_local
 
     labelled, dropped = keep_labels(train, cfg.labels_kept, cfg.split_seed)
-    xs: list[torch.Tensor] = [dropped]
+    xs: list = [dropped]
     bad: list[dict[str, str]] = []
     if cfg.unlabeled:
         shape = tuple(int(d) for d in train.x.shape[1:])
-        folder, bad = read_pool(resolve_local(cfg.unlabeled, "data.unlabeled", cache_dir), shape, cfg.max_bad_files)
-        xs.append(to_channels(folder, shape[0]))
-    x = torch.cat(xs) if len(xs) > 1 else xs[0]
+        local = resolve_local(cfg.unlabeled, "data.unlabeled", cache_dir)
+        folder, bad = read_pool(local, shape, cfg.max_bad_files, store if is_on_disk(train.x) else None)
+        xs.append(folder if isinstance(folder, DiskImages) else to_channels(folder, shape[0]))
+    x = cat(xs)
     return labelled, Split(x, torch.full((len(x),), UNLABELED, dtype=torch.long)), bad
 
 
 def with_pool(train: Split, pool: Split) -> Split:
     """The distilled student's training set: the labelled images, then the pool."""
-    return Split(torch.cat([train.x, pool.x]), torch.cat([train.y, pool.y]))
+    return Split(cat([train.x, pool.x]), torch.cat([train.y, pool.y]))

@@ -26,8 +26,10 @@ SECTIONS = {
 IGNORED = {
     "data.source",
     "data.download_root",
+    "data.storage",
     "teacher.source",
     "train.num_threads",
+    "train.loader_workers",
     "train.keep_freed_memory",
     "train.collapse_patience",
     "distill.cache_dir",

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from kdflow.config import TrainConfig
 from kdflow.data.mixing import hard_labels
+from kdflow.data.pixels import loader_workers
 from kdflow.data.prepared import PreparedData, iterate, stream_seed
 from kdflow.errors import ConfigError, TrainingDiverged
 from kdflow.evaluation.metrics import accuracy, predict_logits
@@ -129,6 +130,8 @@ def train_one_epoch(
         views=views,
         mix=mix,
         mix_views=mix_views,
+        workers=loader_workers(cfg.loader_workers, data.train.x, state.device),
+        device=state.device if state.device.type == "cuda" else None,
     )
     bar = tqdm(
         batches,

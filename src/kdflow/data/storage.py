@@ -1,0 +1,131 @@
+"""Where a prepared dataset's pixels live (``data.storage``), and the streamed passes prep makes over them.
+
+``memory``: each split file holds its uint8 tensor (the fast path for data that fits, e.g. Fashion-MNIST).
+``disk``: the images are decoded once into the dataset's ``pixels.u8`` and each split file holds row numbers
+(:mod:`kdflow.data.pixels`); training then reads a batch at a time. ``auto`` picks disk for an image folder
+whose decoded pixels would pass :data:`AUTO_DISK_BYTES`. Both give the same digests and the same batches, so
+the choice is a machine setting: it is not in any fingerprint. Digest, normalization statistics and the
+content hashes are computed chunk by chunk here, so prep's memory is bounded too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdflow.config import DataConfig
+from kdflow.data.batches import Split
+from kdflow.data.pixels import STORE_FILE, DiskImages, PixelWriter, chunks, decoded_bytes
+from kdflow.errors import DataError
+
+AUTO_DISK_BYTES = 2 << 30  # an image folder decoding to more than this is kept on disk by default
+
+
+def open_store(cfg: DataConfig, out_dir: Path, source_dir: Path | None) -> PixelWriter | None:
+    """A writer into ``out_dir``'s pixel store when the pixels go to disk, else None."""
+    if cfg.storage == "memory":
+        return None
+    folder = cfg.dataset == "imagefolder"
+    fixed = cfg.image_size is not None and cfg.channels is not None
+    if cfg.storage == "disk" and folder and not fixed:
+        raise DataError(
+            "data.storage",
+            "disk storage of an image folder needs one image shape known before reading",
+            "set data.image_size and data.channels (or data.storage: memory)",
+        )
+    if cfg.storage == "auto":
+        if not (folder and fixed and source_dir is not None):
+            return None
+        from kdflow.data.imagefolder import count_files
+
+        chw = (int(cfg.channels), int(cfg.image_size), int(cfg.image_size))  # type: ignore[arg-type]
+        if decoded_bytes(count_files(source_dir), chw) <= AUTO_DISK_BYTES:
+            return None
+    if folder:
+        return PixelWriter(out_dir, (int(cfg.channels), int(cfg.image_size), int(cfg.image_size)))  # type: ignore[arg-type]
+    return _LazyWriter(out_dir)  # IDX data: the shape is known once it is loaded
+
+
+class _LazyWriter(PixelWriter):
+    """A store whose image shape is taken from the first batch written (data that arrives as tensors)."""
+
+    def __init__(self, out_dir: Path):  # noqa: D107 - opened by the first write
+        self.directory, self._opened = out_dir, False
+
+    def write_all(self, x: torch.Tensor) -> DiskImages:
+        if not self._opened:
+            super().__init__(self.directory, tuple(int(d) for d in x.shape[1:]))
+            self._opened = True
+        first = self.count
+        for chunk in chunks(x):
+            self._f.write(np.ascontiguousarray(chunk.numpy()).tobytes())
+            self.count += len(chunk)
+        return self.images(torch.arange(first, self.count))
+
+    def finish(self) -> Path:
+        return super().finish() if self._opened else self.directory / STORE_FILE
+
+    def abort(self) -> None:
+        if self._opened:
+            super().abort()
+
+
+def to_store(x, writer: PixelWriter | None):
+    """Tensor images into the store (IDX data, an unlabeled folder read into memory); others pass through."""
+    if writer is None or isinstance(x, DiskImages):
+        return x
+    if isinstance(writer, _LazyWriter):
+        return writer.write_all(x)
+    first = writer.count
+    for img in x:
+        writer.append(img.numpy())
+    return writer.images(torch.arange(first, writer.count))
+
+
+def digest(*tensors) -> str:
+    """sha256 over each tensor's shape and bytes, the same for a tensor and the same images on disk."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str(tuple(t.shape)).encode())
+        if isinstance(t, DiskImages) or t.dtype == torch.uint8 and t.dim() == 4:
+            for chunk in chunks(t):
+                h.update(chunk.contiguous().numpy().tobytes())
+        else:
+            h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def channel_stats(x) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std on the 0-1 scale, streamed in float64."""
+    c = int(x.shape[1])
+    total, sq, n = np.zeros(c), np.zeros(c), 0
+    for chunk in chunks(x):
+        a = chunk.numpy().astype(np.float64) / 255.0
+        total += a.sum(axis=(0, 2, 3))
+        sq += (a * a).sum(axis=(0, 2, 3))
+        n += a.shape[0] * a.shape[2] * a.shape[3]
+    mean = total / max(n, 1)
+    var = (sq - n * mean * mean) / max(n - 1, 1)
+    std = np.sqrt(np.maximum(var, 0.0)).clip(min=1e-3)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def split_blob(split: Split) -> dict:
+    """What a split file holds: the tensor, or the store's file name and the split's rows."""
+    if isinstance(split.x, DiskImages):
+        return {"store": STORE_FILE, "chw": list(split.x.chw), "rows": split.x.rows.contiguous(), "y": split.y}
+    return {"x": split.x.contiguous(), "y": split.y.contiguous()}
+
+
+def split_from_blob(blob: dict, directory: Path, path: Path) -> Split:
+    if "store" not in blob:
+        return Split(blob["x"], blob["y"])
+    store = directory / STORE_FILE
+    if blob["store"] != STORE_FILE or not store.is_file():
+        raise DataError(
+            "dataset", f"'{path}' refers to a pixel store '{store}' that is missing", "run `kdflow prep` again"
+        )
+    return Split(DiskImages(store, tuple(blob["chw"]), blob["rows"]), blob["y"])
