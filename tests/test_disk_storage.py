@@ -159,3 +159,20 @@ def test_training_from_disk_with_workers_gives_the_in_memory_weights(tiny_data, 
     assert isinstance(data.load_prepared(tmp_path / "disk").train.x, pixels.DiskImages)
     for k in weights[0]:
         assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+@pytest.mark.unit
+def test_decoding_in_worker_processes_gives_the_inline_dataset(tmp_path, monkeypatch):
+    from kdflow.data import decode
+
+    _tree(tmp_path / "imgs", n_per_class=6)
+    (tmp_path / "imgs" / "cat" / "notes.txt").write_text("not an image")
+    inline = data.prepare(_folder_cfg(tmp_path / "imgs", storage="disk", max_bad_files=1), tmp_path / "a")
+    monkeypatch.setattr(decode, "POOL_MIN_FILES", 1)
+    real = decode.decode_files
+    monkeypatch.setattr(decode, "decode_files", lambda jobs, workers=None: real(jobs, 2))
+    import kdflow.data.imagefolder as imagefolder
+
+    monkeypatch.setattr(imagefolder, "decode_files", decode.decode_files)
+    pooled = data.prepare(_folder_cfg(tmp_path / "imgs", storage="disk", max_bad_files=1), tmp_path / "b")
+    assert pooled["digest"] == inline["digest"] and pooled["bad_files"] == inline["bad_files"] != []

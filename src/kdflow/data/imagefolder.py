@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from kdflow.config import DataConfig
+from kdflow.data.decode import decode_files
 from kdflow.data.pixels import DiskImages, PixelWriter, take
 from kdflow.data.transforms import resize_center_crop
 from kdflow.errors import DataError
@@ -77,18 +78,20 @@ def read_tree(root: Path, cfg: DataConfig, base: Path, store: PixelWriter | None
         raise DataError(
             "data.source", f"'{root}' has no class sub-directories", "lay images out as ROOT/<class>/<image>.png"
         )
+    files = [(ci, f) for ci, c in enumerate(tree.classes) for f in _files(root / c)]
+    jobs = [(f, str(f.relative_to(base)), cfg.channels, cfg.image_size, "data.source") for _, f in files]
+    read = [0] * len(tree.classes)
+    for (ci, _), (img, bad) in zip(files, decode_files(jobs), strict=True):
+        tree.bad.extend(bad)
+        if img is not None:
+            if store is not None:
+                tree.rows.append(store.append(img))
+            else:
+                tree.images.append(img)
+            tree.labels.append(ci)
+            read[ci] += 1
     for ci, c in enumerate(tree.classes):
-        read = 0
-        for f in _files(root / c):
-            img = read_file(f, str(f.relative_to(base)), cfg.channels, cfg.image_size, "data.source", tree.bad)
-            if img is not None:
-                if store is not None:
-                    tree.rows.append(store.append(img))
-                else:
-                    tree.images.append(img)
-                tree.labels.append(ci)
-                read += 1
-        if read == 0:
+        if read[ci] == 0:
             raise DataError(
                 "data.source",
                 f"class folder '{root / c}' has no readable image",
