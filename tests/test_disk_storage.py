@@ -180,10 +180,10 @@ def test_decoding_in_worker_processes_gives_the_inline_dataset(tmp_path, monkeyp
 
 @pytest.mark.unit
 def test_large_images_are_cropped_per_sample_exactly_as_by_the_gather(monkeypatch):
-    from kdflow.data import batches
+    from kdflow.data import views
 
     x = torch.randint(0, 256, (6, 3, 20, 24), dtype=torch.uint8)
-    params = batches.draw_augmentation(6, 3, True, torch.Generator().manual_seed(0))
-    gathered = batches.apply_augmentation(x, params, 3)
-    monkeypatch.setattr(batches, "SMALL_IMAGE", 1)
-    assert torch.equal(batches.apply_augmentation(x, params, 3), gathered)
+    params = views.draw_augmentation(6, 3, True, torch.Generator().manual_seed(0))
+    gathered = views.apply_augmentation(x, params, 3)
+    monkeypatch.setattr(views, "SMALL_IMAGE", 1)
+    assert torch.equal(views.apply_augmentation(x, params, 3), gathered)

@@ -16,6 +16,7 @@ from kdflow.cli import main
 from kdflow.config import build_config
 from kdflow.data import prepared as data
 from kdflow.errors import DataError
+from kdflow.infra.io import safe_torch_load
 
 SIZES = [(17, 23), (64, 40), (300, 120), (33, 33), (48, 96), (120, 31)]
 
@@ -164,13 +165,17 @@ def test_byte_identical_images_across_train_and_test_are_reported(tmp_path):
 def test_every_step_runs_on_a_mixed_size_tree(tmp_path):
     """prep -> teacher -> scratch -> distill -> evaluate (`kdflow run --scratch`) and export, through the CLI,
     on a folder of photos of mixed sizes, formats and modes, its pixels on disk and read by a loader worker
-    (the in-memory route is every other test's)."""
+    (the in-memory route is every other test's), trained on RandomResizedCrops of a larger stored image with
+    the teacher's logits cached per crop box (FKD)."""
     _write_mixed_tree(tmp_path / "imgs", per_class=12)
     common = ["--profile", "smoke", "--set", "tracking.enabled=false", "--set", f"storage.state_dir={tmp_path / 's'}"]
     for kv in (
         "data.dataset=imagefolder",
         f"data.source={tmp_path / 'imgs'}",
         "data.image_size=32",
+        "data.store_size=40",
+        "data.train_crop=resized",
+        "distill.cache=true",
         "data.channels=3",
         "data.storage=disk",
         "train.loader_workers=1",
@@ -187,6 +192,9 @@ def test_every_step_runs_on_a_mixed_size_tree(tmp_path):
     assert set(ev["models"]) == {"teacher", "scratch", "student"} and ev["class_names"] == ["ant", "bee", "cow"]
     prepared = data.load_prepared(run / "data")
     assert ev["release_samples"] == len(prepared.release) and prepared.manifest["storage"] == "disk"
+    assert prepared.train.x.shape[-1] == 40 and prepared.input_shape == (3, 32, 32)
+    (cached,) = (tmp_path / "s" / "teacher_cache").glob("teacher-cache-*.pt")
+    assert safe_torch_load(cached)["params"].shape[1:] == (len(prepared.train), 5)  # a crop box + flip per image
     args = ["export", "--data", str(run / "data"), "--student", str(run / "student")]
     args += ["--evaluation", str(run / "evaluation"), "--out", str(tmp_path / "export"), *common]
     assert main(args) == 0

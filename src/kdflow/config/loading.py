@@ -91,7 +91,7 @@ def _format_validation_error(err: ValidationError) -> ConfigError:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", msg, re.S)
-    if not loc and named:  # a check across sections names its field first: "teacher.snapshot_epochs: ..."
+    if named and (not loc or named.group(1).startswith(loc + ".")):  # the check names its field: "data.store_size: ..."
         loc, msg = named.group(1), named.group(2)
     if "; fix:" in msg:
         problem, fix = msg.split("; fix:", 1)

@@ -28,8 +28,22 @@ class DataConfig(_Section):
     train_subset: int | None = Field(None, ge=1, description="keep this many train samples (after the val split)")
     test_subset: int | None = Field(None, ge=1)
     augment: bool = True
+    train_crop: Literal["pad", "resized"] = Field(
+        "pad",
+        description="pad: RandomCrop with crop_padding; resized: RandomResizedCrop (crop_scale, crop_ratio) from "
+        "the stored image (data.store_size) to data.image_size",
+    )
     crop_padding: int = Field(2, ge=0)
+    crop_scale: tuple[float, float] = Field((0.25, 1.0), description="RandomResizedCrop's share of the area")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop's aspect ratio range")
     hflip: bool = True
+    store_size: int | None = Field(
+        None,
+        ge=4,
+        description="prep keeps images at this size (shorter side, centre square), larger than data.image_size: "
+        "train crops come from it, evaluation takes its centre image_size (resize 256 -> crop 224). None: "
+        "image_size",
+    )
     image_size: int | None = Field(
         None,
         ge=4,
@@ -77,6 +91,25 @@ class DataConfig(_Section):
         description="START:END selects raw train samples [START, END); any other text is a "
         "version label. Recorded in lineage either way",
     )
+
+    @property
+    def stored_size(self) -> int | None:
+        """The size prep stores images at (train crops come from it)."""
+        return self.store_size or self.image_size
+
+    @model_validator(mode="after")
+    def _crops_fit(self) -> DataConfig:
+        if self.store_size is not None and (self.image_size is None or self.store_size < self.image_size):
+            raise ValueError(
+                f"data.store_size: {self.store_size} needs data.image_size set and not larger; "
+                "fix: set data.image_size (e.g. 224 with store_size 256) or unset data.store_size"
+            )
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"data.crop_scale: {[lo, hi]} is not 0 < min <= max <= 1; fix: e.g. [0.25, 1.0]")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"data.crop_ratio: {list(self.crop_ratio)} is not 0 < min <= max; fix: e.g. [0.75, 1.333]")
+        return self
 
 
 def _amp_off(v: Any) -> Any:

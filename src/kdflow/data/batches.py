@@ -1,7 +1,8 @@
-"""Batches from preloaded uint8 tensors: seeded order, DDP shards, batched augmentation, normalization.
+"""Batches from uint8 splits (in memory or on disk): seeded order, DDP shards, views, mixing, normalization.
 
-Augmentation is RandomCrop(padding) + horizontal flip as tensor ops on a whole batch, with explicit
-per-sample parameters so a teacher cache can store the view each sample was shown.
+The views (RandomCrop(padding) or RandomResizedCrop, flip; the evaluation crop) live in
+:mod:`kdflow.data.views`, with explicit per-sample parameters so a teacher cache can store the view each
+sample was shown.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from kdflow.data.mixing import MixParams, apply_mix, draw_mix, mixed_targets
 from kdflow.data.pixels import DiskImages
+from kdflow.data.views import apply_augmentation, apply_views, draw_augmentation, draw_views, view_size
 
 
 @dataclass
@@ -28,36 +29,6 @@ class Split:
 def stream_seed(seed: int, index: int) -> int:
     """The seed of random stream ``index`` (an epoch's batch order and augmentation, a cached view)."""
     return seed * 1_000_003 + index
-
-
-SMALL_IMAGE = 64 * 64  # pixels per channel up to which a batch is cropped by one gather
-
-
-def draw_augmentation(b: int, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample augmentation parameters (row offset, column offset, flip) as a (b, 3) int tensor."""
-    i = torch.randint(0, 2 * padding + 1, (b,), generator=gen) if padding > 0 else torch.zeros(b, dtype=torch.long)
-    j = torch.randint(0, 2 * padding + 1, (b,), generator=gen) if padding > 0 else torch.zeros(b, dtype=torch.long)
-    flip = (torch.rand(b, generator=gen) < 0.5).long() if hflip else torch.zeros(b, dtype=torch.long)
-    return torch.stack([i, j, flip], dim=1)
-
-
-def apply_augmentation(x: torch.Tensor, params: torch.Tensor, padding: int) -> torch.Tensor:
-    """RandomCrop(padding) + horizontal flip of a uint8 batch with explicit per-sample parameters."""
-    b, c, h, w = x.shape
-    if padding > 0:
-        xp = F.pad(x, (padding, padding, padding, padding))
-        if h * w <= SMALL_IMAGE:  # one gather over the batch: fastest for small images
-            rows = (params[:, 0, None] + torch.arange(h))[:, None, :, None]
-            cols = (params[:, 1, None] + torch.arange(w))[:, None, None, :]
-            x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-        else:  # a slice per sample: the gather's index tensors cost 8 bytes per pixel (5x slower at 224 px)
-            x = torch.empty_like(x)
-            for k, (i, j) in enumerate(params[:, :2].tolist()):
-                x[k] = xp[k, :, i : i + h, j : j + w]
-    flip = params[:, 2].bool()
-    if flip.any():
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
 
 
 def augment_batch(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -95,26 +66,25 @@ class BatchPlan:
     partner_params: torch.Tensor | None = None
 
 
-def load_batch(x, plan: BatchPlan, padding: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The plan's images (and its mix partners'), read and augmented: uint8 batches."""
+def load_batch(x, plan: BatchPlan, spec: dict | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The plan's images (and its mix partners'), read and given their views: uint8 batches."""
 
     def view(rows: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
-        xb = x[rows]
-        return apply_augmentation(xb, params, padding) if params is not None else xb
+        return apply_views(x[rows], params, spec)
 
     partner = view(plan.mix.partner, plan.partner_params) if plan.mix is not None else None
     return view(plan.idx, plan.params), partner
 
 
 class _PlannedBatches(torch.utils.data.Dataset):
-    def __init__(self, x, plans: list[BatchPlan], padding: int):
-        self.x, self.plans, self.padding = x, plans, padding
+    def __init__(self, x, plans: list[BatchPlan], spec: dict | None):
+        self.x, self.plans, self.spec = x, plans, spec
 
     def __len__(self) -> int:
         return len(self.plans)
 
     def __getitem__(self, i: int):
-        return load_batch(self.x, self.plans[i], self.padding)
+        return load_batch(self.x, self.plans[i], self.spec)
 
 
 def iterate(
@@ -155,15 +125,13 @@ def iterate(
         gen = torch.Generator().manual_seed(seed * 7919 + rank + 1)
     n = len(order)
     stop = n - (n % batch_size) if drop_last and n > batch_size else n
-    pad = augment.get("crop_padding", 0) if augment else 0
-    hw = tuple(int(d) for d in split.x.shape[-2:])
+    stored = tuple(int(d) for d in split.x.shape[-2:])
+    hw = view_size(augment, stored)
 
     def params_for(sample_idx: torch.Tensor) -> torch.Tensor | None:
         if views is not None:
             return views[sample_idx]
-        if augment and augment.get("enabled"):
-            return draw_augmentation(len(sample_idx), pad, augment.get("hflip", False), gen)
-        return None
+        return draw_views(len(sample_idx), augment, stored, gen)
 
     def plan(idx: torch.Tensor) -> BatchPlan:
         p = BatchPlan(idx, params_for(idx))
@@ -181,7 +149,7 @@ def iterate(
     loaded: Iterable[tuple[torch.Tensor, torch.Tensor | None]]
     if workers > 0 and len(plans) > 1:
         loaded = torch.utils.data.DataLoader(
-            _PlannedBatches(split.x, plans, pad),
+            _PlannedBatches(split.x, plans, augment),
             batch_size=None,
             shuffle=False,
             num_workers=min(workers, len(plans)),
@@ -189,7 +157,7 @@ def iterate(
             prefetch_factor=4,
         )
     else:
-        loaded = (load_batch(split.x, p, pad) for p in plans)
+        loaded = (load_batch(split.x, p, augment) for p in plans)
     for p, (xu8, partner_u8) in zip(plans, loaded, strict=True):
         if cuda:
             xu8 = xu8.to(device, non_blocking=True)

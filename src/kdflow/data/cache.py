@@ -1,7 +1,7 @@
 """Offline KD: a teacher-output cache that stays correct under augmentation (rule 7 of KD-CORRECTNESS).
 
 For K seeded augmented views of every train sample the cache stores the augmentation parameters
-(crop offsets, flip) and the teacher's RAW logits (fp16; never temperature-scaled probabilities). At
+(crop offsets and flip, or FKD's crop box and flip for RandomResizedCrop) and the teacher's RAW logits (fp16; never temperature-scaled probabilities). At
 epoch e the student is shown view ``e mod K`` of each sample -- exactly the image the teacher saw -- and
 the logits are looked up by (view, sample index). The cache is keyed by the teacher checkpoint's
 sha256, the data digest, the augmentation spec, K and the view seed; any mismatch is refused.
@@ -20,7 +20,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from kdflow.data.mixing import MixParams, apply_mix, draw_mix
-from kdflow.data.prepared import Normalizer, PreparedData, apply_augmentation, draw_augmentation, stream_seed
+from kdflow.data.prepared import Normalizer, PreparedData, stream_seed
+from kdflow.data.views import apply_views, draw_views, view_size
 from kdflow.errors import CheckpointError, ConfigError
 from kdflow.infra.io import atomic_torch_save, safe_torch_load
 
@@ -45,12 +46,11 @@ def key_name(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def view_params(n: int, augmentation: dict, seed: int, view: int) -> torch.Tensor:
-    """(n, 3) augmentation parameters of one view; a pure function of (seed, view)."""
+def view_params(n: int, augmentation: dict, seed: int, view: int, stored_hw: tuple[int, ...]) -> torch.Tensor:
+    """(n, 3) pad-crop or (n, 5) crop-box parameters of one view; a pure function of (seed, view)."""
     gen = torch.Generator().manual_seed(stream_seed(seed, view))
-    if not augmentation.get("enabled"):
-        return torch.zeros(n, 3, dtype=torch.long)
-    return draw_augmentation(n, augmentation.get("crop_padding", 0), augmentation.get("hflip", False), gen)
+    params = draw_views(n, augmentation, stored_hw, gen)
+    return params if params is not None else torch.zeros(n, 3, dtype=torch.long)
 
 
 def view_mix(n: int, mix: dict, image_hw: tuple[int, ...], seed: int, view: int) -> MixParams:
@@ -92,27 +92,25 @@ def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 2
     norm = Normalizer(data.mean, data.std)
     n = len(data.train)
     aug = data.manifest["augmentation"]
-    pad = aug.get("crop_padding", 0) if aug.get("enabled") else 0
+    stored = tuple(int(d) for d in data.train.x.shape[-2:])
     t0 = time.perf_counter()
     all_params, all_logits, all_mix = [], [], []
     mix: dict = key.get("mix") or {}
-    hw = tuple(data.train.x.shape[-2:])
+    hw = view_size(aug, stored)
     bar = tqdm(
         total=key["views"] * ((n + batch_size - 1) // batch_size), desc="teacher cache", unit="batch", mininterval=5.0
     )
     for v in range(key["views"]):
-        params = view_params(n, aug, key["seed"], v)
+        params = view_params(n, aug, key["seed"], v, stored)
         mp = view_mix(n, mix, hw, key["seed"], v) if mix else None
         out = []
         for start in range(0, n, batch_size):
             bar.update(1)
             sl = slice(start, start + batch_size)
-            x = norm(apply_augmentation(data.train.x[sl], params[sl], pad))
+            x = norm(apply_views(data.train.x[sl], params[sl], aug))
             if mp is not None:
                 part = mp.partner[sl]
-                x = apply_mix(
-                    x, norm(apply_augmentation(data.train.x[part], params[part], pad)), mp.take(sl), mix["kind"]
-                )
+                x = apply_mix(x, norm(apply_views(data.train.x[part], params[part], aug)), mp.take(sl), mix["kind"])
             out.append(teacher(x.to(device)).float().cpu())
         all_params.append(params.to(torch.int16))
         if mp is not None:

@@ -79,7 +79,7 @@ def read_tree(root: Path, cfg: DataConfig, base: Path, store: PixelWriter | None
             "data.source", f"'{root}' has no class sub-directories", "lay images out as ROOT/<class>/<image>.png"
         )
     files = [(ci, f) for ci, c in enumerate(tree.classes) for f in _files(root / c)]
-    jobs = [(f, str(f.relative_to(base)), cfg.channels, cfg.image_size, "data.source") for _, f in files]
+    jobs = [(f, str(f.relative_to(base)), cfg.channels, cfg.stored_size, "data.source") for _, f in files]
     read = [0] * len(tree.classes)
     for (ci, _), (img, bad) in zip(files, decode_files(jobs), strict=True):
         tree.bad.extend(bad)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 STORE_FILE = "pixels.u8"
+EVAL_STORE_FILE = "pixels-eval.u8"  # the evaluation splits' centre crops, when train is stored larger
 CHUNK_BYTES = 64 << 20  # what one streamed pass (digest, statistics, content hashes) holds at a time
 
 
@@ -117,10 +118,10 @@ class PixelWriter:
     """Appends C x H x W uint8 images to ``<dir>/pixels.u8`` through a temporary name; :meth:`finish` renames
     it into place, :meth:`abort` removes it (prep then leaves nothing half-written)."""
 
-    def __init__(self, directory: str | Path, chw: tuple[int, ...]):
-        self.final = Path(directory) / STORE_FILE
+    def __init__(self, directory: str | Path, chw: tuple[int, ...], name: str = STORE_FILE):
+        self.final = Path(directory) / name
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.final.with_name(f".{STORE_FILE}.{os.getpid()}.tmp")
+        self.tmp = self.final.with_name(f".{name}.{os.getpid()}.tmp")
         self.chw = tuple(int(d) for d in chw)
         self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed by finish/abort
         self.count = 0

@@ -30,7 +30,7 @@ from kdflow.data.batches import (
     shard,
     stream_seed,
 )
-from kdflow.data.pixels import PixelWriter, take
+from kdflow.data.pixels import EVAL_STORE_FILE, PixelWriter, take
 from kdflow.data.raw import (
     DEBIAN_DIRS,
     FASHION_CLASSES,
@@ -44,7 +44,7 @@ from kdflow.data.raw import (
     resolve_local,
 )
 from kdflow.data.release_split import release_members, shared_images
-from kdflow.data.storage import channel_stats, digest, open_store, split_blob, split_from_blob, to_store
+from kdflow.data.storage import channel_stats, digest, eval_views, open_store, split_blob, split_from_blob, to_store
 from kdflow.data.transfer_set import build_pool
 from kdflow.data.transforms import resize_center_crop_batch, to_channels
 from kdflow.errors import DataError
@@ -100,12 +100,18 @@ class PreparedData:
         return len(self.class_names)
 
     @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) a model takes: the evaluation splits' shape (train may be stored larger, data.store_size)."""
+        c, h, w = (int(d) for d in self.test.x.shape[1:])
+        return c, h, w
+
+    @property
     def in_channels(self) -> int:
-        return int(self.train.x.shape[1])
+        return self.input_shape[0]
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return int(self.train.x.shape[2]), int(self.train.x.shape[3])
+        return self.input_shape[1], self.input_shape[2]
 
     @property
     def digest(self) -> str:
@@ -178,7 +184,7 @@ def _fitted(raw: RawData, cfg: DataConfig) -> RawData:
     for x in (raw.train_x, raw.test_x):
         assert isinstance(x, torch.Tensor)  # only an image folder is read straight to disk
         x = to_channels(x, cfg.channels)
-        xs.append(resize_center_crop_batch(x, cfg.image_size) if cfg.image_size is not None else x)
+        xs.append(resize_center_crop_batch(x, cfg.stored_size) if cfg.stored_size is not None else x)
     return RawData(xs[0], raw.train_y, xs[1], raw.test_y, raw.class_names, raw.source, raw.bad_files)
 
 
@@ -197,6 +203,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
     except BaseException:
         if store is not None:
             store.abort()
+            (out / EVAL_STORE_FILE).unlink(missing_ok=True)
         raise
     return manifest
 
@@ -206,6 +213,8 @@ def _prepare(cfg: DataConfig, out: Path, cache_dir: Path, store: PixelWriter | N
     raw.train_x, raw.test_x = to_store(raw.train_x, store), to_store(raw.test_x, store)
     train, val, test, release = split_raw(raw, cfg)
     train, pool, pool_bad = build_pool(train, cfg, cache_dir, store)
+    if cfg.store_size is not None and cfg.store_size != cfg.image_size:  # evaluation shows the centre crop
+        val, test, release = eval_views([val, test, release], int(cfg.image_size), out)  # type: ignore[arg-type]
     splits = {"train": train, "val": val, "test": test, "release": release}
     if len(pool):
         splits["unlabeled"] = pool
@@ -225,11 +234,12 @@ def _prepare(cfg: DataConfig, out: Path, cache_dir: Path, store: PixelWriter | N
         "counts": {name: len(sp) for name, sp in splits.items()},
         "class_names": class_names,
         "num_classes": len(class_names),
-        "input_shape": list(train.x.shape[1:]),
+        "input_shape": list(test.x.shape[1:]),
         "mean": list(mean),
         "std": list(std),
         "augmentation": augmentation_spec(cfg),
         "image_size": cfg.image_size,
+        "store_size": cfg.stored_size,
         "storage": "disk" if store is not None else "memory",
         "bad_files": raw.bad_files + pool_bad,
         "test_duplicates_in_train": shared_images(raw.test_x, raw.train_x),
@@ -253,11 +263,18 @@ def _prepare(cfg: DataConfig, out: Path, cache_dir: Path, store: PixelWriter | N
 
 
 def augmentation_spec(cfg: DataConfig) -> dict:
-    return {
+    """The train view (:mod:`kdflow.data.views`); the keys of the default pad crop stay as they always were, so
+    its caches and digests stay valid."""
+    spec: dict = {
         "enabled": cfg.augment,
-        "crop_padding": cfg.crop_padding if cfg.augment else 0,
+        "crop_padding": cfg.crop_padding if cfg.augment and cfg.train_crop == "pad" else 0,
         "hflip": cfg.hflip and cfg.augment,
     }
+    if cfg.train_crop == "resized":
+        spec.update(crop="resized", scale=list(cfg.crop_scale), ratio=list(cfg.crop_ratio))
+    if cfg.store_size is not None and cfg.store_size != cfg.image_size:
+        spec["size"] = cfg.image_size
+    return spec
 
 
 SPLIT_FILES = {

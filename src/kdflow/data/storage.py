@@ -18,7 +18,8 @@ import torch
 
 from kdflow.config import DataConfig
 from kdflow.data.batches import Split
-from kdflow.data.pixels import STORE_FILE, DiskImages, PixelWriter, chunks, decoded_bytes
+from kdflow.data.pixels import EVAL_STORE_FILE, STORE_FILE, DiskImages, PixelWriter, chunks, decoded_bytes
+from kdflow.data.views import center
 from kdflow.errors import DataError
 
 AUTO_DISK_BYTES = 2 << 30  # an image folder decoding to more than this is kept on disk by default
@@ -41,11 +42,11 @@ def open_store(cfg: DataConfig, out_dir: Path, source_dir: Path | None) -> Pixel
             return None
         from kdflow.data.imagefolder import count_files
 
-        chw = (int(cfg.channels), int(cfg.image_size), int(cfg.image_size))  # type: ignore[arg-type]
+        chw = (int(cfg.channels), int(cfg.stored_size), int(cfg.stored_size))  # type: ignore[arg-type]
         if decoded_bytes(count_files(source_dir), chw) <= AUTO_DISK_BYTES:
             return None
     if folder:
-        return PixelWriter(out_dir, (int(cfg.channels), int(cfg.image_size), int(cfg.image_size)))  # type: ignore[arg-type]
+        return PixelWriter(out_dir, (int(cfg.channels), int(cfg.stored_size), int(cfg.stored_size)))  # type: ignore[arg-type]
     return _LazyWriter(out_dir)  # IDX data: the shape is known once it is loaded
 
 
@@ -113,18 +114,44 @@ def channel_stats(x) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
+def eval_views(splits: list[Split], size: int, out: Path) -> list[Split]:
+    """The evaluation splits as the centre ``size`` crop of their stored images (train is stored larger,
+    ``data.store_size``); on disk they get a store of their own."""
+    if not any(isinstance(sp.x, DiskImages) for sp in splits):
+        return [Split(center(sp.x, size), sp.y) for sp in splits]  # type: ignore[arg-type]
+    c = int(splits[0].x.shape[1])
+    writer = PixelWriter(out, (c, size, size), EVAL_STORE_FILE)
+    spans = []
+    try:
+        for sp in splits:
+            first = writer.count
+            for chunk in chunks(sp.x):
+                for img in center(chunk, size):
+                    writer.append(img.numpy())
+            spans.append((first, writer.count))
+        final = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return [
+        Split(DiskImages(final, (c, size, size), torch.arange(a, b)), sp.y)
+        for (a, b), sp in zip(spans, splits, strict=True)
+    ]
+
+
 def split_blob(split: Split) -> dict:
     """What a split file holds: the tensor, or the store's file name and the split's rows."""
     if isinstance(split.x, DiskImages):
-        return {"store": STORE_FILE, "chw": list(split.x.chw), "rows": split.x.rows.contiguous(), "y": split.y}
+        name = split.x.path.name if split.x.path.name == EVAL_STORE_FILE else STORE_FILE
+        return {"store": name, "chw": list(split.x.chw), "rows": split.x.rows.contiguous(), "y": split.y}
     return {"x": split.x.contiguous(), "y": split.y.contiguous()}
 
 
 def split_from_blob(blob: dict, directory: Path, path: Path) -> Split:
     if "store" not in blob:
         return Split(blob["x"], blob["y"])
-    store = directory / STORE_FILE
-    if blob["store"] != STORE_FILE or not store.is_file():
+    store = directory / str(blob["store"])
+    if blob["store"] not in (STORE_FILE, EVAL_STORE_FILE) or not store.is_file():
         raise DataError(
             "dataset", f"'{path}' refers to a pixel store '{store}' that is missing", "run `kdflow prep` again"
         )

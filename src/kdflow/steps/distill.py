@@ -129,7 +129,7 @@ def distill(
             teachers,
             model,
             cfg.distill,
-            tuple(prepared.train.x.shape[1:]),
+            prepared.input_shape,
             prepared.num_classes,
             training_attack(cfg, role, prepared),
             teacher_channels_last=bool(cfg.teacher.channels_last),

@@ -45,7 +45,7 @@ def provide_teacher(
     out = Path(out_dir)
     start_pipeline(cfg, ctx)  # fails fast on a bad tracking URI
     prepared = data.load_prepared(data_dir)
-    model, meta = load_teacher(cfg.teacher.source, prepared.num_classes, input_shape=tuple(prepared.train.x.shape[1:]))
+    model, meta = load_teacher(cfg.teacher.source, prepared.num_classes, input_shape=prepared.input_shape)
     # a provided teacher's identity is its source's bytes: another teacher's files never stay beside it
     source_sha = sha256_file(checkpoints.resolve_source(cfg.teacher.source, "teacher.source"))
     step_manifest.claim(out, "train_teacher", {"teacher.source_sha256": source_sha}, fresh)
@@ -64,7 +64,7 @@ def provide_teacher(
         "arch": meta["arch"],
         "data_digest": prepared.digest,
         "model_uri": cfg.teacher.source,
-        "metrics": {"test_accuracy": acc, **models.model_report(model, tuple(prepared.train.x.shape[1:]))},
+        "metrics": {"test_accuracy": acc, **models.model_report(model, prepared.input_shape)},
         "parent_run_id": ctx.parent_run_id,
         "pipeline_run_id": ctx.pipeline_run_id,
         "source": cfg.teacher.source,

@@ -55,7 +55,7 @@ def _metrics(
         "best_val_accuracy": fitted.best_val_acc,
         "best_epoch": fitted.best_epoch,
         "final_val_accuracy": history[-1]["val_acc"] if history else None,
-        **models.model_report(model, tuple(prepared.train.x.shape[1:])),
+        **models.model_report(model, prepared.input_shape),
         "epochs": len(history),
         "world_size": dist_info.world,
         "global_batch": cfg.train.batch_size,

@@ -150,7 +150,7 @@ def open_context(
 ) -> Study:
     """What every trial shares: prepared data, the frozen teacher(s), the feasible students."""
     prepared = data.load_prepared(data_dir)
-    feasible = space.feasible_students(cfg.tune, tuple(prepared.train.x.shape[1:]), prepared.num_classes)
+    feasible = space.feasible_students(cfg.tune, prepared.input_shape, prepared.num_classes)
     st = Study(cfg, prepared, teacher_path, out, feasible, recorder, cache_dir)
     st.teacher()  # a missing or corrupt teacher fails here, before any trial
     return st

@@ -53,7 +53,7 @@ class Study:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.prepared.train.x.shape[1:])
+        return self.prepared.input_shape
 
     @property
     def cache_views(self) -> int:
