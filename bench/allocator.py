@@ -1,4 +1,4 @@
-"""CPU choice: glibc allocator settings (kdflow.training.allocator, train.keep_freed_memory), measured.
+"""CPU choice: glibc allocator settings (kdflow.infra.allocator, train.keep_freed_memory), measured.
 
 Allocator state is process-wide, so every timing runs in a fresh interpreter: the kdflow online KD step
 (resnet20 -> cnn-small, batch 128) and the teacher-cache forward (resnet20, batch 256), with the settings
@@ -23,7 +23,7 @@ from results import write_section  # noqa: E402
 PROBE = r"""
 import json, resource, statistics, sys, time
 import torch
-from kdflow.training import allocator
+from kdflow.infra import allocator
 from kdflow.models import zoo as models
 from kdflow.config import build_config
 from kdflow.training.objective import DistillObjective

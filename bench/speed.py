@@ -29,8 +29,8 @@ from results import write_section  # noqa: E402
 from kdflow.config import build_config  # noqa: E402
 from kdflow.data import cache  # noqa: E402
 from kdflow.data import prepared as data  # noqa: E402
+from kdflow.infra.allocator import keep_freed_memory  # noqa: E402
 from kdflow.models import zoo as models  # noqa: E402
-from kdflow.training.allocator import keep_freed_memory  # noqa: E402
 from kdflow.training.objective import DistillObjective, SupervisedObjective  # noqa: E402
 from kdflow.training.trainer import _TrainStep, build_optimizer, fit  # noqa: E402
 

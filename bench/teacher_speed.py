@@ -23,8 +23,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_section  # noqa: E402
 
+from kdflow.infra.allocator import keep_freed_memory  # noqa: E402
 from kdflow.models import zoo as models  # noqa: E402
-from kdflow.training.allocator import keep_freed_memory  # noqa: E402
 
 
 def make_step(arch: str, channels_last: bool, bf16: bool, compiled: bool = False):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 PROBE = """
 import resource, sys, torch
-from kdflow.training import allocator
+from kdflow.infra import allocator
 from kdflow.models import zoo as models
 applied = allocator.keep_freed_memory() if sys.argv[1] == "on" else False
 torch.set_num_threads(1)

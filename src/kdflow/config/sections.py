@@ -143,7 +143,7 @@ class TrainConfig(_Section):
     keep_freed_memory: bool = Field(
         True,
         description="glibc: keep freed activation buffers for reuse instead of "
-        "returning them to the OS each batch (see kdflow.training.allocator)",
+        "returning them to the OS each batch (see kdflow.infra.allocator)",
     )
     num_threads: int | None = Field(None, ge=1)
     loader_workers: int | None = Field(

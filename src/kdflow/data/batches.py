@@ -44,7 +44,7 @@ class Normalizer:
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
         if x_uint8.device != self.mean.device:
             self.mean, self.inv_std = self.mean.to(x_uint8.device), self.inv_std.to(x_uint8.device)
-        return (x_uint8.float() - self.mean) * self.inv_std
+        return x_uint8.float().sub_(self.mean).mul_(self.inv_std)  # in place: one float batch, not three
 
 
 def shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
@@ -74,6 +74,12 @@ def load_batch(x, plan: BatchPlan, spec: dict | None) -> tuple[torch.Tensor, tor
 
     partner = view(plan.mix.partner, plan.partner_params) if plan.mix is not None else None
     return view(plan.idx, plan.params), partner
+
+
+def _worker_init(_: int) -> None:
+    from kdflow.infra.allocator import return_freed_memory
+
+    return_freed_memory()
 
 
 class _PlannedBatches(torch.utils.data.Dataset):
@@ -155,6 +161,7 @@ def iterate(
             num_workers=min(workers, len(plans)),
             pin_memory=cuda,
             prefetch_factor=4,
+            worker_init_fn=_worker_init,
         )
     else:
         loaded = (load_batch(split.x, p, augment) for p in plans)

@@ -32,17 +32,28 @@ def draw_augmentation(b: int, padding: int, hflip: bool, gen: torch.Generator) -
 def apply_augmentation(x: torch.Tensor, params: torch.Tensor, padding: int) -> torch.Tensor:
     """RandomCrop(padding) + horizontal flip of a uint8 batch with explicit per-sample parameters."""
     b, c, h, w = x.shape
-    if padding > 0:
+    if h * w > SMALL_IMAGE:
+        return _crop_flip_per_sample(x, params, padding)
+    if padding > 0:  # one gather over the batch: fastest for small images
         xp = F.pad(x, (padding, padding, padding, padding))
-        if h * w <= SMALL_IMAGE:  # one gather over the batch: fastest for small images
-            rows = (params[:, 0, None] + torch.arange(h))[:, None, :, None]
-            cols = (params[:, 1, None] + torch.arange(w))[:, None, None, :]
-            x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-        else:  # a slice per sample: the gather's index tensors cost 8 bytes per pixel (5x slower at 224 px)
-            x = torch.empty_like(x)
-            for k, (i, j) in enumerate(params[:, :2].tolist()):
-                x[k] = xp[k, :, i : i + h, j : j + w]
+        rows = (params[:, 0, None] + torch.arange(h))[:, None, :, None]
+        cols = (params[:, 1, None] + torch.arange(w))[:, None, None, :]
+        x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
     return _flip(x, params[:, 2])
+
+
+def _crop_flip_per_sample(x: torch.Tensor, params: torch.Tensor, padding: int) -> torch.Tensor:
+    """The same pixels as pad + crop + flip, one copy per sample: for large images the gather's index tensors
+    (8 bytes per pixel), the padded copy and the batch-wide flip cost 5x more."""
+    _, _, h, w = x.shape
+    out = torch.zeros_like(x) if padding > 0 else torch.empty_like(x)
+    for k, (i, j, flip) in enumerate(params[:, :3].tolist()):
+        r0, c0 = i - padding, j - padding  # the window's corner in the unpadded image
+        sr0, sr1, sc0, sc1 = max(r0, 0), min(r0 + h, h), max(c0, 0), min(c0 + w, w)
+        out[k, :, sr0 - r0 : sr1 - r0, sc0 - c0 : sc1 - c0] = x[k, :, sr0:sr1, sc0:sc1]
+        if flip:
+            out[k] = out[k].flip(-1)
+    return out
 
 
 def _flip(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,8 @@ def cache_factory(cfg: Config, teacher: nn.Module, teacher_sha256: str):
 
     def build(prepared: PreparedData) -> tuple[object, dict]:
         from kdflow.data import cache
+        from kdflow.infra.allocator import keep_freed_memory
         from kdflow.models.compiled import frozen_forward
-        from kdflow.training.allocator import keep_freed_memory
         from kdflow.training.trainer import pick_device
 
         if cfg.train.keep_freed_memory:

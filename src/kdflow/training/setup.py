@@ -10,8 +10,8 @@ import torch.nn as nn
 from kdflow.config import TrainConfig
 from kdflow.data.prepared import Normalizer, PreparedData, num_batches
 from kdflow.errors import ConfigError
+from kdflow.infra.allocator import keep_freed_memory
 from kdflow.training import distributed
-from kdflow.training.allocator import keep_freed_memory
 from kdflow.training.optim import build_optimizer, lr_factor
 
 
