@@ -22,6 +22,7 @@ from kdflow.data.pixels import EVAL_STORE_FILE, STORE_FILE, DiskImages, PixelWri
 from kdflow.data.views import center
 from kdflow.errors import DataError
 
+STATS_CHUNK_BYTES = 8 << 20  # uint8 per chunk of the statistics pass (its int32 copy is 4x)
 AUTO_DISK_BYTES = 2 << 30  # an image folder decoding to more than this is kept on disk by default
 
 
@@ -100,18 +101,19 @@ def digest(*tensors) -> str:
 
 
 def channel_stats(x) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (unbiased) std on the 0-1 scale, streamed in float64."""
+    """Per-channel mean and (unbiased) std on the 0-1 scale, from exact integer sums over small chunks (a float64
+    copy of a large chunk was prep's peak memory)."""
     c = int(x.shape[1])
-    total, sq, n = np.zeros(c), np.zeros(c), 0
-    for chunk in chunks(x):
-        a = chunk.numpy().astype(np.float64) / 255.0
-        total += a.sum(axis=(0, 2, 3))
-        sq += (a * a).sum(axis=(0, 2, 3))
+    total, sq, n = np.zeros(c, dtype=np.int64), np.zeros(c, dtype=np.int64), 0
+    for chunk in chunks(x, STATS_CHUNK_BYTES):
+        a = chunk.numpy().astype(np.int32)
+        total += a.sum(axis=(0, 2, 3), dtype=np.int64)
+        sq += (a * a).sum(axis=(0, 2, 3), dtype=np.int64)
         n += a.shape[0] * a.shape[2] * a.shape[3]
     mean = total / max(n, 1)
-    var = (sq - n * mean * mean) / max(n - 1, 1)
-    std = np.sqrt(np.maximum(var, 0.0)).clip(min=1e-3)
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    var = (sq - total.astype(np.float64) * mean) / max(n - 1, 1)
+    std = np.sqrt(np.maximum(var, 0.0)) / 255.0
+    return tuple(float(v) for v in mean / 255.0), tuple(float(v) for v in std.clip(min=1e-3))
 
 
 def eval_views(splits: list[Split], size: int, out: Path) -> list[Split]:
