@@ -170,3 +170,32 @@ def test_mixed_views_the_teacher_saw_are_the_ones_the_student_gets(setup, tmp_pa
 
 def key_differs_only_in_mix(a: dict, b: dict) -> bool:
     return {k for k in a if a[k] != b.get(k)} == {"mix"}
+
+
+def test_topk_expansion_keeps_the_top_probabilities_and_the_normaliser():
+    torch.manual_seed(0)
+    full = torch.randn(50, 10) * 3
+    values, index = full.topk(3, dim=1)
+    lse = torch.logsumexp(full, 1)
+    out = cache.expand_topk(values, index, lse, 10)
+    assert torch.allclose(torch.logsumexp(out, 1), lse, atol=1e-5)
+    assert torch.allclose(out.softmax(1).gather(1, index), full.softmax(1).gather(1, index), atol=1e-6)
+    assert torch.equal(out.argmax(1), full.argmax(1))
+    rest = out.scatter(1, index, float("nan"))  # the 7 others share one logit
+    assert torch.allclose(rest.nan_to_num(0).sum(1) / 7, rest.nanmean(1), atol=1e-5)
+    assert torch.equal(cache.expand_topk(*full.topk(10, dim=1), lse, 10), full)
+
+
+def test_a_topk_cache_stores_fewer_bytes_and_serves_the_top_logits(setup, tmp_path):
+    d, teacher, full = setup["d"], setup["teacher"], setup["cache"]
+    tc, path, _ = cache.get_or_build(teacher, setup["sha"], d, 3, 5, tmp_path, topk=2)
+    assert tc.key["topk"] == 2 and "topk" not in full.key  # a full cache's key is as it always was
+    assert tc.bytes_per_view() < full.bytes_per_view()
+    reloaded = cache.load(path, tc.key)
+    idx = torch.arange(100)
+    served, exact = reloaded.logits_for(idx, 1), full.logits_for(idx, 1)  # the same views, the same teacher
+    top = exact.topk(2, dim=1).indices
+    assert torch.equal(served.argmax(1), exact.argmax(1))
+    assert torch.allclose(served.gather(1, top), exact.gather(1, top), atol=1e-2)
+    with pytest.raises(ConfigError, match="topk"):
+        cache.load(path, full.key)  # a top-k cache is never served as a full one

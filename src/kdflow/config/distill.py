@@ -82,6 +82,12 @@ class DistillConfig(_Section):
     cache: bool = Field(False, description="offline KD: replay cached teacher logits of K stored augmented views")
     cache_views: int = Field(0, ge=0, description="K views per sample; 0 = one per student epoch")
     cache_seed: int = 0
+    cache_topk: int | None = Field(
+        None,
+        ge=1,
+        description="keep each view's k largest teacher logits (FKD; the other classes share the rest of the "
+        "softmax mass): bytes per view for many classes; None or >= the class count keeps all",
+    )
     cache_dir: str | None = Field(None, description="default: <storage.state_dir>/teacher_cache")
     assistant: AssistantConfig | None = Field(
         None, description="bridge a large capacity gap: teacher -> assistant -> student, each by this recipe"

@@ -28,9 +28,12 @@ from kdflow.infra.io import atomic_torch_save, safe_torch_load
 FORMAT = "kdflow-teacher-cache-v2"  # v2: mixing partners and weights (function matching)
 
 
-def cache_key(teacher_sha256: str, data: PreparedData, views: int, seed: int, mix: dict | None = None) -> dict:
-    """``mix`` ({kind, alpha}) stores each view's partner and weight too, and the logits of the mixed image."""
-    return {
+def cache_key(
+    teacher_sha256: str, data: PreparedData, views: int, seed: int, mix: dict | None = None, topk: int | None = None
+) -> dict:
+    """``mix`` ({kind, alpha}) stores each view's partner and weight too, and the logits of the mixed image;
+    ``topk`` keeps the k largest logits of each view (FKD) instead of all of them."""
+    key = {
         "format": FORMAT,
         "teacher_sha256": teacher_sha256,
         "data_digest": data.digest,
@@ -40,6 +43,9 @@ def cache_key(teacher_sha256: str, data: PreparedData, views: int, seed: int, mi
         "num_train": len(data.train),
         "mix": mix,
     }
+    if topk is not None and topk < data.num_classes:  # absent otherwise: full-logit keys stay as they were
+        key["topk"] = topk
+    return key
 
 
 def key_name(key: dict) -> str:
@@ -60,12 +66,40 @@ def view_mix(n: int, mix: dict, image_hw: tuple[int, ...], seed: int, view: int)
 
 
 @dataclass
+class TopK:
+    """The k largest raw logits of every view (their values live in ``TeacherCache.logits``), their classes,
+    and the log-sum-exp of all C, so the rest of the distribution's mass is known."""
+
+    index: torch.Tensor  # views x N x k (int16)
+    lse: torch.Tensor  # views x N (fp32)
+    num_classes: int
+
+
+def expand_topk(values: torch.Tensor, index: torch.Tensor, lse: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Full logits from the top k: those k exact, every other class the same logit holding the rest of the
+    softmax mass, so softmax at T=1 keeps the top-k probabilities exactly and the log-sum-exp is the teacher's."""
+    k = values.shape[1]
+    if k >= num_classes:
+        return torch.zeros(len(values), num_classes).scatter_(1, index, values)
+    rest = (1.0 - torch.exp(values - lse[:, None]).sum(1)).clamp_min(1e-12)
+    fill = lse + torch.log(rest / (num_classes - k))
+    return fill[:, None].expand(-1, num_classes).clone().scatter_(1, index, values)
+
+
+@dataclass
 class TeacherCache:
     key: dict
-    params: torch.Tensor  # views x N x 3 (int16)
-    logits: torch.Tensor  # views x N x C (fp16, raw)
+    params: torch.Tensor  # views x N x 3 or 5 (int16)
+    logits: torch.Tensor  # views x N x C (fp16 or fp32, raw), or views x N x k with ``topk``
     build_seconds: float = 0.0
     mix: list[MixParams] | None = None  # per view, when the teacher saw mixed images
+    topk: TopK | None = None
+
+    def bytes_per_view(self) -> float:
+        """Stored bytes per (sample, view): view parameters, logits, and the top-k classes and log-sum-exp."""
+        tensors = [self.params, self.logits] + ([self.topk.index, self.topk.lse] if self.topk is not None else [])
+        n = int(self.params.shape[0] * self.params.shape[1])
+        return sum(t.numel() * t.element_size() for t in tensors) / max(n, 1)
 
     @property
     def views(self) -> int:
@@ -81,7 +115,11 @@ class TeacherCache:
         return self.mix[self.view_of(epoch)] if self.mix is not None else None
 
     def logits_for(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
-        return self.logits[self.view_of(epoch)][indices].float()
+        v = self.view_of(epoch)
+        values = self.logits[v][indices].float()
+        if self.topk is None:
+            return values
+        return expand_topk(values, self.topk.index[v][indices].long(), self.topk.lse[v][indices], self.topk.num_classes)
 
 
 @torch.no_grad()
@@ -118,12 +156,13 @@ def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 2
         all_logits.append(torch.cat(out))
         tqdm.write(f"[teacher cache] view {v + 1}/{key['views']} done, {time.perf_counter() - t0:.0f} s")
     bar.close()
+    logits, topk = torch.stack(all_logits), None
+    if key.get("topk"):
+        lse = torch.logsumexp(logits.float(), dim=-1)
+        logits, index = logits.topk(int(key["topk"]), dim=-1)
+        topk = TopK(index.to(torch.int16), lse, data.num_classes)
     return TeacherCache(
-        key,
-        torch.stack(all_params),
-        compact(torch.stack(all_logits)),
-        time.perf_counter() - t0,
-        all_mix if mix else None,
+        key, torch.stack(all_params), compact(logits), time.perf_counter() - t0, all_mix if mix else None, topk
     )
 
 
@@ -152,6 +191,8 @@ def save(cache: TeacherCache, path: Path) -> Path:
             "box": torch.stack([m.box for m in cache.mix]).to(torch.int16),
         }
     blob = {"key": cache.key, "params": cache.params, "logits": cache.logits, "build_seconds": cache.build_seconds}
+    if cache.topk is not None:
+        blob["topk"] = {"index": cache.topk.index, "lse": cache.topk.lse, "num_classes": cache.topk.num_classes}
     return atomic_torch_save({**blob, "mix": mix}, path)
 
 
@@ -159,11 +200,21 @@ def load(path: Path, expected: dict) -> TeacherCache:
     """Load a cache and refuse it unless every key field matches what this run would build."""
     blob = safe_torch_load(path, "distill.cache")
     key = blob.get("key", {}) if isinstance(blob, dict) else {}
-    for field in ("format", "teacher_sha256", "data_digest", "augmentation", "views", "seed", "num_train", "mix"):
-        if key.get(field) != expected[field]:
+    for field in (
+        "format",
+        "teacher_sha256",
+        "data_digest",
+        "augmentation",
+        "views",
+        "seed",
+        "num_train",
+        "mix",
+        "topk",
+    ):
+        if key.get(field) != expected.get(field):
             raise ConfigError(
                 "distill.cache",
-                f"stale teacher cache '{path}': {field} is {key.get(field)!r}, this run needs {expected[field]!r}",
+                f"stale teacher cache '{path}': {field} is {key.get(field)!r}, this run needs {expected.get(field)!r}",
                 "delete the file or let kdflow rebuild it (distill.cache_dir)",
             )
     params, logits = blob["params"], blob["logits"]
@@ -176,7 +227,11 @@ def load(path: Path, expected: dict) -> TeacherCache:
             MixParams(stored["partner"][v].long(), stored["lam"][v].float(), stored["box"][v].long())
             for v in range(params.shape[0])
         ]
-    return TeacherCache(key, params, logits, float(blob.get("build_seconds", 0.0)), mix)
+    stored_topk = blob.get("topk")
+    topk = TopK(stored_topk["index"], stored_topk["lse"], int(stored_topk["num_classes"])) if stored_topk else None
+    if (topk is None) != ("topk" not in key):
+        raise ConfigError("distill.cache", f"teacher cache '{path}' lacks its top-k classes", "delete it and rebuild")
+    return TeacherCache(key, params, logits, float(blob.get("build_seconds", 0.0)), mix, topk)
 
 
 def get_or_build(
@@ -187,9 +242,10 @@ def get_or_build(
     seed: int,
     cache_dir: Path,
     mix: dict | None = None,
+    topk: int | None = None,
 ) -> tuple[TeacherCache, Path, bool]:
     """Reuse a matching cache from ``cache_dir`` or build and save one. Returns (cache, path, reused)."""
-    key = cache_key(teacher_sha256, data, views, seed, mix)
+    key = cache_key(teacher_sha256, data, views, seed, mix, topk)
     path = Path(cache_dir) / f"teacher-cache-{key_name(key)}.pt"
     if path.is_file():
         try:

@@ -88,7 +88,7 @@ def _read_by_role(cfg: Config, key: str) -> bool:
         return d.data_free
     if key == "distill.ensemble":
         return bool(d.extra_teachers)
-    if key in ("distill.cache_views", "distill.cache_seed"):
+    if key in ("distill.cache_views", "distill.cache_seed", "distill.cache_topk"):
         return d.cache
     section, _, name = key.partition(".")
     if section in ("teacher", "student") and name in ("finetune", "backbone_lr_mult"):

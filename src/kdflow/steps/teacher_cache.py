@@ -27,7 +27,7 @@ def cache_factory(cfg: Config, teacher: nn.Module, teacher_sha256: str):
         forward = frozen_forward(teacher, bool(cfg.teacher.channels_last), cfg.distill.compile_teacher)
         mix = {"kind": cfg.train.mix, "alpha": cfg.train.mix_alpha} if cfg.train.mix != "none" else None
         tc, path, reused = cache.get_or_build(
-            forward, teacher_sha256, prepared, views, cfg.distill.cache_seed, cache_dir, mix
+            forward, teacher_sha256, prepared, views, cfg.distill.cache_seed, cache_dir, mix, cfg.distill.cache_topk
         )
         print(
             f"[distill_student] teacher cache {'reused' if reused else 'built'}: {path} "
@@ -37,6 +37,7 @@ def cache_factory(cfg: Config, teacher: nn.Module, teacher_sha256: str):
             "cache_views": tc.views,
             "cache_reused": reused,
             "cache_build_seconds": tc.build_seconds,
+            "cache_bytes_per_view": tc.bytes_per_view(),
             "cache_path": str(path),
         }
 

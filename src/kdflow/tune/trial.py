@@ -72,6 +72,7 @@ class Study:
                 self.cfg.distill.cache_seed,
                 self.cache_dir or self.out / "teacher_cache",
                 spec,
+                self.cfg.distill.cache_topk,
             )
         return self.caches[(mix, which)]
 
