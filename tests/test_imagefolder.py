@@ -200,3 +200,6 @@ def test_every_step_runs_on_a_mixed_size_tree(tmp_path):
     assert main(args) == 0
     exported = json.loads((tmp_path / "export" / "export.json").read_text())
     assert exported["forms"]["onnx"]["top1_agreement"] >= 0.9
+    onnx_file = sorted((tmp_path / "export").rglob("*.onnx"))[0]
+    photo = next(f for f in sorted((tmp_path / "imgs" / "ant").iterdir()) if f.suffix == ".png")
+    assert main(["predict", "--model", str(onnx_file), str(photo)]) == 0  # a raw photo, resized as prep did

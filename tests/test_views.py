@@ -164,3 +164,22 @@ def test_a_teacher_cache_of_resized_crops_replays_the_teachers_exact_views(tmp_p
                 live = teacher(xb)
             assert torch.allclose(live, tc.logits_for(idx, epoch), atol=2e-2, rtol=1e-2)
     assert not math.isclose(float(tc.logits[0].sum()), float(tc.logits[1].sum()))  # the two views differ
+
+
+@pytest.mark.unit
+def test_predict_sees_a_raw_photo_as_evaluation_saw_it(tmp_path):
+    """Train/serve parity: the export manifest records prep's evaluation transform and predict applies it, so a
+    photo of any size gives exactly the pixels of its row in the prepared test split."""
+    from kdflow.release.export import preprocess_spec
+    from kdflow.release.predict import load_images
+
+    for split in ("train", "test"):
+        _tree(tmp_path / "imgs" / split, n=3)
+    cfg = _cfg(tmp_path / "imgs", storage="memory", val_size=1, release_fraction=0.0)
+    manifest = data.prepare(cfg, tmp_path / "d")
+    spec = preprocess_spec(manifest)
+    assert spec == {"resize_shorter": 24, "center_crop": 16}
+    files = [str(f) for c in ("a", "b") for f in sorted((tmp_path / "imgs" / "test" / c).iterdir())]
+    served = load_images(files, manifest["input_shape"], spec)
+    assert np.array_equal(served, data.load_split(tmp_path / "d", "test").x.numpy().astype(np.float32))
+    assert preprocess_spec(build_config({}).data.model_dump() | {"image_size": None}) is None  # IDX as it is

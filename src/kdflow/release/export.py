@@ -198,6 +198,7 @@ def write_manifest(
         "input_shape": ["batch", *data.manifest["input_shape"]],
         "input_dtype": "float32",
         "normalization": {"mean": list(data.mean), "std": list(data.std), "scale": "pixel/255"},
+        "preprocess": preprocess_spec(data.manifest),
         "class_names": data.class_names,
         "opset": opset,
         "source_model": source_model,
@@ -205,6 +206,15 @@ def write_manifest(
     }
     atomic_write_json(path.with_name(path.name + ".manifest.json"), manifest)
     return manifest
+
+
+def preprocess_spec(data_manifest: dict) -> dict | None:
+    """The evaluation transform a raw image needs before the model (what prep did to the test images): the
+    shorter side resized to the stored size, then the centre crop; None when prep resized nothing."""
+    size = data_manifest.get("image_size")
+    if not size:
+        return None
+    return {"resize_shorter": int(data_manifest.get("store_size") or size), "center_crop": int(size)}
 
 
 def export_all(

@@ -41,12 +41,20 @@ def _resolve(model: str) -> tuple[Path, Path]:
     return p, manifest
 
 
-def load_images(paths: list[str], shape: list[int]) -> np.ndarray:
-    """The images as the model's (N, C, H, W) batch on the 0-255 scale (modes and bit depths converted)."""
+def load_images(paths: list[str], shape: list[int], preprocess: dict | None = None) -> np.ndarray:
+    """The images as the model's (N, C, H, W) batch on the 0-255 scale (modes and bit depths converted), through
+    the evaluation transform prep applied to the test images when the export recorded one (``preprocess``:
+    shorter side resized, then the centre crop), so a photo of any size is seen as evaluation saw it."""
     c, h, w = shape
     out = []
     for p in paths:
         img = read_image(p, c)
+        if preprocess:
+            from kdflow.data.transforms import resize_center_crop
+
+            img = resize_center_crop(img, preprocess["resize_shorter"])
+            top, left = (img.shape[1] - h) // 2, (img.shape[2] - w) // 2
+            img = img[:, top : top + h, left : left + w].astype(np.float32)
         if tuple(img.shape) != (c, h, w):
             raise ExportError(
                 "images",
@@ -62,7 +70,7 @@ def predict_cli(model: str, images: list[str], as_json: bool = False) -> int:
     manifest = read_json_state(manifest_path, "--model", "re-export the model with `kdflow export`")
     if not isinstance(manifest, dict) or not {"input_shape", "normalization", "class_names", "format"} <= set(manifest):
         raise ExportError("--model", f"'{manifest_path}' is not a kdflow export manifest", "re-export the model")
-    x = load_images(images, manifest["input_shape"][1:])
+    x = load_images(images, manifest["input_shape"][1:], manifest.get("preprocess"))
     mean = np.asarray(manifest["normalization"]["mean"], np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(manifest["normalization"]["std"], np.float32).reshape(1, -1, 1, 1)
     x = (x / 255.0 - mean) / std
