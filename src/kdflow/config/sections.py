@@ -146,6 +146,12 @@ class TrainConfig(_Section):
         "returning them to the OS each batch (see kdflow.infra.allocator)",
     )
     num_threads: int | None = Field(None, ge=1)
+    precise_bn: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="recompute BatchNorm statistics for the current weights before each validation (PreciseBN); "
+        "auto: only for models whose statistics lag (momentum < 0.1, e.g. torchvision's MobileNetV3)",
+    )
+    precise_bn_batches: int = Field(32, ge=1, description="train batches (seeded, evaluation view) PreciseBN averages")
     loader_workers: int | None = Field(
         None,
         ge=0,

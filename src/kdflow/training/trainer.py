@@ -27,6 +27,7 @@ from kdflow.errors import ConfigError, TrainingDiverged
 from kdflow.evaluation.metrics import accuracy, predict_logits
 from kdflow.infra.fingerprint import differences
 from kdflow.infra.io import atomic_torch_save, safe_torch_load
+from kdflow.training import precise_bn
 from kdflow.training.collapse import collapsed_epochs, raise_if_collapsed
 from kdflow.training.optim import build_optimizer, lr_factor
 from kdflow.training.setup import TrainState, _TrainStep, autocast_for, pick_device, setup
@@ -214,6 +215,17 @@ def _record_epoch(
     result: FitResult,
 ) -> dict:
     """Validate, append the epoch's row to the history, and keep the best-val weights."""
+    if precise_bn.wanted(cfg.precise_bn, state.student):
+        precise_bn.recalibrate(
+            state.student,
+            data.train,
+            state.normalizer,
+            data.manifest.get("augmentation"),
+            cfg.precise_bn_batches,
+            state.batch,
+            state.device,
+            cfg.channels_last,
+        )
     val_acc = accuracy(
         predict_logits(state.student, data.val, state.normalizer, device=state.device, channels_last=cfg.channels_last),
         data.val.y,
