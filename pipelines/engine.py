@@ -207,4 +207,5 @@ def docker_runner(state: Path, writable: list[Path], read_only: list[Path]):
         working_dir=str(state.parent),  # a relative storage.state_dir resolves as it does on the host
         read_only=True,
         tmpfs={"/tmp": "rw,exec,mode=1777", "/home/kdflow": "rw,U"},  # U: owned by the image's user
+        shm_size="1g",  # DataLoader workers hand batches over in /dev/shm (64 MB by default); as the k8s pods' 1Gi
     )
