@@ -196,7 +196,9 @@ def prepare(cfg: DataConfig, out_dir: str | Path, cache_dir: Path | None = None)
     are written to the store as they are decoded, and a failure removes it (nothing half-written)."""
     out = Path(out_dir)
     cache = cache_dir or Path(cfg.download_root)
-    source = resolve_local(cfg.source, "data.source", cache) if cfg.source and cfg.storage != "memory" else None
+    source = None
+    if cfg.source and cfg.dataset == "imagefolder" and cfg.storage == "auto":  # sized before it is read
+        source = resolve_local(cfg.source, "data.source", cache)
     store = open_store(cfg, out, source)
     try:
         manifest = _prepare(cfg, out, cache, store)
