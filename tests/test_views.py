@@ -183,3 +183,17 @@ def test_predict_sees_a_raw_photo_as_evaluation_saw_it(tmp_path):
     served = load_images(files, manifest["input_shape"], spec)
     assert np.array_equal(served, data.load_split(tmp_path / "d", "test").x.numpy().astype(np.float32))
     assert preprocess_spec(build_config({}).data.model_dump() | {"image_size": None}) is None  # IDX as it is
+
+
+@pytest.mark.unit
+def test_a_pretrained_teachers_normalisation_can_be_given(tmp_path):
+    _tree(tmp_path / "imgs")
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    m = data.prepare(_cfg(tmp_path / "imgs", **imagenet), tmp_path / "given")
+    assert (m["mean"], m["std"]) == (imagenet["mean"], imagenet["std"])
+    own = data.prepare(_cfg(tmp_path / "imgs"), tmp_path / "own")
+    assert own["mean"] != imagenet["mean"] and own["digest"] == m["digest"]  # pixels alike, statistics not
+    with pytest.raises(ConfigError, match="data.mean"):
+        build_config({"data": {"mean": [0.5]}})  # without std
+    with pytest.raises(ConfigError, match="data.mean"):
+        build_config({"data": {"mean": [0.5], "std": [0.2], "channels": 3}})

@@ -76,6 +76,12 @@ class DataConfig(_Section):
         "pixels.u8 and read a batch at a time: bounded memory for data larger than RAM), auto (disk for an image "
         "folder decoding to more than 2 GiB). Same digests and batches either way",
     )
+    mean: list[float] | None = Field(
+        None,
+        description="normalisation mean per channel on the 0-1 scale (e.g. ImageNet's [0.485, 0.456, 0.406] for a "
+        "teacher pretrained with it); None: the dataset's own (built in, or computed over train at prep)",
+    )
+    std: list[float] | None = Field(None, description="normalisation std per channel, with data.mean")
     split_seed: int = 0
     release_fraction: float = Field(
         0.05,
@@ -96,6 +102,20 @@ class DataConfig(_Section):
     def stored_size(self) -> int | None:
         """The size prep stores images at (train crops come from it)."""
         return self.store_size or self.image_size
+
+    @model_validator(mode="after")
+    def _normalisation_given_whole(self) -> DataConfig:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("data.mean: mean and std come together; fix: set both data.mean and data.std, or neither")
+        if self.std is not None and (len(self.std) != len(self.mean or []) or min(self.std) <= 0):
+            raise ValueError(
+                f"data.std: {self.std} needs one positive value per channel of data.mean; fix: e.g. [0.229, 0.224, 0.225]"
+            )
+        if self.mean is not None and self.channels is not None and len(self.mean) != self.channels:
+            raise ValueError(
+                f"data.mean: {len(self.mean)} values for {self.channels} channel(s); fix: give one per channel"
+            )
+        return self
 
     @model_validator(mode="after")
     def _crops_fit(self) -> DataConfig:

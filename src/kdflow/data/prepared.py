@@ -121,9 +121,18 @@ class PreparedData:
         return Normalizer(self.mean, self.std)
 
 
-def _normalization(dataset: str, train_x) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if dataset in NORMALIZATION:
-        return NORMALIZATION[dataset]
+def _normalization(cfg: DataConfig, train_x) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``data.mean``/``data.std`` when given (a pretrained teacher's), else the dataset's own."""
+    if cfg.mean is not None and cfg.std is not None:
+        if len(cfg.mean) != int(train_x.shape[1]):
+            raise DataError(
+                "data.mean",
+                f"{len(cfg.mean)} values for images of {int(train_x.shape[1])} channel(s)",
+                "give one value per channel (or set data.channels)",
+            )
+        return tuple(cfg.mean), tuple(cfg.std)
+    if cfg.dataset in NORMALIZATION:
+        return NORMALIZATION[cfg.dataset]
     return channel_stats(train_x)
 
 
@@ -220,7 +229,7 @@ def _prepare(cfg: DataConfig, out: Path, cache_dir: Path, store: PixelWriter | N
     splits = {"train": train, "val": val, "test": test, "release": release}
     if len(pool):
         splits["unlabeled"] = pool
-    mean, std = _normalization(cfg.dataset, train.x)
+    mean, std = _normalization(cfg, train.x)
     class_names = raw.class_names or [str(i) for i in range(int(raw.train_y.max()) + 1)]
     manifest = {
         "dataset": cfg.dataset,
