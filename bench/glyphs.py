@@ -188,10 +188,11 @@ def run(args) -> None:
         print(f"[glyphs] teacher: {time.perf_counter() - t0:.0f} s", flush=True)
     scores: dict[str, dict[int, float]] = {"teacher": {0: _metric(teacher)}}
     for arch in args.students:
+        lr = args.student_lr.get(arch)
         for seed in args.seeds:
-            extra = [f"student.arch={arch}", f"student.epochs={args.epochs}"]
+            extra = [f"student.arch={arch}", f"student.epochs={args.epochs}", *([f"train.lr={lr}"] if lr else [])]
             for row, fn in (("scratch", None), ("distilled", teacher / "model.pt")):
-                out = runs / f"{arch.replace(':', '_')}-{row}-s{seed}"
+                out = runs / f"{arch.replace(':', '_')}{f'-lr{lr:g}' if lr else ''}-{row}-s{seed}"
                 if not (out / "model.pt").is_file():
                     t0 = time.perf_counter()
                     if fn is None:
@@ -231,10 +232,21 @@ def report(args, info: dict, scores: dict, data_dir: Path) -> None:
         if not seeds:
             continue
         gains = [100 * (d[k] - s[k]) for k in seeds]
+        lr = args.student_lr.get(arch, 0.1)
         lines.append(
-            f"| {arch} | {seeds} | {_ms([100 * s[k] for k in seeds])} | {_ms([100 * d[k] for k in seeds])} | "
+            f"| {arch} (lr {lr:g}) | {seeds} | {_ms([100 * s[k] for k in seeds])} | {_ms([100 * d[k] for k in seeds])} | "
             f"{_ms(gains) if len(gains) > 1 else f'{gains[0]:+.2f}'} |"
         )
+    stuck = []  # every run of this setting, any lr: the ones whose training never rose above chance
+    for hist in sorted(data_dir.parent.glob("*-s*/history.json")):
+        h = json.loads(hist.read_text())
+        if h and max(r["train_acc"] for r in h) < 1.5 / len(LETTERS):
+            stuck.append(hist.parent.name)
+    if stuck:
+        lines += [
+            "",
+            f"Runs whose train accuracy never rose above chance (a failed run, not a result): {', '.join(stuck)}.",
+        ]
     write_section(SECTION, "\n".join(lines))
     print("\n".join(lines), flush=True)
 
@@ -243,6 +255,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     p.add_argument("--students", type=lambda s: s.split(","), default=["tv:mobilenet_v3_small", "cnn-small"])
+    p.add_argument(
+        "--student-lr",
+        type=lambda s: {a: float(v) for a, v in (kv.split("=") for kv in s.split(",") if kv)},
+        default={},
+        help="ARCH=LR,...: a student's lr (default the config's 0.1); runs at another lr are kept apart",
+    )
     p.add_argument("--per-font", type=int, default=4)
     p.add_argument("--val-size", type=int, default=600)
     p.add_argument("--epochs", type=int, default=10)
