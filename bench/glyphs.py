@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_section  # noqa: E402
+from runs import isolated, seed_list  # noqa: E402
 
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
@@ -145,9 +146,7 @@ def render_tree(root: Path, per_font: int, seed: int = 0) -> dict:
 def config(args, seed: int, extra: list[str] | None = None):
     tree = WORK / f"tree-{args.per_font}"
     base = [
-        "tracking.enabled=false",
-        "storage.reuse=false",
-        f"storage.state_dir={WORK / 'state'}",
+        *isolated(WORK),
         "data.dataset=imagefolder",
         f"data.source={tree}",
         "data.image_size=64",
@@ -253,7 +252,7 @@ def report(args, info: dict, scores: dict, data_dir: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     p.add_argument("--students", type=lambda s: s.split(","), default=["tv:mobilenet_v3_small", "cnn-small"])
     p.add_argument(
         "--student-lr",

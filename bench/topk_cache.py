@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_section  # noqa: E402
+from runs import isolated, seed_list  # noqa: E402
 
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
@@ -31,9 +32,7 @@ KS = (None, 3, 1)
 
 def config(args, seed: int, extra: list[str] | None = None):
     base = [
-        "tracking.enabled=false",
-        "storage.reuse=false",
-        f"storage.state_dir={WORK / 'state'}",
+        *isolated(WORK),
         "teacher.arch=cnn-wide",
         f"teacher.epochs={args.teacher_epochs}",
         "student.arch=cnn-small",
@@ -98,7 +97,7 @@ def report(args, rows: dict, teacher_acc: float) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--teacher-epochs", type=int, default=5)
     run(p.parse_args())

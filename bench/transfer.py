@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_section  # noqa: E402
+from runs import isolated, seed_list  # noqa: E402
 
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
@@ -40,9 +41,7 @@ TARGETS = {"kd-1k": 2.0, "kd-all": 8.0}
 
 def config(args, seed: int, extra: list[str] | None = None):
     base = [
-        "tracking.enabled=false",
-        "storage.reuse=false",
-        f"storage.state_dir={WORK / 'state'}",
+        *isolated(WORK),
         "teacher.arch=cnn-wide",
         "student.arch=cnn-small",
         f"train.seed={seed}",
@@ -145,7 +144,7 @@ def report(args, scores: dict[str, dict[int, float]]) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2])
     p.add_argument("--labels", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=5, help="distilled and self-training students (labels + pool)")
     p.add_argument("--scratch-epochs", type=int, default=40, help="the scratch twin (labels only)")
