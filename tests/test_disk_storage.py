@@ -187,3 +187,23 @@ def test_large_images_are_cropped_per_sample_exactly_as_by_the_gather(monkeypatc
     gathered = views.apply_augmentation(x, params, 3)
     monkeypatch.setattr(views, "SMALL_IMAGE", 1)
     assert torch.equal(views.apply_augmentation(x, params, 3), gathered)
+
+
+@pytest.mark.unit
+def test_a_truncated_pixel_store_is_one_line(tmp_path):
+    _tree(tmp_path / "imgs")
+    data.prepare(_folder_cfg(tmp_path / "imgs", storage="disk"), tmp_path / "d")
+    store = tmp_path / "d" / pixels.STORE_FILE
+    store.write_bytes(store.read_bytes()[: 3 * 16 * 16 * 2])  # two of the ten images left
+    with pytest.raises(DataError, match=r"pixel store .* is truncated"):
+        data.load_split(tmp_path / "d", "train")
+
+
+@pytest.mark.unit
+def test_a_failure_after_the_store_was_finished_removes_it(tmp_path):
+    w = pixels.PixelWriter(tmp_path, (1, 2, 2))
+    w.append_all(torch.zeros(3, 1, 2, 2, dtype=torch.uint8))
+    w.finish()
+    assert (tmp_path / pixels.STORE_FILE).stat().st_size == 12
+    w.abort()
+    assert list(tmp_path.iterdir()) == []

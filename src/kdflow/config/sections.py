@@ -103,6 +103,11 @@ class DataConfig(_Section):
         """The size prep stores images at (train crops come from it)."""
         return self.store_size or self.image_size
 
+    @property
+    def stored_larger(self) -> bool:
+        """Whether images are stored larger than the model's input (train crops from them, evaluation centres)."""
+        return self.store_size is not None and self.store_size != self.image_size
+
     @model_validator(mode="after")
     def _normalisation_given_whole(self) -> DataConfig:
         if (self.mean is None) != (self.std is None):

@@ -36,10 +36,6 @@ class DiskImages:
     def shape(self) -> torch.Size:
         return torch.Size((len(self.rows), *self.chw))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.uint8
-
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -69,10 +65,6 @@ class DiskImages:
 
     def __reduce__(self):  # DataLoader workers get the path and the row numbers, never pixels
         return (DiskImages, (str(self.path), self.chw, self.rows))
-
-
-def is_on_disk(x) -> bool:
-    return isinstance(x, DiskImages)
 
 
 def take(x: torch.Tensor | DiskImages, key) -> torch.Tensor | DiskImages:
@@ -116,36 +108,50 @@ def decoded_bytes(n: int, chw: tuple[int, ...]) -> int:
 
 class PixelWriter:
     """Appends C x H x W uint8 images to ``<dir>/pixels.u8`` through a temporary name; :meth:`finish` renames
-    it into place, :meth:`abort` removes it (prep then leaves nothing half-written)."""
+    it into place, :meth:`abort` removes it, finished or not (prep then leaves nothing half-written). ``chw``
+    None takes the shape from the first images written (data that arrives as tensors)."""
 
-    def __init__(self, directory: str | Path, chw: tuple[int, ...], name: str = STORE_FILE):
+    def __init__(self, directory: str | Path, chw: tuple[int, ...] | None = None, name: str = STORE_FILE):
         self.final = Path(directory) / name
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.final.with_name(f".{name}.{os.getpid()}.tmp")
-        self.chw = tuple(int(d) for d in chw)
+        self.chw = tuple(int(d) for d in chw) if chw is not None else None
         self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed by finish/abort
         self.count = 0
+        self.finished = False
 
     def append(self, img: np.ndarray) -> int:
         """Write one image; returns its row number."""
+        self.chw = self.chw or tuple(int(d) for d in img.shape)
         if tuple(img.shape) != self.chw or img.dtype != np.uint8:
             raise ValueError(f"image of shape {tuple(img.shape)} {img.dtype} in a {self.chw} uint8 store")
         self._f.write(np.ascontiguousarray(img).tobytes())
         self.count += 1
         return self.count - 1
 
+    def append_all(self, x: torch.Tensor) -> DiskImages:
+        """Write a uint8 N x C x H x W tensor, a chunk at a time; returns its rows."""
+        first = self.count
+        for chunk in chunks(x):
+            for img in chunk.numpy():
+                self.append(img)
+        return self.images(torch.arange(first, self.count))
+
     def images(self, rows: torch.Tensor) -> DiskImages:
         """Rows of this store, readable now (prep reads them to split and hash before :meth:`finish`; the split
         files record only the store's file name and the row numbers)."""
         self._f.flush()
-        return DiskImages(self.tmp, self.chw, rows)
+        return DiskImages(self.tmp, self.chw or (0,), rows)
 
     def finish(self) -> Path:
         self._f.close()
         os.replace(self.tmp, self.final)
+        self.finished = True
         return self.final
 
     def abort(self) -> None:
         if not self._f.closed:
             self._f.close()
         self.tmp.unlink(missing_ok=True)
+        if self.finished:
+            self.final.unlink(missing_ok=True)

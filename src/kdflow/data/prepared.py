@@ -224,7 +224,7 @@ def _prepare(cfg: DataConfig, out: Path, cache_dir: Path, store: PixelWriter | N
     raw.train_x, raw.test_x = to_store(raw.train_x, store), to_store(raw.test_x, store)
     train, val, test, release = split_raw(raw, cfg)
     train, pool, pool_bad = build_pool(train, cfg, cache_dir, store)
-    if cfg.store_size is not None and cfg.store_size != cfg.image_size:  # evaluation shows the centre crop
+    if cfg.stored_larger:  # evaluation shows the centre crop
         val, test, release = eval_views([val, test, release], int(cfg.image_size), out)  # type: ignore[arg-type]
     splits = {"train": train, "val": val, "test": test, "release": release}
     if len(pool):
@@ -283,7 +283,7 @@ def augmentation_spec(cfg: DataConfig) -> dict:
     }
     if cfg.train_crop == "resized":
         spec.update(crop="resized", scale=list(cfg.crop_scale), ratio=list(cfg.crop_ratio))
-    if cfg.store_size is not None and cfg.store_size != cfg.image_size:
+    if cfg.stored_larger:
         spec["size"] = cfg.image_size
     return spec
 

@@ -48,43 +48,14 @@ def open_store(cfg: DataConfig, out_dir: Path, source_dir: Path | None) -> Pixel
             return None
     if folder:
         return PixelWriter(out_dir, (int(cfg.channels), int(cfg.stored_size), int(cfg.stored_size)))  # type: ignore[arg-type]
-    return _LazyWriter(out_dir)  # IDX data: the shape is known once it is loaded
-
-
-class _LazyWriter(PixelWriter):
-    """A store whose image shape is taken from the first batch written (data that arrives as tensors)."""
-
-    def __init__(self, out_dir: Path):  # noqa: D107 - opened by the first write
-        self.directory, self._opened = out_dir, False
-
-    def write_all(self, x: torch.Tensor) -> DiskImages:
-        if not self._opened:
-            super().__init__(self.directory, tuple(int(d) for d in x.shape[1:]))
-            self._opened = True
-        first = self.count
-        for chunk in chunks(x):
-            self._f.write(np.ascontiguousarray(chunk.numpy()).tobytes())
-            self.count += len(chunk)
-        return self.images(torch.arange(first, self.count))
-
-    def finish(self) -> Path:
-        return super().finish() if self._opened else self.directory / STORE_FILE
-
-    def abort(self) -> None:
-        if self._opened:
-            super().abort()
+    return PixelWriter(out_dir)  # IDX data: the shape is known once it is loaded
 
 
 def to_store(x, writer: PixelWriter | None):
-    """Tensor images into the store (IDX data, an unlabeled folder read into memory); others pass through."""
+    """Tensor images into the store (IDX data); images already on disk pass through."""
     if writer is None or isinstance(x, DiskImages):
         return x
-    if isinstance(writer, _LazyWriter):
-        return writer.write_all(x)
-    first = writer.count
-    for img in x:
-        writer.append(img.numpy())
-    return writer.images(torch.arange(first, writer.count))
+    return writer.append_all(x)
 
 
 def digest(*tensors) -> str:
@@ -157,4 +128,12 @@ def split_from_blob(blob: dict, directory: Path, path: Path) -> Split:
         raise DataError(
             "dataset", f"'{path}' refers to a pixel store '{store}' that is missing", "run `kdflow prep` again"
         )
-    return Split(DiskImages(store, tuple(blob["chw"]), blob["rows"]), blob["y"])
+    chw, rows = tuple(int(d) for d in blob["chw"]), blob["rows"]
+    row_bytes, size = int(np.prod(chw)), store.stat().st_size
+    if size % row_bytes or (len(rows) and size < (int(rows.max()) + 1) * row_bytes):
+        raise DataError(
+            "dataset",
+            f"pixel store '{store}' is truncated ({size} bytes) for the rows '{path}' names",
+            "run `kdflow prep` again",
+        )
+    return Split(DiskImages(store, chw, rows), blob["y"])

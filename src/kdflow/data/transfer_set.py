@@ -17,7 +17,7 @@ import torch
 
 from kdflow.config import DataConfig
 from kdflow.data.batches import Split
-from kdflow.data.pixels import DiskImages, PixelWriter, cat, is_on_disk, take
+from kdflow.data.pixels import DiskImages, PixelWriter, cat, take
 from kdflow.data.transforms import resize_center_crop, to_channels
 from kdflow.errors import DataError
 
@@ -80,7 +80,7 @@ def build_pool(
     if cfg.unlabeled:
         shape = tuple(int(d) for d in train.x.shape[1:])
         local = resolve_local(cfg.unlabeled, "data.unlabeled", cache_dir)
-        folder, bad = read_pool(local, shape, cfg.max_bad_files, store if is_on_disk(train.x) else None)
+        folder, bad = read_pool(local, shape, cfg.max_bad_files, store if isinstance(train.x, DiskImages) else None)
         xs.append(folder if isinstance(folder, DiskImages) else to_channels(folder, shape[0]))
     x = cat(xs)
     return labelled, Split(x, torch.full((len(x),), UNLABELED, dtype=torch.long)), bad
