@@ -42,18 +42,21 @@ def read_pool(
 ) -> tuple[torch.Tensor | DiskImages, list[dict[str, str]]]:
     """Every image under ``directory`` (recursively, hidden files skipped) fitted to ``shape`` (C, H, W), read
     as an image folder's files are (the same loader, the same bad-file rule); into ``store`` when given."""
-    from kdflow.data.imagefolder import check_bad, read_file
+    from kdflow.data.decode import decode_files
+    from kdflow.data.imagefolder import check_bad
 
     files = sorted(
         f
         for f in directory.rglob("*")
         if f.is_file() and not any(p.startswith(".") for p in f.relative_to(directory).parts)
     )
+    square = shape[1] if shape[1] == shape[2] else None  # fitted as the labelled images were, from the decoded file
+    jobs = [(f, f"unlabeled/{f.relative_to(directory)}", shape[0], square, "data.unlabeled") for f in files]
     images: list[np.ndarray] = []
     rows: list[int] = []
     bad: list[dict[str, str]] = []
-    for f in files:
-        img = read_file(f, f"unlabeled/{f.relative_to(directory)}", shape[0], None, "data.unlabeled", bad)
+    for img, problems in decode_files(jobs):  # in worker processes, in file order
+        bad.extend(problems)
         if img is not None:
             img = resize_center_crop(img, shape[1]) if img.shape[1:] != shape[1:] else img
             if store is not None:
