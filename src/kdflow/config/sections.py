@@ -15,13 +15,19 @@ from pydantic import Field, field_validator, model_validator
 
 from kdflow.config.adversarial import AdversarialConfig
 from kdflow.config.base import Section as _Section
+from kdflow.config.base import amp_off as _amp_off
 from kdflow.config.distill import DistillConfig, ScratchTwinConfig
+from kdflow.config.models import StudentConfig, TeacherConfig
 from kdflow.config.release import EvaluateConfig, ExportConfig, GateConfig, StorageConfig, TrackingConfig
 from kdflow.config.tune import TuneConfig
 
 
 class DataConfig(_Section):
-    dataset: Literal["fashion-mnist", "mnist", "cifar10", "imagefolder"] = "fashion-mnist"
+    dataset: Literal["fashion-mnist", "mnist", "cifar10", "imagefolder", "multiview-digits"] = Field(
+        "fashion-mnist",
+        description="multiview-digits: six feature views of 2,000 digits (inputs view:<name> and image); the others "
+        "are images (input image)",
+    )
     source: str | None = Field(None, description="explicit directory, file or s3:// URI of the raw data")
     download_root: str = Field(".kdflow/downloads", description="where a torchvision download may land")
     val_size: int = Field(5000, ge=1)
@@ -137,11 +143,6 @@ class DataConfig(_Section):
         return self
 
 
-def _amp_off(v: Any) -> Any:
-    """YAML 1.1 reads a bare ``off`` (``--set train.amp=off``) as false: that means amp off, not an error."""
-    return "off" if v is False else v
-
-
 class TrainConfig(_Section):
     epochs: int = Field(15, ge=0)
     batch_size: int = Field(128, ge=1)
@@ -192,53 +193,6 @@ class TrainConfig(_Section):
         "teacher sees the identical mixed image (function matching, Beyer et al. 2022), cached or live",
     )
     mix_alpha: float = Field(1.0, gt=0, description="Beta(a, a) draws the mixing weight")
-
-
-class ModelSection(_Section):
-    arch: str
-    epochs: int | None = Field(None, ge=0, description="overrides train.epochs for this model")
-    lr: float | None = Field(None, gt=0, description="overrides train.lr for this model")
-    amp: Literal["off", "bf16", "fp16"] | None = Field(None, description="overrides train.amp for this model")
-    channels_last: bool | None = Field(None, description="overrides train.channels_last for this model")
-    weights: str | None = Field(
-        None,
-        description="start from pretrained weights: a file (a state dict, wrapped or not), an s3:// object or a "
-        "torchvision weights name found in the torch hub cache (e.g. ResNet18_Weights.IMAGENET1K_V1); the "
-        "classifier becomes a new head for the dataset's classes, an RGB first conv is summed for grey data",
-    )
-    finetune: Literal["full", "head"] = Field(
-        "full", description="with weights: train all of it (backbone at backbone_lr_mult) or only the new head"
-    )
-    backbone_lr_mult: float = Field(
-        0.1, gt=0, le=1, description="with weights and finetune=full: the backbone's lr scale"
-    )
-
-    _amp_off = field_validator("amp", mode="before")(staticmethod(_amp_off))
-
-
-class TeacherConfig(ModelSection):
-    arch: str = "resnet20"
-    source: str | None = Field(
-        None, description="use this teacher instead of training one: checkpoint path, s3:// URI or models:/ URI"
-    )
-    snapshot_epochs: list[int] = Field(
-        default_factory=list,
-        description="also save the teacher after these epochs (model-epoch<N>.pt), for distill.teacher_checkpoint",
-    )
-    adversarial: bool = Field(
-        False, description="train the teacher on PGD examples (Madry et al.), the attack of adversarial.train_*"
-    )
-
-    @field_validator("snapshot_epochs")
-    @classmethod
-    def _positive_epochs(cls, v: list[int]) -> list[int]:
-        if any(e < 1 for e in v):
-            raise ValueError(f"epochs count from 1 (got {v}); fix: e.g. teacher.snapshot_epochs=[5, 10]")
-        return sorted(set(v))
-
-
-class StudentConfig(ModelSection):
-    arch: str = "cnn-small"
 
 
 class Config(_Section):

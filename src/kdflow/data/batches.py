@@ -37,14 +37,20 @@ def augment_batch(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generat
 
 
 class Normalizer:
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255.0
-        self.inv_std = 1.0 / (torch.tensor(std).view(1, -1, 1, 1) * 255.0)
+    """(x - mean) / std per channel of an image batch on the 0-255 scale (``scale`` 255, the statistics on the 0-1
+    scale), or per column of a batch of feature rows (``scale`` 1, the statistics in the features' own units)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], scale: float = 255.0):
+        self.mean = torch.tensor(mean) * scale
+        self.inv_std = 1.0 / (torch.tensor(std) * scale)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        if x_uint8.device != self.mean.device:
-            self.mean, self.inv_std = self.mean.to(x_uint8.device), self.inv_std.to(x_uint8.device)
-        return x_uint8.float().sub_(self.mean).mul_(self.inv_std)  # in place: one float batch, not three
+        shape = (1, -1) + (1,) * (x_uint8.dim() - 2)  # channels of N C H W, or columns of N D
+        if x_uint8.device != self.mean.device or self.mean.dim() != len(shape):
+            self.mean = self.mean.to(x_uint8.device).reshape(shape)
+            self.inv_std = self.inv_std.to(x_uint8.device).reshape(shape)
+        # one float copy (never the caller's tensor, which may be a float split), normalised in place
+        return x_uint8.to(torch.float32, copy=True).sub_(self.mean).mul_(self.inv_std)
 
 
 def shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:

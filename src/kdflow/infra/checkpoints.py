@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from kdflow.errors import CheckpointError, ModelError
 from kdflow.infra.io import atomic_torch_save, safe_torch_load
+from kdflow.models.inputs import Selected, build_selected
 from kdflow.models.zoo import build_model
 
 _MODEL_RESOLVERS: dict[str, Callable[[str], Path]] = {}
@@ -58,6 +59,8 @@ def save_model(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
+    if isinstance(model, Selected):  # a model on named inputs: which columns it reads, to rebuild it
+        blob["inputs"] = model.spec()
     return atomic_torch_save(blob, path)
 
 
@@ -109,7 +112,15 @@ def load_model(
             f"checkpoint has {blob['num_classes']} classes but the data has {expect_classes}",
             "use a teacher trained on the same label set",
         )
-    model = build_model(blob["arch"], blob["num_classes"], blob["in_channels"], blob["image_size"])
+    inputs = blob.get("inputs")
+    try:
+        model = (
+            build_selected(blob["arch"], blob["num_classes"], inputs["names"], inputs["layout"])
+            if inputs
+            else build_model(blob["arch"], blob["num_classes"], blob["in_channels"], blob["image_size"])
+        )
+    except (KeyError, TypeError):
+        raise CheckpointError(field, f"'{path}' has a malformed inputs record", "re-create the checkpoint") from None
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError:

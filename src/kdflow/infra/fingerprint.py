@@ -20,6 +20,7 @@ SECTIONS = {
     "scratch": ("data", "student", "train"),
     "distill": ("data", "student", "distill", "train"),
     "assistant": ("data", "student", "distill", "train"),
+    "selftrain": ("data", "student", "distill", "train"),  # the scratch twin as its own teacher, the same recipe
 }
 # Fields that never change the weights: where things are read from (the digests cover the content),
 # and machine settings with no numerical effect.

@@ -256,8 +256,9 @@ class Tracker:
                 }
             ]
         )
-        # "debian:/usr/share/..." and "torchvision:/..." carry a local path after the label
-        location = source_uri.split(":", 1)[1] if source_uri.startswith(("debian:", "torchvision:")) else source_uri
+        # "debian:/usr/share/...", "torchvision:/..." and "multiview-digits:/..." carry a local path after the label
+        labelled = ("debian:", "torchvision:", "multiview-digits:")
+        location = source_uri.split(":", 1)[1] if source_uri.startswith(labelled) else source_uri
         with (
             warnings.catch_warnings()
         ):  # a local path matches two equivalent MLflow source types: not the user's concern

@@ -64,17 +64,24 @@ def _conv_bn(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2))
 
 
+ImageSize = int | tuple[int, int]  # a square's side, or (height, width)
+
+
+def _hw(image_size: ImageSize) -> tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+
+
 class SmallCNN(nn.Module):
     """conv(1->w1)-BN-ReLU-pool, conv(w1->w2)-BN-ReLU-pool, linear. w=(8,16) is BENCH.md's cnn-small."""
 
     def __init__(
-        self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, int] = (8, 16), image_size: int = 28
+        self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, int] = (8, 16), image_size: ImageSize = 28
     ):
         super().__init__()
         self.block1 = _conv_bn(in_channels, widths[0])
         self.block2 = _conv_bn(widths[0], widths[1])
-        side = image_size // 4
-        self.fc = nn.Linear(widths[1] * side * side, num_classes)
+        h, w = _hw(image_size)
+        self.fc = nn.Linear(widths[1] * (h // 4) * (w // 4), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.block2(self.block1(x)), 1))
@@ -87,7 +94,7 @@ class ParamCNN(nn.Module):
     layers of 2*width at half resolution, max-pool, linear classifier. ``cnn-8x2`` has cnn-small's shape.
     """
 
-    def __init__(self, width: int, depth: int, num_classes: int = 10, in_channels: int = 1, image_size: int = 28):
+    def __init__(self, width: int, depth: int, num_classes: int = 10, in_channels: int = 1, image_size: ImageSize = 28):
         super().__init__()
         if width < 1 or depth < 2:
             raise ModelError("student.arch", f"cnn-{width}x{depth} is too small", "use width >= 1 and depth >= 2")
@@ -100,8 +107,8 @@ class ParamCNN(nn.Module):
                 cin = cout
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        side = image_size // 4
-        self.fc = nn.Linear(cin * side * side, num_classes)
+        h, w = _hw(image_size)
+        self.fc = nn.Linear(cin * (h // 4) * (w // 4), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.features(x), 1))
@@ -115,11 +122,14 @@ def param_cnn_name(width: int, depth: int) -> str:
 
 
 class MLP(nn.Module):
-    """784-256-ReLU-128-ReLU-10."""
+    """784-256-ReLU-128-ReLU-10 (``in_features`` inputs, by default the image's pixels)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28):
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, image_size: ImageSize = 28, in_features: int | None = None
+    ):
         super().__init__()
-        self.fc1 = nn.Linear(in_channels * image_size * image_size, 256)
+        h, w = _hw(image_size)
+        self.fc1 = nn.Linear(in_features or in_channels * h * w, 256)
         self.fc2 = nn.Linear(256, 128)
         self.fc3 = nn.Linear(128, num_classes)
 
@@ -232,7 +242,7 @@ def _user_module(spec: str, num_classes: int, in_channels: int) -> nn.Module:
     return model
 
 
-def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+def build_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: ImageSize = 28) -> nn.Module:
     """Build a freshly initialised model by name (seed torch before calling for determinism)."""
     if name.startswith("timm:"):
         return _timm(name[5:], num_classes, in_channels)

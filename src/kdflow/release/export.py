@@ -91,7 +91,7 @@ def calibration_batches(data: PreparedData, n: int, seed: int) -> list[np.ndarra
         )
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
     sub = Split(data.train.x[idx], data.train.y[idx])
-    norm = Normalizer(data.mean, data.std)
+    norm = data.normalizer()
     return [xb.numpy() for xb, _, _ in iterate(sub, 64, norm)]
 
 
@@ -174,7 +174,7 @@ def logits_over(run, split: Split, normalizer: Normalizer, batch: int = 256) -> 
 
 def verify(name: str, run, reference: torch.Tensor, data: PreparedData, eval_cfg: EvaluateConfig) -> dict:
     """Parity with the PyTorch logits, accuracy on the full test split, and speed."""
-    norm = Normalizer(data.mean, data.std)
+    norm = data.normalizer()
     logits = logits_over(run, data.test, norm)
     input_shape = tuple(data.test.x.shape[1:])
     out = {
@@ -230,7 +230,7 @@ def export_all(
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     input_shape = tuple(data.test.x.shape[1:])
-    norm = Normalizer(data.mean, data.std)
+    norm = data.normalizer()
     with torch.inference_mode():
         reference = logits_over(model, data.test, norm)
     results: dict[str, dict] = {}

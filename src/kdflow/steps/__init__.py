@@ -15,7 +15,7 @@ Every step writes its outputs and ``config.resolved.yaml`` into its output direc
 """
 
 from kdflow.steps.context import RunContext, start_pipeline
-from kdflow.steps.distill import distill
+from kdflow.steps.distill import distill, self_train
 from kdflow.steps.evaluation import evaluate_models
 from kdflow.steps.orchestrate import Layout, run_all
 from kdflow.steps.prep import prep
@@ -31,6 +31,7 @@ __all__ = [
     "provide_teacher",
     "load_teacher",
     "distill",
+    "self_train",
     "evaluate_models",
     "export_student",
     "promote",

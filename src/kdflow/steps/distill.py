@@ -12,6 +12,7 @@ from kdflow.data import prepared as data
 from kdflow.errors import CheckpointError, ConfigError
 from kdflow.infra import checkpoints, step_manifest
 from kdflow.infra.io import sha256_file
+from kdflow.models.inputs import Selected, check_same_inputs
 from kdflow.steps import results
 from kdflow.steps.context import PathArg, RunContext
 from kdflow.steps.results import TrainResult
@@ -82,7 +83,11 @@ def _train_assistant(
     return out / "model.pt"
 
 
-@timed(lambda b: "distill_student" if b.arguments["role"] == "distill" else f"distill_{b.arguments['role']}")
+def _step_name(role: str) -> str:
+    return {"distill": "distill_student", "selftrain": "train_student_selftrain"}.get(role, f"distill_{role}")
+
+
+@timed(lambda b: _step_name(b.arguments["role"]))
 def distill(
     cfg: Config,
     data_dir: PathArg,
@@ -115,6 +120,9 @@ def distill(
     ]
     teachers = [teacher, *extra]
     _check_black_box(cfg, teachers)
+    if "inputs" in manifest or any(isinstance(t, Selected) for t in teachers):  # the columns each teacher reads
+        for i, t in enumerate(teachers):
+            check_same_inputs(t, manifest.get("inputs"), "--teacher" if i == 0 else f"distill.extra_teachers[{i - 1}]")
 
     if cfg.distill.data_free:
         from kdflow.steps.data_free import distill_data_free
@@ -152,3 +160,26 @@ def distill(
         transfer_set=cfg.distill.unlabeled,
     )
     return train_model(job)
+
+
+def self_train(
+    cfg: Config,
+    data_dir: PathArg,
+    scratch_path: str | Path,
+    out_dir: PathArg,
+    ctx: RunContext | None = None,
+    fresh: bool = False,
+) -> TrainResult | None:
+    """The self-training twin: the scratch twin labels the unlabeled transfer set and a fresh student learns
+    from it by the distilled student's own recipe (noisy-student style). The third baseline: a gain that the
+    twin also gets comes from the pool, not from the teacher."""
+    manifest = data.load_manifest(data_dir)
+    if not manifest["counts"].get("unlabeled") or not cfg.distill.unlabeled:
+        raise ConfigError(
+            "distill.unlabeled",
+            "the self-training twin learns from the unlabeled transfer set, and this run has none",
+            "keep fewer labels (data.labels_kept) or add data.unlabeled, with distill.unlabeled=true",
+        )
+    recipe = cfg.model_copy(deep=True)
+    recipe.distill.assistant, recipe.distill.extra_teachers, recipe.distill.features = None, [], []
+    return distill(recipe, data_dir, scratch_path, out_dir, ctx, fresh, role="selftrain")

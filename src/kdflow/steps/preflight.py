@@ -11,26 +11,49 @@ import torch.nn as nn
 from kdflow.config import Config
 from kdflow.errors import ModelError
 from kdflow.models import zoo as models
+from kdflow.models.inputs import build_for_data
 
 # Input shape and class count of the built-in datasets, for checks made before the data is prepared.
-KNOWN_SHAPES = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
+KNOWN_SHAPES = {
+    "fashion-mnist": ((1, 28, 28), 10),
+    "mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "multiview-digits": ((649,), 10),
+}
 
 
-def build(arch: str, field: str, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def _layout(dataset: str) -> dict[str, dict] | None:
+    """The named inputs of a feature dataset, known before it is prepared; None for images."""
+    if dataset == "multiview-digits":
+        from kdflow.data.multiview import layout
+
+        return layout()
+    return None
+
+
+def build(
+    arch: str, field: str, shape: tuple[int, ...], num_classes: int, cfg: Config | None = None, inputs_of: str = ""
+) -> nn.Module:
+    """``arch`` for the dataset (with ``cfg``: on the named inputs ``<inputs_of>.inputs`` asks for)."""
+    layout = _layout(cfg.data.dataset) if cfg is not None else None
+    names = getattr(cfg, inputs_of).inputs if cfg is not None and inputs_of else None
     try:
+        if cfg is not None and (layout is not None or names is not None):
+            return build_for_data(arch, num_classes, shape, layout, names, f"{inputs_of}.inputs", cfg.data.dataset)
         return models.build_model(arch, num_classes, shape[0], shape[1])
     except ModelError as e:
-        raise ModelError(field, e.problem, e.fix) from None
+        raise ModelError(field if e.field == "arch" else e.field, e.problem, e.fix) from None
 
 
 def check_models(cfg: Config, teacher: nn.Module | None = None) -> None:
-    """Teacher and student names resolve; the feature pairings fit (built without weights, one dummy batch)."""
+    """Teacher and student names resolve, on inputs the dataset has; the feature pairings fit (built without
+    weights, one dummy batch)."""
     shape, num_classes = KNOWN_SHAPES.get(cfg.data.dataset, ((1, 28, 28), 10))
-    student = build(cfg.student.arch, "student.arch", shape, num_classes)
+    student = build(cfg.student.arch, "student.arch", shape, num_classes, cfg, "student")
     if cfg.distill.assistant is not None:
-        build(cfg.distill.assistant.arch, "distill.assistant.arch", shape, num_classes)
+        build(cfg.distill.assistant.arch, "distill.assistant.arch", shape, num_classes, cfg, "student")
     if teacher is None and not cfg.teacher.source:  # a given teacher is checked where it is loaded
-        teacher = build(cfg.teacher.arch, "teacher.arch", shape, num_classes)
+        teacher = build(cfg.teacher.arch, "teacher.arch", shape, num_classes, cfg, "teacher")
     if teacher is not None and cfg.distill.features and cfg.data.dataset in KNOWN_SHAPES:
         from kdflow.training.objective import DistillObjective
 

@@ -10,6 +10,7 @@ from kdflow.evaluation import metrics as evaluate
 from kdflow.infra import checkpoints, step_manifest
 from kdflow.infra.io import atomic_write_json, sha256_file
 from kdflow.models import zoo as models
+from kdflow.models.inputs import Selected, check_same_inputs
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.results import TrainResult
@@ -46,6 +47,8 @@ def provide_teacher(
     start_pipeline(cfg, ctx)  # fails fast on a bad tracking URI
     prepared = data.load_prepared(data_dir)
     model, meta = load_teacher(cfg.teacher.source, prepared.num_classes, input_shape=prepared.input_shape)
+    if prepared.inputs is not None or isinstance(model, Selected):
+        check_same_inputs(model, prepared.inputs, "teacher.source")
     # a provided teacher's identity is its source's bytes: another teacher's files never stay beside it
     source_sha = sha256_file(checkpoints.resolve_source(cfg.teacher.source, "teacher.source"))
     step_manifest.claim(out, "train_teacher", {"teacher.source_sha256": source_sha}, fresh)
