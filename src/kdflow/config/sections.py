@@ -21,6 +21,8 @@ from kdflow.config.models import StudentConfig, TeacherConfig
 from kdflow.config.release import EvaluateConfig, ExportConfig, GateConfig, StorageConfig, TrackingConfig
 from kdflow.config.tune import TuneConfig
 
+FEATURE_DATASETS = ("multiview-digits",)  # rows of named feature inputs, not images (kdflow.data.multiview)
+
 
 class DataConfig(_Section):
     dataset: Literal["fashion-mnist", "mnist", "cifar10", "imagefolder", "multiview-digits"] = Field(
@@ -218,6 +220,24 @@ class Config(_Section):
                 "train.mix: DKD splits the loss at the one true class, a mixed image has two; "
                 "fix: set train.mix=none or distill.method=kd"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _image_only_methods_need_images(self) -> Config:
+        """Pixel-space attacks, generated images and mixed images have no meaning for rows of feature views."""
+        if self.data.dataset not in FEATURE_DATASETS:
+            return self
+        for wanted, field in (
+            (self.distill.data_free, "distill.data_free"),
+            (self.distill.method == "ard", "distill.method"),
+            (self.teacher.adversarial, "teacher.adversarial"),
+            (self.train.mix != "none", "train.mix"),
+        ):
+            if wanted:
+                raise ValueError(
+                    f"{field}: works on images, and {self.data.dataset} holds feature rows; fix: unset it (logit, "
+                    "feature and relation losses and the transfer set work on named inputs)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -38,14 +38,16 @@ def augment_batch(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generat
 
 class Normalizer:
     """(x - mean) / std per channel of an image batch on the 0-255 scale (``scale`` 255, the statistics on the 0-1
-    scale), or per column of a batch of feature rows (``scale`` 1, the statistics in the features' own units)."""
+    scale), or per column of a batch of feature rows (``scale`` 1, the statistics in the features' own units; per
+    element when a view is shaped as an image)."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], scale: float = 255.0):
         self.mean = torch.tensor(mean) * scale
         self.inv_std = 1.0 / (torch.tensor(std) * scale)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x_uint8.dim() - 2)  # channels of N C H W, or columns of N D
+        per_element = self.mean.numel() == x_uint8[0].numel() != x_uint8.shape[1]  # a feature view as an image
+        shape = (1, *x_uint8.shape[1:]) if per_element else (1, -1) + (1,) * (x_uint8.dim() - 2)
         if x_uint8.device != self.mean.device or self.mean.dim() != len(shape):
             self.mean = self.mean.to(x_uint8.device).reshape(shape)
             self.inv_std = self.inv_std.to(x_uint8.device).reshape(shape)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from kdflow.config import DataConfig
+from kdflow.config.sections import FEATURE_DATASETS
 from kdflow.data.batches import (
     Normalizer,
     Split,
@@ -33,7 +34,6 @@ from kdflow.data.pixels import EVAL_STORE_FILE, PixelWriter
 from kdflow.data.raw import (
     DEBIAN_DIRS,
     FASHION_CLASSES,
-    FEATURE_DATASETS,
     IDX_FILES,
     MNIST_CLASSES,
     NORMALIZATION,

@@ -210,9 +210,6 @@ def resolve_local(source: str, field: str, cache_dir: Path) -> Path:
     return local
 
 
-FEATURE_DATASETS = ("multiview-digits",)  # rows of named feature inputs, not images (kdflow.data.multiview)
-
-
 def _multiview(cfg: DataConfig, cache_dir: Path) -> RawData:
     from kdflow.data import multiview
 

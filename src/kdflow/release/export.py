@@ -197,7 +197,8 @@ def write_manifest(
         "input_name": ONNX_INPUT,
         "input_shape": ["batch", *data.manifest["input_shape"]],
         "input_dtype": "float32",
-        "normalization": {"mean": list(data.mean), "std": list(data.std), "scale": "pixel/255"},
+        "normalization": {"mean": list(data.mean), "std": list(data.std), "scale": _scale(data)},
+        "inputs": data.manifest.get("deployed_inputs", ["image"]),
         "preprocess": preprocess_spec(data.manifest),
         "class_names": data.class_names,
         "opset": opset,
@@ -206,6 +207,11 @@ def write_manifest(
     }
     atomic_write_json(path.with_name(path.name + ".manifest.json"), manifest)
     return manifest
+
+
+def _scale(data: PreparedData) -> str:
+    """How a raw input becomes what the statistics describe: pixels /255, feature values as they are."""
+    return "pixel/255" if data.manifest.get("input_scale", 255.0) == 255.0 else "1"
 
 
 def preprocess_spec(data_manifest: dict) -> dict | None:

@@ -65,15 +65,46 @@ def load_images(paths: list[str], shape: list[int], preprocess: dict | None = No
     return np.stack(out).astype(np.float32)
 
 
+def load_rows(paths: list[str], shape: list[int]) -> tuple[np.ndarray, list[str]]:
+    """Feature rows (a model on named inputs): each file a CSV (one sample per line, its raw values in the
+    input's order) or a .npy array; returns the batch in the model's input shape and a name per row."""
+    width = int(np.prod(shape))
+    rows, names = [], []
+    for p in paths:
+        try:
+            a = np.load(p) if p.endswith(".npy") else np.loadtxt(p, delimiter=",", ndmin=2, dtype=np.float32)
+        except (OSError, ValueError) as e:
+            raise ExportError("inputs", f"cannot read '{p}' ({type(e).__name__})", "pass CSV rows or a .npy") from None
+        a = np.asarray(a, np.float32).reshape(len(a), -1) if np.ndim(a) > 1 else np.asarray(a, np.float32)[None]
+        if a.shape[1] != width:
+            raise ExportError(
+                "inputs", f"'{p}' has {a.shape[1]} values per row, the model reads {width}", f"give {width} per row"
+            )
+        rows.append(a)
+        names += [f"{p}:{i + 1}" for i in range(len(a))] if len(a) > 1 else [p]
+    return np.concatenate(rows).reshape(-1, *shape), names
+
+
+def _normalised(x: np.ndarray, norm: dict) -> np.ndarray:
+    """Per channel (an image), per column (feature rows) or per element (a view shaped as an image)."""
+    mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+    if mean.size == x[0].size != x.shape[1]:
+        mean, std = mean.reshape(1, *x.shape[1:]), std.reshape(1, *x.shape[1:])
+    else:
+        mean, std = mean.reshape(1, -1, *[1] * (x.ndim - 2)), std.reshape(1, -1, *[1] * (x.ndim - 2))
+    return ((x / 255.0 if norm.get("scale", "pixel/255") == "pixel/255" else x) - mean) / std
+
+
 def predict_cli(model: str, images: list[str], as_json: bool = False) -> int:
     path, manifest_path = _resolve(model)
     manifest = read_json_state(manifest_path, "--model", "re-export the model with `kdflow export`")
     if not isinstance(manifest, dict) or not {"input_shape", "normalization", "class_names", "format"} <= set(manifest):
         raise ExportError("--model", f"'{manifest_path}' is not a kdflow export manifest", "re-export the model")
-    x = load_images(images, manifest["input_shape"][1:], manifest.get("preprocess"))
-    mean = np.asarray(manifest["normalization"]["mean"], np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(manifest["normalization"]["std"], np.float32).reshape(1, -1, 1, 1)
-    x = (x / 255.0 - mean) / std
+    if manifest.get("inputs", ["image"]) != ["image"] or manifest["normalization"].get("scale") == "1":
+        x, labels = load_rows(images, manifest["input_shape"][1:])  # feature rows of the model's named inputs
+    else:
+        x, labels = load_images(images, manifest["input_shape"][1:], manifest.get("preprocess")), list(images)
+    x = _normalised(x, manifest["normalization"]).astype(np.float32)
     if manifest["format"] == "torchscript":
         module = load_torchscript(path, "--model")
         with torch.inference_mode():
@@ -85,7 +116,7 @@ def predict_cli(model: str, images: list[str], as_json: bool = False) -> int:
         logits = session.run(None, {session.get_inputs()[0].name: x})[0]
     probs = torch.from_numpy(logits).float().softmax(1).numpy()
     names = manifest["class_names"]
-    for p, row in zip(images, probs, strict=True):
+    for p, row in zip(labels, probs, strict=True):
         k = int(row.argmax())
         if as_json:
             print(json.dumps({"image": p, "class": names[k], "index": k, "probability": float(row[k])}))

@@ -146,7 +146,7 @@ def compare(
             summary["kd_gain_release"] = scores["student"]["release_accuracy"] - scores["scratch"]["release_accuracy"]
             summary["kd_verdict"] = kd_verdict(summary["kd_gain_release"])
     summary.update(method_labels(cfg))
-    if cfg.adversarial.evaluate:
+    if cfg.adversarial.evaluate and prepared.inputs is None:  # pixel-space attacks: images only
         _robustness(cfg, prepared, loaded, scores, summary, out)
     if (dirs["student"] / "generator_samples.png").is_file():  # data-free: what the generator made
         atomic_write_bytes(out / "generator_samples.png", (dirs["student"] / "generator_samples.png").read_bytes())

@@ -60,6 +60,7 @@ def export_student(
 
     Returns the export report (``export.json``: forms, parity, gate).
     """
+    from kdflow.release.deployed import deployed
     from kdflow.release.export import export_all
 
     out = Path(out_dir)
@@ -71,16 +72,17 @@ def export_student(
     evaluation = _evaluation_of(Path(eval_dir) if eval_dir else None, student_sha, prepared.digest)  # before writing
     step_manifest.claim(out, "export")
     torch.manual_seed(cfg.train.seed)
+    model, seen = deployed(student, prepared)  # a model on named inputs is exported on its own inputs alone
     exported = export_all(
-        student,
-        prepared,
+        model,
+        seen,
         cfg.export,
         cfg.evaluate,
         out,
         source_model=student_info.get("model_uri", str(Path(student_dir) / "model.pt")),
         seed=cfg.train.seed,
     )
-    if cfg.adversarial.evaluate:
+    if cfg.adversarial.evaluate and prepared.inputs is None:  # pixel-space attacks: images only
         from kdflow.evaluation.robustness import export_robustness
 
         export_robustness(student, prepared, cfg.adversarial, out, exported["forms"])
