@@ -2,7 +2,7 @@
 
 python -m pipelines compile [--pipeline distillation|autodistill] [--out FILE] [--gpu] [--rounds R --parallel P]
 python -m pipelines run --local [--runner subprocess|container] [--pipeline autodistill] [--profile default]
-                     [--root local_outputs] [--set k=v ...]
+                     [--config configs/multiview_digits.yaml] [--root local_outputs] [--set k=v ...]
 python -m pipelines submit --host URL [--profile default]
 python -m pipelines schedule --host URL --cron "0 0 3 * * *" [--data-window ...]
 """
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         "worker that imported torch, mlflow and kdflow once; KDFLOW_WARM=0 does the same as --cold)",
     )
     r.add_argument("--profile", default="default")
+    r.add_argument(
+        "--config", default=None, help="experiment YAML embedded in the run (default configs/fashion_mnist.yaml)"
+    )
     r.add_argument("--root", default="local_outputs", help="local pipeline root")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--data-window", default="")
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 which=args.pipeline,
                 runner=args.runner,
                 warm=not args.cold,
+                config=args.config,
                 **_shape(args),
             )
         elif args.cmd == "submit":

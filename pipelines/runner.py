@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+import yaml
+
 from kdflow.config import load_config
 from kdflow.errors import ConfigError
 from pipelines.distillation import DEFAULT_CONFIG, PIPELINE_NAME, build_pipeline
@@ -29,12 +31,12 @@ def compile_pipeline(out: str | Path, use_gpu: bool = False, which: str = "disti
     return out
 
 
-def _validate(profile: str, overrides: list[str], **knobs):
+def _validate(profile: str, overrides: list[str], config: Path = DEFAULT_CONFIG, **knobs):
     """Resolve the config and check the tracking URI here, before any step runs."""
     from kdflow.config import knob_overrides
     from kdflow.infra.tracking import check_reachable, tracking_uri
 
-    cfg = load_config(DEFAULT_CONFIG, profile, knob_overrides(**knobs) + overrides)
+    cfg = load_config(config, profile, knob_overrides(**knobs) + overrides)
     if cfg.tracking.enabled:
         check_reachable(tracking_uri(cfg))
     return cfg
@@ -49,14 +51,19 @@ def run_local(
     which: str = "distillation",
     runner: str = "subprocess",
     warm: bool = True,
+    config: str | None = None,
     **shape,
 ) -> dict:
     """The whole DAG on this machine: each step a subprocess (forked from a warm worker unless ``warm`` is
-    False or KDFLOW_WARM=0), or a container of the component image."""
+    False or KDFLOW_WARM=0), or a container of the component image. ``config``: an experiment YAML embedded in
+    the run instead of configs/fashion_mnist.yaml (e.g. configs/multiview_digits.yaml)."""
     from kfp import local
 
     overrides = overrides or []
-    cfg = _validate(profile, overrides, data_window=data_window, teacher_source=teacher_source)
+    config_path = Path(config) if config else DEFAULT_CONFIG
+    cfg = _validate(profile, overrides, config_path, data_window=data_window, teacher_source=teacher_source)
+    if config:
+        shape["config_yaml"] = json.dumps(yaml.safe_load(config_path.read_text()), sort_keys=True)
     state = Path(".kdflow").resolve()
     state.mkdir(exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{state / 'mlflow.db'}")
@@ -118,14 +125,19 @@ def _run_dag(
     # leaving print patched (it then cannot be pickled). Put the real one back whatever happens.
     real_print = builtins.print
     try:
+        embedded = {k: shape.pop(k) for k in ("config_yaml",) if k in shape}
         if which == "distillation":
             build_pipeline()(
-                profile=profile, extra_overrides=overrides, data_window=data_window, teacher_source=teacher_source
+                profile=profile,
+                extra_overrides=overrides,
+                data_window=data_window,
+                teacher_source=teacher_source,
+                **embedded,
             )
         else:
             from pipelines.autodistill import build_autodistill
 
-            build_autodistill(False, **shape)(profile=profile, extra_overrides=overrides)
+            build_autodistill(False, **shape)(profile=profile, extra_overrides=overrides, **embedded)
     finally:
         builtins.print = real_print
     new = sorted(set(root_path.iterdir()) - before, key=lambda p: p.stat().st_mtime)

@@ -31,7 +31,7 @@ def predict_logits(
     outs = []
     for xb, _, _ in iterate(split, batch_size, normalizer):
         xb = xb.to(device)
-        if channels_last:
+        if channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         outs.append(model(xb).float().cpu())
     model.train(was_training)

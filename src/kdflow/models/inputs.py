@@ -98,8 +98,9 @@ def resolve_names(names: list[str] | None, layout: dict[str, dict] | None, field
                 field, f"{names} asked for, but {dataset} has one input, image", f"unset {field} (or set [image])"
             )
         return ["image"]
-    if not names:
-        return [n for n in layout if n.startswith("view:")] or list(layout)
+    if not names:  # in column order (a manifest's keys may come back sorted)
+        views = [n for n in layout if n.startswith("view:")] or list(layout)
+        return sorted(views, key=lambda n: layout[n]["columns"][0])
     unknown = [n for n in names if n not in layout]
     if unknown:
         raise ConfigError(

@@ -61,7 +61,7 @@ def recalibrate(
             if i >= batches:
                 break
             xb = xb.to(device)
-            model(xb.contiguous(memory_format=torch.channels_last) if channels_last else xb)
+            model(xb.contiguous(memory_format=torch.channels_last) if channels_last and xb.dim() == 4 else xb)
             seen += len(xb)
     finally:
         for m, momentum in zip(layers, momenta, strict=True):

@@ -145,7 +145,7 @@ def train_one_epoch(
     )
     for bi, (xb, yb, idx) in enumerate(bar):
         xb, yb = xb.to(state.device, non_blocking=True), yb.to(state.device, non_blocking=True)
-        if cfg.channels_last:
+        if cfg.channels_last and xb.dim() == 4:  # feature rows have no channels to lay out
             xb = xb.contiguous(memory_format=torch.channels_last)
         cached = [teacher_cache.logits_for(idx, epoch).to(state.device)] if teacher_cache is not None else None
         with autocast_for(state.device, cfg.amp):
