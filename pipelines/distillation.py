@@ -1,4 +1,5 @@
-"""The DAG: prep -> (teacher || scratch) -> distill -> evaluate -> export -> If(gate) promote, in an ExitHandler."""
+"""The DAG: prep -> (teacher || scratch) -> distill || transfer-set baselines -> evaluate -> export -> If(gate)
+promote, in an ExitHandler."""
 
 import json
 from pathlib import Path
@@ -15,6 +16,7 @@ from components import (
     register_and_promote,
     train_student_scratch,
     train_teacher,
+    train_transfer_baselines,
 )
 
 PIPELINE_NAME = "kdflow-distillation"
@@ -60,7 +62,8 @@ def _gpu(task: dsl.PipelineTask, use_gpu: bool) -> dsl.PipelineTask:
 
 
 def students_and_release(cfg, ds, teacher_model, run_id, use_gpu: bool) -> None:
-    """scratch twin || distilled student -> evaluate -> export -> If(gate) promote: both pipelines end so."""
+    """scratch twin || distilled student, the transfer set's baselines -> evaluate -> export -> If(gate) promote: both
+    pipelines end so."""
     conf = _configure
     scratch = train_student_scratch(config=cfg, dataset=ds, pipeline_run_id=run_id)
     _gpu(conf(scratch, "train", cache=False, retries=2, shm=True), use_gpu)
@@ -68,12 +71,18 @@ def students_and_release(cfg, ds, teacher_model, run_id, use_gpu: bool) -> None:
     student = distill_student(config=cfg, dataset=ds, teacher=teacher_model, pipeline_run_id=run_id)
     _gpu(conf(student, "train", cache=False, retries=2, shm=True), use_gpu)
 
+    baselines = train_transfer_baselines(  # an index alone when the run has no unlabeled transfer set
+        config=cfg, dataset=ds, teacher=teacher_model, scratch=scratch.outputs["student"], pipeline_run_id=run_id
+    )
+    _gpu(conf(baselines, "train", cache=False, retries=2, shm=True), use_gpu)
+
     ev = evaluate(
         config=cfg,
         dataset=ds,
         teacher=teacher_model,
         scratch=scratch.outputs["student"],
         student=student.outputs["student"],
+        baselines=baselines.outputs["baselines"],
         pipeline_run_id=run_id,
     )
     conf(ev, "light", cache=False)

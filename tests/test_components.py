@@ -60,6 +60,7 @@ def run(tmp_path_factory, fashion_available):
             ("scratch_metrics", Metrics),
             ("student", Model),
             ("student_metrics", Metrics),
+            ("baselines", Model),
             ("eval_metrics", Metrics),
             ("confusion", ClassificationMetrics),
             ("report", Markdown),
@@ -116,12 +117,22 @@ def run(tmp_path_factory, fashion_available):
         student=a["student"],
         metrics=a["student_metrics"],
     )
+    C.train_transfer_baselines.python_func(  # this data has no unlabeled transfer set: the index says so
+        config=a["config"],
+        dataset=a["dataset"],
+        teacher=a["teacher"],
+        scratch=a["scratch"],
+        pipeline_run_id=rid,
+        baselines=a["baselines"],
+    )
+    assert a["baselines"].metadata["trained"] == []
     quality = C.evaluate.python_func(
         config=a["config"],
         dataset=a["dataset"],
         teacher=a["teacher"],
         scratch=a["scratch"],
         student=a["student"],
+        baselines=a["baselines"],
         pipeline_run_id=rid,
         metrics=a["eval_metrics"],
         confusion=a["confusion"],

@@ -1,6 +1,7 @@
 """The whole DAG (KFP's local runner) on the multiview digits (#27): the experiment YAML embedded in the run
-(``--config``), a fusion teacher on six views, students on the Fourier view with the transfer set, evaluated,
-exported on the one view, gated and promoted."""
+(``--config``), a fusion teacher on six views, students on the Fourier view with the transfer set beside the
+self-training twin and the labels-only distilled student, evaluated, exported on the one view, gated and
+promoted."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ def test_the_dag_distils_six_views_into_one(tmp_path, monkeypatch):
         config=str(ROOT / "configs/multiview_digits.yaml"),
     )
     ev, ex, run_dir = out["evaluation"], out["export"], Path(out["run_dir"])
-    assert set(ev["models"]) >= {"teacher", "student", "scratch"} and ev["class_names"] == [str(i) for i in range(10)]
+    assert set(ev["models"]) == {"teacher", "student", "scratch", "selftrain", "labels_only"}  # the transfer set's rows
+    assert ev["class_names"] == [str(i) for i in range(10)] and "p_value" in ev["vs_selftrain_release_mcnemar"]
+    assert "self-training twin" in Path(out["report"]).read_text()
     assert "pgd_accuracy" not in ev["models"]["student"]  # pixel attacks are not run on feature rows
     assert ex["parity_ok"] and out["promotion"]["promoted"]
     manifest = json.loads(next(run_dir.rglob("student.int8.onnx.manifest.json")).read_text())

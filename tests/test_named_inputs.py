@@ -117,6 +117,10 @@ def test_predict_normalises_feature_rows_as_training_did():
 
 def test_image_only_methods_are_refused_for_feature_rows():
     base = {"data": {"dataset": "multiview-digits"}}
-    for extra in ({"distill": {"data_free": True, "method": "dfad"}}, {"distill": {"method": "ard"}}, {"train": {"mix": "mixup"}}):
+    for extra in (
+        {"distill": {"data_free": True, "method": "dfad"}},
+        {"distill": {"method": "ard"}},
+        {"train": {"mix": "mixup"}},
+    ):
         with pytest.raises(ValueError, match="holds feature rows"):
             Config.model_validate({**base, **extra})

@@ -52,7 +52,14 @@ def test_dag_edges(compiled):
     assert deps["train-teacher"] == {"prep-data"}
     assert deps["train-student-scratch"] == {"prep-data"}
     assert deps["distill-student"] == {"prep-data", "train-teacher"}
-    assert deps["evaluate"] == {"prep-data", "train-teacher", "train-student-scratch", "distill-student"}
+    assert deps["train-transfer-baselines"] == {"prep-data", "train-teacher", "train-student-scratch"}
+    assert deps["evaluate"] == {
+        "prep-data",
+        "train-teacher",
+        "train-student-scratch",
+        "distill-student",
+        "train-transfer-baselines",
+    }
     assert deps["export"] == {"prep-data", "distill-student", "evaluate"}
     assert "export" in inner[_condition(compiled["ir"])]["dependentTasks"]
 
@@ -70,7 +77,7 @@ def test_if_gate_and_exit_handler(compiled):
 
 def test_pinned_image_everywhere(compiled):
     execs = compiled["ir"]["deploymentSpec"]["executors"]
-    assert len(execs) == 8
+    assert len(execs) == 9
     assert {e["container"]["image"] for e in execs.values()} == {KDFLOW_IMAGE}
     assert ":latest" not in KDFLOW_IMAGE
 
@@ -87,6 +94,7 @@ def test_caching_per_task(compiled):
         "train-teacher": True,
         "train-student-scratch": False,
         "distill-student": False,
+        "train-transfer-baselines": False,
         "evaluate": False,
         "export": False,
     }
@@ -102,7 +110,7 @@ def test_resources_retries_and_secrets(compiled):
         assert res["cpuRequest"] > 0 and res["cpuLimit"] >= res["cpuRequest"]
         assert res["memoryRequest"] > 0 and res["memoryLimit"] >= res["memoryRequest"]
     inner = _inner(ir)
-    for t in ("train-teacher", "train-student-scratch", "distill-student"):
+    for t in ("train-teacher", "train-student-scratch", "distill-student", "train-transfer-baselines"):
         assert inner[t]["retryPolicy"]["maxRetryCount"] == 2
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name, spec in k8s.items():

@@ -116,8 +116,11 @@ COMMANDS = {
     "distill": _distill,
     "run": _run_all,
     "tune": _tune,
+    "train-baselines": lambda cfg, a, ctx: _steps().train_transfer_baselines(
+        cfg, a.data, a.teacher, a.scratch, a.out, ctx, a.fresh
+    ),
     "evaluate": lambda cfg, a, ctx: _print_eval(
-        _steps().evaluate_models(cfg, a.data, a.teacher, a.scratch, a.student, a.out, ctx)
+        _steps().evaluate_models(cfg, a.data, a.teacher, a.scratch, a.student, a.out, ctx, a.baselines)
     ),
     "export": _export,
     "attack": _attack,

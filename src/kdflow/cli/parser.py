@@ -138,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="teacher checkpoint (model.pt), s3:// or models:/ URI (default: teacher.source)")
     p.add_argument("--scratch", action="store_true", help=argparse.SUPPRESS)  # the all-in-one form, kept working
 
+    p = sub.add_parser(
+        "train-baselines",
+        help="the transfer set's baselines: the self-training twin (the scratch twin labels the unlabeled pool) and "
+        "the labels-only distilled student, when the run uses a transfer set",
+    )
+    _common(p)
+    _fresh(p)
+    p.add_argument("--data", required=True, help="output directory of `kdflow prep`")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint (model.pt), s3:// or models:/ URI")
+    p.add_argument("--scratch", required=True, help="output directory of train-student")
+
     p = sub.add_parser("run", help="every step in one command: prep, teacher, (scratch), distill, evaluate")
     _common(p)
     _fresh(p)
@@ -169,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="output directory of train-teacher (holds model.pt)")
     p.add_argument("--student", required=True, help="output directory of distill")
     p.add_argument("--scratch", help="output directory of train-student")
+    p.add_argument("--baselines", help="output directory of train-baselines (self-training twin, labels-only rows)")
 
     p = sub.add_parser("export", help="export the student to ONNX, int8 ONNX and TorchScript and verify them")
     _common(p)

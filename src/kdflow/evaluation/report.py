@@ -22,6 +22,8 @@ def row_labels(evaluation: dict) -> dict[str, str]:
         "teacher": "teacher (PGD-AT)" if evaluation.get("teacher_adversarial") else "teacher",
         "scratch": "student (scratch, PGD-AT)" if evaluation.get("scratch_adversarial") else "student (scratch)",
         "student": METHOD_LABELS.get(evaluation.get("method", "kd"), "student (distilled)"),
+        "selftrain": "student (self-training twin)",
+        "labels_only": "student (distilled, labels only)",
     }
 
 
@@ -30,7 +32,7 @@ def summary_rows(evaluation: dict, export: dict | None = None) -> list[dict]:
     m = evaluation["models"]
     rows = []
     labels = row_labels(evaluation)
-    for key in ("teacher", "scratch", "student"):
+    for key in ("teacher", "scratch", "selftrain", "labels_only", "student"):
         if key not in m:
             continue
         r = m[key]
@@ -91,6 +93,26 @@ def render_table(rows: list[dict], robust: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def _transfer_set_line(evaluation: dict) -> str:
+    """What the gain is made of: the teacher (vs the self-training twin, which had the same pool) and the pool
+    (vs the labels-only distilled student, which had the same teacher)."""
+    m = evaluation["models"]
+    line = (
+        f"Transfer set: the distilled student {100 * evaluation['kd_gain_vs_selftrain']:+.2f} pt over the self-training "
+        "twin (the scratch twin labelling the same unlabeled pool: the teacher's share of the gain)"
+    )
+    if "labels_only" in m:
+        gain = m["student"]["accuracy"] - m["labels_only"]["accuracy"]
+        line += f", {100 * gain:+.2f} pt over the labels-only distilled student (the pool's share)"
+    test = evaluation.get("vs_selftrain_release_mcnemar")
+    if test is not None:
+        line += (
+            f"; on the release split {100 * evaluation['kd_gain_release_vs_selftrain']:+.2f} pt, McNemar p="
+            f"{test['p_value']:.3g} ({test['challenger_only_correct']} vs {test['champion_only_correct']} discordant)"
+        )
+    return line + " (test unless named)."
+
+
 def robust_settings(evaluation: dict) -> dict | None:
     s = evaluation["models"]["student"]
     if s.get("pgd_accuracy") is None:
@@ -130,6 +152,8 @@ def render_report(evaluation: dict, export: dict | None = None, gate: Gate | Non
         ]
     if evaluation.get("kd_verdict"):
         parts += [f"**{evaluation['kd_verdict']}**", ""]
+    if evaluation.get("kd_gain_vs_selftrain") is not None:
+        parts += [_transfer_set_line(evaluation), ""]
     if evaluation.get("release_samples") is not None:
         parts += [
             f"The gate reads the release split ({evaluation['release_samples']:,} images held out by content hash "

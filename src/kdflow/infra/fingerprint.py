@@ -21,6 +21,7 @@ SECTIONS = {
     "distill": ("data", "student", "distill", "train"),
     "assistant": ("data", "student", "distill", "train"),
     "selftrain": ("data", "student", "distill", "train"),  # the scratch twin as its own teacher, the same recipe
+    "labels_only": ("data", "student", "distill", "train"),  # the teacher on the labelled images alone
 }
 # Fields that never change the weights: where things are read from (the digests cover the content),
 # and machine settings with no numerical effect.

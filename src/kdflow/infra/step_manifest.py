@@ -24,7 +24,14 @@ from kdflow.infra.io import atomic_write_json, read_json, sha256_file
 MANIFEST = "step-manifest.json"
 IN_PROGRESS, COMPLETE = "in_progress", "complete"
 # The steps whose directory holds a model another step may consume (a teacher, a student, an assistant).
-MODEL_STEPS = ("train_teacher", "train_student_scratch", "distill_student", "distill_assistant")
+MODEL_STEPS = (
+    "train_teacher",
+    "train_student_scratch",
+    "distill_student",
+    "distill_assistant",
+    "train_student_selftrain",
+    "distill_student_labels_only",
+)
 # Kept across a resume and never an output: the trainer's resumable state.
 RESUME_STATE = "train_state"
 # Directories this process claimed afresh and has not completed: (the directory, the first one the claim created).

@@ -8,14 +8,16 @@ Every step writes its outputs and ``config.resolved.yaml`` into its output direc
 - :mod:`~kdflow.steps.train`: the training body (fresh, resumed or reused), teacher and scratch
 - :mod:`~kdflow.steps.teacher`: a trained or provided teacher
 - :mod:`~kdflow.steps.distill`: the distilled student (through an assistant, if any)
+- :mod:`~kdflow.steps.baselines`: the transfer set's baselines (self-training twin, labels-only distilled)
 - :mod:`~kdflow.steps.evaluation`: teacher vs scratch vs student, the quality gate
 - :mod:`~kdflow.steps.release`: export with the final gate, promotion, the exit handler
 - :mod:`~kdflow.steps.record`: what each step logs to MLflow
 - :mod:`~kdflow.steps.orchestrate`: the steps in DAG order without KFP (``kdflow run``)
 """
 
+from kdflow.steps.baselines import self_train, train_transfer_baselines
 from kdflow.steps.context import RunContext, start_pipeline
-from kdflow.steps.distill import distill, self_train
+from kdflow.steps.distill import distill
 from kdflow.steps.evaluation import evaluate_models
 from kdflow.steps.orchestrate import Layout, run_all
 from kdflow.steps.prep import prep
@@ -32,6 +34,7 @@ __all__ = [
     "load_teacher",
     "distill",
     "self_train",
+    "train_transfer_baselines",
     "evaluate_models",
     "export_student",
     "promote",

@@ -18,7 +18,7 @@ from kdflow.steps.context import PathArg, RunContext
 from kdflow.steps.results import TrainResult
 from kdflow.steps.teacher_checkpoints import TEACHER_CHECKPOINTS, chosen_teacher
 from kdflow.steps.timing import timed
-from kdflow.steps.train import TrainingJob, load_teacher, train_model, training_attack
+from kdflow.steps.train import STEP_NAMES, TrainingJob, load_teacher, train_model, training_attack
 
 
 def _teacher_lineage(cfg: Config, teacher_path: str, teacher_arch: str) -> dict[str, str]:
@@ -83,11 +83,7 @@ def _train_assistant(
     return out / "model.pt"
 
 
-def _step_name(role: str) -> str:
-    return {"distill": "distill_student", "selftrain": "train_student_selftrain"}.get(role, f"distill_{role}")
-
-
-@timed(lambda b: _step_name(b.arguments["role"]))
+@timed(lambda b: STEP_NAMES[b.arguments["role"]])
 def distill(
     cfg: Config,
     data_dir: PathArg,
@@ -160,26 +156,3 @@ def distill(
         transfer_set=cfg.distill.unlabeled,
     )
     return train_model(job)
-
-
-def self_train(
-    cfg: Config,
-    data_dir: PathArg,
-    scratch_path: str | Path,
-    out_dir: PathArg,
-    ctx: RunContext | None = None,
-    fresh: bool = False,
-) -> TrainResult | None:
-    """The self-training twin: the scratch twin labels the unlabeled transfer set and a fresh student learns
-    from it by the distilled student's own recipe (noisy-student style). The third baseline: a gain that the
-    twin also gets comes from the pool, not from the teacher."""
-    manifest = data.load_manifest(data_dir)
-    if not manifest["counts"].get("unlabeled") or not cfg.distill.unlabeled:
-        raise ConfigError(
-            "distill.unlabeled",
-            "the self-training twin learns from the unlabeled transfer set, and this run has none",
-            "keep fewer labels (data.labels_kept) or add data.unlabeled, with distill.unlabeled=true",
-        )
-    recipe = cfg.model_copy(deep=True)
-    recipe.distill.assistant, recipe.distill.extra_teachers, recipe.distill.features = None, [], []
-    return distill(recipe, data_dir, scratch_path, out_dir, ctx, fresh, role="selftrain")

@@ -22,7 +22,14 @@ from kdflow.steps.results import EvaluationResult, TrainResult
 from kdflow.steps.teacher_checkpoints import chosen_teacher
 from kdflow.steps.timing import timed
 
-LABELS = {"teacher": "teacher", "scratch": "scratch student", "student": "distilled student"}
+LABELS = {
+    "teacher": "teacher",
+    "scratch": "scratch student",
+    "student": "distilled student",
+    "selftrain": "self-training twin",
+    "labels_only": "distilled, labels only",
+}
+STUDENT_ROWS = ("student", "scratch", "selftrain", "labels_only")  # compared with the teacher
 LINEAGE_KEYS = ("model_id", "model_uri", "run_id", "config_hash", "pipeline_run_id", "data_digest")
 
 
@@ -94,6 +101,24 @@ def _robustness(
     plot_robustness({labels[n]: scores[n]["robustness_curve"] for n in attackable}, a.steps, out / "robustness.png")
 
 
+def _versus_selftrain(loaded: dict, scores: dict, prepared, release, norm) -> dict:
+    """The distilled student against the self-training twin: the teacher's share of the gain, not the pool's
+    (test reported; on the release split with the paired McNemar test promotion uses)."""
+    out = {"kd_gain_vs_selftrain": scores["student"]["accuracy"] - scores["selftrain"]["accuracy"]}
+    if release is not None:
+        from kdflow.release.registry import mcnemar
+
+        correct = {
+            n: evaluate.predict_logits(loaded[n], release, norm).argmax(1) == release.y
+            for n in ("student", "selftrain")
+        }
+        out["kd_gain_release_vs_selftrain"] = (
+            scores["student"]["release_accuracy"] - scores["selftrain"]["release_accuracy"]
+        )
+        out["vs_selftrain_release_mcnemar"] = mcnemar(correct["student"], correct["selftrain"])
+    return out
+
+
 def _lineage(student_dir: Path) -> dict[str, str]:
     info = results.read(student_dir, TrainResult)
     if info is None:
@@ -115,7 +140,7 @@ def compare(
             evaluate.accuracy(evaluate.predict_logits(m, release, norm), release.y) if release is not None else None
         )
     acc_t = scores["teacher"]["accuracy"]
-    for name in ("student", "scratch"):
+    for name in STUDENT_ROWS:
         if name in scores:
             scores[name]["retention"] = evaluate.retention(scores[name]["accuracy"], acc_t)
             scores[name]["val_retention"] = evaluate.retention(
@@ -145,6 +170,8 @@ def compare(
         if release is not None:
             summary["kd_gain_release"] = scores["student"]["release_accuracy"] - scores["scratch"]["release_accuracy"]
             summary["kd_verdict"] = kd_verdict(summary["kd_gain_release"])
+    if "selftrain" in scores:
+        summary.update(_versus_selftrain(loaded, scores, prepared, release, norm))
     summary.update(method_labels(cfg))
     if cfg.adversarial.evaluate and prepared.inputs is None:  # pixel-space attacks: images only
         _robustness(cfg, prepared, loaded, scores, summary, out)
@@ -170,9 +197,12 @@ def evaluate_models(
     student_dir: PathArg,
     out_dir: PathArg,
     ctx: RunContext | None = None,
+    baselines_dir: PathArg | None = None,
 ) -> dict:
-    """Evaluate and write ``evaluation.json``, ``report.md`` and the plots; returns the evaluation summary."""
+    """Evaluate and write ``evaluation.json``, ``report.md`` and the plots; returns the evaluation summary.
+    ``baselines_dir``: the transfer set's baselines (:mod:`kdflow.steps.baselines`), rows of their own."""
     from kdflow.evaluation.report import render_report
+    from kdflow.steps.baselines import trained_baselines
 
     out = Path(out_dir)
     prepared = data.load_prepared(data_dir)
@@ -180,6 +210,7 @@ def evaluate_models(
     dirs = {"teacher": Path(teacher_dir), "student": Path(student_dir)}
     if scratch_dir:
         dirs["scratch"] = Path(scratch_dir)
+    dirs.update(trained_baselines(baselines_dir))
     files = {"teacher": teacher_file(dirs["teacher"], dirs["student"])}
     loaded = {  # before any write
         name: load_step_model(d, prepared.num_classes, name, files.get(name, "model.pt")) for name, d in dirs.items()

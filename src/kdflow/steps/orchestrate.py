@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kdflow.config import Config
 from kdflow.errors import ConfigError
+from kdflow.steps.baselines import train_transfer_baselines, uses_transfer_set
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.distill import distill
 from kdflow.steps.evaluation import evaluate_models
@@ -30,10 +31,11 @@ class Layout:
     student: Path
     evaluation: Path
     given_teacher: Path
+    baselines: Path
 
     @classmethod
     def under(cls, out: Path) -> Layout:
-        names = ("data", "teacher", "scratch", "student", "evaluation", "teacher_given")
+        names = ("data", "teacher", "scratch", "student", "evaluation", "teacher_given", "baselines")
         return cls(*(out / name for name in names))
 
 
@@ -59,7 +61,8 @@ def run_all(
     scratch: bool = False,
     fresh: bool = False,
 ) -> dict | None:
-    """prep (unless ``data_dir``), teacher (unless given), scratch (if asked), distill, evaluate.
+    """prep (unless ``data_dir``), teacher (unless given), scratch (if asked), distill, the transfer set's
+    baselines (with scratch, when the run uses a transfer set), evaluate.
 
     Everything that can be checked is checked before the first byte is written (a failure leaves ``out``
     as it was). Returns the evaluation summary; None on DDP ranks other than 0.
@@ -86,6 +89,10 @@ def run_all(
     distilled: TrainResult | None = distill(cfg, data, teacher, layout.student, ctx, fresh)
     if distilled is None:
         return None
+    baselines = None
+    if scratch_dir is not None and uses_transfer_set(cfg, data):  # what the transfer set's gain is made of
+        train_transfer_baselines(cfg, data, teacher, scratch_dir, layout.baselines, ctx, fresh)
+        baselines = layout.baselines
     if teacher_dir is None:
         teacher_dir = _given_teacher(teacher, data, layout.given_teacher)
-    return evaluate_models(cfg, data, teacher_dir, scratch_dir, layout.student, layout.evaluation, ctx)
+    return evaluate_models(cfg, data, teacher_dir, scratch_dir, layout.student, layout.evaluation, ctx, baselines)

@@ -115,7 +115,15 @@ def evaluation(
             curve = {f"pgd_accuracy_eps_{c['eps']:g}": c["pgd_accuracy"] for c in r.get("robustness_curve", [])}
             tracker.log_metrics(run_id, curve, prefix=f"{name}.robustness_curve.")
         tracker.log_dataset(prepared.manifest, prepared.manifest["source"], "release")
-        for k in ("transfer_rate", "kd_gain", "kd_gain_val", "kd_gain_release", "robust_gain"):
+        for k in (
+            "transfer_rate",
+            "kd_gain",
+            "kd_gain_val",
+            "kd_gain_release",
+            "robust_gain",
+            "kd_gain_vs_selftrain",
+            "kd_gain_release_vs_selftrain",
+        ):
             if summary.get(k) is not None:
                 tracker.log_metrics(run_id, {k: summary[k]})
         for f in (

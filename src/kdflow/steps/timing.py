@@ -71,6 +71,7 @@ STEP_ORDER = [
     "train_teacher",
     "train_student_scratch",
     "distill_student",
+    "transfer_baselines",
     "evaluate",
     "export",
     "register_and_promote",

@@ -40,6 +40,7 @@ STEP_NAMES = {
     "distill": "distill_student",
     "assistant": "distill_assistant",
     "selftrain": "train_student_selftrain",
+    "labels_only": "distill_student_labels_only",
 }
 UPLOADED = ["model.pt", "history.csv", "metrics.json", "config.resolved.yaml"]
 ObjectiveFactory = Callable[[nn.Module, data.PreparedData], nn.Module]
