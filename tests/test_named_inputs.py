@@ -60,7 +60,7 @@ def test_fusion_takes_a_mapping_and_feature_inputs_refuse_image_models():
     model = build_selected("fusion-mlp", 10, ["view:fou", "view:mor"], LAYOUT)
     assert isinstance(model.core, FusionMLP) and list(model.core.encoders) == ["view:fou", "view:mor"]
     assert model.eval()(torch.randn(3, WIDTH)).shape == (3, 10)
-    with pytest.raises(ModelError, match="use mlp or fusion-mlp"):
+    with pytest.raises(ModelError, match="use mlp, linear, fusion-mlp for feature inputs"):
         build_selected("resnet20", 10, ["view:fou"], LAYOUT)
 
 

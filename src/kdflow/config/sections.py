@@ -21,15 +21,23 @@ from kdflow.config.models import StudentConfig, TeacherConfig
 from kdflow.config.release import EvaluateConfig, ExportConfig, GateConfig, StorageConfig, TrackingConfig
 from kdflow.config.tune import TuneConfig
 
-FEATURE_DATASETS = ("multiview-digits",)  # rows of named feature inputs, not images (kdflow.data.multiview)
+# rows of named inputs, not images (kdflow.data.multiview, kdflow.data.text)
+FEATURE_DATASETS = ("multiview-digits", "wordnet-supersense")
 
 
 class DataConfig(_Section):
-    dataset: Literal["fashion-mnist", "mnist", "cifar10", "imagefolder", "multiview-digits"] = Field(
-        "fashion-mnist",
-        description="multiview-digits: six feature views of 2,000 digits (inputs view:<name> and image); the others "
-        "are images (input image)",
+    dataset: Literal["fashion-mnist", "mnist", "cifar10", "imagefolder", "multiview-digits", "wordnet-supersense"] = (
+        Field(
+            "fashion-mnist",
+            description="multiview-digits: six feature views of 2,000 digits (inputs view:<name> and image); "
+            "wordnet-supersense: WordNet noun glosses -> supersense (inputs tokens and view:minilm); the others are "
+            "images (input image)",
+        )
     )
+    num_classes: int | None = Field(
+        None, ge=2, description="wordnet-supersense: keep the N largest of the 26 supersenses (None: 10)"
+    )
+    max_tokens: int = Field(32, ge=4, le=512, description="wordnet-supersense: WordPiece tokens per gloss (padded)")
     source: str | None = Field(None, description="explicit directory, file or s3:// URI of the raw data")
     download_root: str = Field(".kdflow/downloads", description="where a torchvision download may land")
     val_size: int = Field(5000, ge=1)

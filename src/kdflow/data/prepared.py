@@ -19,6 +19,7 @@ import torch
 
 from kdflow.config import DataConfig
 from kdflow.config.sections import FEATURE_DATASETS
+from kdflow.data import features
 from kdflow.data.batches import (
     Normalizer,
     Split,
@@ -131,9 +132,7 @@ class PreparedData:
 def _normalization(cfg: DataConfig, train_x) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``data.mean``/``data.std`` when given (a pretrained teacher's), else the dataset's own."""
     if cfg.dataset in FEATURE_DATASETS:
-        from kdflow.data.multiview import column_stats
-
-        return column_stats(train_x)
+        return features.stats(cfg, train_x)
     if cfg.mean is not None and cfg.std is not None:
         if len(cfg.mean) != int(train_x.shape[1]):
             raise DataError(
@@ -192,6 +191,9 @@ def _prepare(cfg: DataConfig, out: Path, cache_dir: Path, store: PixelWriter | N
     splits = {"train": train, "val": val, "test": test, "release": release}
     if len(pool):
         splits["unlabeled"] = pool
+    if cfg.dataset in FEATURE_DATASETS:  # the inputs computed from the kept rows (text embeddings)
+        splits = features.complete(cfg, splits, cache_dir)
+        train, val, test, release = (splits[n] for n in ("train", "val", "test", "release"))
     mean, std = _normalization(cfg, train.x)
     class_names = raw.class_names or [str(i) for i in range(int(raw.train_y.max()) + 1)]
     manifest = {
@@ -219,9 +221,7 @@ def _prepare(cfg: DataConfig, out: Path, cache_dir: Path, store: PixelWriter | N
         "test_duplicates_in_train": shared_images(raw.test_x, raw.train_x),
     }
     if cfg.dataset in FEATURE_DATASETS:  # rows of named inputs, normalised per column on their own scale
-        from kdflow.data.multiview import layout
-
-        manifest.update(inputs=layout(), input_scale=1.0)
+        manifest.update(inputs=features.inputs(cfg), input_scale=1.0)
     if len(release) < RELEASE_WARN:
         print(
             f"[prep] warning: the release split holds {len(release)} images; the gate's accuracy and promotion's "

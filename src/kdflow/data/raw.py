@@ -225,10 +225,22 @@ def _multiview(cfg: DataConfig, cache_dir: Path) -> RawData:
     return RawData(x[~test], y[~test], x[test], y[test], MNIST_CLASSES, f"{multiview.DATASET}:{local}")
 
 
+def _wordnet(cfg: DataConfig, cache_dir: Path) -> RawData:
+    from kdflow.data import text
+
+    local = resolve_local(cfg.source, "data.source", cache_dir) if cfg.source else None
+    train_x, train_y, test_x, test_y, classes = text.load_wordnet(
+        local, cfg.num_classes or 10, cfg.max_tokens, cfg.split_seed
+    )
+    return RawData(train_x, train_y, test_x, test_y, classes, f"{text.DATASET}:{local or text.WORDNET_DIRS[0]}")
+
+
 def load_raw(cfg: DataConfig, cache_dir: Path | None = None, store: PixelWriter | None = None) -> RawData:
     """The raw train and test images; an image folder is decoded straight into ``store`` when one is given."""
     if cfg.dataset == "multiview-digits":
         return _multiview(cfg, cache_dir or Path(cfg.download_root))
+    if cfg.dataset == "wordnet-supersense":
+        return _wordnet(cfg, cache_dir or Path(cfg.download_root))
     classes = {"fashion-mnist": FASHION_CLASSES, "mnist": MNIST_CLASSES}.get(cfg.dataset, [])
     if cfg.source:
         local = resolve_local(cfg.source, "data.source", cache_dir or Path(cfg.download_root))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from kdflow.config import DataConfig
+from kdflow.config.sections import FEATURE_DATASETS
 from kdflow.data.batches import Split
 from kdflow.data.pixels import EVAL_STORE_FILE, STORE_FILE, DiskImages, PixelWriter, chunks, decoded_bytes
 from kdflow.data.views import center
@@ -30,7 +31,7 @@ def open_store(cfg: DataConfig, out_dir: Path, source_dir: Path | None) -> Pixel
     """A writer into ``out_dir``'s pixel store when the pixels go to disk, else None."""
     if cfg.storage == "memory":
         return None
-    if cfg.dataset == "multiview-digits":  # 2,000 rows of floats: memory, always
+    if cfg.dataset in FEATURE_DATASETS:  # rows of named inputs: memory, always
         if cfg.storage == "disk":
             raise DataError("data.storage", "feature rows are kept in memory", "set data.storage: memory or auto")
         return None

@@ -116,15 +116,20 @@ def steady_p95_ms(rounds: list[np.ndarray]) -> float:
     return float(min(np.percentile(r, 95) for r in rounds))
 
 
-def speed_profile(run_batch, input_shape: tuple[int, ...], cfg: EvaluateConfig) -> dict:
+def speed_profile(
+    run_batch, input_shape: tuple[int, ...], cfg: EvaluateConfig, example: torch.Tensor | None = None
+) -> dict:
     """Latency at batch 1 (ms) and throughput (img/s) at cfg.throughput_batch of ``run_batch(x)``.
 
     Latency runs ``cfg.latency_rounds`` rounds, each after its own warm-up: p50/p95 are over every timing
     (what a user sees on this machine now); ``latency_p95_ms_steady`` (:func:`steady_p95_ms`) is what the
-    release gate reads, so a CPU-bound neighbour does not flip its verdict.
+    release gate reads, so a CPU-bound neighbour does not flip its verdict. ``example``: a batch of real
+    (normalised) inputs to time on instead of random ones.
     """
-    one = torch.randn(1, *input_shape)
-    big = torch.randn(cfg.throughput_batch, *input_shape)
+    if example is not None and len(example):  # real rows: inputs such as token ids have no random stand-in
+        one, big = example[:1], example[torch.arange(cfg.throughput_batch) % len(example)]
+    else:
+        one, big = torch.randn(1, *input_shape), torch.randn(cfg.throughput_batch, *input_shape)
     per_round = max(1, cfg.latency_repeats // cfg.latency_rounds)
     rounds = [
         time_callable(lambda: run_batch(one), cfg.latency_warmup, per_round) * 1000.0 for _ in range(cfg.latency_rounds)
@@ -140,14 +145,16 @@ def speed_profile(run_batch, input_shape: tuple[int, ...], cfg: EvaluateConfig) 
     }
 
 
-def torch_speed(model: nn.Module, input_shape: tuple[int, ...], cfg: EvaluateConfig) -> dict:
+def torch_speed(
+    model: nn.Module, input_shape: tuple[int, ...], cfg: EvaluateConfig, example: torch.Tensor | None = None
+) -> dict:
     model.eval()
 
     @torch.inference_mode()
     def run(x):
         return model(x)
 
-    return speed_profile(run, input_shape, cfg)
+    return speed_profile(run, input_shape, cfg, example)
 
 
 # ----------------------------------------------------------------------------- plots

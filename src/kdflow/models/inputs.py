@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from kdflow.errors import ConfigError, ModelError
 
-FEATURE_ARCHS = ("mlp", "fusion-mlp")  # models of feature vectors; any image model takes an image input
+FEATURE_ARCHS = ("mlp", "linear", "fusion-mlp")  # models of feature vectors; any image model takes an image input
 
 
 class FusionMLP(nn.Module):
@@ -52,7 +52,9 @@ class Selected(nn.Module):
         super().__init__()
         self.core = core
         self.names = list(names)
-        self.layout = {n: {"columns": list(layout[n]["columns"]), "shape": list(layout[n]["shape"])} for n in names}
+        self.layout = {
+            n: dict(layout[n], columns=list(layout[n]["columns"]), shape=list(layout[n]["shape"])) for n in names
+        }
 
     def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -81,7 +83,7 @@ class Selected(nn.Module):
         rebased, start = {}, 0
         for n in self.names:
             w = _width(self.layout[n]["shape"])
-            rebased[n] = {"columns": [start, start + w], "shape": self.layout[n]["shape"]}
+            rebased[n] = dict(self.layout[n], columns=[start, start + w])
             start += w
         return Selected(self.core, self.names, rebased), (start,)
 
@@ -114,11 +116,22 @@ def resolve_names(names: list[str] | None, layout: dict[str, dict] | None, field
 def build_selected(arch: str, num_classes: int, names: list[str], layout: dict[str, dict]) -> Selected:
     """``arch`` on the named inputs: ``fusion-mlp`` fuses any set of them, ``mlp`` takes their columns side by side,
     an image model takes one image input."""
+    from kdflow.models.text import TEXT_ARCHS, build_text
     from kdflow.models.zoo import MLP, build_model
 
     shapes = [layout[n]["shape"] for n in names]
-    if arch == "fusion-mlp":
-        core: nn.Module = FusionMLP({n: _width(s) for n, s in zip(names, shapes, strict=True)}, num_classes)
+    if arch in TEXT_ARCHS or "vocab_size" in layout[names[0]]:
+        if arch not in TEXT_ARCHS or len(names) != 1 or "vocab_size" not in layout[names[0]]:
+            raise ModelError(
+                "arch",
+                f"'{arch}' on {names}: text models read one input of token ids",
+                "use text-bag or text-transformer on [tokens], and mlp, linear or fusion-mlp on feature views",
+            )
+        core: nn.Module = build_text(arch, num_classes, shapes[0], int(layout[names[0]]["vocab_size"]))
+    elif arch == "linear":
+        core = nn.Sequential(nn.Flatten(), nn.Linear(sum(_width(s) for s in shapes), num_classes))
+    elif arch == "fusion-mlp":
+        core = FusionMLP({n: _width(s) for n, s in zip(names, shapes, strict=True)}, num_classes)
     elif arch == "mlp":
         core = MLP(num_classes, in_features=sum(_width(s) for s in shapes))
     elif len(names) == 1 and len(shapes[0]) == 3:
@@ -128,7 +141,7 @@ def build_selected(arch: str, num_classes: int, names: list[str], layout: dict[s
         raise ModelError(
             "arch",
             f"'{arch}' takes one image, and {names} are feature vectors",
-            f"use {' or '.join(FEATURE_ARCHS)} for feature inputs, or the input image",
+            f"use {', '.join(FEATURE_ARCHS)} for feature inputs, or an image model on the input image",
         )
     return Selected(core, names, layout)
 

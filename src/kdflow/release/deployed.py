@@ -9,6 +9,7 @@ those columns, so export, parity, int8 calibration and ``kdflow predict`` all wo
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -16,6 +17,19 @@ import torch.nn as nn
 from kdflow.data.batches import Split
 from kdflow.data.prepared import PreparedData
 from kdflow.models.inputs import Selected
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def ship_tokenizer(data: PreparedData, out_dir: Path) -> None:
+    """The text student's tokenizer beside its export, so ``kdflow predict`` serves raw text."""
+    if "deployed_text" not in data.manifest:
+        return
+    from kdflow.data.text import encoder_dir
+    from kdflow.infra.io import atomic_write_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / TOKENIZER_FILE, (encoder_dir() / TOKENIZER_FILE).read_bytes())
 
 
 def deployed(model: nn.Module, data: PreparedData) -> tuple[nn.Module, PreparedData]:
@@ -32,6 +46,8 @@ def deployed(model: nn.Module, data: PreparedData) -> tuple[nn.Module, PreparedD
         return Split(x.reshape(len(x), *shape).contiguous(), split.y)
 
     manifest = {**data.manifest, "input_shape": list(shape), "deployed_inputs": list(model.names)}
+    if model.names == ["tokens"]:  # raw text in: the tokenizer ships beside the export (export_student copies it)
+        manifest["deployed_text"] = {"tokenizer": TOKENIZER_FILE, "max_tokens": int(shape[-1])}
     return core, replace(
         data,
         train=project(data.train),  # type: ignore[arg-type]

@@ -182,7 +182,8 @@ def verify(name: str, run, reference: torch.Tensor, data: PreparedData, eval_cfg
         "top1_agreement": float((logits.argmax(1) == reference.argmax(1)).float().mean()),
         "accuracy": accuracy(logits, data.test.y),
     }
-    out.update(speed_profile(run, input_shape, eval_cfg))
+    example = next(iterate(data.test, 64, norm))[0] if data.inputs is not None else None  # named inputs: real rows
+    out.update(speed_profile(run, input_shape, eval_cfg, example))
     return out
 
 
@@ -199,6 +200,7 @@ def write_manifest(
         "input_dtype": "float32",
         "normalization": {"mean": list(data.mean), "std": list(data.std), "scale": _scale(data)},
         "inputs": data.manifest.get("deployed_inputs", ["image"]),
+        "text": data.manifest.get("deployed_text"),
         "preprocess": preprocess_spec(data.manifest),
         "class_names": data.class_names,
         "opset": opset,

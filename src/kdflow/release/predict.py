@@ -85,6 +85,27 @@ def load_rows(paths: list[str], shape: list[int]) -> tuple[np.ndarray, list[str]
     return np.concatenate(rows).reshape(-1, *shape), names
 
 
+def load_texts(paths: list[str], text: dict, model_dir: Path) -> tuple[np.ndarray, list[str]]:
+    """Each non-empty line of each file, tokenized as prep tokenized the training texts (the tokenizer
+    shipped beside the export): (N, 2, L) ids and attention masks, and the line as its label."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / text["tokenizer"]))
+    tok.enable_truncation(int(text["max_tokens"]))
+    tok.enable_padding(length=int(text["max_tokens"]))
+    lines = []
+    for p in paths:
+        try:
+            lines += [ln.strip() for ln in Path(p).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ExportError("inputs", f"cannot read '{p}' ({type(e).__name__})", "pass UTF-8 text files") from None
+    if not lines:
+        raise ExportError("inputs", "no text in the given files", "pass files with one text per line")
+    enc = tok.encode_batch(lines)
+    x = np.stack([np.stack([e.ids, e.attention_mask]) for e in enc]).astype(np.float32)
+    return x, lines
+
+
 def _normalised(x: np.ndarray, norm: dict) -> np.ndarray:
     """Per channel (an image), per column (feature rows) or per element (a view shaped as an image)."""
     mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
@@ -100,7 +121,9 @@ def predict_cli(model: str, images: list[str], as_json: bool = False) -> int:
     manifest = read_json_state(manifest_path, "--model", "re-export the model with `kdflow export`")
     if not isinstance(manifest, dict) or not {"input_shape", "normalization", "class_names", "format"} <= set(manifest):
         raise ExportError("--model", f"'{manifest_path}' is not a kdflow export manifest", "re-export the model")
-    if manifest.get("inputs", ["image"]) != ["image"] or manifest["normalization"].get("scale") == "1":
+    if manifest.get("text"):  # a text student: each line of each file is one text
+        x, labels = load_texts(images, manifest["text"], manifest_path.parent)
+    elif manifest.get("inputs", ["image"]) != ["image"] or manifest["normalization"].get("scale") == "1":
         x, labels = load_rows(images, manifest["input_shape"][1:])  # feature rows of the model's named inputs
     else:
         x, labels = load_images(images, manifest["input_shape"][1:], manifest.get("preprocess")), list(images)

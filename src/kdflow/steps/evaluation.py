@@ -64,7 +64,8 @@ def _model_metrics(name: str, model: nn.Module, logits, prepared: data.PreparedD
         r.update(evaluate.teacher_comparison(logits[name], logits["teacher"], cfg.distill.temperature))
     input_shape = tuple(prepared.test.x.shape[1:])
     r.update(models.model_report(model, input_shape))
-    r.update(evaluate.torch_speed(model, input_shape, cfg.evaluate))
+    example = prepared.normalizer()(prepared.test.x[:64]) if prepared.inputs is not None else None
+    r.update(evaluate.torch_speed(model, input_shape, cfg.evaluate, example))
     evaluate.plot_confusion(
         r["confusion_matrix"], prepared.class_names, f"{name} (test)", out / f"confusion_{name}.png"
     )

@@ -9,33 +9,37 @@ from __future__ import annotations
 import torch.nn as nn
 
 from kdflow.config import Config
+from kdflow.config.sections import FEATURE_DATASETS
 from kdflow.errors import ModelError
 from kdflow.models import zoo as models
 from kdflow.models.inputs import build_for_data
 
 # Input shape and class count of the built-in datasets, for checks made before the data is prepared.
-KNOWN_SHAPES = {
-    "fashion-mnist": ((1, 28, 28), 10),
-    "mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-    "multiview-digits": ((649,), 10),
-}
+KNOWN_SHAPES = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
 
 
-def _layout(dataset: str) -> dict[str, dict] | None:
+def _layout(cfg: Config) -> dict[str, dict] | None:
     """The named inputs of a feature dataset, known before it is prepared; None for images."""
-    if dataset == "multiview-digits":
-        from kdflow.data.multiview import layout
+    if cfg.data.dataset in FEATURE_DATASETS:
+        from kdflow.data.features import inputs
 
-        return layout()
+        return inputs(cfg.data)
     return None
+
+
+def _known_shape(cfg: Config) -> tuple[tuple[int, ...], int]:
+    layout = _layout(cfg)
+    if layout is not None:
+        width = max(int(v["columns"][1]) for v in layout.values())
+        return (width,), cfg.data.num_classes or 10
+    return KNOWN_SHAPES.get(cfg.data.dataset, ((1, 28, 28), 10))
 
 
 def build(
     arch: str, field: str, shape: tuple[int, ...], num_classes: int, cfg: Config | None = None, inputs_of: str = ""
 ) -> nn.Module:
     """``arch`` for the dataset (with ``cfg``: on the named inputs ``<inputs_of>.inputs`` asks for)."""
-    layout = _layout(cfg.data.dataset) if cfg is not None else None
+    layout = _layout(cfg) if cfg is not None else None
     names = getattr(cfg, inputs_of).inputs if cfg is not None and inputs_of else None
     try:
         if cfg is not None and (layout is not None or names is not None):
@@ -48,13 +52,17 @@ def build(
 def check_models(cfg: Config, teacher: nn.Module | None = None) -> None:
     """Teacher and student names resolve, on inputs the dataset has; the feature pairings fit (built without
     weights, one dummy batch)."""
-    shape, num_classes = KNOWN_SHAPES.get(cfg.data.dataset, ((1, 28, 28), 10))
+    shape, num_classes = _known_shape(cfg)
     student = build(cfg.student.arch, "student.arch", shape, num_classes, cfg, "student")
     if cfg.distill.assistant is not None:
         build(cfg.distill.assistant.arch, "distill.assistant.arch", shape, num_classes, cfg, "student")
     if teacher is None and not cfg.teacher.source:  # a given teacher is checked where it is loaded
         teacher = build(cfg.teacher.arch, "teacher.arch", shape, num_classes, cfg, "teacher")
-    if teacher is not None and cfg.distill.features and cfg.data.dataset in KNOWN_SHAPES:
+    if (
+        teacher is not None
+        and cfg.distill.features
+        and (cfg.data.dataset in KNOWN_SHAPES or cfg.data.dataset in FEATURE_DATASETS)
+    ):
         from kdflow.training.objective import DistillObjective
 
         DistillObjective([teacher], student, cfg.distill, shape, num_classes).close()

@@ -60,7 +60,7 @@ def export_student(
 
     Returns the export report (``export.json``: forms, parity, gate).
     """
-    from kdflow.release.deployed import deployed
+    from kdflow.release.deployed import deployed, ship_tokenizer
     from kdflow.release.export import export_all
 
     out = Path(out_dir)
@@ -73,6 +73,7 @@ def export_student(
     step_manifest.claim(out, "export")
     torch.manual_seed(cfg.train.seed)
     model, seen = deployed(student, prepared)  # a model on named inputs is exported on its own inputs alone
+    ship_tokenizer(seen, out)
     exported = export_all(
         model,
         seen,

@@ -1,0 +1,104 @@
+"""Text distillation on the packaged data (#27): WordNet noun glosses (Debian wordnet-base) -> supersense, the
+frozen MiniLM encoder from the hash-pinned wheel as the teacher's view, a text-bag student on WordPiece ids
+with the transfer set, its ONNX export, and `kdflow predict` on raw text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdflow import steps
+from kdflow.config import load_config
+from kdflow.data import prepared as data
+from kdflow.data.text import LEXNAMES, find_wordnet, keep_classes, read_glosses, tokenize
+from kdflow.errors import ModelError
+from kdflow.evaluation.metrics import predict_logits
+from kdflow.infra.checkpoints import load_model
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "wordnet_supersense.yaml"
+
+
+def _config(tmp: Path, *extra: str):
+    base = ["tracking.enabled=false", "storage.reuse=false", f"storage.state_dir={tmp / 'state'}"]
+    return load_config(CONFIG, "smoke", [*base, "train.num_threads=1", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("text")
+    cfg = _config(work)
+    steps.prep(cfg, work / "data")
+    steps.train(cfg, "teacher", work / "data", work / "teacher")
+    steps.train(cfg, "scratch", work / "data", work / "scratch")
+    steps.distill(cfg, work / "data", work / "teacher" / "model.pt", work / "distill")
+    return work
+
+
+def test_prep_reads_the_glosses_into_tokens_and_the_encoders_view(trained):
+    manifest = data.load_manifest(trained / "data")
+    texts, labels = read_glosses(find_wordnet(None))
+    assert len(texts) == 82115 and manifest["class_names"] == [LEXNAMES[c] for c in keep_classes(labels, 10)]
+    assert manifest["inputs"]["tokens"] == {"columns": [0, 64], "shape": [2, 32], "vocab_size": 30522}
+    assert manifest["inputs"]["view:minilm"] == {"columns": [64, 448], "shape": [384]}
+    assert manifest["mean"][:64] == [0.0] * 64 and manifest["std"][:64] == [1.0] * 64  # ids are not scaled
+    counts = manifest["counts"]
+    assert counts["train"] == 100 and counts["unlabeled"] == 300 and counts["test"] == 200
+    pool = data.load_split(trained / "data", "unlabeled")
+    assert bool((pool.y == -1).all())
+    test = data.load_split(trained / "data", "test")
+    norms = test.x[:, 64:].norm(dim=1)
+    assert bool((norms > 0.1).all())  # every kept row has its embedding
+
+
+def test_prep_is_deterministic_and_reuses_the_encoders_cache(trained, tmp_path):
+    cfg = _config(trained)  # the same state directory: the embeddings come from the cache
+    again = steps.prep(cfg, tmp_path / "again")
+    assert again["digest"] == data.load_manifest(trained / "data")["digest"]
+    assert any((trained / "state").rglob("minilm-*.pt"))
+
+
+def test_a_text_model_reads_token_ids_only(trained, tmp_path):
+    with pytest.raises(ModelError, match="text models read one input of token ids"):
+        steps.train(_config(tmp_path, "student.inputs=[view:minilm]"), "scratch", trained / "data", tmp_path / "x")
+    student, meta = load_model(trained / "distill" / "model.pt")
+    assert meta["inputs"]["names"] == ["tokens"] and meta["arch"] == "text-bag"
+    teacher, meta = load_model(trained / "teacher" / "model.pt")
+    assert meta["inputs"]["names"] == ["view:minilm"]
+
+
+@pytest.mark.parametrize("arch", ["text-bag", "text-transformer"])
+def test_the_text_student_exports_and_predict_serves_raw_text(trained, tmp_path, capsys, arch):
+    from kdflow.release.predict import predict_cli
+
+    student_dir = trained / "distill"
+    if arch != "text-bag":
+        student_dir = tmp_path / "student"
+        steps.train(_config(tmp_path, f"student.arch={arch}"), "scratch", trained / "data", student_dir)
+    cfg = _config(tmp_path, "gate.min_accuracy=0", "gate.min_retention=0", "gate.max_latency_p95_ms=1000")
+    report = steps.export_student(cfg, trained / "data", student_dir, None, tmp_path / "export")
+    assert report["forms"]["onnx"]["max_abs_diff"] < 1e-3  # fp32 parity (int8 is judged by the gate)
+    manifest = json.loads((tmp_path / "export" / "student.onnx.manifest.json").read_text())
+    assert manifest["input_shape"] == ["batch", 2, 32] and manifest["text"]["tokenizer"] == "tokenizer.json"
+    prepared = data.load_prepared(trained / "data")
+    texts, _ = read_glosses(find_wordnet(None))
+    wanted = {bytes(r[:64].numpy().astype(np.float32).tobytes()): i for i, r in enumerate(prepared.test.x[:12])}
+    by_row = {}
+    for text, row in zip(texts, tokenize(texts, 32).flatten(1), strict=True):
+        key = bytes(row.numpy().astype(np.float32).tobytes())
+        if key in wanted and key not in by_row:
+            by_row[key] = text
+    order = sorted(by_row, key=wanted.get)  # raw glosses of test rows, as a user would send them
+    (tmp_path / "texts.txt").write_text("\n".join(by_row[k] for k in order) + "\n")
+    student, _ = load_model(student_dir / "model.pt")
+    idx = torch.tensor([wanted[k] for k in order])
+    expected = predict_logits(student, data.Split(prepared.test.x[idx], prepared.test.y[idx]), prepared.normalizer())
+    capsys.readouterr()
+    predict_cli(str(tmp_path / "export" / "student.onnx"), [str(tmp_path / "texts.txt")], as_json=True)
+    got = [json.loads(line)["index"] for line in capsys.readouterr().out.splitlines()]
+    assert len(got) == len(order) >= 10 and got == expected.argmax(1).tolist()
