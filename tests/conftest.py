@@ -71,7 +71,9 @@ LONGEST_FIRST = {
             "test_components.py",
             "test_integration_stack.py",
             "test_autodistill_local.py",
+            "test_named_inputs_dag.py",  # e2e: the multiview and text DAGs, ~70 s
             "test_readme_cli.py",
+            "test_text.py",  # integration: the MiniLM view at prep, two text students exported, ~50 s
             "test_ddp.py",
         ]
     )

@@ -113,7 +113,7 @@ def test_smoke_dag_in_containers_matches_the_subprocess_runner(image, smoke_dag,
 
     # every step's process ran as the image's user: it owns what it wrote; the host (root) owns the rest
     outputs = sorted(run_dir.glob("*/executor_output.json"))
-    assert len(outputs) == 8, [p.parent.name for p in outputs]
+    assert len(outputs) == 9, [p.parent.name for p in outputs]
     assert {p.stat().st_uid for p in outputs} == {10001}
     assert {p.stat().st_uid for p in Path(results["subprocess"]["run_dir"]).glob("*/executor_output.json")} == {
         os.geteuid()

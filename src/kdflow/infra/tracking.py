@@ -8,6 +8,7 @@ When KFP's MLflow integration injects ``MLFLOW_RUN_ID``, a step logs into that r
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -256,9 +257,9 @@ class Tracker:
                 }
             ]
         )
-        # "debian:/usr/share/...", "torchvision:/..." and "multiview-digits:/..." carry a local path after the label
-        labelled = ("debian:", "torchvision:", "multiview-digits:")
-        location = source_uri.split(":", 1)[1] if source_uri.startswith(labelled) else source_uri
+        # "debian:/usr/share/...", "torchvision:...", "<packaged dataset>:/..." carry a local path after the label
+        labelled = source_uri.startswith(("debian:", "torchvision:")) or re.match(r"[a-z][a-z0-9-]*:/(?!/)", source_uri)
+        location = source_uri.split(":", 1)[1] if labelled else source_uri
         with (
             warnings.catch_warnings()
         ):  # a local path matches two equivalent MLflow source types: not the user's concern

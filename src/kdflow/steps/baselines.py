@@ -17,7 +17,7 @@ from kdflow.config import Config
 from kdflow.data import prepared as data
 from kdflow.errors import ConfigError
 from kdflow.infra.io import atomic_write_json, read_json
-from kdflow.steps.context import PathArg, RunContext
+from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.distill import distill
 from kdflow.steps.results import TrainResult
 from kdflow.steps.timing import timed
@@ -67,6 +67,7 @@ def train_transfer_baselines(
     """The self-training twin (``OUT/selftrain``) and the labels-only distilled student (``OUT/labels_only``) when
     the run uses a transfer set; ``OUT/baselines.json`` says which were trained (none otherwise, and why)."""
     out = Path(out_dir)
+    ctx = start_pipeline(cfg, ctx or RunContext())  # its seconds land on the pipeline run, trained or not
     if not uses_transfer_set(cfg, data_dir):
         index = {"trained": [], "reason": "no unlabeled transfer set in this run (data.labels_kept, data.unlabeled)"}
     else:

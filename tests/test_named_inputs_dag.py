@@ -1,7 +1,7 @@
-"""The whole DAG (KFP's local runner) on the multiview digits (#27): the experiment YAML embedded in the run
-(``--config``), a fusion teacher on six views, students on the Fourier view with the transfer set beside the
-self-training twin and the labels-only distilled student, evaluated, exported on the one view, gated and
-promoted."""
+"""The whole DAG (KFP's local runner) on the datasets of named inputs (#27), each experiment YAML embedded in the
+run (``--config``): the multiview digits (a fusion teacher on six views, a student on one, the transfer set
+beside the self-training twin and the labels-only distilled student) and the WordNet glosses (the MiniLM
+teacher into a text student exported with its tokenizer); evaluated, exported, gated and promoted."""
 
 from __future__ import annotations
 
@@ -38,3 +38,33 @@ def test_the_dag_distils_six_views_into_one(tmp_path, monkeypatch):
     (distill,) = [r for r in results if r.get("role") == "distill"]
     (prepared,) = [json.loads(p.read_text()) for p in run_dir.rglob("manifest.json") if p.parent.name != "exported"]
     assert distill["lineage"]["kdflow.transfer_set"] == str(prepared["counts"]["unlabeled"])  # the pool was read
+
+
+def test_the_dag_distils_a_language_model_into_a_text_student(tmp_path, monkeypatch):
+    """The same DAG on configs/wordnet_supersense.yaml: the MiniLM view at prep, the text student exported with
+    its tokenizer."""
+    from pipelines.runner import run_local
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    overrides = [
+        "train.num_threads=1",
+        "gate.min_accuracy=0",
+        "gate.min_retention=0",
+        "gate.max_latency_p95_ms=1000",
+        "export.int8_min_agreement=0",
+        "export.int8_max_accuracy_drop=1",
+    ]
+    out = run_local(
+        profile="smoke",
+        root=str(tmp_path / "root"),
+        overrides=overrides,
+        config=str(ROOT / "configs/wordnet_supersense.yaml"),
+    )
+    ev, ex, run_dir = out["evaluation"], out["export"], Path(out["run_dir"])
+    assert set(ev["models"]) == {"teacher", "student", "scratch", "selftrain", "labels_only"}
+    assert ex["parity_ok"] and out["promotion"]["promoted"]
+    manifest = json.loads(next(run_dir.rglob("student.onnx.manifest.json")).read_text())
+    assert (
+        manifest["inputs"] == ["tokens"] and (next(run_dir.rglob("student.onnx")).parent / "tokenizer.json").is_file()
+    )
