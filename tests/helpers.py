@@ -34,3 +34,11 @@ def tiny_config(tmp: Path, **sections):
     for k, v in sections.items():
         raw.setdefault(k, {}).update(v)
     return build_config(raw)
+
+
+def experiment_config(name: str, tmp: Path, *extra: str):
+    """An experiment YAML of configs/ at its smoke profile, isolated: tracking and reuse off, state in ``tmp``."""
+    from kdflow.config import load_config
+
+    base = ["tracking.enabled=false", "storage.reuse=false", f"storage.state_dir={tmp / 'state'}"]
+    return load_config(ROOT / "configs" / name, "smoke", [*base, "train.num_threads=1", *extra])

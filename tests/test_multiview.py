@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import experiment_config
 
 from kdflow import steps
-from kdflow.config import load_config
 from kdflow.data import prepared as data
 from kdflow.data.multiview import VIEWS, layout, packaged_dir
 from kdflow.evaluation.metrics import predict_logits
 from kdflow.infra.checkpoints import load_model
+from kdflow.infra.io import safe_torch_load
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +27,7 @@ CONFIG = ROOT / "configs" / "multiview_digits.yaml"
 
 
 def _config(tmp: Path, *extra: str):
-    base = ["tracking.enabled=false", "storage.reuse=false", f"storage.state_dir={tmp / 'state'}"]
-    return load_config(CONFIG, "smoke", [*base, "train.num_threads=1", *extra])
+    return experiment_config("multiview_digits.yaml", tmp, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +125,24 @@ def test_the_export_reads_its_one_view_and_predict_serves_raw_rows(trained, tmp_
     predict_cli(str(tmp_path / "export" / "student.onnx"), [str(tmp_path / "rows.csv")], as_json=True)
     got = [json.loads(line)["index"] for line in capsys.readouterr().out.splitlines()]
     assert got == expected.argmax(1).tolist()
+
+
+def test_the_offline_cache_holds_one_exact_view_of_feature_rows(trained, tmp_path):
+    cfg = _config(tmp_path, "distill.cache=true")
+    result = steps.distill(cfg, trained / "data", trained / "teacher" / "model.pt", tmp_path / "cached")
+    assert result is not None and result["metrics"]["cache_views"] == 1  # rows have one view: one teacher pass
+    blob = safe_torch_load(result["metrics"]["cache_path"])
+    teacher, _ = load_model(trained / "teacher" / "model.pt")
+    prepared = data.load_prepared(trained / "data")
+    pool = data.load_split(trained / "data", "unlabeled")
+    rows = data.Split(torch.cat([prepared.train.x, pool.x]), torch.cat([prepared.train.y, pool.y]))
+    live = predict_logits(teacher, rows, prepared.normalizer())
+    assert torch.allclose(blob["logits"][0].float(), live, atol=2e-2)  # the teacher's logits, stored in fp16
+
+
+@pytest.mark.parametrize("kind", ["fitnets", "rkd"])
+def test_feature_and_relation_losses_pair_a_student_layer_with_the_fused_embedding(trained, tmp_path, kind):
+    spec = f"distill.features=[{{student_module: core.fc2, teacher_module: core.fuse, kind: {kind}, weight: 1.0}}]"
+    result = steps.distill(_config(tmp_path, spec), trained / "data", trained / "teacher" / "model.pt", tmp_path / kind)
+    history = json.loads((tmp_path / kind / "history.json").read_text())
+    assert result is not None and all(row["feature"] > 0 for row in history)  # the term trained every epoch

@@ -14,18 +14,23 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_dag_distils_six_views_into_one(tmp_path, monkeypatch):
+def _run(tmp_path: Path, monkeypatch, config: str, *extra: str) -> dict:
+    """The DAG at the smoke profile of configs/``config``, its own sqlite MLflow; lenient gate thresholds."""
     from pipelines.runner import run_local
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    overrides = ["train.num_threads=1", "gate.min_accuracy=0", "gate.min_retention=0", "gate.max_latency_p95_ms=1000"]
-    out = run_local(
+    lenient = ["train.num_threads=1", "gate.min_accuracy=0", "gate.min_retention=0", "gate.max_latency_p95_ms=1000"]
+    return run_local(
         profile="smoke",
         root=str(tmp_path / "root"),
-        overrides=overrides,
-        config=str(ROOT / "configs/multiview_digits.yaml"),
+        overrides=[*lenient, *extra],
+        config=str(ROOT / "configs" / config),
     )
+
+
+def test_the_dag_distils_six_views_into_one(tmp_path, monkeypatch):
+    out = _run(tmp_path, monkeypatch, "multiview_digits.yaml")
     ev, ex, run_dir = out["evaluation"], out["export"], Path(out["run_dir"])
     assert set(ev["models"]) == {"teacher", "student", "scratch", "selftrain", "labels_only"}  # the transfer set's rows
     assert ev["class_names"] == [str(i) for i in range(10)] and "p_value" in ev["vs_selftrain_release_mcnemar"]
@@ -43,24 +48,8 @@ def test_the_dag_distils_six_views_into_one(tmp_path, monkeypatch):
 def test_the_dag_distils_a_language_model_into_a_text_student(tmp_path, monkeypatch):
     """The same DAG on configs/wordnet_supersense.yaml: the MiniLM view at prep, the text student exported with
     its tokenizer."""
-    from pipelines.runner import run_local
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    overrides = [
-        "train.num_threads=1",
-        "gate.min_accuracy=0",
-        "gate.min_retention=0",
-        "gate.max_latency_p95_ms=1000",
-        "export.int8_min_agreement=0",
-        "export.int8_max_accuracy_drop=1",
-    ]
-    out = run_local(
-        profile="smoke",
-        root=str(tmp_path / "root"),
-        overrides=overrides,
-        config=str(ROOT / "configs/wordnet_supersense.yaml"),
-    )
+    lenient_int8 = ["export.int8_min_agreement=0", "export.int8_max_accuracy_drop=1"]  # not what this checks
+    out = _run(tmp_path, monkeypatch, "wordnet_supersense.yaml", *lenient_int8)
     ev, ex, run_dir = out["evaluation"], out["export"], Path(out["run_dir"])
     assert set(ev["models"]) == {"teacher", "student", "scratch", "selftrain", "labels_only"}
     assert ex["parity_ok"] and out["promotion"]["promoted"]

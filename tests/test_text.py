@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import experiment_config
 
 from kdflow import steps
-from kdflow.config import load_config
 from kdflow.data import prepared as data
 from kdflow.data.text import LEXNAMES, find_wordnet, keep_classes, read_glosses, tokenize
 from kdflow.errors import ModelError
@@ -21,12 +21,10 @@ from kdflow.infra.checkpoints import load_model
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "wordnet_supersense.yaml"
 
 
 def _config(tmp: Path, *extra: str):
-    base = ["tracking.enabled=false", "storage.reuse=false", f"storage.state_dir={tmp / 'state'}"]
-    return load_config(CONFIG, "smoke", [*base, "train.num_threads=1", *extra])
+    return experiment_config("wordnet_supersense.yaml", tmp, *extra)
 
 
 @pytest.fixture(scope="module")

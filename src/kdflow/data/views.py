@@ -131,7 +131,10 @@ def draw_views(n: int, spec: dict | None, stored_hw: tuple[int, ...], gen: torch
 
 
 def apply_views(x: torch.Tensor, params: torch.Tensor | None, spec: dict | None) -> torch.Tensor:
-    """The views ``params`` (from :func:`draw_views` or a teacher cache) of a stored uint8 batch."""
+    """The views ``params`` (from :func:`draw_views` or a teacher cache) of a stored uint8 batch; rows of named
+    inputs (not N C H W images) have one view, themselves."""
+    if x.dim() != 4:
+        return x
     size = (spec or {}).get("size")
     if params is None:
         return center(x, size)

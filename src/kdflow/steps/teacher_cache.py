@@ -22,6 +22,8 @@ def cache_factory(cfg: Config, teacher: nn.Module, teacher_sha256: str):
         if cfg.train.keep_freed_memory:
             keep_freed_memory()
         views = cfg.distill.cache_views or max(1, cfg.epochs_for("student"))
+        if not prepared.manifest["augmentation"].get("enabled") and cfg.train.mix == "none":
+            views = 1  # every view the same input (feature rows, or augmentation off): one teacher pass is exact
         cache_dir = Path(cfg.distill.cache_dir or Path(cfg.storage.state_dir) / "teacher_cache")
         teacher.to(pick_device(cfg.train.device))  # built where training runs, stored on CPU
         forward = frozen_forward(teacher, bool(cfg.teacher.channels_last), cfg.distill.compile_teacher)
