@@ -15,6 +15,7 @@ import torch
 from helpers import experiment_config
 
 from kdflow import steps
+from kdflow.config import load_config
 from kdflow.data import prepared as data
 from kdflow.data.multiview import VIEWS, layout, packaged_dir
 from kdflow.evaluation.metrics import predict_logits
@@ -146,3 +147,22 @@ def test_feature_and_relation_losses_pair_a_student_layer_with_the_fused_embeddi
     result = steps.distill(_config(tmp_path, spec), trained / "data", trained / "teacher" / "model.pt", tmp_path / kind)
     history = json.loads((tmp_path / kind / "history.json").read_text())
     assert result is not None and all(row["feature"] > 0 for row in history)  # the term trained every epoch
+
+
+def test_tune_searches_students_on_the_students_view_and_distils_on_the_transfer_set(tmp_path):
+    from kdflow.tune.run import tune
+
+    result = tune(_config(tmp_path), tmp_path / "tune")
+    best = load_config(result.best_yaml, None, [])
+    assert best.student.inputs == ["view:fou"] and best.student.arch in ("mlp", "linear")
+    counts = data.load_manifest(tmp_path / "tune" / "data")["counts"]
+    (cache,) = (tmp_path / "tune" / "teacher_cache").glob("*.pt")  # the distillation trials' teacher outputs
+    assert safe_torch_load(cache)["key"]["num_train"] == counts["train"] + counts["unlabeled"]
+
+
+def test_tune_refuses_a_space_that_needs_labels_the_transfer_set_lacks(tmp_path):
+    from kdflow.errors import ConfigError
+    from kdflow.tune.run import tune
+
+    with pytest.raises(ConfigError, match="tune.space.mix: mixed targets need labels"):
+        tune(_config(tmp_path, "tune.space.mix=[none, mixup]"), tmp_path / "tune")

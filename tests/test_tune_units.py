@@ -61,18 +61,19 @@ def test_parametric_family_spans_sizes_and_has_cnn_small_shape():
 
 def test_budget_gives_the_widest_width_that_fits():
     cfg = build_config({"tune": {"max_params": 60_000, "space": {"students": ["cnn", "mlp"], "cnn_width": [4, 64]}}})
-    feasible = space.feasible_students(cfg.tune, SHAPE, 10)
+    build = space.student_builder(cfg, SHAPE, 10, None)
+    feasible = space.feasible_students(cfg.tune, SHAPE, build)
     assert feasible.fixed == []  # mlp has 235K parameters
     for depth, width in feasible.max_width.items():
-        fits = space.static_cost(models.param_cnn_name(width, depth), SHAPE, 10)["params"]
-        over = space.static_cost(models.param_cnn_name(width + 1, depth), SHAPE, 10)["params"]
+        fits = space.static_cost(build, models.param_cnn_name(width, depth), SHAPE)["params"]
+        over = space.static_cost(build, models.param_cnn_name(width + 1, depth), SHAPE)["params"]
         assert fits <= 60_000 < over or width == 64
 
 
 def test_a_budget_nothing_meets_is_refused():
     cfg = build_config({"tune": {"max_params": 1000}})
     with pytest.raises(ConfigError, match="no student in the search space meets the budget"):
-        space.feasible_students(cfg.tune, SHAPE, 10)
+        space.feasible_students(cfg.tune, SHAPE, space.student_builder(cfg, SHAPE, 10, None))
 
 
 def _trial(number: int, acc: float, params: int) -> optuna.trial.FrozenTrial:
@@ -150,3 +151,19 @@ def test_min_kd_gain_gate_reads_the_release_gain():
     # no release split (prepared by hand, or release_fraction 0): accuracy and retention cannot pass
     empty = quality_gate(g, {**student, "release_accuracy": None, "release_retention": None, "val_accuracy": 0.99}, 0.1)
     assert not empty["passed"] and "no release split" in empty["checks"]["release_accuracy"]["rule"]
+
+
+def test_the_space_on_named_inputs_builds_students_on_the_students_inputs():
+    from kdflow.data.multiview import layout
+
+    cfg = build_config(
+        {
+            "data": {"dataset": "multiview-digits"},
+            "student": {"arch": "mlp", "inputs": ["view:fou"]},
+            "tune": {"max_params": 40_000, "space": {"students": ["mlp", "linear"]}},
+        }
+    )
+    build = space.student_builder(cfg, (649,), 10, layout())
+    feasible = space.feasible_students(cfg.tune, (649,), build)
+    assert feasible.fixed == ["linear"]  # the mlp on 76 Fourier values has 53K parameters, the linear 770
+    assert space.static_cost(build, "linear", (649,))["params"] == 76 * 10 + 10

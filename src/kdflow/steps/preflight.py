@@ -27,11 +27,19 @@ def _layout(cfg: Config) -> dict[str, dict] | None:
     return None
 
 
-def _known_shape(cfg: Config) -> tuple[tuple[int, ...], int]:
+def known_inputs_of(cfg: Config) -> tuple[tuple[int, ...], int, dict[str, dict]] | None:
+    """(row shape, classes, named inputs) of a feature dataset before it is prepared; None for images."""
     layout = _layout(cfg)
-    if layout is not None:
-        width = max(int(v["columns"][1]) for v in layout.values())
-        return (width,), cfg.data.num_classes or 10
+    if layout is None:
+        return None
+    width = max(int(v["columns"][1]) for v in layout.values())
+    return (width,), cfg.data.num_classes or 10, layout
+
+
+def _known_shape(cfg: Config) -> tuple[tuple[int, ...], int]:
+    known = known_inputs_of(cfg)
+    if known is not None:
+        return known[0], known[1]
     return KNOWN_SHAPES.get(cfg.data.dataset, ((1, 28, 28), 10))
 
 

@@ -57,7 +57,7 @@ def ask(cfg: Config, study_in: Path, study_out: Path, data_dir: Path, kind: str,
     _copy(study_in, study_out)
     s = _study(cfg, study_out, kind)
     prepared = data.load_prepared(data_dir)
-    feasible = space.feasible_students(cfg.tune, prepared.input_shape, prepared.num_classes)
+    feasible = space.feasible_students(cfg.tune, prepared.input_shape, space.builder_for(cfg, prepared))
     arch = None if kind == "distill" else s.study_name.removeprefix("scratch-")
     specs = []
     for _ in range(count):

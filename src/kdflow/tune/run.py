@@ -13,13 +13,19 @@ from kdflow.config.distill import ScratchTwinConfig
 from kdflow.data import prepared as data
 from kdflow.errors import TrainingDiverged
 from kdflow.infra.io import atomic_write_json, atomic_write_text
-from kdflow.models import zoo as models
 from kdflow.steps.context import RunContext, start_pipeline
 from kdflow.tune import record, report, space, study
 from kdflow.tune.trial import Study, feature_specs, run_trial
 
+
 # input shape and classes of the built-in datasets: the budget is checked before any work
-KNOWN_INPUTS = {"fashion-mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
+def known_inputs(cfg: Config) -> tuple[tuple[int, ...], int, dict[str, dict] | None] | None:
+    """(input shape, classes, named inputs) known before the data is prepared; None for an image folder."""
+    from kdflow.steps.preflight import KNOWN_SHAPES, known_inputs_of
+
+    if cfg.data.dataset not in KNOWN_SHAPES and known_inputs_of(cfg) is None:
+        return None
+    return known_inputs_of(cfg) or (*KNOWN_SHAPES[cfg.data.dataset], None)
 
 
 @dataclass
@@ -82,7 +88,7 @@ def _summary_of(trial, kind: str) -> dict[str, Any]:
 def _best_config(cfg: Config, st: Study, chosen, twin, teacher_path: Path) -> Config:
     recipe = _recipe(chosen)
     arch = chosen.user_attrs["arch"]
-    model = models.build_model(arch, st.prepared.num_classes, st.input_shape[0], st.input_shape[-1])
+    model = space.builder_for(cfg, st.prepared)(arch)
     best = space.trial_config(cfg, arch, recipe, feature_specs(st, model, recipe["method"]))
     best.teacher.source = str(teacher_path.resolve())
     best.distill.cache_views = st.cache_views
@@ -150,10 +156,27 @@ def open_context(
 ) -> Study:
     """What every trial shares: prepared data, the frozen teacher(s), the feasible students."""
     prepared = data.load_prepared(data_dir)
-    feasible = space.feasible_students(cfg.tune, prepared.input_shape, prepared.num_classes)
+    feasible = space.feasible_students(cfg.tune, prepared.input_shape, space.builder_for(cfg, prepared))
     st = Study(cfg, prepared, teacher_path, out, feasible, recorder, cache_dir)
+    if cfg.distill.unlabeled and prepared.manifest["counts"].get("unlabeled"):  # distillation trials read the pool
+        from kdflow.steps.train import check_transfer_set
+
+        check_transfer_set(cfg, "distill")
+        _check_space_for_pool(cfg)
+        st.pool = data.load_split(data_dir, "unlabeled")
     st.teacher()  # a missing or corrupt teacher fails here, before any trial
     return st
+
+
+def _check_space_for_pool(cfg: Config) -> None:
+    """A recipe the space may sample that needs every image's label cannot learn from the transfer set."""
+    from kdflow.errors import ConfigError
+
+    fix = "set distill.unlabeled=false, or keep only such choices in the space"
+    if any(m != "none" for m in cfg.tune.space.mix):
+        raise ConfigError("tune.space.mix", "mixed targets need labels; the unlabeled transfer set has none", fix)
+    if any(m.startswith("dkd") or m == "ard" for m in cfg.tune.space.methods):
+        raise ConfigError("tune.space.methods", "DKD and ARD need every image's label; the transfer set has none", fix)
 
 
 def finish(
@@ -232,9 +255,14 @@ def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
     t0 = time.perf_counter()
     out = Path(out_dir)
     study.check_identity(out, cfg)  # a study of another config is refused before anything is touched
-    if cfg.data.dataset in KNOWN_INPUTS:  # an unmeetable budget (size, MACs, latency) is refused before any work
-        feasible = space.feasible_students(cfg.tune, *KNOWN_INPUTS[cfg.data.dataset])
-        space.check_latency_budget(cfg.tune, feasible, *KNOWN_INPUTS[cfg.data.dataset])
+    if cfg.distill.unlabeled and (cfg.data.labels_kept or cfg.data.unlabeled):  # refused before any work
+        _check_space_for_pool(cfg)
+    known = known_inputs(cfg)
+    if known is not None:  # an unmeetable budget (size, MACs, latency) is refused before any work
+        shape, num_classes, layout = known
+        build = space.student_builder(cfg, shape, num_classes, layout)
+        feasible = space.feasible_students(cfg.tune, shape, build)
+        space.check_latency_budget(cfg.tune, feasible, shape, build)
     with study.exclusive(out):
         key = study_key(out, cfg)
         ctx = start_pipeline(cfg, RunContext(pipeline_run_id=f"tune-{key}"))

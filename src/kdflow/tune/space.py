@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +26,29 @@ class Feasible:
         return [*self.fixed, *([FAMILY] if self.max_width else [])]
 
 
-def static_cost(arch: str, input_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
-    model = models.build_model(arch, num_classes, input_shape[0], input_shape[-1])
+Builder = Callable[[str], torch.nn.Module]  # a student architecture's name -> a fresh model for the data
+
+
+def student_builder(
+    cfg: Config, input_shape: tuple[int, ...], num_classes: int, layout: dict[str, dict] | None
+) -> Builder:
+    """Students for the data: image models on its images, or models on the named inputs ``student.inputs``."""
+    from kdflow.models.inputs import build_for_data
+
+    def build(arch: str) -> torch.nn.Module:
+        return build_for_data(
+            arch, num_classes, input_shape, layout, cfg.student.inputs, "student.inputs", cfg.data.dataset
+        )
+
+    return build
+
+
+def builder_for(cfg: Config, prepared) -> Builder:
+    return student_builder(cfg, prepared.input_shape, prepared.num_classes, prepared.inputs)
+
+
+def static_cost(build: Builder, arch: str, input_shape: tuple[int, ...]) -> dict[str, int]:
+    model = build(arch)
     return {"params": models.num_parameters(model), "macs": models.count_macs(model, input_shape)}
 
 
@@ -36,12 +58,12 @@ def _fits(tune: TuneConfig, cost: dict[str, int]) -> bool:
     )
 
 
-def feasible_students(tune: TuneConfig, input_shape: tuple[int, ...], num_classes: int) -> Feasible:
+def feasible_students(tune: TuneConfig, input_shape: tuple[int, ...], build: Builder) -> Feasible:
     """What the budget allows; a budget nothing in the space meets is a one-line error."""
     space, out = tune.space, Feasible()
     for name in space.students:
         if name != FAMILY:
-            if _fits(tune, static_cost(name, input_shape, num_classes)):
+            if _fits(tune, static_cost(build, name, input_shape)):
                 out.fixed.append(name)
             continue
         lo, hi = space.cnn_width
@@ -49,9 +71,7 @@ def feasible_students(tune: TuneConfig, input_shape: tuple[int, ...], num_classe
             if depth < 2:
                 continue
             fits = [
-                w
-                for w in (lo, hi)
-                if _fits(tune, static_cost(models.param_cnn_name(w, depth), input_shape, num_classes))
+                w for w in (lo, hi) if _fits(tune, static_cost(build, models.param_cnn_name(w, depth), input_shape))
             ]
             if not fits:
                 continue
@@ -61,7 +81,7 @@ def feasible_students(tune: TuneConfig, input_shape: tuple[int, ...], num_classe
             good, bad = lo, hi  # cost grows with width: bisect the widest width that fits
             while bad - good > 1:
                 mid = (good + bad) // 2
-                cost = static_cost(models.param_cnn_name(mid, depth), input_shape, num_classes)
+                cost = static_cost(build, models.param_cnn_name(mid, depth), input_shape)
                 good, bad = (mid, bad) if _fits(tune, cost) else (good, mid)
             out.max_width[depth] = good
     if not out.students:
@@ -76,7 +96,7 @@ def feasible_students(tune: TuneConfig, input_shape: tuple[int, ...], num_classe
     return out
 
 
-def check_latency_budget(tune: TuneConfig, feasible: Feasible, input_shape: tuple[int, ...], num_classes: int) -> None:
+def check_latency_budget(tune: TuneConfig, feasible: Feasible, input_shape: tuple[int, ...], build: Builder) -> None:
     """With ``tune.max_latency_ms``: the fastest candidate (each fixed student, the family's narrowest width at each
     depth) is measured here, before data, teacher or registry are written; a budget none meets is one line."""
     if tune.max_latency_ms is None:
@@ -84,10 +104,7 @@ def check_latency_budget(tune: TuneConfig, feasible: Feasible, input_shape: tupl
     from kdflow.tune.cost import onnx_latency_ms
 
     names = [*feasible.fixed, *(models.param_cnn_name(tune.space.cnn_width[0], d) for d in feasible.max_width)]
-    measured = {
-        n: onnx_latency_ms(models.build_model(n, num_classes, input_shape[0], input_shape[-1]), input_shape, 20)
-        for n in names
-    }
+    measured = {n: onnx_latency_ms(build(n), input_shape, 20) for n in names}
     fastest = min(measured, key=lambda n: measured[n])
     if measured[fastest] > tune.max_latency_ms:
         raise ConfigError(

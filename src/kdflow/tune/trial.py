@@ -14,10 +14,9 @@ import torch.nn as nn
 
 from kdflow.config import Config
 from kdflow.data import cache
-from kdflow.data.prepared import PreparedData
+from kdflow.data.prepared import PreparedData, Split
 from kdflow.errors import KdflowError
 from kdflow.infra.io import sha256_file
-from kdflow.models import zoo as models
 from kdflow.models.compiled import frozen_forward
 from kdflow.training.objective import DistillObjective, SupervisedObjective
 from kdflow.training.trainer import fit
@@ -39,6 +38,18 @@ class Study:
     cache_dir: Path | None = None  # default: out/teacher_cache
     caches: dict[tuple[str, str], cache.TeacherCache] = field(default_factory=dict)
     teachers: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
+    pool: Split | None = None  # the unlabeled transfer set, which distillation trials learn from too (not scratch)
+
+    @property
+    def distill_data(self) -> PreparedData:
+        """What a distillation trial trains on: the labels, and the transfer set when the run uses one."""
+        if self.pool is None:
+            return self.prepared
+        from dataclasses import replace
+
+        from kdflow.data.transfer_set import with_pool
+
+        return replace(self.prepared, train=with_pool(self.prepared.train, self.pool))
 
     def teacher(self, which: str = "final") -> tuple[nn.Module, str]:
         """The frozen teacher ``distill.teacher_checkpoint`` names, and its sha256 (loaded once)."""
@@ -67,7 +78,7 @@ class Study:
             self.caches[(mix, which)], _, _ = cache.get_or_build(
                 frozen_forward(teacher, bool(self.cfg.teacher.channels_last), compiled=False),
                 sha,
-                self.prepared,
+                self.distill_data,
                 self.cache_views,
                 self.cfg.distill.cache_seed,
                 self.cache_dir or self.out / "teacher_cache",
@@ -103,7 +114,7 @@ def run_trial(
     student_name = student_arch or space.sample_student(trial, tune, study.feasible)
     recipe = space.sample_recipe(trial, tune, distill=kind == "distill")
     torch.manual_seed(study.cfg.train.seed)
-    model = models.build_model(student_name, study.prepared.num_classes, study.input_shape[0], study.input_shape[-1])
+    model = space.builder_for(study.cfg, study.prepared)(student_name)
     need_latency = "latency_ms" in tune.objectives or tune.max_latency_ms is not None
     cost = model_cost(model, study.input_shape, latency=need_latency)
     trial.set_user_attr("arch", student_name)
@@ -142,7 +153,7 @@ def run_trial(
             fitted = fit(
                 model,
                 objective,
-                study.prepared,
+                study.distill_data if kind == "distill" else study.prepared,
                 cfg.train_for("student"),
                 epochs=cfg.epochs_for("student"),
                 lr=cfg.lr_for("student"),
