@@ -81,6 +81,8 @@ def test_the_text_student_exports_and_predict_serves_raw_text(trained, tmp_path,
     cfg = _config(tmp_path, "gate.min_accuracy=0", "gate.min_retention=0", "gate.max_latency_p95_ms=1000")
     report = steps.export_student(cfg, trained / "data", student_dir, None, tmp_path / "export")
     assert report["forms"]["onnx"]["max_abs_diff"] < 1e-3  # fp32 parity (int8 is judged by the gate)
+    int8 = report["forms"]["onnx_int8"]["manifest"]["quantization"]  # attention graphs: int8 weights, dynamic
+    assert int8 == ("dynamic (attention graph)" if arch == "text-transformer" else "static-qdq-per-channel")
     manifest = json.loads((tmp_path / "export" / "student.onnx.manifest.json").read_text())
     assert manifest["input_shape"] == ["batch", 2, 32] and manifest["text"]["tokenizer"] == "tokenizer.json"
     prepared = data.load_prepared(trained / "data")

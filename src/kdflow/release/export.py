@@ -1,7 +1,8 @@
 """Export the bare student (eval mode, no teacher, no adapters) and verify every exported form.
 
 Forms: TorchScript, ONNX fp32 (dynamic batch axis), ONNX int8 (onnxruntime static QDQ quantization,
-calibrated on a seeded train subset, per-channel; dynamic quantization as the fallback). Each file gets
+calibrated on a seeded train subset, per-channel; dynamic quantization for attention graphs and as the
+fallback). Each file gets
 a ``<file>.manifest.json`` beside it.
 """
 
@@ -120,6 +121,9 @@ def _quantize(fp32_path: Path, target: Path, batches: list[np.ndarray]) -> str:
 
     logging.disable(logging.WARNING)  # onnxruntime's advice on the root logger ("consider pre-processing")
     try:
+        if _attention_graph(fp32_path):  # static activation ranges through softmax/LayerNorm lost 15 pt on text
+            quantize_dynamic(str(fp32_path), str(target), weight_type=QuantType.QInt8)
+            return "dynamic (attention graph)"
         try:
             quantize_static(
                 str(fp32_path),
@@ -136,6 +140,14 @@ def _quantize(fp32_path: Path, target: Path, batches: list[np.ndarray]) -> str:
             return "dynamic"
     finally:
         logging.disable(logging.NOTSET)
+
+
+def _attention_graph(path: Path) -> bool:
+    """A Transformer's graph (softmax or LayerNorm inside): int8 weights with activations quantised on the fly
+    keep its accuracy (the tiny text Transformer: 54.2% vs 54.6% fp32; static QDQ 39.6%)."""
+    import onnx
+
+    return any(n.op_type in ("Softmax", "LayerNormalization") for n in onnx.load(str(path)).graph.node)
 
 
 def onnx_session(path: Path, threads: int | None = None):
