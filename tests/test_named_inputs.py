@@ -3,7 +3,6 @@ checkpoint records, what is exported and how predict normalises. The packaged da
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -105,14 +104,6 @@ def test_the_normaliser_works_per_column_and_per_element_and_never_in_place():
     assert torch.allclose(out.mean(0), torch.zeros(6), atol=1e-5)
     image = rows.reshape(4, 1, 2, 3)
     assert torch.allclose(Normalizer(mean, std, 1.0)(image).reshape(4, 6), out)  # a view shaped as an image
-
-
-def test_predict_normalises_feature_rows_as_training_did():
-    from kdflow.release.predict import _normalised
-
-    x = np.arange(12, dtype=np.float32).reshape(2, 1, 2, 3)
-    norm = {"mean": list(range(6)), "std": [2.0] * 6, "scale": "1"}
-    assert np.allclose(_normalised(x, norm), (x - np.arange(6).reshape(1, 1, 2, 3)) / 2)
 
 
 def test_image_only_methods_are_refused_for_feature_rows():

@@ -87,13 +87,9 @@ def load_views(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_members(y: torch.Tensor, seed: int) -> torch.Tensor:
     """A bool mask: a seeded :data:`TEST_SHARE` of each class is test."""
-    gen = torch.Generator().manual_seed(seed + 29)
-    mask = torch.zeros(len(y), dtype=torch.bool)
-    for c in torch.unique(y).tolist():
-        idx = torch.nonzero(y == c).flatten()
-        pick = idx[torch.randperm(len(idx), generator=gen)[: round(TEST_SHARE * len(idx))]]
-        mask[pick] = True
-    return mask
+    from kdflow.data.splits import stratified_mask
+
+    return stratified_mask(y, TEST_SHARE, torch.Generator().manual_seed(seed + 29))
 
 
 def column_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

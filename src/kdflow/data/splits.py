@@ -61,3 +61,13 @@ def split_raw(raw: RawData, cfg: DataConfig) -> tuple[Split, Split, Split, Split
         test,
         release,
     )
+
+
+def stratified_mask(y: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
+    """A bool mask over the samples: ``share`` of each class, drawn from ``gen`` (a dataset without an official
+    test split)."""
+    mask = torch.zeros(len(y), dtype=torch.bool)
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c).flatten()
+        mask[idx[torch.randperm(len(idx), generator=gen)[: round(share * len(idx))]]] = True
+    return mask

