@@ -166,3 +166,25 @@ def test_tune_refuses_a_space_that_needs_labels_the_transfer_set_lacks(tmp_path)
 
     with pytest.raises(ConfigError, match="tune.space.mix: mixed targets need labels"):
         tune(_config(tmp_path, "tune.space.mix=[none, mixup]"), tmp_path / "tune")
+
+
+def test_evaluation_trusts_the_baselines_by_their_step_manifests_not_their_paths(trained, tmp_path):
+    import shutil
+
+    from kdflow.errors import CheckpointError
+
+    cfg = _config(tmp_path)
+    (tmp_path / "b" / "selftrain").mkdir(parents=True)
+    shutil.copyfile(trained / "selftrain" / "model.pt", tmp_path / "b" / "selftrain" / "model.pt")  # no manifest
+    (tmp_path / "b" / "baselines.json").write_text('{"trained": ["selftrain"]}')
+    args = (cfg, trained / "data", trained / "teacher", trained / "scratch", trained / "distill")
+    with pytest.raises(CheckpointError, match="--selftrain"):
+        steps.evaluate_models(*args, tmp_path / "eval", None, tmp_path / "b")
+    (tmp_path / "b" / "baselines.json").write_text('{"trained": [')  # a damaged index: one line
+    with pytest.raises(CheckpointError, match="--baselines: .* is not readable JSON"):
+        steps.evaluate_models(*args, tmp_path / "eval", None, tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "selftrain")
+    shutil.copytree(trained / "selftrain", tmp_path / "b" / "selftrain")  # the step's own output: evaluated
+    (tmp_path / "b" / "baselines.json").write_text('{"trained": ["selftrain"]}')
+    summary = steps.evaluate_models(*args, tmp_path / "eval2", None, tmp_path / "b")
+    assert "selftrain" in summary["models"] and "kd_gain_vs_selftrain" in summary

@@ -64,6 +64,7 @@ def test_prep_is_deterministic_and_reuses_the_encoders_cache(trained, tmp_path):
 def test_a_text_model_reads_token_ids_only(trained, tmp_path):
     with pytest.raises(ModelError, match="text models read one input of token ids"):
         steps.train(_config(tmp_path, "student.inputs=[view:minilm]"), "scratch", trained / "data", tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # refused before the step claimed its --out
     student, meta = load_model(trained / "distill" / "model.pt")
     assert meta["inputs"]["names"] == ["tokens"] and meta["arch"] == "text-bag"
     teacher, meta = load_model(trained / "teacher" / "model.pt")

@@ -16,7 +16,8 @@ from pathlib import Path
 from kdflow.config import Config
 from kdflow.data import prepared as data
 from kdflow.errors import ConfigError
-from kdflow.infra.io import atomic_write_json, read_json
+from kdflow.infra.io import atomic_write_json
+from kdflow.infra.loaders import read_json_state
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.distill import distill
 from kdflow.steps.results import TrainResult
@@ -85,8 +86,9 @@ def trained_baselines(baselines_dir: PathArg | None) -> dict[str, Path]:
     """name -> step directory of the baselines a run trained (none for a directory without the index)."""
     if not baselines_dir or not (Path(baselines_dir) / INDEX).is_file():
         return {}
-    index = read_json(Path(baselines_dir) / INDEX)
-    return {name: Path(baselines_dir) / name for name in index.get("trained", []) if name in BASELINES}
+    index = read_json_state(Path(baselines_dir) / INDEX, "--baselines", "run `kdflow train-baselines` again")
+    trained = index.get("trained", []) if isinstance(index, dict) else []
+    return {name: Path(baselines_dir) / name for name in trained if name in BASELINES}
 
 
 __all__ = [

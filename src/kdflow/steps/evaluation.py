@@ -35,11 +35,13 @@ LINEAGE_KEYS = ("model_id", "model_uri", "run_id", "config_hash", "pipeline_run_
 
 def load_step_model(model_dir: Path, num_classes: int, name: str, file: str = "model.pt") -> nn.Module:
     """The model a step directory holds, its manifest verified first: a step that never finished or whose files
-    changed since is refused; the student's directory must have one (a teacher may be a directory made by hand)."""
+    changed since is refused; the student's and the baselines' directories must have one (a teacher may be a
+    directory made by hand)."""
     path = model_dir / file
     if not path.is_file():
         raise CheckpointError(name, f"'{path}' not found", f"pass the output directory of the {name} step")
-    step_manifest.verify(model_dir, step_manifest.MODEL_STEPS, f"--{name}", required=name == "student")
+    required = name in ("student", "selftrain", "labels_only")  # always a step's output, never a file by hand
+    step_manifest.verify(model_dir, step_manifest.MODEL_STEPS, f"--{name}", required=required)
     return checkpoints.load_model(path, field=name, expect_classes=num_classes)[0]
 
 

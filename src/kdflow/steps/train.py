@@ -24,7 +24,7 @@ from kdflow.infra.fingerprint import fingerprint, trains_adversarially
 from kdflow.infra.io import atomic_write_json, atomic_write_text, csv_text, sha256_file
 from kdflow.infra.pretrained import default_weights, start_from, weights_file
 from kdflow.models import zoo as models
-from kdflow.models.inputs import build_for_data, resolve_names
+from kdflow.models.inputs import build_for_data
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline, upload
 from kdflow.steps.results import TrainResult
@@ -201,7 +201,16 @@ def train_model(job: TrainingJob) -> TrainResult | None:
     pretrained = default_weights(job.arch, section.weights)  # weights=, or an hf:<dir> model's own
     if pretrained:  # the pretrained start is part of what the weights are: by content, not by path
         fp[f"{name}.weights_sha256"] = sha256_file(weights_file(pretrained, f"{name}.weights"))
-    resolve_names(section.inputs, prepared.inputs, f"{name}.inputs", prepared.manifest["dataset"])  # before writing
+    torch.manual_seed(cfg.train.seed)  # the model is built before anything is written: a bad arch or input is one line
+    fresh_model = build_for_data(
+        job.arch,
+        prepared.num_classes,
+        prepared.input_shape,
+        prepared.inputs,
+        section.inputs,
+        f"{name}.inputs",
+        prepared.manifest["dataset"],
+    )
     dist_info = info_from_env()
     if dist_info.is_main:  # another run's outputs are refused (or removed with --fresh) before anything is written
         step_manifest.claim(out, job.step, fp, job.fresh)
@@ -221,16 +230,7 @@ def train_model(job: TrainingJob) -> TrainResult | None:
         if entry is not None:
             model, metrics = _restore(job, entry, tracker, run_id)
         else:
-            torch.manual_seed(cfg.train.seed)
-            model = build_for_data(
-                job.arch,
-                prepared.num_classes,
-                prepared.input_shape,
-                prepared.inputs,
-                section.inputs,
-                f"{name}.inputs",
-                prepared.manifest["dataset"],
-            )
+            model = fresh_model
             if pretrained:
                 started = start_from(
                     model,
