@@ -149,10 +149,10 @@ def test_feature_and_relation_losses_pair_a_student_layer_with_the_fused_embeddi
     assert result is not None and all(row["feature"] > 0 for row in history)  # the term trained every epoch
 
 
-def test_tune_searches_students_on_the_students_view_and_distils_on_the_transfer_set(tmp_path):
+def test_tune_searches_students_on_the_students_view_and_distils_on_the_transfer_set(trained, tmp_path):
     from kdflow.tune.run import tune
 
-    result = tune(_config(tmp_path), tmp_path / "tune")
+    result = tune(_config(tmp_path, f"teacher.source={trained / 'teacher' / 'model.pt'}"), tmp_path / "tune")
     best = load_config(result.best_yaml, None, [])
     assert best.student.inputs == ["view:fou"] and best.student.arch in ("mlp", "linear")
     counts = data.load_manifest(tmp_path / "tune" / "data")["counts"]

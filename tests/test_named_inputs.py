@@ -115,3 +115,9 @@ def test_image_only_methods_are_refused_for_feature_rows():
     ):
         with pytest.raises(ValueError, match="holds feature rows"):
             Config.model_validate({**base, **extra})
+
+
+def test_a_class_count_is_chosen_only_for_the_dataset_that_has_one():
+    assert Config.model_validate({"data": {"dataset": "wordnet-supersense", "num_classes": 5}}).data.supersenses == 5
+    with pytest.raises(ValueError, match="data.num_classes: multiview-digits has a fixed label set"):
+        Config.model_validate({"data": {"dataset": "multiview-digits", "num_classes": 5}})

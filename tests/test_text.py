@@ -54,11 +54,11 @@ def test_prep_reads_the_glosses_into_tokens_and_the_encoders_view(trained):
     assert bool((norms > 0.1).all())  # every kept row has its embedding
 
 
-def test_prep_is_deterministic_and_reuses_the_encoders_cache(trained, tmp_path):
-    cfg = _config(trained)  # the same state directory: the embeddings come from the cache
-    again = steps.prep(cfg, tmp_path / "again")
-    assert again["digest"] == data.load_manifest(trained / "data")["digest"]
-    assert any((trained / "state").rglob("minilm-*.pt"))
+def test_prep_is_deterministic_with_or_without_the_kept_embeddings(trained, tmp_path):
+    first = data.load_manifest(trained / "data")["digest"]
+    assert steps.prep(_config(trained), tmp_path / "kept")["digest"] == first  # the same state: read back
+    assert steps.prep(_config(tmp_path), tmp_path / "fresh")["digest"] == first  # a fresh state: computed again
+    assert len(list((trained / "state").rglob("minilm-*.pt"))) == 1
 
 
 def test_a_text_model_reads_token_ids_only(trained, tmp_path):

@@ -124,6 +124,20 @@ class DataConfig(_Section):
         """Whether images are stored larger than the model's input (train crops from them, evaluation centres)."""
         return self.store_size is not None and self.store_size != self.image_size
 
+    @property
+    def supersenses(self) -> int:
+        """wordnet-supersense's class count (``data.num_classes``, default 10)."""
+        return self.num_classes or 10
+
+    @model_validator(mode="after")
+    def _classes_chosen_only_where_they_are(self) -> DataConfig:
+        if self.num_classes is not None and self.dataset != "wordnet-supersense":
+            raise ValueError(
+                f"data.num_classes: {self.dataset} has a fixed label set; fix: unset it (it picks wordnet-supersense's "
+                "N largest supersenses)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _normalisation_given_whole(self) -> DataConfig:
         if (self.mean is None) != (self.std is None):

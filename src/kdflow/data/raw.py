@@ -230,7 +230,7 @@ def _wordnet(cfg: DataConfig, cache_dir: Path) -> RawData:
 
     local = resolve_local(cfg.source, "data.source", cache_dir) if cfg.source else None
     train_x, train_y, test_x, test_y, classes = text.load_wordnet(
-        local, cfg.num_classes or 10, cfg.max_tokens, cfg.split_seed
+        local, cfg.supersenses, cfg.max_tokens, cfg.split_seed
     )
     return RawData(train_x, train_y, test_x, test_y, classes, f"{text.DATASET}:{local or text.WORDNET_DIRS[0]}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from kdflow.config import Config, write_resolved
@@ -60,13 +61,15 @@ def teacher_file(teacher_dir: Path, student_dir: Path) -> str:
     return Path(chosen_teacher(str(teacher_dir / "model.pt"), which)).name
 
 
-def _model_metrics(name: str, model: nn.Module, logits, prepared: data.PreparedData, cfg: Config, out: Path) -> dict:
+def _model_metrics(
+    name: str, model: nn.Module, logits, prepared: data.PreparedData, cfg: Config, out: Path, example: torch.Tensor
+) -> dict:
+    """Test metrics, size and speed (timed on ``example``, real test rows: token ids have no random stand-in)."""
     r = evaluate.classification_metrics(logits[name], prepared.test.y, prepared.num_classes, cfg.evaluate.ece_bins)
     if name != "teacher":
         r.update(evaluate.teacher_comparison(logits[name], logits["teacher"], cfg.distill.temperature))
     input_shape = tuple(prepared.test.x.shape[1:])
     r.update(models.model_report(model, input_shape))
-    example = prepared.normalizer()(prepared.test.x[:64]) if prepared.inputs is not None else None
     r.update(evaluate.torch_speed(model, input_shape, cfg.evaluate, example))
     evaluate.plot_confusion(
         r["confusion_matrix"], prepared.class_names, f"{name} (test)", out / f"confusion_{name}.png"
@@ -104,17 +107,14 @@ def _robustness(
     plot_robustness({labels[n]: scores[n]["robustness_curve"] for n in attackable}, a.steps, out / "robustness.png")
 
 
-def _versus_selftrain(loaded: dict, scores: dict, prepared, release, norm) -> dict:
+def _versus_selftrain(scores: dict, release_logits: dict, release) -> dict:
     """The distilled student against the self-training twin: the teacher's share of the gain, not the pool's
     (test reported; on the release split with the paired McNemar test promotion uses)."""
     out = {"kd_gain_vs_selftrain": scores["student"]["accuracy"] - scores["selftrain"]["accuracy"]}
     if release is not None:
         from kdflow.release.registry import mcnemar
 
-        correct = {
-            n: evaluate.predict_logits(loaded[n], release, norm).argmax(1) == release.y
-            for n in ("student", "selftrain")
-        }
+        correct = {n: release_logits[n].argmax(1) == release.y for n in ("student", "selftrain")}
         out["kd_gain_release_vs_selftrain"] = (
             scores["student"]["release_accuracy"] - scores["selftrain"]["release_accuracy"]
         )
@@ -135,12 +135,14 @@ def compare(
     """The evaluation summary (``evaluation.json``): per-model metrics, KD gain, transfer rate, gate, plots."""
     norm = prepared.normalizer()
     logits = {name: evaluate.predict_logits(m, prepared.test, norm) for name, m in loaded.items()}
-    scores = {name: _model_metrics(name, m, logits, prepared, cfg, out) for name, m in loaded.items()}
+    example = norm(prepared.test.x[:64])
+    scores = {name: _model_metrics(name, m, logits, prepared, cfg, out, example) for name, m in loaded.items()}
     release = prepared.release if prepared.release is not None and len(prepared.release) else None
+    release_logits = {n: evaluate.predict_logits(m, release, norm) for n, m in loaded.items()} if release else {}
     for name, m in loaded.items():  # val: what selection read; release: what the gate reads; both beside test
         scores[name]["val_accuracy"] = evaluate.accuracy(evaluate.predict_logits(m, prepared.val, norm), prepared.val.y)
         scores[name]["release_accuracy"] = (
-            evaluate.accuracy(evaluate.predict_logits(m, release, norm), release.y) if release is not None else None
+            evaluate.accuracy(release_logits[name], release.y) if release is not None else None
         )
     acc_t = scores["teacher"]["accuracy"]
     for name in STUDENT_ROWS:
@@ -174,7 +176,7 @@ def compare(
             summary["kd_gain_release"] = scores["student"]["release_accuracy"] - scores["scratch"]["release_accuracy"]
             summary["kd_verdict"] = kd_verdict(summary["kd_gain_release"])
     if "selftrain" in scores:
-        summary.update(_versus_selftrain(loaded, scores, prepared, release, norm))
+        summary.update(_versus_selftrain(scores, release_logits, release))
     summary.update(method_labels(cfg))
     if cfg.adversarial.evaluate and prepared.inputs is None:  # pixel-space attacks: images only
         _robustness(cfg, prepared, loaded, scores, summary, out)

@@ -33,7 +33,8 @@ def known_inputs_of(cfg: Config) -> tuple[tuple[int, ...], int, dict[str, dict]]
     if layout is None:
         return None
     width = max(int(v["columns"][1]) for v in layout.values())
-    return (width,), cfg.data.num_classes or 10, layout
+    classes = cfg.data.supersenses if cfg.data.dataset == "wordnet-supersense" else 10  # multiview: ten digits
+    return (width,), classes, layout
 
 
 def _known_shape(cfg: Config) -> tuple[tuple[int, ...], int]:
