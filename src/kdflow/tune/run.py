@@ -23,9 +23,10 @@ def known_inputs(cfg: Config) -> tuple[tuple[int, ...], int, dict[str, dict] | N
     """(input shape, classes, named inputs) known before the data is prepared; None for an image folder."""
     from kdflow.steps.preflight import KNOWN_SHAPES, known_inputs_of
 
-    if cfg.data.dataset not in KNOWN_SHAPES and known_inputs_of(cfg) is None:
-        return None
-    return known_inputs_of(cfg) or (*KNOWN_SHAPES[cfg.data.dataset], None)
+    named = known_inputs_of(cfg)
+    if named is not None:
+        return named
+    return (*KNOWN_SHAPES[cfg.data.dataset], None) if cfg.data.dataset in KNOWN_SHAPES else None
 
 
 @dataclass
