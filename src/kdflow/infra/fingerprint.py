@@ -93,8 +93,8 @@ def _read_by_role(cfg: Config, key: str) -> bool:
     if key in ("distill.cache_views", "distill.cache_seed", "distill.cache_topk"):
         return d.cache
     section, _, name = key.partition(".")
-    if section in ("teacher", "student") and name in ("finetune", "backbone_lr_mult"):
-        return getattr(cfg, section).weights is not None  # fine-tuning knobs matter only with pretrained weights
+    if section in ("teacher", "student") and name in ("finetune", "backbone_lr_mult", "finetune_layers"):
+        return bool(getattr(cfg, section).pretrained)  # fine-tuning knobs matter only with pretrained weights
     if section in ("teacher", "student") and name == "weights":
         return False  # the weights count by content (<section>.weights_sha256, added by the training step)
     return True

@@ -158,14 +158,39 @@ def _rgb_to_grey(source: torch.Tensor, target: torch.Tensor) -> bool:
     )
 
 
-def prepare_finetune(model: nn.Module, new_head: list[str], mode: str, backbone_lr_mult: float) -> None:
+def top_layers_only(model: nn.Module, top_layers: int | None, field: str) -> tuple[str, ...]:
+    """The module prefixes of the layers that train when only the ``top_layers`` top ones of a layered
+    backbone do (``model.blocks()``, bottom-up); everything else pretrained stays frozen. None: all train."""
+    if top_layers is None:
+        return ("",)
+    listed = getattr(model, "blocks", None)
+    blocks: list[str] = listed() if callable(listed) else []
+    if not blocks:
+        raise ModelError(field, "this architecture has no layers to fine-tune by count", "unset it (or use minilm)")
+    if top_layers > len(blocks):
+        raise ModelError(
+            field, f"{top_layers} layers asked for, the model has {len(blocks)}", f"use 0 to {len(blocks)}"
+        )
+    return tuple(b + "." for b in blocks[len(blocks) - top_layers :])
+
+
+def prepare_finetune(
+    model: nn.Module,
+    new_head: list[str],
+    mode: str,
+    backbone_lr_mult: float,
+    trained: tuple[str, ...] = ("",),
+    pretrained: set[str] | None = None,
+) -> None:
     """``head``: only the new head trains (the backbone is frozen); ``full``: all of it, the backbone at
-    ``backbone_lr_mult`` of the step's lr (a pretrained backbone needs small steps, a fresh head large ones)."""
+    ``backbone_lr_mult`` of the step's lr (a pretrained backbone needs small steps, a fresh head large ones),
+    except the ``pretrained`` tensors outside the ``trained`` prefixes (the layers below the top ones)."""
     head = set(new_head)
     for name, p in model.named_parameters():
         if name in head:
             continue
-        if mode == "head":
+        below = pretrained is not None and name in pretrained and not name.startswith(trained)
+        if mode == "head" or below:
             p.requires_grad_(False)
         else:
             setattr(p, LR_SCALE, backbone_lr_mult)
@@ -187,13 +212,26 @@ def default_weights(arch: str, weights: str | None) -> str | None:
 
 
 def start_from(
-    model: nn.Module, weights: str, finetune: str, backbone_lr_mult: float, num_classes: int, field: str
+    model: nn.Module,
+    weights: str,
+    finetune: str,
+    backbone_lr_mult: float,
+    num_classes: int,
+    field: str,
+    top_layers: int | None = None,
 ) -> dict:
-    """Pretrained weights into a freshly built model, set up for fine-tuning; what was loaded and adapted."""
+    """Pretrained weights into a freshly built model, set up for fine-tuning (all of it, its head, or its
+    ``top_layers`` top layers and the head); what was loaded and adapted."""
+    trained = top_layers_only(model, top_layers, field.rsplit(".", 1)[0] + ".finetune_layers")
     state = read_state(weights_file(weights, field), field)
+    ignored = tuple(getattr(model, "pretrained_ignored", ()))
+    if ignored:  # tensors of the checkpoint the model has no use for (a pooler, a buffer)
+        state = {k: v for k, v in state.items() if not k.startswith(ignored)}
     prefix = getattr(model, "state_prefix", "")
     if prefix and not any(k.startswith(prefix) for k in state):
         state = {prefix + k: v for k, v in state.items()}
     done = load_pretrained(model, state, num_classes, field)
-    prepare_finetune(model, done["new_head"], finetune, backbone_lr_mult)
-    return {**done, "finetune": finetune}
+    pretrained = set(state) if top_layers is not None else None
+    prepare_finetune(model, done["new_head"], finetune, backbone_lr_mult, trained, pretrained)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return {**done, "finetune": finetune, "frozen_parameters": frozen}

@@ -63,7 +63,8 @@ def _spatial_ratio(a: int, b: int) -> int | None:
 
 
 class Adapter(nn.Module):
-    """Maps a student feature onto the teacher's shape: pooling where sizes divide, then 1x1 conv or linear."""
+    """Maps a student feature onto the teacher's shape: pooling where sizes divide, then 1x1 conv or linear (per
+    token for sequences)."""
 
     def __init__(self, s_shape: torch.Size, t_shape: torch.Size, project: bool, where: str):
         super().__init__()
@@ -74,8 +75,14 @@ class Adapter(nn.Module):
         bad = ModelError(
             where,
             f"cannot bridge student shape {tuple(s_shape[1:])} and teacher shape {tuple(t_shape[1:])}",
-            "pick modules whose spatial sizes are equal or integer multiples, or 2-D/4-D outputs",
+            "pick modules whose spatial sizes are equal or integer multiples, 2-D/4-D outputs, or token sequences of one length",
         )
+        if s_rank == 3 or t_rank == 3:  # token sequences (batch x tokens x width): a projection per token
+            if s_rank != t_rank or s_shape[1] != t_shape[1]:
+                raise bad
+            if project and s_shape[2] != t_shape[2]:
+                self.proj = nn.Linear(s_shape[2], t_shape[2], bias=False)  # padding stays zero (no bias)
+            return
         if s_rank not in (2, 4) or t_rank not in (2, 4):
             raise bad
         if s_rank == 4 and t_rank == 4:

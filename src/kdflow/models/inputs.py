@@ -56,6 +56,20 @@ class Selected(nn.Module):
             n: dict(layout[n], columns=list(layout[n]["columns"]), shape=list(layout[n]["shape"])) for n in names
         }
 
+    @property
+    def state_prefix(self) -> str:
+        """Where pretrained weights of the core go (under ``core.``)."""
+        return "core." + getattr(self.core, "state_prefix", "")
+
+    @property
+    def pretrained_ignored(self) -> tuple[str, ...]:
+        return tuple(getattr(self.core, "pretrained_ignored", ()))
+
+    def blocks(self) -> list[str]:
+        """The core's layers bottom-up, when it has any (fine-tuning only the top ones)."""
+        blocks = getattr(self.core, "blocks", None)
+        return ["core." + b for b in blocks()] if callable(blocks) else []
+
     def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
         for n in self.names:
@@ -125,7 +139,7 @@ def build_selected(arch: str, num_classes: int, names: list[str], layout: dict[s
             raise ModelError(
                 "arch",
                 f"'{arch}' on {names}: text models read one input of token ids",
-                "use text-bag or text-transformer on [tokens], and mlp, linear or fusion-mlp on feature views",
+                "use text-bag, text-transformer or minilm on [tokens], and mlp, linear or fusion-mlp on feature views",
             )
         core: nn.Module = build_text(arch, num_classes, shapes[0], int(layout[names[0]]["vocab_size"]))
     elif arch == "linear":

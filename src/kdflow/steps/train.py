@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from kdflow.config import Config, write_resolved
 from kdflow.data import prepared as data
+from kdflow.data.text import encoder_weights
 from kdflow.data.transfer_set import with_pool
 from kdflow.evaluation import metrics as evaluate
 from kdflow.infra import checkpoints, reuse, step_manifest
@@ -198,7 +199,7 @@ def train_model(job: TrainingJob) -> TrainResult | None:
     fp = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest)
     name = _section_name(job.role)
     section = getattr(cfg, name)
-    pretrained = default_weights(job.arch, section.weights)  # weights=, or an hf:<dir> model's own
+    pretrained = default_weights(job.arch, section.weights) or encoder_weights(job.arch)  # weights=, hf:, minilm
     if pretrained:  # the pretrained start is part of what the weights are: by content, not by path
         fp[f"{name}.weights_sha256"] = sha256_file(weights_file(pretrained, f"{name}.weights"))
     torch.manual_seed(cfg.train.seed)  # the model is built before anything is written: a bad arch or input is one line
@@ -239,10 +240,12 @@ def train_model(job: TrainingJob) -> TrainResult | None:
                     section.backbone_lr_mult,
                     prepared.num_classes,
                     f"{name}.weights",
+                    section.finetune_layers,
                 )
                 print(
                     f"[{job.step}] pretrained {pretrained}: {started['tensors_loaded']} tensors, new head "
                     f"{started['new_head']}, fine-tuning {section.finetune}"
+                    + (f" (top {section.finetune_layers} layers)" if section.finetune_layers is not None else "")
                 )
             objective = job.objective_factory(model, prepared)
             on_epoch = with_snapshots(job, model, prepared, record.epoch_logger(tracker, run_id))

@@ -81,4 +81,5 @@ FEATURE_LOSSES: dict[str, FeatureLoss] = {
     "at": FeatureLoss(losses.at_loss),
     "sp": FeatureLoss(losses.sp_loss),
     "rkd": FeatureLoss(losses.rkd_loss, params=("distance_weight", "angle_weight")),
+    "attention": FeatureLoss(losses.attention_kl_loss),  # Transformers' attention maps (core.attention.N)
 }

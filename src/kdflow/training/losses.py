@@ -145,6 +145,19 @@ def fitnets_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torc
     return F.mse_loss(student_feat.float(), teacher_feat.float())
 
 
+def attention_kl_loss(student_attn: torch.Tensor, teacher_attn: torch.Tensor) -> torch.Tensor:
+    """TinyBERT-style attention transfer between Transformers (batch x heads x L x L distributions): the KL
+    divergence from the teacher's distribution of each text position to the student's (as MiniLM, Wang et al.
+    2020), per head when both have as many heads, else of the heads' mean. Padded positions carry no
+    attention in the teacher's map (their column is zero), so their rows are left out."""
+    s, t = student_attn.float(), teacher_attn.float()
+    if s.shape[1] != t.shape[1]:
+        s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
+    text = t.sum(dim=(1, 2)) > 0  # batch x L: the positions any query attends to
+    kl = (t * (t.clamp_min(1e-12).log() - s.clamp_min(1e-12).log())).sum(-1).mean(1)  # batch x L (rows)
+    return (kl * text).sum() / text.sum().clamp_min(1)
+
+
 def attention_map(feat: torch.Tensor) -> torch.Tensor:
     """Zagoruyko & Komodakis: L2-normalised spatial map of the channel mean of squared activations."""
     return F.normalize(feat.float().pow(2).mean(1).flatten(1), dim=1)
