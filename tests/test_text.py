@@ -21,6 +21,8 @@ from kdflow.infra.checkpoints import load_model
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
+DATASET = "wordnet-supersense"
+TOP_TWO = ("core.bert.encoder.layer.4.", "core.bert.encoder.layer.5.")
 
 
 def _config(tmp: Path, *extra: str):
@@ -103,3 +105,54 @@ def test_the_text_student_exports_and_predict_serves_raw_text(trained, tmp_path,
     predict_cli(str(tmp_path / "export" / "student.onnx"), [str(tmp_path / "texts.txt")], as_json=True)
     got = [json.loads(line)["index"] for line in capsys.readouterr().out.splitlines()]
     assert len(got) == len(order) >= 10 and got == expected.argmax(1).tolist()
+
+
+def test_the_minilm_architecture_is_the_pinned_encoders_and_pools_as_prep_does(trained):
+    from kdflow.data.text import encoder_dir
+    from kdflow.infra.pretrained import start_from
+    from kdflow.models.inputs import build_for_data
+    from kdflow.models.text import MINILM
+
+    pinned = json.loads((encoder_dir() / "config.json").read_text())
+    assert {k: pinned[k] for k in MINILM} == MINILM
+    prepared = data.load_prepared(trained / "data")
+    layout = prepared.inputs
+    model = build_for_data("minilm", 10, prepared.input_shape, layout, ["tokens"], "teacher.inputs", DATASET)
+    done = start_from(model, str(encoder_dir()), "full", 0.01, 10, "teacher.weights", top_layers=2)
+    assert done["tensors_loaded"] == 101 and done["new_head"] == ["core.head.bias", "core.head.weight"]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("core.head.", *TOP_TWO))}
+    bert = model.core.bert.eval()  # type: ignore[union-attr]
+    rows = prepared.test.x[:16]
+    tokens = rows[:, :64].reshape(16, 2, 32)
+    with torch.no_grad():
+        hidden = bert(input_ids=tokens[:, 0].long(), attention_mask=tokens[:, 1].long()).last_hidden_state
+    m = tokens[:, 1].unsqueeze(-1)
+    assert torch.allclose((hidden * m).sum(1) / m.sum(1), rows[:, 64:448], atol=1e-4)  # prep's view:minilm
+
+
+def test_a_fine_tuned_minilm_teacher_teaches_a_tiny_transformer_its_layers(trained, tmp_path):
+    """configs/wordnet_minilm.yaml at smoke: the top layer fine-tuned (the rest equal to the pinned weights),
+    then the student's hidden states and attention distilled from the teacher's, live."""
+    from safetensors.torch import load_file
+
+    from kdflow.data.text import encoder_dir
+
+    cfg = experiment_config("wordnet_minilm.yaml", tmp_path)
+    taught = steps.train(cfg, "teacher", trained / "data", tmp_path / "teacher")
+    assert taught["metrics"]["parameters"] > 22_000_000
+    teacher, meta = load_model(tmp_path / "teacher" / "model.pt")
+    assert meta["arch"] == "minilm" and meta["inputs"]["names"] == ["tokens"]
+    pinned = load_file(str(encoder_dir() / "model.safetensors"))
+    state = teacher.state_dict()
+    for key in ("embeddings.word_embeddings.weight", "encoder.layer.4.output.dense.weight"):
+        assert torch.equal(state[f"core.bert.{key}"], pinned[key])  # frozen below the top layer
+    assert not torch.equal(
+        state["core.bert.encoder.layer.5.output.dense.weight"], pinned["encoder.layer.5.output.dense.weight"]
+    )
+    distilled = steps.distill(cfg, trained / "data", tmp_path / "teacher" / "model.pt", tmp_path / "student")
+    assert distilled["arch"] == "text-transformer"
+    history = json.loads((tmp_path / "student" / "history.json").read_text())
+    assert all(0 < e["feature"] < 1e3 for e in history) and len(history) == cfg.epochs_for("student")
+    with pytest.raises(Exception, match="features"):  # the logit cache cannot serve hidden states
+        experiment_config("wordnet_minilm.yaml", tmp_path, "distill.cache=true")

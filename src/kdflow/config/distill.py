@@ -21,7 +21,9 @@ def _registered(kind: str, registry: str) -> str:
 
 
 class FeatureLossSpec(_Section):
-    kind: str = Field(description="a name in kdflow.training.loss_registry.FEATURE_LOSSES: fitnets, at, rkd, sp, attention, ...")
+    kind: str = Field(
+        description="a name in kdflow.training.loss_registry.FEATURE_LOSSES: fitnets, at, rkd, sp, attention, ..."
+    )
     student_module: str
     teacher_module: str
     weight: float = Field(1.0, ge=0)

@@ -93,6 +93,8 @@ def _format_validation_error(err: ValidationError) -> ConfigError:
     named = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", msg, re.S)
     if named and (not loc or named.group(1).startswith(loc + ".")):  # the check names its field: "data.store_size: ..."
         loc, msg = named.group(1), named.group(2)
+    elif loc and (own := re.match(r"^([a-z_]+): (.*)$", msg, re.S)):  # a section's check names its own field
+        loc, msg = f"{loc}.{own.group(1)}", own.group(2)
     if "; fix:" in msg:
         problem, fix = msg.split("; fix:", 1)
         return ConfigError(loc or "config", problem.strip(), fix.strip())

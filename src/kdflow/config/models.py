@@ -47,7 +47,9 @@ class ModelSection(_Section):
     @model_validator(mode="after")
     def _layers_of_full_finetune(self) -> ModelSection:
         if self.finetune_layers is not None and self.finetune != "full":
-            raise ValueError("finetune_layers picks the layers a full fine-tune trains; fix: set finetune: full")
+            raise ValueError(
+                "finetune_layers: picks the layers a full fine-tune trains; fix: set finetune: full (or unset finetune_layers)"
+            )
         return self
 
     @property
