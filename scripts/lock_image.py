@@ -25,7 +25,7 @@ def resolve() -> list[tuple[str, str]]:
         report = Path(d) / "report.json"
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
-            + ["--report", str(report), str(ROOT), *EXTRA],
+            + ["--report", str(report), f"{ROOT}[text]", *EXTRA],
             check=True,
         )
         items = json.loads(report.read_text())["install"]

