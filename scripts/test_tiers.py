@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     for tier in tiers:
         print(f"\n=== tier {tier} ===", flush=True)
         start = time.monotonic()
-        parallel = _workers() if tier in PARALLEL_TIERS else []
+        parallel = [*_workers(), "--durations=12"] if tier in PARALLEL_TIERS else []  # the slowest, for the wall
         rc = subprocess.call([sys.executable, "-m", "pytest", "-m", tier, *parallel, *extra])
         walls.append(f"{tier} {time.monotonic() - start:.0f} s")
         if rc not in (0, 5):  # 5: no test in this tier was selected

@@ -222,14 +222,15 @@ def _prepare(cfg: DataConfig, out: Path, cache_dir: Path, store: PixelWriter | N
     }
     if cfg.dataset in FEATURE_DATASETS:  # rows of named inputs, normalised per column on their own scale
         manifest.update(inputs=features.inputs(cfg), input_scale=1.0)
+    unit = "rows" if cfg.dataset in FEATURE_DATASETS else "images"  # a gloss or a feature vector is no image
     if len(release) < RELEASE_WARN:
         print(
-            f"[prep] warning: the release split holds {len(release)} images; the gate's accuracy and promotion's "
+            f"[prep] warning: the release split holds {len(release)} {unit}; the gate's accuracy and promotion's "
             f"paired test on so few are noisy (raise data.release_fraction, now {cfg.release_fraction})"
         )
     if manifest["test_duplicates_in_train"]:
         print(
-            f"[prep] {manifest['test_duplicates_in_train']} test images are byte-identical to a train image "
+            f"[prep] {manifest['test_duplicates_in_train']} test {unit} are byte-identical to a train {unit[:-1]} "
             "(test accuracy is optimistic by them; listed as test_duplicates_in_train in manifest.json)"
         )
     if store is not None:
