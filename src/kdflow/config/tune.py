@@ -111,6 +111,17 @@ class SearchSpace(Section):
         return self
 
 
+class FinalRung(Section):
+    """Multi-fidelity: the search ranks on short runs (a subset, few epochs); the final rung trains its best
+    again at full fidelity and picks among them on validation (kdflow.tune.final)."""
+
+    top_k: int = Field(
+        0, ge=0, description="train the k best distillation trials and the twin's k best again; 0 = no final rung"
+    )
+    epochs: int | None = Field(None, ge=1, description="the final rung's epochs; None = the student's (train.epochs)")
+    all_data: bool = Field(True, description="the final rung trains on the whole train split (no data.train_subset)")
+
+
 class TuneConfig(Section):
     trials: int = Field(20, ge=1, description="trials of the distillation study (the scratch twin gets as many)")
     timeout_s: float | None = Field(None, gt=0, description="stop starting trials after this many seconds")
@@ -131,6 +142,7 @@ class TuneConfig(Section):
     cache_views: int = Field(0, ge=0, description="teacher-cache views shared by the trials; 0 = the most epochs")
     seed: int = 0
     space: SearchSpace = Field(default_factory=SearchSpace)
+    final: FinalRung = Field(default_factory=FinalRung)
 
     @field_validator("objectives")
     @classmethod

@@ -64,8 +64,9 @@ def pareto_front(trials: list[FrozenTrial], cost: str) -> list[FrozenTrial]:
     return sorted(front, key=c)
 
 
-def pick(trials: list[FrozenTrial], cost: str) -> FrozenTrial | None:
-    """Highest validation accuracy; a tie goes to the cheaper student, then the earlier trial."""
+def pick(trials: list[Any], cost: str) -> Any:
+    """Highest validation accuracy; a tie goes to the cheaper student, then the earlier trial (of a study's
+    FrozenTrials, or of the final rung's runs); None when there are none."""
     if not trials:
         return None
     return min(trials, key=lambda t: (-float(t.user_attrs["val_accuracy"]), float(t.user_attrs[cost]), t.number))

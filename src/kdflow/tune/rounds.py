@@ -41,6 +41,14 @@ def _study(cfg: Config, where: Path, kind: str) -> optuna.Study:
 
 def setup(cfg: Config, data_dir: Path, teacher_path: Path, study_out: Path, cache_out: Path) -> None:
     """Create the empty studies and build the teacher caches every trial reads (one per mixing choice)."""
+    if cfg.tune.final.top_k:  # refused before anything is written, not ignored
+        from kdflow.errors import ConfigError
+
+        raise ConfigError(
+            "tune.final.top_k",
+            "the autodistill DAG has no final rung yet (its trials run in rounds of pods)",
+            "run the final rung with kdflow tune, or set tune.final.top_k=0",
+        )
     study_out.mkdir(parents=True, exist_ok=True)
     study.write_identity(study_out, cfg)
     study.open_study(study_out, "distill", cfg, len(cfg.tune.objectives), reap_running=False)

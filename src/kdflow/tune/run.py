@@ -12,9 +12,9 @@ from kdflow.config import Config
 from kdflow.config.distill import ScratchTwinConfig
 from kdflow.data import prepared as data
 from kdflow.errors import TrainingDiverged
-from kdflow.infra.io import atomic_write_json, atomic_write_text
+from kdflow.infra.io import atomic_write_json, atomic_write_text, csv_text
 from kdflow.steps.context import RunContext, start_pipeline
-from kdflow.tune import record, report, space, study
+from kdflow.tune import final, record, report, space, study
 from kdflow.tune.trial import Study, feature_specs, run_trial
 
 
@@ -123,8 +123,11 @@ def _print(result: TuneResult, front_rows: list[dict], cost: str) -> None:
 
 def verdict_lines(result: TuneResult) -> list[str]:
     p, t = result.pick, result.twin
+    rung = result.summary.get("final_epochs")
+    where = f" at the final rung ({rung} epochs, final.csv)" if rung else ""
     lines = [
-        f"pick: {p['arch']} ({p['params']:,} params), trial {p['trial']}: val accuracy {100 * p['val_accuracy']:.2f}% distilled"
+        f"pick: {p['arch']} ({p['params']:,} params), trial {p['trial']}: val accuracy {100 * p['val_accuracy']:.2f}% "
+        f"distilled{where}"
     ]
     if t is None or result.kd_gain_val is None:
         lines.append("no scratch twin trained: the KD gain is unknown")
@@ -189,21 +192,32 @@ def finish(
     best_path: Path,
     portable: bool = False,
     started: float | None = None,
+    rung: tuple[list, list] | None = None,
 ) -> TuneResult:
-    """trials.csv, pareto.csv/png, best.yaml (``portable``: no local paths, for pipeline pods) and tune.json."""
+    """trials.csv, pareto.csv/png, best.yaml (``portable``: no local paths, for pipeline pods) and tune.json;
+    with a final ``rung`` (its distillation and scratch runs, :mod:`kdflow.tune.final`), the pick and its twin
+    are the best at full fidelity (final.csv); the Pareto front stays the search's."""
     out, cost = st.out, cfg.tune.cost
     kd_trials = report.complete(kd)
-    chosen = report.pick(kd_trials, cost)
+    searched = report.pick(kd_trials, cost)
     rows = report.trial_rows(kd, "distill") + (report.trial_rows(scratch, "scratch") if scratch is not None else [])
-    if chosen is None:
+    if searched is None:
         raise _none_completed(kd, out)
     twin = report.pick(report.complete(scratch), cost) if scratch is not None else None
+    chosen = searched
+    if rung is not None:
+        chosen, twin = report.pick(rung[0], cost) or searched, report.pick(rung[1], cost)
+        final_rows = final.rows(rung[0], "distill", chosen) + final.rows(rung[1], "scratch", twin)
+        atomic_write_text(out / "final.csv", csv_text(final_rows))
     front = report.pareto_front(kd_trials, cost)
-    front_rows = report.pareto_rows(front, chosen)
+    front_rows = report.pareto_rows(front, searched)
     report.write_tables(out, rows, front_rows)
     costs = ["params", *(["latency_ms"] if "latency_ms" in chosen.user_attrs else [])]
     report.plot_pareto(out / "pareto.png", kd_trials, costs, chosen, twin.user_attrs["val_accuracy"] if twin else None)
     best = _best_config(cfg, st, chosen, twin, teacher_path)
+    if rung is not None:  # trained as the final rung trained it
+        best.data.train_subset = final.final_config(cfg).data.train_subset
+        best.distill.cache_views = final.final_epochs(cfg)
     if portable:  # the pipeline passes the teacher as an artifact and builds the cache where it trains
         best.teacher.source = None
         best.distill.cache_dir = None
@@ -221,6 +235,8 @@ def finish(
         "twin_val_accuracy": twin_summary["val_accuracy"] if twin_summary else None,
         "kd_gain_val": gain,
         "pareto_size": len(front),
+        **({"final_top_k": cfg.tune.final.top_k, "final_epochs": final.final_epochs(cfg)} if rung else {}),
+        **({"search_pick_trial": searched.number} if rung else {}),
         **({"wall_s": time.perf_counter() - started} if started is not None else {}),
     }
     result = TuneResult(out, pick_summary, twin_summary, gain, best_path, summary)
@@ -251,6 +267,34 @@ def pick_arch(kd, cfg: Config, out: Path | None = None) -> str:
     return str(chosen.user_attrs["arch"])
 
 
+def _final_study(cfg: Config, out: Path, ctx: RunContext, teacher_path: Path, st: Study) -> Study | None:
+    """The final rung's own context (its data: the whole train split; the same teacher), or None without one."""
+    if not cfg.tune.final.top_k:
+        return None
+    fcfg = final.final_config(cfg)
+    data_dir = _prepared(fcfg, out / "final", ctx) if fcfg.data.train_subset != cfg.data.train_subset else None
+    return open_context(fcfg, data_dir or out / "data", teacher_path, out, st.recorder, st.cache_dir)
+
+
+def plan(cfg: Config, st: Study, top: Study | None) -> str:
+    """What the study will train, in sample-passes and full-length trainings, before it starts."""
+    n = st.prepared.manifest["counts"]["train"]
+    pool = len(st.pool) if st.pool is not None else 0
+    epochs = cfg.tune.space.epochs[1]
+    n_scratch = cfg.tune.scratch_trials if cfg.tune.scratch_trials is not None else cfg.tune.trials
+    search = cfg.tune.trials * epochs * (n + pool) + n_scratch * epochs * n
+    text = f"[tune] plan: {cfg.tune.trials} distillation + up to {n_scratch} scratch trials of <= {epochs} epochs on {n:,} labelled"
+    text += f" (+{pool:,} unlabeled)" if pool else ""
+    full_n, full_e = (top.prepared.manifest["counts"]["train"], top.cfg.tune.space.epochs[0]) if top else (n, epochs)
+    full_run = full_e * (full_n + pool)
+    if top is not None:
+        k = cfg.tune.final.top_k
+        rung = k * full_e * (full_n + pool) + k * full_e * full_n
+        text += f"; final rung: the {k} best of each at {full_e} epochs on {full_n:,}"
+        return text + f": ~{(search + rung) / full_run:.1f} full-length trainings ({search + rung:,} sample-passes)"
+    return text + f": ~{search / full_run:.1f} trainings of that length ({search:,} sample-passes)"
+
+
 def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
     """Run (or continue) the study in ``out_dir``; see the package docstring."""
     t0 = time.perf_counter()
@@ -272,12 +316,21 @@ def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
         study.write_identity(out, cfg)
         run_id = record.study_run(ctx.tracker, key, cfg)
         st = open_context(cfg, data_dir, teacher_path, out, record.TrialRecorder(ctx.tracker, run_id))
+        top = _final_study(cfg, out, ctx, teacher_path, st)
+        print(plan(cfg, st, top), flush=True)
         kd = study.open_study(out, "distill", cfg, len(cfg.tune.objectives))
         study.optimize(kd, lambda t: run_trial(t, st, "distill"), cfg.tune.trials, cfg.tune.timeout_s)
+        rung: tuple[list, list] | None = None
         arch = pick_arch(kd, cfg, out)
+        if top is not None:  # the pick's student is the best at full fidelity: its twin is tuned for that one
+            rung = (final.train_best(report.complete(kd), top, "distill"), [])
+            best = report.pick(rung[0], cfg.tune.cost)  # none completed at full length: the search's pick stands
+            arch = str(best.user_attrs["arch"]) if best is not None else arch
         scratch = study.open_study(out, f"scratch-{arch}", cfg, 1)
         n_scratch = cfg.tune.scratch_trials if cfg.tune.scratch_trials is not None else study.finished(kd)
         study.optimize(scratch, lambda t: run_trial(t, st, "scratch", arch), n_scratch, None)
-        result = finish(cfg, st, kd, scratch, teacher_path, out / "best.yaml", started=t0)
+        if top is not None and rung is not None:
+            rung = (rung[0], final.train_best(report.complete(scratch), top, "scratch", arch))
+        result = finish(cfg, st, kd, scratch, teacher_path, out / "best.yaml", started=t0, rung=rung)
         record.study_outputs(ctx.tracker, run_id, out, result.summary)
         return result

@@ -28,7 +28,14 @@ IDENTITY = "study.json"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # What a trial's result depends on; trial counts and timeouts may change between runs of one study.
 IDENTITY_SECTIONS = ("data", "teacher", "distill", "train", "tune")
-BUDGET_KEYS = {"tune.trials", "tune.timeout_s", "tune.scratch_trials"}
+BUDGET_KEYS = {
+    "tune.trials",
+    "tune.timeout_s",
+    "tune.scratch_trials",
+    "tune.final.top_k",
+    "tune.final.epochs",
+    "tune.final.all_data",
+}
 
 
 def identity(cfg: Config) -> dict[str, Any]:

@@ -1,0 +1,97 @@
+"""The final rung of a multi-fidelity tune: the search's best trials trained again at full fidelity.
+
+The search ranks students and recipes on short runs, on a subset when ``data.train_subset`` is set; short
+runs do not always rank as full training does (at 15 epochs on all data the fixed recipes that won at 5
+lost 0.7-1.0 pt to their scratch twin). With ``tune.final.top_k`` = k, the k best distillation trials (by
+searched validation accuracy) are trained again for ``tune.final.epochs`` on the whole train split, and the
+pick is the best of them on validation; the scratch twin's k best likewise, so the verdict compares both at
+the length a user trains to. Validation only: test is never read. Each final run is kept in
+``final/<kind>-<trial>.json`` with its fidelity and data digest, so a tune run again continues.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from kdflow.config import Config
+from kdflow.infra.io import atomic_write_json
+from kdflow.infra.loaders import read_json_state
+from kdflow.tune.trial import Study, run_trial
+
+
+def final_epochs(cfg: Config) -> int:
+    return cfg.tune.final.epochs or cfg.epochs_for("student")
+
+
+def final_config(cfg: Config) -> Config:
+    """The config the final rung trains with: the whole train split, its epochs, one cached view per epoch."""
+    f = cfg.model_copy(deep=True)
+    if cfg.tune.final.all_data:
+        f.data.train_subset = None
+    epochs = final_epochs(cfg)
+    f.tune.space.epochs = [epochs, epochs]
+    f.tune.cache_views = 0  # one teacher view per epoch of the final schedule
+    return f
+
+
+class FinalRun:
+    """One trial trained at the final fidelity: what :func:`kdflow.tune.run.finish` reads of a trial."""
+
+    def __init__(self, number: int, params: dict[str, Any], user_attrs: dict[str, Any]):
+        self.number, self.params, self.user_attrs = number, params, user_attrs
+
+
+def _record(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    state = read_json_state(path, "--out", "remove the final/ directory of the study to train the final rung again")
+    return state if isinstance(state, dict) else None
+
+
+def train_best(trials: list[optuna.trial.FrozenTrial], st: Study, kind: str, arch: str | None = None) -> list[FinalRun]:
+    """The ``tune.final.top_k`` best of ``trials`` (completed, by searched val accuracy) trained again on the
+    final study ``st``; a stopped one (diverged) is left out."""
+    k = st.cfg.tune.final.top_k
+    best = sorted(trials, key=lambda t: (-float(t.user_attrs["val_accuracy"]), t.number))[:k]
+    epochs, digest = st.cfg.tune.space.epochs[0], st.prepared.digest
+    runs = []
+    for t in best:
+        path = st.out / "final" / f"{kind}-{t.number:04d}.json"
+        kept = _record(path)
+        if kept is None or kept.get("epochs") != epochs or kept.get("data_digest") != digest:
+            params = {**t.params, "epochs": epochs}
+            trial = optuna.trial.FixedTrial(params, number=t.number)
+            print(f"[tune] final rung: {kind} trial {t.number} ({t.user_attrs['arch']}) at {epochs} epochs", flush=True)
+            try:
+                run_trial(trial, st, kind, arch)
+            except optuna.TrialPruned:  # diverged at full length: not a candidate
+                pass
+            kept = {
+                "epochs": epochs,
+                "data_digest": digest,
+                "params": params,
+                "user_attrs": {**trial.user_attrs, "searched_val_accuracy": t.user_attrs["val_accuracy"]},
+            }
+            atomic_write_json(path, kept)
+        if "val_accuracy" in kept["user_attrs"] and "stopped" not in kept["user_attrs"]:
+            runs.append(FinalRun(t.number, kept["params"], kept["user_attrs"]))
+    return runs
+
+
+def rows(runs: list[FinalRun], kind: str, chosen: FinalRun | None) -> list[dict[str, Any]]:
+    """final.csv: each final run beside its searched score."""
+    return [
+        {
+            "study": kind,
+            "trial": r.number,
+            "arch": r.user_attrs["arch"],
+            "searched_val_accuracy": r.user_attrs["searched_val_accuracy"],
+            "final_val_accuracy": r.user_attrs["val_accuracy"],
+            "epochs": r.params["epochs"],
+            "pick": "*" if r is chosen else "",
+        }
+        for r in runs
+    ]

@@ -1,0 +1,85 @@
+"""The final rung of a multi-fidelity tune (#28): the search's best trials trained again at full fidelity on
+the whole train split, the pick and its twin chosen there on validation, best.yaml as the final rung trained,
+the plan's cost printed before any trial, and a second run that trains nothing again."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import yaml
+from helpers import tiny_config
+
+from kdflow.config import build_config
+from kdflow.data import prepared as data
+from kdflow.errors import ConfigError
+from kdflow.tune import rounds, tune
+
+pytestmark = pytest.mark.integration
+
+
+def _config(tmp):
+    cfg = tiny_config(
+        tmp,
+        data={"window": "0:3000", "train_subset": 600, "val_size": 400},
+        teacher={"epochs": 1},
+        student={"epochs": 2},
+        train={"lr": 0.05},
+    ).to_dict()
+    cfg["tune"] = {
+        "trials": 3,
+        "objectives": ["val_accuracy"],
+        "startup_trials": 3,
+        "space": {"students": ["cnn"], "cnn_width": [4, 12], "cnn_depth": [2, 2], "epochs": [1, 1]},
+        "final": {"top_k": 2},
+    }
+    return build_config(cfg)
+
+
+def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(tmp_path, capsys, fashion_available):
+    out = tmp_path / "study"
+    result = tune(_config(tmp_path), out)
+    printed = capsys.readouterr().out
+    search, full = data.load_prepared(out / "data"), data.load_prepared(out / "final" / "data")
+    assert search.manifest["counts"]["train"] == 600 and full.manifest["counts"]["train"] > 2000
+    assert torch.equal(search.val.x, full.val.x)  # one validation set for the search and the final rung
+    n = full.manifest["counts"]["train"]
+    assert f"final rung: the 2 best of each at 2 epochs on {n:,}" in printed
+    assert printed.index("[tune] plan:") < printed.index("distill trial 0")  # the cost before any trial
+
+    rows = list(csv.DictReader((out / "final.csv").open()))
+    kd = [r for r in rows if r["study"] == "distill"]
+    twin = [r for r in rows if r["study"] == "scratch"]
+    assert len(kd) == 2 and len(twin) == 2 and all(r["epochs"] == "2" for r in rows)
+    searched = sorted(
+        (
+            r
+            for r in csv.DictReader((out / "trials.csv").open())
+            if r["study"] == "distill" and r["state"] == "complete"
+        ),
+        key=lambda r: -float(r["val_accuracy"]),
+    )
+    assert {r["trial"] for r in kd} == {r["number"] for r in searched[:2]}  # the search's two best
+    best_kd = max(kd, key=lambda r: float(r["final_val_accuracy"]))
+    assert [r["pick"] for r in kd].count("*") == 1 and best_kd["pick"] == "*"
+    assert result.pick["val_accuracy"] == pytest.approx(float(best_kd["final_val_accuracy"]))
+    assert result.pick["recipe"]["epochs"] == 2 and result.pick["arch"] == best_kd["arch"]
+    assert {r["arch"] for r in twin} == {best_kd["arch"]}  # the twin is tuned for the final pick's student
+    assert result.kd_gain_val == pytest.approx(
+        float(best_kd["final_val_accuracy"]) - max(float(r["final_val_accuracy"]) for r in twin)
+    )
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["data"]["train_subset"] is None and best["distill"]["cache_views"] == 2
+    assert best["student"]["arch"] == best_kd["arch"]
+
+    again = tune(_config(tmp_path), out)  # the same command: every final run is kept
+    assert "[tune] final rung:" not in capsys.readouterr().out
+    assert again.pick == result.pick and again.kd_gain_val == result.kd_gain_val
+
+
+def test_the_cluster_form_refuses_a_final_rung_before_writing(tmp_path):
+    cfg = build_config({"tune": {"final": {"top_k": 2}}})
+    with pytest.raises(ConfigError, match="tune.final.top_k: the autodistill DAG has no final rung"):
+        rounds.setup(cfg, tmp_path / "data", tmp_path / "t.pt", tmp_path / "study", tmp_path / "cache")
+    assert not (tmp_path / "study").exists()
