@@ -94,6 +94,10 @@ def test_token_sequences_are_projected_per_token_and_lengths_must_agree():
 def test_fine_tuning_by_layer_count_needs_a_full_finetune_and_a_layered_model():
     with pytest.raises(ValueError, match="finetune_layers: picks the layers a full fine-tune trains"):
         Config.model_validate({"teacher": {"arch": "minilm", "finetune": "head", "finetune_layers": 2}})
+    with pytest.raises(
+        ValueError, match="finetune_layers: fine-tunes pretrained weights and this model starts from none"
+    ):
+        Config.model_validate({"student": {"arch": "text-transformer", "finetune_layers": 1}})
     with pytest.raises(ModelError, match="teacher.finetune_layers: this architecture has no layers"):
         top_layers_only(nn.Linear(2, 2), 1, "teacher.finetune_layers")
 

@@ -50,6 +50,11 @@ class ModelSection(_Section):
             raise ValueError(
                 "finetune_layers: picks the layers a full fine-tune trains; fix: set finetune: full (or unset finetune_layers)"
             )
+        if self.finetune_layers is not None and not self.pretrained:  # would be ignored: nothing is pretrained
+            raise ValueError(
+                "finetune_layers: fine-tunes pretrained weights and this model starts from none; fix: set weights "
+                "(or arch minilm), or unset finetune_layers"
+            )
         return self
 
     @property

@@ -234,4 +234,7 @@ def start_from(
     pretrained = set(state) if top_layers is not None else None
     prepare_finetune(model, done["new_head"], finetune, backbone_lr_mult, trained, pretrained)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    return {**done, "finetune": finetune, "frozen_parameters": frozen}
+    said = f"{done['tensors_loaded']} tensors, new head {done['new_head']}, fine-tuning {finetune}"
+    if top_layers is not None:
+        said += f" (top {top_layers} layers; {frozen:,} parameters frozen)"
+    return {**done, "finetune": finetune, "frozen_parameters": frozen, "said": said}

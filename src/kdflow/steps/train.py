@@ -242,11 +242,7 @@ def train_model(job: TrainingJob) -> TrainResult | None:
                     f"{name}.weights",
                     section.finetune_layers,
                 )
-                print(
-                    f"[{job.step}] pretrained {pretrained}: {started['tensors_loaded']} tensors, new head "
-                    f"{started['new_head']}, fine-tuning {section.finetune}"
-                    + (f" (top {section.finetune_layers} layers)" if section.finetune_layers is not None else "")
-                )
+                print(f"[{job.step}] pretrained {pretrained}: {started['said']}")
             objective = job.objective_factory(model, prepared)
             on_epoch = with_snapshots(job, model, prepared, record.epoch_logger(tracker, run_id))
             fitted, cache_info = _fit(job, fp, model, objective, prepared, on_epoch)

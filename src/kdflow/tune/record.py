@@ -17,9 +17,10 @@ STUDY_STEP = "tune"
 class TrialRecorder:
     """No-op without a tracker; otherwise trials are child runs of the study's run."""
 
-    def __init__(self, tracker: Tracker | None, study_run_id: str | None):
+    def __init__(self, tracker: Tracker | None, study_run_id: str | None, rung: str = ""):
         self.tracker = tracker
         self.study_run_id = study_run_id
+        self.rung = rung  # "final": the final rung's runs of a trial, apart from its search run
         self._runs: dict[int, str] = {}
 
     @contextlib.contextmanager
@@ -30,13 +31,14 @@ class TrialRecorder:
         client = self.tracker.client
         run = client.create_run(
             self.tracker.experiment_id,
-            run_name=f"{kind}-trial-{trial.number}",
+            run_name=f"{kind}-trial-{trial.number}" + (f"-{self.rung}" if self.rung else ""),
             tags={
                 "mlflow.parentRunId": self.study_run_id or "",
                 "kdflow.step": f"{STUDY_STEP}_trial",
                 "kdflow.study": kind,
                 "kdflow.trial": str(trial.number),
                 "kdflow.arch": cfg.student.arch,
+                **({"kdflow.rung": self.rung} if self.rung else {}),
             },
         )
         run_id = run.info.run_id

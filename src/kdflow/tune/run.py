@@ -273,7 +273,8 @@ def _final_study(cfg: Config, out: Path, ctx: RunContext, teacher_path: Path, st
         return None
     fcfg = final.final_config(cfg)
     data_dir = _prepared(fcfg, out / "final", ctx) if fcfg.data.train_subset != cfg.data.train_subset else None
-    return open_context(fcfg, data_dir or out / "data", teacher_path, out, st.recorder, st.cache_dir)
+    recorder = record.TrialRecorder(st.recorder.tracker, st.recorder.study_run_id, rung="final")
+    return open_context(fcfg, data_dir or out / "data", teacher_path, out, recorder, st.cache_dir)
 
 
 def plan(cfg: Config, st: Study, top: Study | None) -> str:
