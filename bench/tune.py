@@ -8,6 +8,7 @@ The teacher is the protocol's (``--work`` holds ``data/`` and ``teacher/`` as be
 
     .venv/bin/python bench/tune.py --profile tune --out local_outputs/tune   # the `make tune` study, 3 seeds
     .venv/bin/python bench/tune.py --work bench/_work/full --name under-100k --max-params 100000
+    .venv/bin/python bench/tune.py --work bench/_work/full --name under-100k-rung --final-top-k 2 --seeds 0,1,2
     .venv/bin/python bench/tune.py --work bench/_work/full --name mlp --students mlp --subset 0 --search-epochs 15
 """
 
@@ -52,6 +53,8 @@ def _search(a, work: Path, out: Path):
     ]
     if a.subset:
         sets.append(f"data.train_subset={a.subset}")
+    if a.final_top_k:  # kdflow tune's final rung: the pick chosen among the k best at the final length
+        sets += [f"tune.final.top_k={a.final_top_k}", f"tune.final.epochs={a.final_epochs}"]
     if a.cache_views:
         sets.append(f"tune.cache_views={a.cache_views}")
     sets.append(f"tune.max_params={a.max_params or 'null'}")  # 0: no size budget
@@ -115,6 +118,13 @@ def main() -> int:
     )
     p.add_argument(
         "--final-views", type=int, default=0, help="teacher-cache views of the final run (0 = one per epoch)"
+    )
+    p.add_argument(
+        "--final-top-k",
+        type=int,
+        default=0,
+        help="the study's own final rung (tune.final.top_k): its k best trained again at --final-epochs on all data, "
+        "the pick chosen there on validation",
     )
     a = p.parse_args()
     if a.profile:
@@ -181,8 +191,13 @@ def main() -> int:
         f"{3600 * len(rows) / wall:.1f} trials/hour; median trial {sorted(walls)[len(walls) // 2]:.0f} s)",
         f"- pick: `{pick['arch']}` ({pick['params']:,} params), recipe `{json.dumps(pick['recipe'])}`",
         f"- its scratch twin's tuned recipe: `{json.dumps(tw.get('recipe', {}))}`",
-        f"- search (validation, short schedule): distilled {100 * pick['val_accuracy']:.2f}% vs twin "
-        f"{100 * tw.get('val_accuracy', float('nan')):.2f}%",
+        (
+            f"- final rung (validation, the {a.final_top_k} best of each study at {a.final_epochs} epochs on all data, "
+            f"final.csv): distilled {100 * pick['val_accuracy']:.2f}% vs twin"
+            if a.final_top_k
+            else f"- search (validation, short schedule): distilled {100 * pick['val_accuracy']:.2f}% vs twin"
+        )
+        + f" {100 * tw.get('val_accuracy', float('nan')):.2f}%",
         "",
         "| final model | test accuracy | seeds |",
         "|---|---|---|",
