@@ -6,7 +6,7 @@ lost 0.7-1.0 pt to their scratch twin). With ``tune.final.top_k`` = k, the k bes
 searched validation accuracy) are trained again for ``tune.final.epochs`` on the whole train split, and the
 pick is the best of them on validation; the scratch twin's k best likewise, so the verdict compares both at
 the length a user trains to. Validation only: test is never read. Each final run is kept in
-``final/<kind>-<trial>.json`` with its fidelity and data digest, so a tune run again continues.
+``final/<study>-<trial>.json`` with its recipe, epochs and data digest, so a tune run again continues.
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ def train_best(trials: list[optuna.trial.FrozenTrial], st: Study, kind: str, arc
     epochs, digest = st.cfg.tune.space.epochs[0], st.prepared.digest
     runs = []
     for t in best:
-        path = st.out / "final" / f"{kind}-{t.number:04d}.json"
+        path = st.out / "final" / f"{kind}{f'-{arch}' if arch else ''}-{t.number:04d}.json"  # a twin's study per arch
+        params = {**t.params, "epochs": epochs}
         kept = _record(path)
-        if kept is None or kept.get("epochs") != epochs or kept.get("data_digest") != digest:
-            params = {**t.params, "epochs": epochs}
+        if kept is None or (kept.get("params"), kept.get("data_digest")) != (params, digest):
             trial = optuna.trial.FixedTrial(params, number=t.number)
             print(f"[tune] final rung: {kind} trial {t.number} ({t.user_attrs['arch']}) at {epochs} epochs", flush=True)
             try:

@@ -204,6 +204,7 @@ def finish(
     if searched is None:
         raise _none_completed(kd, out)
     twin = report.pick(report.complete(scratch), cost) if scratch is not None else None
+    searched_twin_acc = twin.user_attrs["val_accuracy"] if twin else None  # the plot is the search's
     chosen = searched
     if rung is not None:
         chosen, twin = report.pick(rung[0], cost) or searched, report.pick(rung[1], cost)
@@ -212,8 +213,8 @@ def finish(
     front = report.pareto_front(kd_trials, cost)
     front_rows = report.pareto_rows(front, searched)
     report.write_tables(out, rows, front_rows)
-    costs = ["params", *(["latency_ms"] if "latency_ms" in chosen.user_attrs else [])]
-    report.plot_pareto(out / "pareto.png", kd_trials, costs, chosen, twin.user_attrs["val_accuracy"] if twin else None)
+    costs = ["params", *(["latency_ms"] if "latency_ms" in searched.user_attrs else [])]
+    report.plot_pareto(out / "pareto.png", kd_trials, costs, searched, searched_twin_acc)
     best = _best_config(cfg, st, chosen, twin, teacher_path)
     if rung is not None:  # trained as the final rung trained it
         best.data.train_subset = final.final_config(cfg).data.train_subset
