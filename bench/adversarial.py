@@ -183,7 +183,7 @@ def report(args) -> str:
             f"{m0['generator_parameters']:,} generator parameters), the same number of teacher forwards; "
             f"{statistics.mean(m['seconds'] for m in ms):.0f} s of training per seed as measured, "
             f"{len(m0['epoch_seconds']) * min(e for m in ms for e in m['epoch_seconds']):.0f} s at the fastest "
-            "epoch's pace (the run shared the cores with the test suite); 0 training images read. "
+            "epoch's pace (the undisturbed cost where other work shared the cores); 0 training images read. "
             f"Target >= 85% test: {'met' if acc >= 0.85 else 'MISSED'} ({100 * acc:.2f}%)."
         )
     if runs["kd"] and (runs["ard"] or runs["at"]):
