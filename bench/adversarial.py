@@ -197,9 +197,9 @@ def report(args) -> str:
         f"alpha 0.1), students {args.epochs} epochs, teacher cnn-wide {args.teacher_epochs} epochs; adversarial "
         "training PGD-5, eps 0.1, step 2.5*eps/5, random start; robust accuracy on the first "
         f"{args.robust_samples} test images. Data-free: generator width 32, batch 128, 5 student steps per "
-        "generator step, BN-statistics and class-balance weights 1. s/epoch is each row's fastest epoch: the "
-        "runs shared the 2 cores with the test suite at times (up to 5x slower epochs), every epoch does the "
-        "same work, so the fastest is the least disturbed; wall is as measured, disturbance included.\n\n"
+        "generator step, BN-statistics and class-balance weights 1. s/epoch is each row's fastest epoch: every "
+        "epoch does the same work, so the fastest is the least disturbed when other work shares the 2 cores; "
+        "wall is as measured, any disturbance included.\n\n"
     )
     return settings + text
 
