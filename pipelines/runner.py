@@ -62,6 +62,10 @@ def run_local(
     overrides = overrides or []
     config_path = Path(config) if config else DEFAULT_CONFIG
     cfg = _validate(profile, overrides, config_path, data_window=data_window, teacher_source=teacher_source)
+    if which == "autodistill":  # before any step runs
+        from kdflow.tune.rounds import check_cluster_form
+
+        check_cluster_form(cfg)
     if config:
         shape["config_yaml"] = json.dumps(yaml.safe_load(config_path.read_text()), sort_keys=True)
     state = Path(".kdflow").resolve()

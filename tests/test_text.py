@@ -15,7 +15,7 @@ from helpers import experiment_config
 from kdflow import steps
 from kdflow.data import prepared as data
 from kdflow.data.text import LEXNAMES, find_wordnet, keep_classes, read_glosses, tokenize
-from kdflow.errors import ModelError
+from kdflow.errors import ConfigError, ModelError
 from kdflow.evaluation.metrics import predict_logits
 from kdflow.infra.checkpoints import load_model
 
@@ -154,5 +154,5 @@ def test_a_fine_tuned_minilm_teacher_teaches_a_tiny_transformer_its_layers(train
     assert distilled["arch"] == "text-transformer"
     history = json.loads((tmp_path / "student" / "history.json").read_text())
     assert all(0 < e["feature"] < 1e3 for e in history) and len(history) == cfg.epochs_for("student")
-    with pytest.raises(Exception, match="features"):  # the logit cache cannot serve hidden states
+    with pytest.raises(ConfigError, match="distill: a teacher cache holds logits only"):  # no hidden states
         experiment_config("wordnet_minilm.yaml", tmp_path, "distill.cache=true")

@@ -78,8 +78,14 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(tmp_p
     assert again.pick == result.pick and again.kd_gain_val == result.kd_gain_val
 
 
-def test_the_cluster_form_refuses_a_final_rung_before_writing(tmp_path):
+def test_the_cluster_form_refuses_a_final_rung_before_any_step(tmp_path, monkeypatch):
+    from pipelines.runner import run_local
+
     cfg = build_config({"tune": {"final": {"top_k": 2}}})
     with pytest.raises(ConfigError, match="tune.final.top_k: the autodistill DAG has no final rung"):
         rounds.setup(cfg, tmp_path / "data", tmp_path / "t.pt", tmp_path / "study", tmp_path / "cache")
     assert not (tmp_path / "study").exists()
+    monkeypatch.chdir(tmp_path)  # the local runner refuses it before any step
+    with pytest.raises(ConfigError, match="tune.final.top_k"):
+        run_local(profile="smoke", root=str(tmp_path / "root"), which="autodistill", overrides=["tune.final.top_k=2"])
+    assert not (tmp_path / "root").exists()  # no pipeline root: no step ran

@@ -18,7 +18,7 @@ All read ids as floats (exact below 2^24) and cast them, so they export to ONNX 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -54,6 +54,12 @@ class Probe(nn.Identity):
     @property
     def wanted(self) -> bool:
         return bool(self._forward_hooks)
+
+
+def _record(probe: nn.Module, h: torch.Tensor, mask: torch.Tensor) -> None:
+    """Hidden states with padding zeroed, computed only when a loss taps them (not in every training step)."""
+    if cast(Probe, probe).wanted:
+        probe(h * mask.unsqueeze(-1))
 
 
 def _probes(n: int) -> nn.ModuleList:
@@ -101,12 +107,12 @@ class TextTransformer(nn.Module):
         ids, mask = x[:, 0].long(), x[:, 1].float()
         pad = mask < 0.5
         h = self.embed(ids) + self.position[:, : ids.shape[1]]
-        self.hidden[0](h * mask.unsqueeze(-1))
+        _record(self.hidden[0], h, mask)
         for i, layer in enumerate(self.encoder.layers):  # what nn.TransformerEncoder does, with the probes
             if self.attention[i].wanted:
                 self.attention[i](attention_probs(layer.self_attn, layer.norm1(h), pad))
             h = layer(h, src_key_padding_mask=pad)
-            self.hidden[i + 1](h * mask.unsqueeze(-1))
+            _record(self.hidden[i + 1], h, mask)
         return self.head(self.norm(_pool(h, mask)))
 
 
@@ -148,7 +154,7 @@ class MiniLMClassifier(nn.Module):
         )
         if want_h:
             for probe, h in zip(self.hidden, out.hidden_states, strict=True):
-                probe(h * mask.unsqueeze(-1))
+                _record(probe, h, mask)
         if want_a:
             for probe, a in zip(self.attention, out.attentions, strict=True):
                 probe(a)

@@ -39,9 +39,10 @@ def _study(cfg: Config, where: Path, kind: str) -> optuna.Study:
     return study.open_study(where, f"scratch-{arch}", cfg, 1, reap_running=False)
 
 
-def setup(cfg: Config, data_dir: Path, teacher_path: Path, study_out: Path, cache_out: Path) -> None:
-    """Create the empty studies and build the teacher caches every trial reads (one per mixing choice)."""
-    if cfg.tune.final.top_k:  # refused before anything is written, not ignored
+def check_cluster_form(cfg: Config) -> None:
+    """What the rounds cannot do is refused, not ignored: the local runner calls this before the DAG starts,
+    the setup step again (a submitted run)."""
+    if cfg.tune.final.top_k:
         from kdflow.errors import ConfigError
 
         raise ConfigError(
@@ -49,6 +50,11 @@ def setup(cfg: Config, data_dir: Path, teacher_path: Path, study_out: Path, cach
             "the autodistill DAG has no final rung yet (its trials run in rounds of pods)",
             "run the final rung with kdflow tune, or set tune.final.top_k=0",
         )
+
+
+def setup(cfg: Config, data_dir: Path, teacher_path: Path, study_out: Path, cache_out: Path) -> None:
+    """Create the empty studies and build the teacher caches every trial reads (one per mixing choice)."""
+    check_cluster_form(cfg)
     study_out.mkdir(parents=True, exist_ok=True)
     study.write_identity(study_out, cfg)
     study.open_study(study_out, "distill", cfg, len(cfg.tune.objectives), reap_running=False)
