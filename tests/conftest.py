@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the MLflow stores tests make start from one cached empty schema (kdflow.infra.mlflow_store), kept out of ~/.cache
+os.environ.setdefault("KDFLOW_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"kdflow-test-cache-{os.getuid()}"))
 
 
 @pytest.fixture(scope="session")

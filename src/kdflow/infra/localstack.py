@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kdflow.infra.mlflow_store import seed_sqlite_store
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -229,6 +231,7 @@ def start_mlflow(stack: Stack, lifetime_s: int = 3600) -> Stack:
     port = free_port()
     log = state / "mlflow.log"
     mlflow_bin = Path(sys.executable).parent / "mlflow"
+    seed_sqlite_store(f"sqlite:///{state / 'mlflow.db'}")  # the server skips MLflow's migrations
     cmd = [
         "timeout",
         "-s",

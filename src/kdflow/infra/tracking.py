@@ -19,6 +19,7 @@ from typing import Any
 
 from kdflow.config import Config, flatten
 from kdflow.errors import TrackingError
+from kdflow.infra.mlflow_store import seed_sqlite_store
 
 PIPELINE_TAG = "kdflow.pipeline_run_id"
 STEP_TAG = "kdflow.step"
@@ -120,6 +121,7 @@ class Tracker:
         self.cfg = cfg
         self.uri = tracking_uri(cfg)
         check_reachable(self.uri)
+        seed_sqlite_store(self.uri)  # a new local store skips MLflow's migrations
         mlflow.set_tracking_uri(self.uri)
         self.mlflow = mlflow
         self.client = MlflowClient(self.uri)
