@@ -133,7 +133,8 @@ def test_pipeline_tracking_lineage_and_promotion(stack_env, tmp_path, monkeypatc
         profile="smoke",
         root=str(tmp_path / "root"),
         data_window="2026-10",
-        overrides=["gate.max_latency_p95_ms=1000", "export.int8_min_agreement=0.95"],
+        # no robustness figures: tracking and promotion are under test (test_adversarial covers the attacks)
+        overrides=["gate.max_latency_p95_ms=1000", "export.int8_min_agreement=0.95", "adversarial.evaluate=false"],
     )
     assert summary["promotion"]["promoted"] is True and summary["promotion"]["reason"] == "first champion"
 

@@ -29,6 +29,7 @@ def test_two_windows_champion_logic(tmp_path, monkeypatch):
         "gate.min_accuracy=0.5",
         "gate.max_latency_p95_ms=1000",
         "export.int8_min_agreement=0.95",
+        "adversarial.evaluate=false",  # robustness is not what this test is about (test_adversarial, smoke DAG)
     ]
     first = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:2000", overrides=common)
     assert first["promotion"], first["export"]["gate"]
