@@ -21,7 +21,9 @@ def _workers() -> list[str]:
     n = os.environ.get("KDFLOW_TEST_WORKERS", "2")
     if not n.isdigit():
         raise SystemExit(f"test_tiers: KDFLOW_TEST_WORKERS={n!r}; fix: a whole number (0 runs serially)")
-    return ["-n", n, "--dist", "loadfile"] if int(n) > 1 else []
+    # --no-loadscope-reorder: xdist would otherwise hand out files by their number of tests, not in the
+    # longest-first order tests/conftest.py sorts them into
+    return ["-n", n, "--dist", "loadfile", "--no-loadscope-reorder"] if int(n) > 1 else []
 
 
 def main(argv: list[str]) -> int:

@@ -58,24 +58,24 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 # The slowest files of the integration and e2e tiers by their measured wall (--durations), longest first:
-# pytest-xdist hands whole files to the two workers in collection order, so starting the longest first balances
-# the workers (alphabetical order left one e2e worker idle for its last ~100 s: e2e 699 s -> 602 s in one run).
-# Files not listed keep their order, after these.
+# pytest-xdist (--dist loadfile --no-loadscope-reorder, scripts/test_tiers.py) hands whole files out in this
+# order, the next one to a worker once two tests or fewer of its files are left, so the longest start first
+# and the short ones fill the gaps at the end. Files not listed keep their order, after these.
 LONGEST_FIRST = {
     name: rank
     for rank, name in enumerate(
         [
             "test_container.py",  # e2e: the smoke DAG in containers (and the session smoke DAG it compares to)
+            "test_adversarial.py",  # e2e: the ARD and DFAD DAGs and CLIs, ~170 s
             "test_faults.py",  # integration: 140 s
-            "test_retraining.py",
-            "test_adversarial.py",
+            "test_retraining.py",  # e2e: three DAG runs, ~110 s
+            "test_integration_stack.py",
             "test_release_safety.py",
+            "test_readme_cli.py",
             "test_tune.py",
             "test_components.py",
-            "test_integration_stack.py",
-            "test_autodistill_local.py",
             "test_named_inputs_dag.py",  # e2e: the multiview and text DAGs, ~70 s
-            "test_readme_cli.py",
+            "test_autodistill_local.py",
             "test_text.py",  # integration: the MiniLM view at prep, two text students exported, ~50 s
             "test_ddp.py",
         ]
