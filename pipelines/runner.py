@@ -14,6 +14,7 @@ import yaml
 from kdflow.config import load_config
 from kdflow.errors import ConfigError
 from pipelines.distillation import DEFAULT_CONFIG, PIPELINE_NAME, build_pipeline
+from pipelines.kfp_build import cheap_self_naming
 
 
 def compile_pipeline(out: str | Path, use_gpu: bool = False, which: str = "distillation", **shape) -> Path:
@@ -130,18 +131,19 @@ def _run_dag(
     real_print = builtins.print
     try:
         embedded = {k: shape.pop(k) for k in ("config_yaml",) if k in shape}
-        if which == "distillation":
-            build_pipeline()(
-                profile=profile,
-                extra_overrides=overrides,
-                data_window=data_window,
-                teacher_source=teacher_source,
-                **embedded,
-            )
-        else:
-            from pipelines.autodistill import build_autodistill
+        with cheap_self_naming():  # KFP's task setters stop formatting the whole stack (pipelines/kfp_build.py)
+            if which == "distillation":
+                build_pipeline()(
+                    profile=profile,
+                    extra_overrides=overrides,
+                    data_window=data_window,
+                    teacher_source=teacher_source,
+                    **embedded,
+                )
+            else:
+                from pipelines.autodistill import build_autodistill
 
-            build_autodistill(False, **shape)(profile=profile, extra_overrides=overrides, **embedded)
+                build_autodistill(False, **shape)(profile=profile, extra_overrides=overrides, **embedded)
     finally:
         builtins.print = real_print
     new = sorted(set(root_path.iterdir()) - before, key=lambda p: p.stat().st_mtime)
