@@ -28,6 +28,8 @@ def tiny_config(tmp: Path, **sections):
         "train": {"batch_size": 64, "num_threads": TEST_THREADS, "warmup_epochs": 0},
         "evaluate": {"latency_repeats": 5, "throughput_repeats": 2, "latency_warmup": 1},
         "export": {"calibration_samples": 64},
+        # robustness still runs where a test evaluates, on 100 images and two radii (the base: 1,000 and five)
+        "adversarial": {"eval_samples": 100, "curve_eps": [0.0, 0.1]},
         "tracking": {"enabled": False},
         "storage": {"state_dir": str(tmp / "state")},
     }

@@ -43,6 +43,7 @@ def run(tmp_path_factory, fashion_available):
         "evaluate.latency_repeats=5",
         "evaluate.throughput_repeats=2",
         "export.calibration_samples=256",
+        "adversarial.eval_samples=100",  # the robustness figures on 100 images: wiring is under test
         "gate.min_accuracy=0.3",
         "gate.min_retention=0.3",
         # the test checks wiring, not speed: a loaded CI machine must not fail the latency budget
