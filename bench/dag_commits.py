@@ -4,8 +4,9 @@
 
 Each commit is checked out into a temporary git worktree; each round runs the DAG once per commit (base,
 then head) in a fresh folder of its own (state, sqlite MLflow, pipeline root: what a test or a new checkout
-sees), as a fresh Python process with that worktree first on its path. Reports the median wall and each
-step's median seconds per commit. Writes the section "Pipeline cost: <profile> DAG, <base> vs <head>".
+sees), as a fresh Python process with that worktree first on its path. Reports the median wall of the whole
+``run_local`` call (config checks, the warm worker's start, the DAG, its summary) and each step's median
+seconds per commit. Writes the section "Pipeline cost: <profile> DAG, <base> vs <head>".
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from results import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = """
-import json, sys
+import json, sys, time
 from pipelines.runner import run_local
+started = time.perf_counter()  # the whole call: config checks, the warm worker's start, the DAG, the summary
 s = run_local(profile=sys.argv[1], root="root")
-print("SUMMARY " + json.dumps({"wall": s["wall_seconds"], "steps": s["step_seconds"],
+wall = time.perf_counter() - started
+print("SUMMARY " + json.dumps({"wall": wall, "dag_wall": s["wall_seconds"], "steps": s["step_seconds"],
       "accuracy": {k: m["accuracy"] for k, m in s["evaluation"]["models"].items()}}))
 """
 
@@ -95,7 +98,7 @@ def main() -> int:
         b, h = med["base"][s], med["head"][s]
         lines.append(f"| {s} | {b:.1f} | {h:.1f} | {h / b:.2f}x |" if b else f"| {s} | {b:.1f} | {h:.1f} | - |")
     b, h = med["base"]["wall"], med["head"]["wall"]
-    lines.append(f"| **wall** | **{b:.1f}** | **{h:.1f}** | **{h / b:.2f}x** |")
+    lines.append(f"| **wall** (the whole `run_local` call) | **{b:.1f}** | **{h:.1f}** | **{h / b:.2f}x** |")
     walls = {n: [round(r["wall"], 1) for r in rs] for n, rs in runs.items()}
     same = all(r["accuracy"] == runs["base"][0]["accuracy"] for rs in runs.values() for r in rs)
     lines += ["", f"Walls run by run: {walls}. Same test accuracies in every run: {same}."]
