@@ -4,7 +4,8 @@
 
 Records whether the component image was already built (a cold build runs inside the e2e tier's
 container tests and adds its minutes there). Writes the section "Test suite wall (make test)" of
-bench/RESULTS.md; nothing is written when a tier fails.
+bench/RESULTS.md, with the run it replaces kept as one line below the table (before and after on the same
+machine); nothing is written when a tier fails.
 """
 
 from __future__ import annotations
@@ -36,7 +37,28 @@ def image_cached() -> bool:
     return done.returncode == 0
 
 
+SECTION = "Test suite wall (make test)"
+
+
+def previous_record() -> str:
+    """The recorded run this one replaces, in one line (commit, date, each tier's wall), or ''."""
+    results = ROOT / "bench" / "RESULTS.md"
+    text = results.read_text() if results.is_file() else ""
+    found = re.search(rf"<!-- {re.escape(SECTION)}:start -->(.*?)<!-- {re.escape(SECTION)}:end -->", text, re.S)
+    if not found:
+        return ""
+    block = found.group(1)
+    date = re.search(r"- date: (.*)", block)
+    commit = re.search(r"^Commit (\w+)", block, re.M)
+    walls = re.findall(r"^\| \*{0,2}(unit|integration|e2e|all)\*{0,2} \| \*{0,2}(\d+)\*{0,2} \|", block, re.M)
+    if not (date and commit and walls):
+        return ""
+    tiers = ", ".join(f"{tier} {wall} s" for tier, wall in walls)
+    return f"Previous record (commit {commit.group(1)}, {date.group(1)}): {tiers}."
+
+
 def main() -> int:
+    before = previous_record()
     cached = image_cached()
     started = time.monotonic()
     proc = subprocess.run(
@@ -61,9 +83,10 @@ def main() -> int:
         "workers (scripts/test_tiers.py).\n\n| tier | wall s | tests passed |\n|---|---|---|\n"
         + "\n".join(rows)
         + f"\n| **all** | **{wall:.0f}** | |"
+        + (f"\n\n{before}" if before else "")
     )
     print(body)
-    write_section("Test suite wall (make test)", body)
+    write_section(SECTION, body)
     return 0
 
 
