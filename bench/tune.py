@@ -167,6 +167,11 @@ def main() -> int:
         if a.profile
         else None
     )
+    schedule = (
+        f"{cfg.tune.space.epochs[1]} epochs on {f'{cfg.data.train_subset:,}' if cfg.data.train_subset else 'all'} train samples"
+        if a.profile
+        else f"{a.search_epochs} epochs on {f'{a.subset:,}' if a.subset else 'all'} train samples"
+    )
     body = [
         setting
         or f"Search: {a.trials} distillation trials + as many scratch-twin trials, {a.search_epochs} epochs each on "
@@ -195,7 +200,7 @@ def main() -> int:
             f"- final rung (validation, the {a.final_top_k} best of each study at {a.final_epochs} epochs on all data, "
             f"final.csv): distilled {100 * pick['val_accuracy']:.2f}% vs twin"
             if a.final_top_k
-            else f"- search (validation, short schedule): distilled {100 * pick['val_accuracy']:.2f}% vs twin"
+            else f"- search (validation, {schedule}): distilled {100 * pick['val_accuracy']:.2f}% vs twin"
         )
         + f" {100 * tw.get('val_accuracy', float('nan')):.2f}%",
         "",
@@ -203,7 +208,7 @@ def main() -> int:
         "|---|---|---|",
         *final_rows,
         "",
-        "Pareto front of the search (validation accuracy, short schedule):",
+        f"Pareto front of the search (validation accuracy, {schedule}):",
         "",
         "| trial | student | val acc | params | MACs |",
         "|---|---|---|---|---|",
