@@ -167,3 +167,30 @@ def test_the_space_on_named_inputs_builds_students_on_the_students_inputs():
     feasible = space.feasible_students(cfg.tune, (649,), build)
     assert feasible.fixed == ["linear"]  # the mlp on 76 Fourier values has 53K parameters, the linear 770
     assert space.static_cost(build, "linear", (649,))["params"] == 76 * 10 + 10
+
+
+def test_a_tune_that_does_not_pay_says_why_with_its_figures(tmp_path):
+    from kdflow.tune.run import TuneResult, verdict_lines
+
+    recipe = {"alpha": 0.85, "temperature": 1.09, "lr": 0.05}
+    pick = {"arch": "cnn-small", "params": 9146, "trial": 4, "val_accuracy": 0.9060, "recipe": recipe}
+    twin = {"arch": "cnn-small", "params": 9146.0, "trial": 1, "val_accuracy": 0.9066, "train_accuracy": 0.8918}
+    summary = {"scratch_trials": 8}
+    lines = verdict_lines(TuneResult(tmp_path, pick, twin, -0.0006, tmp_path / "best.yaml", summary))
+    assert "did not pay" in lines[2]
+    assert lines[3] == (
+        "why: the scratch twin underfits (last-epoch training accuracy 89.18%, validation 90.66%): cnn-small "
+        "(9,146 params) is capacity-bound and the teacher's extra signal has nowhere to go; the distillation recipe "
+        "the search kept weighs the labels 0.85 at T 1.09; a larger student is where distillation can pay"
+    )
+    fits = {**twin, "train_accuracy": 0.95}
+    lines = verdict_lines(TuneResult(tmp_path, pick, fits, -0.0006, tmp_path / "best.yaml", summary))
+    assert lines[3].startswith("why: the scratch twin is not capacity-bound (last-epoch training accuracy 95.00%")
+    # a study recorded before training accuracy was kept, or one that pays: no "why" line
+    old = {k: v for k, v in twin.items() if k != "train_accuracy"}
+    assert not any(
+        x.startswith("why") for x in verdict_lines(TuneResult(tmp_path, pick, old, -0.0006, tmp_path, summary))
+    )
+    assert not any(
+        x.startswith("why") for x in verdict_lines(TuneResult(tmp_path, pick, twin, 0.01, tmp_path, summary))
+    )

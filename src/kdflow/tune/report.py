@@ -148,3 +148,30 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def why_it_did_not_pay(pick: dict[str, Any], twin: dict[str, Any]) -> str | None:
+    """The figures behind a "does not pay" (None without the twin's training accuracy): whether the twin
+    underfits (its last-epoch training accuracy, on augmented batches, at or below its validation accuracy:
+    the student's capacity limits it, not the teacher's signal), and how much teacher the kept recipe uses."""
+    train, val = twin.get("train_accuracy"), float(twin["val_accuracy"])
+    if train is None:
+        return None
+    recipe = pick.get("recipe", {})
+    kept = (
+        f"the distillation recipe the search kept weighs the labels {recipe['alpha']:.2f} at T {recipe['temperature']:.2f}"
+        if "alpha" in recipe and "temperature" in recipe
+        else ""
+    )
+    figures = f"last-epoch training accuracy {100 * float(train):.2f}%, validation {100 * val:.2f}%"
+    if float(train) <= val:
+        return (
+            f"why: the scratch twin underfits ({figures}): {twin['arch']} ({whole(twin.get('params', 0)):,} params) is "
+            "capacity-bound and the teacher's extra signal has nowhere to go"
+            + (f"; {kept}" if kept else "")
+            + "; a larger student is where distillation can pay"
+        )
+    return (
+        f"why: the scratch twin is not capacity-bound ({figures}): the teacher's soft targets added nothing the "
+        "labels did not at this budget" + (f" ({kept})" if kept else "")
+    )

@@ -82,6 +82,7 @@ def _summary_of(trial, kind: str) -> dict[str, Any]:
         "arch": a["arch"],
         "val_accuracy": a["val_accuracy"],
         **{k: report.whole(a[k]) for k in ("params", "macs", "latency_ms") if k in a},
+        **({"train_accuracy": a["train_accuracy"]} if "train_accuracy" in a else {}),
         "recipe": _recipe(trial),
     }
 
@@ -141,6 +142,8 @@ def verdict_lines(result: TuneResult) -> list[str]:
             if result.pays
             else "distillation did not pay for this budget: use the scratch model"
         )
+        if not result.pays and (why := report.why_it_did_not_pay(p, t)):
+            lines.append(why)
     lines.append(f"train it for real: kdflow distill --config {result.best_yaml} --out OUT")
     return lines
 

@@ -172,5 +172,7 @@ def run_trial(
         history = fitted.history
         val = fitted.best_val_acc if cfg.train.select == "best_val" else (history[-1]["val_acc"] if history else 0.0)
         trial.set_user_attr("val_accuracy", val)
+        if history:  # the last epoch's, on augmented batches: beside val, whether the student underfits
+            trial.set_user_attr("train_accuracy", history[-1]["train_acc"])
         study.recorder.finish(trial, val, cost)
     return (val, cost[tune.objectives[1]]) if not single else val
