@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -81,19 +82,19 @@ def seed_sqlite_store(uri: str) -> bool:
         template = template_path()
         if not _is_schema(template):
             _build_template(template)
+            if not _is_schema(template):
+                return False
     except Exception:  # noqa: BLE001 - a template that cannot be built leaves the store to MLflow
         return False
     try:
-        if not _is_schema(template):
-            return False
         tmp = db.parent / f".{db.name}.{os.getpid()}.{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to MLflow's
         try:
             with os.fdopen(fd, "wb") as out, template.open("rb") as src:
-                out.write(src.read())
+                shutil.copyfileobj(src, out)
             os.link(tmp, db)  # never over a store another process made meanwhile
         finally:
             os.unlink(tmp)
-    except (OSError, sqlite3.Error):
+    except OSError:
         return False
     return True
