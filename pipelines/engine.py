@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONTAINERS_CONF = ROOT / "docker" / "containers.conf"
 IMAGE_UID = 10001
 IDLE_EXIT_S = 900  # podman's service exits by itself after this long without a request
-# Host settings a step needs, passed into its container by name (never baked into the image or YAML).
-PASSED_ENV_PREFIXES = ("MLFLOW_", "AWS_", "KDFLOW_STORAGE_ROOT")
+# Host settings a step needs, passed into its container by name (never baked into the image or YAML); the
+# OpenMP thread settings, so that a step in a container shares the cores as a subprocess step does.
+PASSED_ENV_PREFIXES = ("MLFLOW_", "AWS_", "KDFLOW_STORAGE_ROOT", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")
 
 
 class ContainerError(KdflowError):

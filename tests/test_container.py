@@ -163,6 +163,8 @@ def _check_stack(stack, root: Path) -> None:
         assert tags["kdflow.runtime.container"] == "podman", step
         assert tags["kdflow.runtime.uid"] == "10001", step
         assert tags["kdflow.runtime.image"] == KDFLOW_IMAGE, step
+        if "OMP_NUM_THREADS" in os.environ:  # the host's thread setting reached the container (make test sets it)
+            assert tags["kdflow.runtime.threads"] == os.environ["OMP_NUM_THREADS"], step
     s3 = localstack.s3_client(stack)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack.bucket, MaxKeys=1000).get("Contents", [])]
     assert any(k.startswith("mlflow/") and k.endswith("MLmodel") for k in keys)

@@ -6,6 +6,7 @@ Nothing is mocked. Each server binds 127.0.0.1 on a free port, has a bounded lif
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,24 @@ def test_storage_roundtrip_and_checksum(stack_env, tmp_path):
         store.get_file("a/blob.bin", tmp_path / "bad.bin")
     assert not (tmp_path / "bad.bin").exists()
     assert not list(tmp_path.glob(".bad.bin.*"))
+
+
+@pytest.mark.integration
+def test_the_mlflow_server_starts_no_job_consumers(stack):
+    """MLflow's server jobs are off (kdflow runs none): their seven huey consumers poll, ~35% of a core idle."""
+    rows = [line.split(None, 2) for line in _ps("pid=,ppid=,args=").splitlines()]
+    tree, grew = {stack.mlflow_pid}, True
+    while grew:  # every descendant of the server's `timeout` wrapper
+        before = len(tree)
+        tree |= {int(pid) for pid, ppid, *_ in rows if int(ppid) in tree}
+        grew = len(tree) > before
+    args = [a[0] if a else "" for pid, _, *a in rows if int(pid) in tree]
+    assert any("mlflow" in a and "server" in a for a in args), args  # the tree was found
+    assert not [a for a in args if "huey" in a]
+
+
+def _ps(fields: str) -> str:
+    return subprocess.run(["ps", "-eo", fields], capture_output=True, text=True, check=True).stdout
 
 
 @pytest.mark.integration

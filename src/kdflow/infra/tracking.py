@@ -20,6 +20,7 @@ from typing import Any
 from kdflow.config import Config, flatten
 from kdflow.errors import TrackingError
 from kdflow.infra.mlflow_store import seed_sqlite_store
+from kdflow.infra.runtime import runtime_tags
 
 PIPELINE_TAG = "kdflow.pipeline_run_id"
 STEP_TAG = "kdflow.step"
@@ -30,30 +31,6 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # History columns that never change within a run: logged once as params, not as per-epoch metrics.
 CONSTANT_COLUMNS = ("global_batch", "world_size")
-
-
-def container_kind() -> str:
-    """Where this process runs: a podman or Docker container, a Kubernetes pod, or the host ("none")."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        return "kubernetes"
-    if os.environ.get("container") == "podman" or Path("/run/.containerenv").exists():
-        return "podman"
-    if Path("/.dockerenv").exists():
-        return "docker"
-    return "none"
-
-
-def runtime_tags() -> dict[str, str]:
-    """Each step run says where it ran: the image, the container kind, the uid (lineage; the image's user
-    is 10001) and the host or pod name."""
-    import socket
-
-    return {
-        "kdflow.runtime.image": os.environ.get("KDFLOW_IMAGE", ""),
-        "kdflow.runtime.container": container_kind(),
-        "kdflow.runtime.uid": str(os.getuid()),
-        "kdflow.runtime.host": socket.gethostname(),
-    }
 
 
 def tracking_uri(cfg: Config) -> str:
