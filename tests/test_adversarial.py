@@ -17,10 +17,11 @@ from helpers import ROOT
 from kdflow.infra.checkpoints import load_model
 
 pytestmark = pytest.mark.e2e
-# half the smoke profile's generator steps: these tests check what DFAD reads and records, not its student
+# a quarter of the smoke profile's generator steps (two epochs of five): these tests check what DFAD reads and
+# records, not its student
 DFAD = [
     "--set", "distill.method=dfad", "--set", "distill.data_free=true",
-    "--set", "distill.generator.iterations=20", "--set", "distill.generator.iterations_per_epoch=10",
+    "--set", "distill.generator.iterations=10", "--set", "distill.generator.iterations_per_epoch=5",
 ]  # fmt: skip
 
 
@@ -119,7 +120,7 @@ def test_data_free_distill_reads_no_training_image(ard_run, test_only_data, tmp_
     assert sorted(p.name for p in test_only_data.iterdir()) == ["manifest.json", "test.pt"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data_free"] and metrics["real_training_images_read"] == 0 and metrics["test_accuracy"] > 0.1
-    assert metrics["generated_images"] == 20 * 6 * 128  # iterations x (5 student steps + 1 generator step) x batch
+    assert metrics["generated_images"] == 10 * 6 * 128  # iterations x (5 student steps + 1 generator step) x batch
     for f in ("model.pt", "generator.pt", "generator_samples.png"):
         assert (out / f).stat().st_size > 0
     client = mlflow.MlflowClient(uri)
@@ -180,14 +181,14 @@ WIRING = ["data.train_subset=2000", "data.val_size=500"]
     "method, overrides",
     [
         ("ard", ["distill.method=ard"]),
-        # the wiring, not the student: half the smoke profile's generator steps
+        # the wiring, not the student: a quarter of the smoke profile's generator steps
         (
             "dfad",
             [
                 "distill.method=dfad",
                 "distill.data_free=true",
-                "distill.generator.iterations=20",
-                "distill.generator.iterations_per_epoch=10",
+                "distill.generator.iterations=10",
+                "distill.generator.iterations_per_epoch=5",
             ],
         ),
     ],

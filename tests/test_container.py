@@ -153,8 +153,10 @@ def _check_stack(stack, root: Path) -> None:
     the secret key reached the steps but was written nowhere."""
     import mlflow
 
+    from kdflow.config import load_config
     from kdflow.infra import localstack
 
+    threads = load_config(ROOT / "configs" / "fashion_mnist.yaml", "smoke").train.num_threads
     client = mlflow.MlflowClient(stack.mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("kdflow").experiment_id])
     steps = {r.data.tags["kdflow.step"]: r.data.tags for r in runs if r.data.tags.get("kdflow.step") != "pipeline"}
@@ -163,8 +165,7 @@ def _check_stack(stack, root: Path) -> None:
         assert tags["kdflow.runtime.container"] == "podman", step
         assert tags["kdflow.runtime.uid"] == "10001", step
         assert tags["kdflow.runtime.image"] == KDFLOW_IMAGE, step
-        if "OMP_NUM_THREADS" in os.environ:  # the host's thread setting reached the container (make test sets it)
-            assert tags["kdflow.runtime.threads"] == os.environ["OMP_NUM_THREADS"], step
+        assert tags["kdflow.runtime.threads"] == str(threads), step  # train.num_threads, applied in the container
     s3 = localstack.s3_client(stack)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=stack.bucket, MaxKeys=1000).get("Contents", [])]
     assert any(k.startswith("mlflow/") and k.endswith("MLmodel") for k in keys)
