@@ -80,7 +80,7 @@ def run_local(
             if warm:
                 from pipelines.warm import warm_worker
 
-                engine.enter_context(warm_worker())
+                engine.enter_context(warm_worker(keep=True))  # the next run in this process reuses it
             local_runner = local.SubprocessRunner(use_venv=False)
         else:
             raise ConfigError("--runner", f"'{runner}' is not a runner", "use subprocess or container")

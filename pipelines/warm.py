@@ -13,6 +13,7 @@ after ``max_seconds``, and is stopped by its PID when the run ends. ``KDFLOW_WAR
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -112,8 +113,9 @@ def _run_child(listener: socket.socket, conn: socket.socket, request: dict, fds:
 _BASE_PATH: list[str] = []
 
 
-def serve(path: str, max_seconds: float) -> None:
-    """Accept tasks on the Unix socket ``path`` until ``max_seconds`` have passed or SIGTERM."""
+def serve(path: str, max_seconds: float, idle_seconds: float = float("inf")) -> None:
+    """Accept tasks on the Unix socket ``path`` until ``max_seconds`` have passed, ``idle_seconds`` passed
+    with no task running or arriving, or SIGTERM."""
     import importlib
 
     own = {os.getcwd(), *(e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e)}
@@ -127,10 +129,13 @@ def serve(path: str, max_seconds: float) -> None:
     print("ready", flush=True)
     children: dict[int, socket.socket] = {}
     deadline = time.monotonic() + max_seconds
+    last_busy = time.monotonic()
     signal.signal(signal.SIGTERM, _stop)
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and (children or time.monotonic() - last_busy < idle_seconds):
             ready, _, _ = select.select([listener], [], [], 0.1)
+            if children:
+                last_busy = time.monotonic()
             if ready:
                 conn, _ = listener.accept()
                 try:
@@ -177,61 +182,101 @@ def _reap(children: dict[int, socket.socket]) -> None:
 # ----------------------------------------------------------------------------- the local runner's side
 
 
-@contextlib.contextmanager
-def warm_worker(max_seconds: float = 6 * 3600):
-    """Start the worker, point the SubprocessRunner's tasks at it, stop it by PID when the block ends."""
-    if not enabled():
-        yield None
-        return
-    from kfp.local import subprocess_task_handler
+class _Worker:
+    """A started worker: its process, its socket and the private folder that holds it."""
 
-    with tempfile.TemporaryDirectory(prefix="kdflow-warm-") as tmp:
-        os.chmod(tmp, 0o700)
-        path = str(Path(tmp) / "worker.sock")
+    def __init__(self, max_seconds: float, idle_seconds: float) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="kdflow-warm-")
+        os.chmod(self.tmp.name, 0o700)
+        self.path = str(Path(self.tmp.name) / "worker.sock")
+        self.started, self.max_seconds = time.monotonic(), max_seconds
         root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         env.setdefault("MPLBACKEND", "Agg")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.warm", path, str(max_seconds)],
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.warm", self.path, str(max_seconds), str(idle_seconds)],
             cwd=root,
             env=env,
             stdout=subprocess.PIPE,
             text=True,
         )
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if line.strip() != "ready":
+            self.stop()
+            raise RuntimeError(f"the warm worker did not start (exit {self.proc.poll()}); KDFLOW_WARM=0 runs cold")
+
+    def fresh(self) -> bool:
+        """Alive, with at least half its lifetime left (a long DAG must not outlive it)."""
+        return self.proc.poll() is None and time.monotonic() - self.started < self.max_seconds / 2
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            line = proc.stdout.readline() if proc.stdout else ""
-            if line.strip() != "ready":
-                raise RuntimeError(f"the warm worker did not start (exit {proc.poll()}); KDFLOW_WARM=0 runs cold")
-            original = subprocess_task_handler.environment
-            command = f"{sys.executable} {CLIENT}"
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.tmp.cleanup()
 
-            @contextlib.contextmanager
-            def warm_environment(use_venv: bool, runner_config=None, has_pip_install: bool = False):
-                if use_venv or has_pip_install:
-                    with original(use_venv, runner_config, has_pip_install) as exe:
-                        yield exe
-                else:
-                    yield command
 
-            subprocess_task_handler.environment = warm_environment
-            before = os.environ.get(SOCKET_ENV)
-            os.environ[SOCKET_ENV] = path
-            try:
-                yield proc.pid
-            finally:
-                subprocess_task_handler.environment = original
-                if before is None:
-                    os.environ.pop(SOCKET_ENV, None)
-                else:
-                    os.environ[SOCKET_ENV] = before
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+_KEPT: list[_Worker] = []  # keep=True: one worker per process, reused by the next run, stopped at exit
+
+
+def _stop_kept() -> None:
+    while _KEPT:
+        _KEPT.pop().stop()
+
+
+@contextlib.contextmanager
+def warm_worker(max_seconds: float = 6 * 3600, keep: bool = False, idle_seconds: float = 600):
+    """Start the worker, point the SubprocessRunner's tasks at it, stop it by PID when the block ends.
+
+    ``keep``: the worker outlives the block, and the next ``warm_worker(keep=True)`` in this process reuses
+    it (a process that runs DAG after DAG, e.g. scheduled retraining in one Python process, starts it once);
+    it is stopped by its PID at exit, and exits by itself after ``idle_seconds`` without a task."""
+    if not enabled():
+        yield None
+        return
+    from kfp.local import subprocess_task_handler
+
+    if keep and _KEPT and not _KEPT[0].fresh():
+        _stop_kept()
+    worker = _KEPT[0] if keep and _KEPT else _Worker(max_seconds, idle_seconds)
+    if keep and not _KEPT:
+        if not _KEPT_AT_EXIT:
+            atexit.register(_stop_kept)
+            _KEPT_AT_EXIT.append(True)
+        _KEPT.append(worker)
+    original = subprocess_task_handler.environment
+    command = f"{sys.executable} {CLIENT}"
+
+    @contextlib.contextmanager
+    def warm_environment(use_venv: bool, runner_config=None, has_pip_install: bool = False):
+        if use_venv or has_pip_install:
+            with original(use_venv, runner_config, has_pip_install) as exe:
+                yield exe
+        else:
+            yield command
+
+    subprocess_task_handler.environment = warm_environment
+    before = os.environ.get(SOCKET_ENV)
+    os.environ[SOCKET_ENV] = worker.path
+    try:
+        yield worker.proc.pid
+    finally:
+        subprocess_task_handler.environment = original
+        if before is None:
+            os.environ.pop(SOCKET_ENV, None)
+        else:
+            os.environ[SOCKET_ENV] = before
+        if worker not in _KEPT:
+            worker.stop()
+
+
+_KEPT_AT_EXIT: list[bool] = []
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], float(sys.argv[2]))
+    serve(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else float("inf"))

@@ -65,19 +65,24 @@ LONGEST_FIRST = {
     name: rank
     for rank, name in enumerate(
         [
-            "test_container.py",  # e2e: the smoke DAG in containers (and the session smoke DAG it compares to)
-            "test_adversarial.py",  # e2e: the ARD and DFAD DAGs and CLIs, ~170 s
-            "test_faults.py",  # integration: 140 s
-            "test_retraining.py",  # e2e: three DAG runs, ~110 s
-            "test_integration_stack.py",
+            "test_container.py",  # e2e: ~165 s, the smoke DAG in containers (and the session smoke DAG it compares to)
+            "test_adversarial.py",  # e2e: ~140 s, the ARD and DFAD DAGs and CLIs
+            "test_faults.py",  # integration: ~110 s
+            "test_text.py",  # integration: ~50 s, the MiniLM view at prep, two text students exported
+            "test_tune.py",  # e2e: ~90 s
+            "test_retraining.py",  # e2e: ~90 s, three DAG runs
+            "test_ddp.py",  # integration: ~35 s
+            "test_integration_stack.py",  # e2e ~85 s, integration ~20 s
+            "test_readme_cli.py",  # e2e: ~75 s
+            "test_autodistill_local.py",  # e2e: ~60 s
+            "test_named_inputs_dag.py",  # e2e: ~50 s, the multiview and text DAGs
             "test_release_safety.py",
-            "test_readme_cli.py",
-            "test_tune.py",
             "test_components.py",
-            "test_named_inputs_dag.py",  # e2e: the multiview and text DAGs, ~70 s
-            "test_autodistill_local.py",
-            "test_text.py",  # integration: the MiniLM view at prep, two text students exported, ~50 s
-            "test_ddp.py",
+            "test_e2e.py",
+            "test_imagefolder_dag.py",
+            "test_reuse.py",
+            "test_multiview.py",
+            "test_tune_final.py",
         ]
     )
 }

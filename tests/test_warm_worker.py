@@ -100,3 +100,29 @@ def test_without_a_worker_the_task_runs_cold(tmp_path):
     (tmp_path / "probe_state.py").write_text("CALLS = []\n")
     done = _task(tmp_path, stdin="cold", **{SOCKET_ENV: str(tmp_path / "no-such.sock"), "PROBE_EXIT": "4"})
     assert done.returncode == 4 and '"stdin": "cold"' in done.stdout
+
+
+def test_a_kept_worker_serves_the_next_run_and_stops_when_idle_or_at_exit(tmp_path):
+    """run_local keeps its worker (keep=True): the next run in the process reuses it; left idle it exits by
+    itself, and the next run starts another; the process's exit stops it by PID."""
+    from pipelines import warm
+
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "probe_task.py").write_text(PROBE)
+    (mods / "probe_state.py").write_text("CALLS = []\n")
+    socket_before = os.environ.get(SOCKET_ENV)  # the module's worker fixture may hold one
+    try:
+        with warm_worker(keep=True, idle_seconds=5) as first:
+            assert _task(mods).returncode == 0
+        assert not _gone(first) and os.environ.get(SOCKET_ENV) == socket_before  # outlives the block, patch undone
+        with warm_worker(keep=True, idle_seconds=5) as again:
+            assert again == first and _task(mods).returncode == 0
+        warm._KEPT[0].proc.wait(120)  # no task for 5 s: it exits by itself
+        assert _gone(first)
+        with warm_worker(keep=True) as replaced:
+            assert replaced != first and _task(mods).returncode == 0
+        warm._stop_kept()  # what the process's exit runs (atexit)
+        assert _gone(replaced) and not warm._KEPT
+    finally:
+        warm._stop_kept()
