@@ -158,7 +158,9 @@ def test_kill_9_then_the_same_command_finishes_without_rerunning(tmp_path, fashi
     assert len(finished) == 4 and len(trials) == 4 + len(killed)  # exactly the missing trials ran
 
 
-def test_bad_input_exits_2_and_leaves_the_study_untouched(tmp_path, fashion_available):
+def test_bad_input_exits_2_and_leaves_the_study_untouched(tmp_path, fashion_available, capsys):
+    from kdflow.cli import main
+
     config, out = _config_file(tmp_path, trials=1, epochs=1), tmp_path / "study"
     assert _tune(config, out).returncode == 0
     db = (out / "study.db").read_bytes()
@@ -171,10 +173,15 @@ def test_bad_input_exits_2_and_leaves_the_study_untouched(tmp_path, fashion_avai
         (["--set", "tune.max_params=500"], config),
         ([], other),  # a study of a different search space
     ]
-    for extra, cfg_path in cases:
-        done = _tune(cfg_path, out, *extra)
-        assert done.returncode == 2, (extra, done.stderr)
-        assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("kdflow"), done.stderr
+    capsys.readouterr()
+    for extra, cfg_path in cases:  # in this process: the CLI's own exit code and stderr (the run above is a process)
+        try:
+            code = main(["tune", "--config", str(cfg_path), "--out", str(out), *extra])
+        except SystemExit as e:  # argparse's own usage errors
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2, (extra, err)
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("kdflow"), err
         assert (out / "study.db").read_bytes() == db
 
 
