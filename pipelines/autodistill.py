@@ -11,6 +11,7 @@ from kfp import dsl
 
 from components import train_teacher, tune_ask, tune_conclude, tune_setup, tune_tell, tune_trial
 from pipelines.distillation import EMBEDDED_CONFIG, _configure, _gpu, exit_handler, prep_task, students_and_release
+from pipelines.kfp_build import cheaply_named
 
 PIPELINE_NAME = "kdflow-autodistill"
 ROUNDS, PARALLEL = 3, 4
@@ -31,6 +32,7 @@ def _tune_rounds(cfg, ds, teacher_model, cache, study, kind: str, rounds: int, p
     return study
 
 
+@cheaply_named
 def build_autodistill(use_gpu: bool = False, rounds: int = ROUNDS, parallel: int = PARALLEL):
     @dsl.pipeline(
         name=PIPELINE_NAME,

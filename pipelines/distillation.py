@@ -18,6 +18,7 @@ from components import (
     train_teacher,
     train_transfer_baselines,
 )
+from pipelines.kfp_build import cheaply_named
 
 PIPELINE_NAME = "kdflow-distillation"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.yaml"
@@ -149,6 +150,7 @@ def exit_handler(config_yaml, profile, extra_overrides, run_id) -> dsl.ExitHandl
     return dsl.ExitHandler(fin, name="kdflow-run")
 
 
+@cheaply_named
 def build_pipeline(use_gpu: bool = False):
     """Return the pipeline function (the local runner ignores the Kubernetes-only settings)."""
     conf = _configure
