@@ -23,18 +23,32 @@ from results import write_section  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def image_cached() -> bool:
+def image_id() -> str:
+    """The component image's id ('' when podman does not hold it): compared before and after the run, it
+    says whether the e2e tier's `make image` reused every layer or rebuilt the code layers."""
     sys.path.insert(0, str(ROOT))
     from components.image import KDFLOW_IMAGE
 
     conf = os.environ.get("CONTAINERS_CONF", str(ROOT / "docker/containers.conf"))
     try:
         done = subprocess.run(
-            ["podman", "image", "exists", KDFLOW_IMAGE], env={**os.environ, "CONTAINERS_CONF": conf}, timeout=60
+            ["podman", "image", "inspect", "--format", "{{.Id}}", KDFLOW_IMAGE],
+            env={**os.environ, "CONTAINERS_CONF": conf},
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def image_state(before: str, after: str) -> str:
+    if not before:
+        return "built cold inside the e2e tier"
+    if before == after:
+        return "already built, every layer reused"
+    return "present, its code layers rebuilt inside the e2e tier (the sources changed since it was built)"
 
 
 SECTION = "Test suite wall (make test)"
@@ -59,7 +73,7 @@ def previous_record() -> str:
 
 def main() -> int:
     before = previous_record()
-    cached = image_cached()
+    image_before = image_id()
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts/test_tiers.py"), "unit", "integration", "e2e", "--", "-q"],
@@ -78,8 +92,7 @@ def main() -> int:
     rows = [f"| {t} | {tiers[t]} | {counts[i][0] if i < len(counts) else '?'} |" for i, t in enumerate(tiers)]
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     body = (
-        f"Commit {sha.strip()}; component image {'already built (layers reused)' if cached else 'built cold'} "
-        f"before the run; integration and e2e on {os.environ.get('KDFLOW_TEST_WORKERS', '2')} pytest-xdist "
+        f"Commit {sha.strip()}; component image {image_state(image_before, image_id())}; integration and e2e on {os.environ.get('KDFLOW_TEST_WORKERS', '2')} pytest-xdist "
         "workers (scripts/test_tiers.py).\n\n| tier | wall s | tests passed |\n|---|---|---|\n"
         + "\n".join(rows)
         + f"\n| **all** | **{wall:.0f}** | |"
