@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/suite.py
 
-Records whether the component image was already built (a cold build runs inside the e2e tier's
-container tests and adds its minutes there). Writes the section "Test suite wall (make test)" of
+Records whether the component image was already built with every layer reused, had its code layers
+rebuilt (sources changed since) or was built cold: the builds run inside the e2e tier's container tests
+and add their time there. Writes the section "Test suite wall (make test)" of
 bench/RESULTS.md, with the run it replaces kept as one line below the table (before and after on the same
 machine); nothing is written when a tier fails.
 """

@@ -1,14 +1,15 @@
 """A warm worker for the local runner: one process imports torch, mlflow, kfp and kdflow once and forks a
 child per task, so the DAG's steps stop paying those imports each (the pipeline's own overhead).
 
-    with warm_worker(state_dir):            # the local runner's tasks now start warm
+    with warm_worker(keep=True):            # the local runner's tasks now start warm
         ...                                  # kfp.local SubprocessRunner(use_venv=False) runs the DAG
 
 Each child runs exactly what the cold process would (``python -m kfp.dsl.executor_main ...`` with the
 task's argv, environment and working directory, its stdin/stdout/stderr the task's own), in a process of
 its own: a step's state never leaks into the next. The server is single-threaded (fork-safe), never runs a
 tensor op before forking (no thread pool to inherit), binds a Unix socket in a private directory, exits
-after ``max_seconds``, and is stopped by its PID when the run ends. ``KDFLOW_WARM=0`` turns it off.
+after ``max_seconds`` or ``idle_seconds`` without a task, and is stopped by its PID when the block ends
+(``keep``: when the process exits; the next run reuses it). ``KDFLOW_WARM=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -229,6 +230,9 @@ def _stop_kept() -> None:
         _KEPT.pop().stop()
 
 
+atexit.register(_stop_kept)  # nothing to do unless a run kept its worker
+
+
 @contextlib.contextmanager
 def warm_worker(max_seconds: float = 6 * 3600, keep: bool = False, idle_seconds: float = 600):
     """Start the worker, point the SubprocessRunner's tasks at it, stop it by PID when the block ends.
@@ -241,14 +245,14 @@ def warm_worker(max_seconds: float = 6 * 3600, keep: bool = False, idle_seconds:
         return
     from kfp.local import subprocess_task_handler
 
-    if keep and _KEPT and not _KEPT[0].fresh():
-        _stop_kept()
-    worker = _KEPT[0] if keep and _KEPT else _Worker(max_seconds, idle_seconds)
-    if keep and not _KEPT:
-        if not _KEPT_AT_EXIT:
-            atexit.register(_stop_kept)
-            _KEPT_AT_EXIT.append(True)
-        _KEPT.append(worker)
+    if keep:
+        if _KEPT and not _KEPT[0].fresh():
+            _stop_kept()
+        if not _KEPT:
+            _KEPT.append(_Worker(max_seconds, idle_seconds))
+        worker = _KEPT[0]
+    else:
+        worker = _Worker(max_seconds, idle_seconds)
     original = subprocess_task_handler.environment
     command = f"{sys.executable} {CLIENT}"
 
@@ -273,9 +277,6 @@ def warm_worker(max_seconds: float = 6 * 3600, keep: bool = False, idle_seconds:
             os.environ[SOCKET_ENV] = before
         if worker not in _KEPT:
             worker.stop()
-
-
-_KEPT_AT_EXIT: list[bool] = []
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ def test_storage_roundtrip_and_checksum(stack_env, tmp_path):
 @pytest.mark.integration
 def test_the_mlflow_server_starts_no_job_consumers(stack):
     """MLflow's server jobs are off (kdflow runs none): their seven huey consumers poll, ~35% of a core idle."""
-    rows = [line.split(None, 2) for line in _ps("pid=,ppid=,args=").splitlines()]
+    ps = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in ps.splitlines()]
     tree, grew = {stack.mlflow_pid}, True
     while grew:  # every descendant of the server's `timeout` wrapper
         before = len(tree)
@@ -66,10 +67,6 @@ def test_the_mlflow_server_starts_no_job_consumers(stack):
     args = [a[0] if a else "" for pid, _, *a in rows if int(pid) in tree]
     assert any("mlflow" in a and "server" in a for a in args), args  # the tree was found
     assert not [a for a in args if "huey" in a]
-
-
-def _ps(fields: str) -> str:
-    return subprocess.run(["ps", "-eo", fields], capture_output=True, text=True, check=True).stdout
 
 
 @pytest.mark.integration
