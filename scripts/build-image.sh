@@ -6,6 +6,7 @@
 #   BASE_IMAGE=REF          a Python 3.11 Debian image; default: the Dockerfile's python slim image when it
 #                           can be pulled, else a Debian bookworm base made here with debootstrap
 #   NO_CACHE=1              rebuild every layer (a cold build, e.g. to time one)
+#   KDFLOW_IMAGE_STATE=DIR  where the wheelhouse, its pins stamp and the debootstrap log live (default .kdflow/image)
 # Installs podman and runc with apt-get when missing; passes pip's CA bundle (a TLS-intercepting proxy)
 # as a build secret, never as a layer. Prints the image's size and digest.
 set -euo pipefail
@@ -17,7 +18,7 @@ say() { echo "kdflow image: $*"; }
 PIP=${PIP:-.venv/bin/pip}
 TORCH_SOURCE=${TORCH_SOURCE:-wheelhouse}
 TORCH_INDEX=${TORCH_INDEX:-https://pypi.org/simple}
-STATE=.kdflow/image
+STATE=${KDFLOW_IMAGE_STATE:-.kdflow/image}
 LOCAL_BASE=localhost/kdflow-base:bookworm
 DEFAULT_BASE=docker.io/library/$(sed -n 's/^ARG BASE_IMAGE=//p' docker/Dockerfile)
 TAG=$(sed -n 's/^KDFLOW_IMAGE = "\(.*\)"$/\1/p' components/image.py)
@@ -100,7 +101,8 @@ if [ "$TORCH_SOURCE" = wheelhouse ]; then
   # pip spends ~12 s of CPU confirming a full wheelhouse: skipped while the pins it was filled from are unchanged
   pins=$(cat docker/requirements.lock requirements/datasets.txt requirements/text.txt | sha256sum | cut -d' ' -f1)
   stamp=$STATE/wheelhouse.pins
-  have=$(find "$STATE/wheelhouse" -name '*.whl' 2>/dev/null | wc -l)
+  mkdir -p "$STATE/wheelhouse"  # a fresh clone has none: find on a missing folder would end the script (pipefail)
+  have=$(find "$STATE/wheelhouse" -name '*.whl' | wc -l)
   if [ "$(cat "$stamp" 2>/dev/null)" = "$pins" ] && [ "$have" -ge "$want" ]; then
     say "wheelhouse: $have wheels of the same pins in $STATE/wheelhouse"
   else

@@ -255,6 +255,12 @@ def test_build_script_bad_input(image, tmp_path):
     for extra, expected in (
         ({"BASE_IMAGE": "localhost/kdflow-no-such-base:1"}, "BASE_IMAGE=localhost/kdflow-no-such-base:1 is neither"),
         ({"TORCH_SOURCE": "conda"}, "TORCH_SOURCE='conda' is not wheelhouse or index"),
+        # a fresh clone's state (no wheelhouse folder yet) and no source for the wheels: the script must get as
+        # far as saying so (CI once died silently here: find on the missing folder under pipefail)
+        (
+            {"KDFLOW_IMAGE_STATE": str(tmp_path / "state"), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path)},
+            "the wheelhouse holds 0 of",
+        ),
     ):
         proc = subprocess.run(
             [str(ROOT / "scripts/build-image.sh")], cwd=ROOT, env={**env, **extra}, capture_output=True, text=True,
