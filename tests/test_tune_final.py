@@ -1,10 +1,12 @@
 """The final rung of a multi-fidelity tune (#28): the search's best trials trained again at full fidelity on
 the whole train split, the pick and its twin chosen there on validation, best.yaml as the final rung trained,
-the plan's cost printed before any trial, and a second run that trains nothing again."""
+the plan's cost printed before any trial, a second run that trains nothing again, and a final run interrupted
+part-way that continues from its checkpoint to the same result."""
 
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 import torch
@@ -37,7 +39,9 @@ def _config(tmp):
     return build_config(cfg)
 
 
-def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(tmp_path, capsys, fashion_available):
+def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
+    tmp_path, capsys, monkeypatch, fashion_available
+):
     out = tmp_path / "study"
     result = tune(_config(tmp_path), out)
     printed = capsys.readouterr().out
@@ -76,6 +80,35 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(tmp_p
     again = tune(_config(tmp_path), out)  # the same command: every final run is kept
     assert "[tune] final rung:" not in capsys.readouterr().out
     assert again.pick == result.pick and again.kd_gain_val == result.kd_gain_val
+
+    # the same study with its final runs gone; the first final run is interrupted after its first epoch
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed, ignore=shutil.ignore_patterns("final.csv", "best.yaml"))
+    for record in (resumed / "final").glob("*.json"):
+        record.unlink()
+    from kdflow.tune import trial as trial_module
+
+    real_fit, interrupted = trial_module.fit, []
+
+    def fit_interrupted_once(*args, **kwargs):
+        def on_epoch(row):
+            kwargs["on_epoch"](row)
+            if not interrupted:
+                interrupted.append(kwargs["out_dir"])
+                raise KeyboardInterrupt
+
+        return real_fit(*args, **{**kwargs, "on_epoch": on_epoch})
+
+    monkeypatch.setattr(trial_module, "fit", fit_interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        tune(_config(tmp_path), resumed)
+    assert (interrupted[0] / "checkpoint.pt").is_file()  # kept for the next run
+    monkeypatch.setattr(trial_module, "fit", real_fit)
+    capsys.readouterr()
+    tune(_config(tmp_path), resumed)
+    assert "resumed from epoch 1" in capsys.readouterr().out
+    assert list(csv.DictReader((resumed / "final.csv").open())) == rows  # as if never interrupted
+    assert not any((resumed / "final" / "runs").iterdir())  # each folder gone once its run ended
 
 
 def test_the_cluster_form_refuses_a_final_rung_before_any_step(tmp_path, monkeypatch):

@@ -6,11 +6,17 @@ lost 0.7-1.0 pt to their scratch twin). With ``tune.final.top_k`` = k, the k bes
 searched validation accuracy) are trained again for ``tune.final.epochs`` on the whole train split, and the
 pick is the best of them on validation; the scratch twin's k best likewise, so the verdict compares both at
 the length a user trains to. Validation only: test is never read. Each final run is kept in
-``final/<study>-<trial>.json`` with its recipe, epochs and data digest, so a tune run again continues.
+``final/<study>-<trial>.json`` with its recipe, epochs and data digest, so a tune run again continues; a run
+killed part-way (each is a full-length training, minutes to hours) continues from its last epoch's checkpoint
+in ``final/runs/<study>-<trial>-<key>``, the key a hash of what the run depends on, so a changed recipe or
+split never resumes another run's weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,17 @@ def _record(path: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
+def _run_dir(record: Path, key: dict[str, Any]) -> Path:
+    """The checkpoint folder of one final run; a kept folder of the same trial under another key (its
+    recipe or split changed since it was killed) is removed."""
+    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    runs = record.parent / "runs"
+    for stale in runs.glob(f"{record.stem}-*"):
+        if stale.name != f"{record.stem}-{h}":
+            shutil.rmtree(stale, ignore_errors=True)
+    return runs / f"{record.stem}-{h}"
+
+
 def train_best(trials: list[optuna.trial.FrozenTrial], st: Study, kind: str, arch: str | None = None) -> list[FinalRun]:
     """The ``tune.final.top_k`` best of ``trials`` (completed, by searched val accuracy) trained again on the
     final study ``st``; a stopped one (diverged) is left out."""
@@ -65,10 +82,15 @@ def train_best(trials: list[optuna.trial.FrozenTrial], st: Study, kind: str, arc
         if kept is None or (kept.get("params"), kept.get("data_digest")) != (params, digest):
             trial = optuna.trial.FixedTrial(params, number=t.number)
             print(f"[tune] final rung: {kind} trial {t.number} ({t.user_attrs['arch']}) at {epochs} epochs", flush=True)
+            key = {"study": kind, "arch": arch, "trial": t.number, "params": params, "data_digest": digest}
             try:
-                run_trial(trial, st, kind, arch)
+                run_trial(trial, st, kind, arch, resume_in=(_run_dir(path, key), key))
             except optuna.TrialPruned:  # diverged at full length: not a candidate
                 pass
+            if "resumed_from_epoch" in trial.user_attrs:
+                print(
+                    f"[tune] final rung: {kind} trial {t.number} resumed from epoch {trial.user_attrs['resumed_from_epoch']}"
+                )
             kept = {
                 "epochs": epochs,
                 "data_digest": digest,

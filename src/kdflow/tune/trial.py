@@ -106,9 +106,17 @@ def _stop(trial: optuna.Trial | optuna.trial.FixedTrial, reason: str) -> optuna.
 
 
 def run_trial(
-    trial: optuna.Trial | optuna.trial.FixedTrial, study: Study, kind: str, student_arch: str | None = None
+    trial: optuna.Trial | optuna.trial.FixedTrial,
+    study: Study,
+    kind: str,
+    student_arch: str | None = None,
+    resume_in: tuple[Path, dict[str, Any]] | None = None,
 ) -> Any:
-    """``kind`` 'distill' samples student and KD recipe; 'scratch' trains ``student_arch`` on labels only."""
+    """``kind`` 'distill' samples student and KD recipe; 'scratch' trains ``student_arch`` on labels only.
+
+    ``resume_in`` (a folder and what the run depends on; the final rung's long runs) keeps a checkpoint every
+    epoch there, so a run killed or interrupted continues from its last epoch when the tune runs again; the
+    folder goes once the run ends. The search's short trials start over."""
     t0 = time.perf_counter()
     tune = study.cfg.tune
     student_name = student_arch or space.sample_student(trial, tune, study.feasible)
@@ -149,6 +157,8 @@ def run_trial(
                 if trial.should_prune():
                     raise _stop(trial, f"pruned at epoch {row['epoch']} (val accuracy {row['val_acc']:.4f})")
 
+        run_dir = resume_in[0] if resume_in else study.out / "trials" / f"{kind}-{trial.number:04d}"
+        ended = False  # trained to the end or stopped for good; an interrupted resumable run keeps its folder
         try:
             fitted = fit(
                 model,
@@ -157,18 +167,24 @@ def run_trial(
                 cfg.train_for("student"),
                 epochs=cfg.epochs_for("student"),
                 lr=cfg.lr_for("student"),
-                out_dir=study.out / "trials" / f"{kind}-{trial.number:04d}",
+                out_dir=run_dir,
                 desc=f"{kind} trial {trial.number}",
-                resume=False,
+                resume=resume_in is not None,
                 on_epoch=on_epoch,
                 teacher_cache=teacher_cache,
+                fingerprint=resume_in[1] if resume_in else None,
             )
+            ended = True
         except KdflowError as e:  # diverged or collapsed: this recipe is hopeless, the study goes on
+            ended = True
             raise _stop(trial, f"stopped: {e.problem}") from None
         finally:
             objective.close()  # type: ignore[operator]
             trial.set_user_attr("wall_s", time.perf_counter() - t0)
-            shutil.rmtree(study.out / "trials" / f"{kind}-{trial.number:04d}", ignore_errors=True)
+            if ended or resume_in is None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        if fitted.resumed_from is not None:
+            trial.set_user_attr("resumed_from_epoch", fitted.resumed_from + 1)
         history = fitted.history
         val = fitted.best_val_acc if cfg.train.select == "best_val" else (history[-1]["val_acc"] if history else 0.0)
         trial.set_user_attr("val_accuracy", val)
