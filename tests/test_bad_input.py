@@ -184,6 +184,13 @@ def _fill(arg: str, inputs: dict) -> str:
 @pytest.fixture(autouse=True)
 def _local_registry(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # models:/ lookups stay here
+    # and not at a server an earlier test of this xdist worker pointed MLflow's process-wide URI at (a Tracker
+    # sets it) and then stopped: the lookup went there (refused, then about four minutes of MLflow retries)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    yield
+    mlflow.set_tracking_uri(None)  # back to MLFLOW_TRACKING_URI, as in a new process
 
 
 @pytest.mark.parametrize("name,argv,field", CASES, ids=[c[0] for c in CASES])
@@ -390,3 +397,23 @@ def test_a_16_bit_png_is_read_on_the_8_bit_scale_and_palette_and_alpha_by_mode(t
     assert read_image(tmp_path / "pal.png", 3)[:, 0, 0].tolist() == [10.0, 20.0, 30.0]
     Image.new("CMYK", (4, 4), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
     assert read_image(tmp_path / "cmyk.jpg", 3).shape == (3, 4, 4)
+
+
+@pytest.mark.integration
+def test_a_registry_teacher_behind_a_server_that_does_not_answer_fails_at_once(inputs, tmp_path, capsys):
+    """MLflow's client retries a refused connection for about four minutes; kdflow asks the server first."""
+    import socket
+
+    import mlflow
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")  # the fixture puts it back
+    out = tmp_path / "out"
+    code = main(["run", *BASE, "--teacher", "models:/no-such-model@champion", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("kdflow: error: teacher.source: cannot fetch 'models:/no-such-model@champion'"), err[0]
+    assert f"127.0.0.1:{port}" in err[0] and "unreachable" in err[0] and "fix:" in err[0], err[0]
+    assert not out.exists()

@@ -302,9 +302,16 @@ def pip_requirements() -> list[str]:
 
 
 def download_model(uri: str, field: str) -> Path:
-    """A models:/ or runs:/ URI downloaded to a local directory; any failure is one line naming ``field``."""
+    """A models:/ or runs:/ URI downloaded to a local directory; any failure is one line naming ``field``.
+
+    A server that does not answer fails in seconds: MLflow's own client retries a refused connection with
+    backoff for about four minutes."""
     import mlflow.artifacts
 
+    try:
+        check_reachable(mlflow.get_tracking_uri())
+    except TrackingError as e:
+        raise TrackingError(field, f"cannot fetch '{uri}': {e.problem}", e.fix) from None
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as e:  # noqa: BLE001 - MlflowException and HTTP errors
