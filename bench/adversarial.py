@@ -42,9 +42,13 @@ ROWS = {
     "ard": ("distill", ["distill.method=ard"]),
     # ARD from a PGD-AT teacher (teacher.adversarial), as Goldblum et al. distil: robustness is inherited
     "ard-rt": ("distill", ["distill.method=ard"]),
+    # the same from a PGD-AT resnet20: a teacher of more capacity, so clearly more robust than the twin (#28)
+    "ard-rt20": ("distill", ["distill.method=ard"]),
     "kd": ("distill", []),
     "dfad": ("distill", ["distill.method=dfad", "distill.data_free=true"]),
 }
+# the PGD-AT teachers (teacher.adversarial) of the ARD rows that learn from one: row -> (folder, arch)
+ROBUST_TEACHERS = {"ard-rt": ("teacher-pgd", "cnn-wide"), "ard-rt20": ("teacher-pgd-resnet20", "resnet20")}
 
 
 def config(args, extra: list[str]):
@@ -83,7 +87,7 @@ def run(args, row: str, seed: int, prepared) -> None:
         if kind == "scratch":
             timed(out, lambda: steps.train(cfg, "scratch", WORK / "data", out))
         else:
-            teacher = WORK / ("teacher-pgd" if row == "ard-rt" else "teacher") / "model.pt"
+            teacher = WORK / (ROBUST_TEACHERS[row][0] if row in ROBUST_TEACHERS else "teacher") / "model.pt"
             timed(out, lambda: steps.distill(cfg, WORK / "data", teacher, out))
     if row != "kd":
         r = robust(out, cfg, prepared)
@@ -151,12 +155,19 @@ def report(args) -> str:
         "| row | clean test acc | PGD-10 acc eps 0.1 | FGSM acc eps 0.1 | s/epoch (fastest) | wall per seed (s) | seeds |",
         "|---|---|---|---|---|---|---|",
         *_teacher_line("teacher", f"teacher cnn-wide ({args.teacher_epochs} epochs)"),
-        *_teacher_line("teacher-pgd", f"teacher cnn-wide, PGD-AT ({args.teacher_epochs} epochs, teacher.adversarial)"),
+        *(
+            line
+            for folder, arch in ROBUST_TEACHERS.values()
+            for line in _teacher_line(
+                folder, f"teacher {arch}, PGD-AT ({args.teacher_epochs} epochs, teacher.adversarial)"
+            )
+        ),
     ]
     names = {
         "at": "cnn-small scratch, PGD-AT (ARD's baseline)",
         "ard": "cnn-small ARD from the plain teacher",
         "ard-rt": "cnn-small ARD from the PGD-AT teacher",
+        "ard-rt20": "cnn-small ARD from the PGD-AT resnet20 teacher",
         "kd": "cnn-small plain KD (cost reference)",
         "dfad": "cnn-small data-free DFAD (no training image)",
     }
@@ -172,7 +183,7 @@ def report(args) -> str:
             f"{statistics.mean(m['wall'] for m in ms):.0f} | {','.join(map(str, found))} |"
         )
     text = "\n".join(lines)
-    for ard in ("ard", "ard-rt"):
+    for ard in ("ard", "ard-rt", "ard-rt20"):
         text += _paired(runs, ard, names[ard])
     if runs["dfad"]:
         ms = list(runs["dfad"].values())
@@ -188,7 +199,7 @@ def report(args) -> str:
         )
     if runs["kd"] and (runs["ard"] or runs["at"]):
         kd = min(e for m in runs["kd"].values() for e in m["epoch_seconds"])
-        for row in ("at", "ard", "ard-rt"):
+        for row in ("at", "ard", "ard-rt", "ard-rt20"):
             if runs[row]:
                 r = min(e for m in runs[row].values() for e in m["epoch_seconds"])
                 text += f"\n\n{names[row]}: {r:.1f} s/epoch = {r / kd:.1f}x plain KD ({kd:.1f} s/epoch)."
@@ -229,12 +240,13 @@ def main() -> int:
             timed(WORK / "teacher", lambda: steps.train(cfg, "teacher", WORK / "data", WORK / "teacher"))
         prepared = load_prepared(WORK / "data")
         robust(WORK / "teacher", cfg, prepared)
-        if "ard-rt" in args.rows and not args.robust_only and not (WORK / "teacher-pgd" / "metrics.json").is_file():
-            pgd_cfg = config(args, ["teacher.adversarial=true"])
-            out = WORK / "teacher-pgd"
-            timed(out, lambda: steps.train(pgd_cfg, "teacher", WORK / "data", out))
-        if (WORK / "teacher-pgd" / "metrics.json").is_file():
-            robust(WORK / "teacher-pgd", cfg, prepared)
+        for row, (folder, arch) in ROBUST_TEACHERS.items():
+            out = WORK / folder
+            if row in args.rows.split(",") and not args.robust_only and not (out / "metrics.json").is_file():
+                pgd_cfg = config(args, ["teacher.adversarial=true", f"teacher.arch={arch}"])
+                timed(out, lambda: steps.train(pgd_cfg, "teacher", WORK / "data", out))  # noqa: B023 - called at once
+            if (out / "metrics.json").is_file():
+                robust(out, cfg, prepared)
         seeds = list(map(int, args.seeds.split(",")))
         for seed in seeds:  # seed by seed: every row has a figure early, a long run leaves partial results
             for row in args.rows.split(","):
