@@ -5,7 +5,7 @@
     .venv/bin/python bench/queue_runner.py pause | resume | stop
 
 The queue file holds one job per line, ``name | command`` (``#`` starts a comment), run with bash from the
-directory the queue was started in. A job that exits 0 is done and never runs again; one that fails is
+directory the queue was started in; it is read again before each job, so jobs added meanwhile run too. A job that exits 0 is done and never runs again; one that fails is
 recorded with its exit code and the queue goes on (``start --retry-failed`` runs it again). A job that is
 stopped (``stop``, a reboot, the end of a session) is started again by the next ``start``: every command in
 it must resume from its own checkpoints (bench/tune.py and bench/adversarial.py do). The runner and its
@@ -13,7 +13,8 @@ jobs run at nice 19 in their own autogroup, so interactive work and the tests ke
 benchmarks (bench/suite.py) pause the queue while they measure and resume it after.
 
 Run it from a git worktree at a fixed commit (``git worktree add ../bench-tree HEAD``) when the code under
-a job must not change while you edit. State: bench/_work/queue/ (state.json, runner.pid, one log per job).
+a job must not change while you edit. State: bench/_work/queue/ (state.json, runner.pid, one log per job;
+KDFLOW_QUEUE_STATE=DIR puts it elsewhere).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-STATE_DIR = Path(__file__).resolve().parent / "_work" / "queue"
+STATE_DIR = Path(os.environ.get("KDFLOW_QUEUE_STATE") or Path(__file__).resolve().parent / "_work" / "queue")
 PID_FILE = STATE_DIR / "runner.pid"
 STATE = STATE_DIR / "state.json"
 
@@ -73,6 +74,19 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def next_job(jobs: list[tuple[str, str]], state: dict, retry_failed: bool, retried: set[str]) -> tuple[str, str] | None:
+    """The first job not done; a failed one only with ``retry_failed``, once per runner."""
+    for name, command in jobs:
+        entry = state.get(name, {})
+        same = entry.get("command") == command  # an edited command is a new job
+        if same and entry.get("rc") == 0:
+            continue
+        if same and entry.get("rc") is not None and (not retry_failed or name in retried):
+            continue
+        return name, command
+    return None
+
+
 def run_queue(queue: Path, cwd: Path, retry_failed: bool) -> None:
     """The runner itself (in its own session): each job not yet done, in order."""
     os.nice(19 - os.nice(0))
@@ -80,13 +94,11 @@ def run_queue(queue: Path, cwd: Path, retry_failed: bool) -> None:
         Path("/proc/self/autogroup").write_text("19")
     except OSError:
         pass
-    for name, command in parse_queue(queue):
+    retried: set[str] = set()
+    while (job := next_job(parse_queue(queue), read_state(), retry_failed, retried)) is not None:
+        name, command = job  # the file is read again before each job: jobs added meanwhile are run too
+        retried.add(name)
         state = read_state()
-        entry = state.get(name, {})
-        if entry.get("rc") == 0 and entry.get("command") == command:
-            continue
-        if entry.get("rc") not in (None, 0) and entry.get("command") == command and not retry_failed:
-            continue
         state[name] = {"command": command, "started": _now(), "rc": None}
         write_state(state)
         with open(STATE_DIR / f"{name}.log", "a") as log:
