@@ -14,6 +14,7 @@ def register_and_promote(config: Input[Artifact], dataset: Input[Dataset], stude
     from kdflow import steps
     from kdflow.config import load_config
 
-    decision = steps.promote(load_config(config.path), dataset.path, student.path, exported.path,
-                             tempfile.mkdtemp(prefix="promote-"), steps.RunContext(pipeline_run_id))
+    with tempfile.TemporaryDirectory(prefix="promote-") as out:  # the decision is the output; the folder goes
+        decision = steps.promote(load_config(config.path), dataset.path, student.path, exported.path, out,
+                                 steps.RunContext(pipeline_run_id))
     return json.dumps(decision)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,9 @@ def test_prefixes_match_folders_not_siblings(stack_env, tmp_path):
 
 @pytest.mark.integration
 def test_server_killed_mid_test(tmp_path, monkeypatch):
-    """Bounded retries, a clear error, and no partial object visible after a restart on the same data."""
+    """Bounded retries, a clear error, and no partial object visible after a restart on the same data; once
+    stopped, neither server leaves a socket or a log file in /tmp (weed's default for both)."""
+    started = time.time()
     st = localstack.start_s3(tmp_path / "s3", lifetime_s=600)
     try:
         for k, v in st.env().items():
@@ -104,7 +107,7 @@ def test_server_killed_mid_test(tmp_path, monkeypatch):
             store.put_file(f, "during.bin")
         assert len(attempts) == 5  # bounded: the first try + max_attempts=4 retries (botocore standard mode)
     finally:
-        localstack.stop_pid(st.s3_pid, timeout=0.5)
+        st.stop()
     st2 = localstack.start_s3(tmp_path / "s3", lifetime_s=600)  # same data directory
     try:
         for k, v in st2.env().items():  # new ports and freshly generated keys, same data directory
@@ -112,6 +115,11 @@ def test_server_killed_mid_test(tmp_path, monkeypatch):
         assert S3Store("s3://killtest").list() == ["before.bin"]
     finally:
         st2.stop()
+    assert len(st.weed_ports) == len(st2.weed_ports) == 10  # five servers, an HTTP and a gRPC port each
+    left = [p for port in st.weed_ports + st2.weed_ports for p in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")]
+    assert not left, left
+    logs = [p for p in Path("/tmp").glob("weed.*") if p.lstat().st_mtime >= started]
+    assert not logs, logs
 
 
 @pytest.mark.parametrize(

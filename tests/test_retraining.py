@@ -6,6 +6,9 @@ the champion on the release split, which neither window trained or selected on; 
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -31,6 +34,7 @@ def test_two_windows_champion_logic(tmp_path, monkeypatch):
         "export.int8_min_agreement=0.95",
         "adversarial.evaluate=false",  # robustness is not what this test is about (test_adversarial, smoke DAG)
     ]
+    promote_dirs = set(Path(tempfile.gettempdir()).glob("promote-*"))  # the promote step's scratch folders
     first = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:2000", overrides=common)
     assert first["promotion"], first["export"]["gate"]
     assert first["promotion"]["promoted"] and first["promotion"]["reason"] == "first champion"
@@ -56,3 +60,4 @@ def test_two_windows_champion_logic(tmp_path, monkeypatch):
     assert third["evaluation"]["models"]["student"]["accuracy"] == acc2
     assert third["promotion"] and third["promotion"]["promoted"] is False
     assert str(client.get_model_version_by_alias("kd-student", "champion").version) == decision["version"]
+    assert set(Path(tempfile.gettempdir()).glob("promote-*")) <= promote_dirs  # three runs, none left behind

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kdflow.infra.mlflow_store import seed_sqlite_store
@@ -95,6 +95,7 @@ class Stack:
     mlflow_port: int = 0
     mlflow_pid: int = 0
     bucket: str = "kdflow"
+    weed_ports: list[int] = field(default_factory=list)  # each names a socket weed leaves in /tmp
 
     @property
     def s3_endpoint(self) -> str:
@@ -126,6 +127,9 @@ class Stack:
         for pid in (self.mlflow_pid, self.s3_pid):
             if pid:
                 stop_pid(pid, timeout=5.0)
+        for port in self.weed_ports:  # /tmp/seaweedfs-<server>[-grpc]-<port>.sock: no flag moves them all
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
         (Path(self.state_dir) / "stack.json").unlink(missing_ok=True)
 
 
@@ -161,6 +165,7 @@ def start_s3(state_dir: str | Path, lifetime_s: int = 3600) -> Stack:
         "KILL",
         str(lifetime_s),
         _weed_binary(),
+        "-logtostderr",  # into weed.log below, not glog files in /tmp
         "mini",
         f"-dir={state / 'weed'}",
         "-ip=127.0.0.1",
@@ -182,7 +187,7 @@ def start_s3(state_dir: str | Path, lifetime_s: int = 3600) -> Stack:
     env.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    stack = Stack(str(state), ports["s3"], proc.pid, access_key, secret_key)
+    stack = Stack(str(state), ports["s3"], proc.pid, access_key, secret_key, weed_ports=sorted(ports.values()))
     try:
         _wait(lambda: _port_open(ports["s3"]) and _s3_ready(stack), 90, "SeaweedFS S3", proc, log)
     except BaseException:
