@@ -6,6 +6,7 @@ import builtins
 import contextlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,6 +78,10 @@ def run_local(
         if runner == "container":
             local_runner = _container_runner(engine, state, root_path, cfg)
         elif runner == "subprocess":
+            # the steps' scratch (kfp's mktemp -d per task with its ephemeral_component.py, the temp folders of
+            # mlflow and the steps) goes under one folder removed when the run ends, not left in /tmp
+            scratch = engine.enter_context(tempfile.TemporaryDirectory(prefix="kdflow-run-"))
+            engine.enter_context(_env("TMPDIR", scratch))
             if warm:
                 from pipelines.warm import warm_worker
 
@@ -291,8 +296,6 @@ def schedule(
     """Upload a pipeline version and create a recurring run (max_concurrency=1, no catch-up)."""
     validate_cron(cron)
     _validate_offline(profile, overrides, data_window)
-    import tempfile
-
     client = _client(host)
     with tempfile.TemporaryDirectory() as d:
         package = compile_pipeline(Path(d) / "pipeline.yaml")

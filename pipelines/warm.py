@@ -86,6 +86,7 @@ def _run_child(listener: socket.socket, conn: socket.socket, request: dict, fds:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        tempfile.tempdir = None  # the task's TMPDIR, read afresh as a new process would (not the worker's)
         # sys.path as `python -m` would build it for this task: its cwd, its PYTHONPATH, then the rest
         extra = [e for e in request["env"].get("PYTHONPATH", "").split(os.pathsep) if e]
         sys.path[:] = [request["cwd"], *extra, *(e for e in _BASE_PATH if e not in extra)]

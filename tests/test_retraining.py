@@ -14,6 +14,12 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
+def _left_in(tmp: Path) -> set[Path]:
+    """What a run of the DAG could leave in /tmp: kfp's per-task folder with its component source, the
+    promote step's scratch folder."""
+    return {p.parent for p in tmp.glob("tmp.*/ephemeral_component.py")} | set(tmp.glob("promote-*"))
+
+
 def test_two_windows_champion_logic(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -34,7 +40,8 @@ def test_two_windows_champion_logic(tmp_path, monkeypatch):
         "export.int8_min_agreement=0.95",
         "adversarial.evaluate=false",  # robustness is not what this test is about (test_adversarial, smoke DAG)
     ]
-    promote_dirs = set(Path(tempfile.gettempdir()).glob("promote-*"))  # the promote step's scratch folders
+    tmp = Path(tempfile.gettempdir())
+    left_before = _left_in(tmp)
     first = run_local(profile="smoke", root=str(tmp_path / "root"), data_window="0:2000", overrides=common)
     assert first["promotion"], first["export"]["gate"]
     assert first["promotion"]["promoted"] and first["promotion"]["reason"] == "first champion"
@@ -60,4 +67,4 @@ def test_two_windows_champion_logic(tmp_path, monkeypatch):
     assert third["evaluation"]["models"]["student"]["accuracy"] == acc2
     assert third["promotion"] and third["promotion"]["promoted"] is False
     assert str(client.get_model_version_by_alias("kd-student", "champion").version) == decision["version"]
-    assert set(Path(tempfile.gettempdir()).glob("promote-*")) <= promote_dirs  # three runs, none left behind
+    assert _left_in(tmp) <= left_before  # three runs, no scratch folder left behind

@@ -19,11 +19,12 @@ from pipelines.warm_client import SOCKET_ENV
 pytestmark = pytest.mark.integration
 
 PROBE = """
-import json, os, sys
+import json, os, sys, tempfile
 import probe_state
 probe_state.CALLS.append(1)
 print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "env": os.environ.get("PROBE_VALUE"),
-                  "stdin": sys.stdin.read(), "calls": len(probe_state.CALLS), "pid": os.getpid()}))
+                  "stdin": sys.stdin.read(), "calls": len(probe_state.CALLS), "pid": os.getpid(),
+                  "tmp": tempfile.gettempdir()}))
 print("to stderr", file=sys.stderr)
 sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
 """
@@ -64,11 +65,15 @@ def test_a_task_gets_its_argv_env_cwd_streams_and_exit_code(worker):
     import json
 
     pid, mods, _ = worker
-    done = _task(mods, "--flag", "value", stdin="fed in", PROBE_VALUE="x1", PROBE_EXIT="3")
+    (mods / "scratch").mkdir(exist_ok=True)
+    done = _task(
+        mods, "--flag", "value", stdin="fed in", PROBE_VALUE="x1", PROBE_EXIT="3", TMPDIR=str(mods / "scratch")
+    )
     assert done.returncode == 3
     seen = json.loads(done.stdout)
     assert seen["argv"] == ["--flag", "value"] and seen["cwd"] == str(mods) and seen["env"] == "x1"
     assert seen["stdin"] == "fed in" and done.stderr.strip() == "to stderr"
+    assert seen["tmp"] == str(mods / "scratch")  # its own TMPDIR, not the one the worker started with
     assert seen["pid"] not in (pid, os.getpid())  # a process of its own, forked from the worker
 
 
