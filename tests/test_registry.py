@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import tiny_config
@@ -40,6 +45,17 @@ def test_teacher_from_registry_alias_loads_weights_only(trained, tiny_data, tmp_
     a = checkpoints.load_model(trained["tmp"] / "teacher" / "model.pt")[0].state_dict()
     b = checkpoints.load_model(tmp_path / "t" / "model.pt")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # a process that fetched a registered model leaves no copy of it behind when it exits (MLflow's default
+    # destination, a new folder in /tmp per download, stayed forever)
+    fetch = (
+        "from kdflow.infra.model_uris import resolve_model_uri;print(resolve_model_uri('models:/kd-teacher@champion'))"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking.uri}
+    done = subprocess.run([sys.executable, "-c", fetch], env=env, capture_output=True, text=True, timeout=120)
+    fetched = Path(done.stdout.strip())
+    assert done.returncode == 0 and fetched.name == "model.pt", done.stderr[-2000:]
+    assert "kdflow-models-" in str(fetched) and not fetched.exists()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Infrastructure: MLflow tracking (and the cached schema a new local store starts from), local/S3 storage,
+"""Infrastructure: MLflow tracking (and the cached schema a new local store starts from), models fetched by
+MLflow URI, local/S3 storage,
 atomic file io, checkpoints and pretrained weights, fingerprints, reuse by fingerprint, the KFP glue
 (artifact metadata) and the local server stack.
 

@@ -32,7 +32,7 @@ def _s3_model(uri: str) -> Path:
 
 
 def _mlflow_model(uri: str) -> Path:
-    from kdflow.infra.tracking import resolve_model_uri
+    from kdflow.infra.model_uris import resolve_model_uri
 
     return resolve_model_uri(uri)
 

@@ -299,36 +299,3 @@ def pip_requirements() -> list[str]:
     import torch
 
     return [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
-
-
-def download_model(uri: str, field: str) -> Path:
-    """A models:/ or runs:/ URI downloaded to a local directory; any failure is one line naming ``field``.
-
-    A server that does not answer fails in seconds: MLflow's own client retries a refused connection with
-    backoff for about four minutes."""
-    import mlflow.artifacts
-
-    try:
-        check_reachable(mlflow.get_tracking_uri())
-    except TrackingError as e:
-        raise TrackingError(field, f"cannot fetch '{uri}': {e.problem}", e.fix) from None
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except Exception as e:  # noqa: BLE001 - MlflowException and HTTP errors
-        problem = f"cannot fetch '{uri}' ({type(e).__name__}: {str(e)[:100]})"
-        raise TrackingError(
-            field, problem, "check the name/alias in the MLflow registry and the tracking URI"
-        ) from None
-
-
-def resolve_model_uri(uri: str) -> Path:
-    """models:/... or runs:/... -> the local path of the kdflow checkpoint logged with that model."""
-    local = download_model(uri, "teacher.source")
-    found = sorted(local.rglob("model.pt"))
-    if not found:
-        raise TrackingError(
-            "teacher.source",
-            f"'{uri}' holds no kdflow checkpoint (model.pt)",
-            "use a model logged by a kdflow training step",
-        )
-    return found[0]

@@ -17,7 +17,7 @@ from kdflow.infra.loaders import load_torchscript, read_image, read_json_state
 def _resolve(model: str) -> tuple[Path, Path]:
     """(model file, its kdflow manifest) for a local export or a registered ONNX model."""
     if model.startswith("models:/"):
-        from kdflow.infra.tracking import download_model
+        from kdflow.infra.model_uris import download_model
 
         local = download_model(model, "--model")
         onnx_files = sorted(local.rglob("*.onnx"))

@@ -48,7 +48,7 @@ def registered_predictor(name: str, version: str, prepared: PreparedData) -> Cal
     an ONNX model (``export.promote_format: onnx_int8``) runs in onnxruntime.
     """
     from kdflow.infra.checkpoints import load_model
-    from kdflow.infra.tracking import download_model
+    from kdflow.infra.model_uris import download_model
     from kdflow.release.export import logits_over, onnx_runner, onnx_session
 
     local = download_model(f"models:/{name}/{version}", "tracking.registered_model")
