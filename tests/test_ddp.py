@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from helpers import ROOT
@@ -52,8 +54,10 @@ def prepared(tmp_path_factory, fashion_available):
 
 def test_two_processes_match_one_process(prepared):
     d = prepared
+    elastic = set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
     _kdflow("train-student", "--data", str(d / "data"), "--out", str(d / "one"))
     _kdflow("train-student", "--nproc", "2", "--data", str(d / "data"), "--out", str(d / "two"))
+    assert set(Path(tempfile.gettempdir()).glob("torchelastic_*")) <= elastic  # torchrun's log folder went
     one = json.loads((d / "one" / "metrics.json").read_text())
     two = json.loads((d / "two" / "metrics.json").read_text())
     assert one["world_size"] == 1 and two["world_size"] == 2

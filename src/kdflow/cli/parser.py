@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 DEFAULT_CONFIG = "configs/fashion_mnist.yaml"
@@ -54,6 +55,7 @@ def _fresh(p: argparse.ArgumentParser) -> None:
 def _relaunch_under_torchrun(argv: list[str], nproc: int) -> int:
     """Re-run this same command as N torchrun workers on this machine."""
     import subprocess
+    import tempfile
 
     rest, skip = [], False
     for a in argv:
@@ -76,7 +78,9 @@ def _relaunch_under_torchrun(argv: list[str], nproc: int) -> int:
         "kdflow.cli",
         *rest,
     ]
-    return subprocess.call(cmd)
+    # torchrun makes a log folder (torchelastic_*) in TMPDIR per launch and never removes it
+    with tempfile.TemporaryDirectory(prefix="kdflow-torchrun-") as scratch:
+        return subprocess.call(cmd, env={**os.environ, "TMPDIR": scratch})
 
 
 def _at_least_one(example: str):
