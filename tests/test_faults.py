@@ -136,6 +136,37 @@ def test_a_corrupted_teacher_cache_is_rebuilt(tiny_data, tmp_path):
     assert not reused and torch.equal(again.logits, first.logits)
 
 
+def test_an_interrupted_cache_build_continues_at_the_next_view(tiny_data, tmp_path):
+    """Each finished view is kept: killed during view 2 of 3, the build runs views 2 and 3 only and ends with
+    the logits an uninterrupted build gives; the kept views go once the cache is saved."""
+    d = data.load_prepared(tiny_data)
+    torch.manual_seed(0)
+    teacher = models.build_model("cnn-wide").eval()
+    whole, _, _ = cache.get_or_build(teacher, "t" * 64, d, views=3, seed=0, cache_dir=tmp_path / "whole")
+    per_view = -(-len(d.train) // 256)  # the build's batches per view
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, stop_after: int | None):
+            super().__init__()
+            self.inner, self.stop_after = teacher, stop_after
+
+        def forward(self, x):
+            calls.append(1)
+            if self.stop_after is not None and len(calls) > self.stop_after:
+                raise KeyboardInterrupt  # as a kill during view 2
+            return self.inner(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_build(Counting(per_view + 1), "t" * 64, d, views=3, seed=0, cache_dir=tmp_path / "cut")
+    assert [p.name for p in (tmp_path / "cut").glob("*.partial/*")] == ["view-0000.pt"]
+    calls.clear()
+    again, path, reused = cache.get_or_build(Counting(None), "t" * 64, d, views=3, seed=0, cache_dir=tmp_path / "cut")
+    assert not reused and len(calls) == 2 * per_view  # views 2 and 3 only
+    assert torch.equal(again.logits, whole.logits) and torch.equal(again.params, whole.params)
+    assert not path.with_suffix(".partial").exists()
+
+
 # ----------------------------------------------------------------------------- full disk
 
 
