@@ -13,7 +13,8 @@ jobs run at nice 19 in their own autogroup, so interactive work and the tests ke
 benchmarks (bench/suite.py) pause the queue while they measure and resume it after.
 
 Run it from a git worktree at a fixed commit (``git worktree add ../bench-tree HEAD``) when the code under
-a job must not change while you edit. State: bench/_work/queue/ (state.json, runner.pid, one log per job;
+a job must not change while you edit; ``KDFLOW_RESULTS=/path/to/checkout/bench/RESULTS.md`` then writes the
+jobs' sections (and plots) into the working checkout instead of the worktree's. State: bench/_work/queue/ (state.json, runner.pid, one log per job;
 KDFLOW_QUEUE_STATE=DIR puts it elsewhere).
 """
 

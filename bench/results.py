@@ -9,7 +9,9 @@ import re
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
+# KDFLOW_RESULTS: another checkout's RESULTS.md (bench/queue_runner.py runs jobs from a worktree at a fixed
+# commit; their sections belong in the working checkout)
+RESULTS = Path(os.environ.get("KDFLOW_RESULTS") or Path(__file__).parent / "RESULTS.md")
 HEADER = "# kdflow benchmark results\n\nEvery figure below was measured by the script named in its section; none is edited by hand.\n"
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import ROOT, fmt, fmt_pt  # noqa: E402
-from results import write_section  # noqa: E402
+from results import RESULTS, write_section  # noqa: E402
 
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
@@ -223,7 +223,7 @@ def main() -> int:
     if not a.profile:  # a resumed study's search took no time: count the trials' own wall time
         wall = sum(walls)
     done = [r for r in rows if r["state"] in ("complete", "pruned")]
-    shutil.copy(out / "pareto.png", ROOT / "bench" / f"tune-{a.name}-pareto.png")
+    shutil.copy(out / "pareto.png", RESULTS.parent / f"tune-{a.name}-pareto.png")  # beside the section
     kd = [finals[s]["distill"]["test_accuracy"] for s in seeds]
     twin = [finals[s]["scratch"]["test_accuracy"] for s in seeds]
     gains = [k - t for k, t in zip(kd, twin, strict=True)]
