@@ -1,6 +1,7 @@
 """`make test`'s wall, tier by tier: unit, integration, e2e, as scripts/test_tiers.py runs them.
 
-    .venv/bin/python bench/suite.py
+    .venv/bin/python bench/suite.py                 # in this checkout
+    .venv/bin/python bench/suite.py --fresh-clone   # `.ci/run` in a fresh clone of HEAD, as CI runs it
 
 Records whether the component image was already built with every layer reused, had its code layers
 rebuilt (sources changed since) or was built cold: the builds run inside the e2e tier's container tests
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -124,5 +127,47 @@ def main() -> int:
     return 0
 
 
+SECTION_FRESH = "Test suite wall, fresh clone (.ci/run)"
+
+
+def fresh_clone() -> int:
+    """`.ci/run` in a clone of HEAD in a new folder, as CI runs it: no venv, no wheelhouse, no .kdflow state
+    (pip's download cache and podman's images are this machine's: the component image's layers are reused
+    when it was built, and the section says so)."""
+    image_before = image_id()
+    paused = pause_queue()
+    clone = Path(tempfile.mkdtemp(prefix="kdflow-fresh-"))
+    started = time.monotonic()
+    try:
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        proc = subprocess.run([str(clone / ".ci/run")], cwd=clone, capture_output=True, text=True)
+    finally:
+        wall = time.monotonic() - started
+        if paused:
+            os.killpg(paused, signal.SIGCONT)
+        shutil.rmtree(clone, ignore_errors=True)
+    sys.stdout.write(proc.stdout[-3000:])
+    walls = re.search(r"all tiers passed\. Walls: (.*)", proc.stdout)
+    if proc.returncode != 0 or not walls:
+        print(f".ci/run failed (exit {proc.returncode}); nothing recorded", file=sys.stderr)
+        return 1
+    tiers = dict(pair.rsplit(" ", 2)[0:2] for pair in walls.group(1).replace(" s", "").split(", "))
+    counts = re.findall(r"^(?:=+ )?(\d+) passed", proc.stdout, re.M)[-len(tiers) :]  # make check's unit run first
+    total = sum(int(v) for v in tiers.values())
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    body = (
+        f"Commit {sha.strip()}: `.ci/run` in a fresh clone took **{wall:.0f} s**: the virtualenv and its packages "
+        f"(from pip's cache here), lint, types and make check's unit run, then `make test` ({total} s). Component "
+        f"image {image_state(image_before, image_id())}"
+        + ("; the background queue paused meanwhile" if paused else "")
+        + ".\n\n| make test tier | wall s | tests passed |\n|---|---|---|\n"
+        + "\n".join(f"| {t} | {tiers[t]} | {counts[i] if i < len(counts) else '?'} |" for i, t in enumerate(tiers))
+        + f"\n| **make test** | **{total}** | |"
+    )
+    print(body)
+    write_section(SECTION_FRESH, body)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(fresh_clone() if sys.argv[1:] == ["--fresh-clone"] else main())
