@@ -191,7 +191,7 @@ def _bad_run(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.
 
 def _no_service_left(state: Path) -> None:
     assert not (state / "podman-service.pid").exists()
-    procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    procs = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     assert f"unix://{state}/podman.sock" not in procs
 
 

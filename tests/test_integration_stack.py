@@ -58,7 +58,8 @@ def test_storage_roundtrip_and_checksum(stack_env, tmp_path):
 @pytest.mark.integration
 def test_the_mlflow_server_starts_no_job_consumers(stack):
     """MLflow's server jobs are off (kdflow runs none): their seven huey consumers poll, ~35% of a core idle."""
-    ps = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    # -ww: whole command lines (ps cuts them at 80 columns off a terminal: a long venv path hid "server")
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
     rows = [line.split(None, 2) for line in ps.splitlines()]
     tree, grew = {stack.mlflow_pid}, True
     while grew:  # every descendant of the server's `timeout` wrapper
