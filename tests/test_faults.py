@@ -152,7 +152,7 @@ def test_an_interrupted_cache_build_continues_at_the_next_view(tiny_data, tmp_pa
             self.inner, self.stop_after = teacher, stop_after
 
         def forward(self, x):
-            calls.append(1)
+            calls.append(torch.is_grad_enabled())
             if self.stop_after is not None and len(calls) > self.stop_after:
                 raise KeyboardInterrupt  # as a kill during view 2
             return self.inner(x)
@@ -163,6 +163,7 @@ def test_an_interrupted_cache_build_continues_at_the_next_view(tiny_data, tmp_pa
     calls.clear()
     again, path, reused = cache.get_or_build(Counting(None), "t" * 64, d, views=3, seed=0, cache_dir=tmp_path / "cut")
     assert not reused and len(calls) == 2 * per_view  # views 2 and 3 only
+    assert not any(calls)  # the teacher's forward records no autograd graph
     assert torch.equal(again.logits, whole.logits) and torch.equal(again.params, whole.params)
     assert not path.with_suffix(".partial").exists()
 

@@ -123,7 +123,6 @@ class TeacherCache:
         return expand_topk(values, self.topk.index[v][indices].long(), self.topk.lse[v][indices], self.topk.num_classes)
 
 
-@torch.no_grad()
 def _kept_view(partial: Path | None, v: int) -> torch.Tensor | None:
     """View ``v``'s logits as an interrupted build left them, or None (none kept, or unreadable: recomputed)."""
     path = partial / f"view-{v:04d}.pt" if partial is not None else None
@@ -136,6 +135,7 @@ def _kept_view(partial: Path | None, v: int) -> torch.Tensor | None:
     return blob["logits"] if isinstance(blob, dict) and blob.get("view") == v else None
 
 
+@torch.no_grad()
 def build(
     teacher: nn.Module, data: PreparedData, key: dict, batch_size: int = 256, partial: Path | None = None
 ) -> TeacherCache:
