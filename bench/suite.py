@@ -59,6 +59,22 @@ def image_state(before: str, after: str) -> str:
 SECTION = "Test suite wall (make test)"
 
 
+def tier_results(out: str) -> tuple[dict[str, str], list[str]]:
+    """scripts/test_tiers.py's walls per tier and each tier's tests passed (its last summary lines), from its
+    output; empty when a tier failed."""
+    walls = re.search(r"all tiers passed\. Walls: (.*)", out)
+    if not walls:
+        return {}, []
+    tiers = dict(pair.rsplit(" ", 2)[0:2] for pair in walls.group(1).replace(" s", "").split(", "))
+    return tiers, re.findall(r"^(?:=+ )?(\d+) passed", out, re.M)[-len(tiers) :]
+
+
+def head() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def pause_queue() -> int | None:
     """The background measurements of bench/queue_runner.py stopped while the suite is timed (their process group,
     resumed after): a nice-19 neighbour still takes cache and memory bandwidth."""
@@ -105,16 +121,13 @@ def main() -> int:
         if paused:
             os.killpg(paused, signal.SIGCONT)
     sys.stdout.write(proc.stdout[-3000:])
-    walls = re.search(r"all tiers passed\. Walls: (.*)", proc.stdout)
-    if proc.returncode != 0 or not walls:
+    tiers, counts = tier_results(proc.stdout)
+    if proc.returncode != 0 or not tiers:
         print(f"a tier failed (exit {proc.returncode}); nothing recorded", file=sys.stderr)
         return 1
-    counts = re.findall(r"^(\d+) passed.*? in ([\d.]+)s", proc.stdout, re.M)
-    tiers = dict(pair.rsplit(" ", 2)[0:2] for pair in walls.group(1).replace(" s", "").split(", "))
-    rows = [f"| {t} | {tiers[t]} | {counts[i][0] if i < len(counts) else '?'} |" for i, t in enumerate(tiers)]
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    rows = [f"| {t} | {tiers[t]} | {counts[i] if i < len(counts) else '?'} |" for i, t in enumerate(tiers)]
     body = (
-        f"Commit {sha.strip()}; component image {image_state(image_before, image_id())}; "
+        f"Commit {head()}; component image {image_state(image_before, image_id())}; "
         + ("the background queue (bench/queue_runner.py) paused meanwhile; " if paused else "")
         + f"integration and e2e on {os.environ.get('KDFLOW_TEST_WORKERS', '2')} pytest-xdist "
         "workers (scripts/test_tiers.py).\n\n| tier | wall s | tests passed |\n|---|---|---|\n"
@@ -147,16 +160,13 @@ def fresh_clone() -> int:
             os.killpg(paused, signal.SIGCONT)
         shutil.rmtree(clone, ignore_errors=True)
     sys.stdout.write(proc.stdout[-3000:])
-    walls = re.search(r"all tiers passed\. Walls: (.*)", proc.stdout)
-    if proc.returncode != 0 or not walls:
+    tiers, counts = tier_results(proc.stdout)  # the last summaries: make check's unit run comes first
+    if proc.returncode != 0 or not tiers:
         print(f".ci/run failed (exit {proc.returncode}); nothing recorded", file=sys.stderr)
         return 1
-    tiers = dict(pair.rsplit(" ", 2)[0:2] for pair in walls.group(1).replace(" s", "").split(", "))
-    counts = re.findall(r"^(?:=+ )?(\d+) passed", proc.stdout, re.M)[-len(tiers) :]  # make check's unit run first
     total = sum(int(v) for v in tiers.values())
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     body = (
-        f"Commit {sha.strip()}: `.ci/run` in a fresh clone took **{wall:.0f} s**: the virtualenv and its packages "
+        f"Commit {head()}: `.ci/run` in a fresh clone took **{wall:.0f} s**: the virtualenv and its packages "
         f"(from pip's cache here), lint, types and make check's unit run, then `make test` ({total} s). Component "
         f"image {image_state(image_before, image_id())}"
         + ("; the background queue paused meanwhile" if paused else "")

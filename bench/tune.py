@@ -86,19 +86,24 @@ def _final(best: Path, work: Path, a, seed: int, out: Path) -> dict[str, dict]:
         ]
     cfg = load_config(best, None, sets)
     data_dir = best.parent / "data" if (a.profile or a.final_as_searched) else work / "data"  # the study's own split
-    runs = {}
-    for kind in ("distill", "scratch"):
-        d = out / f"{kind}-seed{seed}"
-        if not (d / "metrics.json").is_file():
-            t0 = time.time()
-            if kind == "distill":
-                steps.distill(cfg, data_dir, work / "teacher" / "model.pt", d)
-            else:
-                steps.train(cfg, "scratch", data_dir, d)
-            (d / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
-        runs[kind] = {**json.loads((d / "metrics.json").read_text()), **json.loads((d / "wall.json").read_text())}
-        print(f"final {kind} seed {seed}: test {runs[kind]['test_accuracy']:.4f}", flush=True)
+    runs = {
+        "distill": _trained(
+            out / f"distill-seed{seed}", lambda d: steps.distill(cfg, data_dir, work / "teacher" / "model.pt", d)
+        ),
+        "scratch": _trained(out / f"scratch-seed{seed}", lambda d: steps.train(cfg, "scratch", data_dir, d)),
+    }
+    for kind, m in runs.items():
+        print(f"final {kind} seed {seed}: test {m['test_accuracy']:.4f}", flush=True)
     return runs
+
+
+def _trained(d: Path, train) -> dict:
+    """The metrics of the model in ``d`` with the wall it took, trained by ``train(d)`` first unless done."""
+    if not (d / "metrics.json").is_file():
+        t0 = time.time()
+        train(d)
+        (d / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
+    return {**json.loads((d / "metrics.json").read_text()), **json.loads((d / "wall.json").read_text())}
 
 
 def patient(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None:
@@ -137,15 +142,11 @@ def data_free(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None
     seeds = [int(s) for s in a.dfad_seeds.split(",")]
     runs = {}
     for seed in seeds:
-        d = out / f"dfad-seed{seed}"
         sets = ["tracking.enabled=false", f"train.seed={seed}", f"storage.state_dir={work / 'state'}"]
         sets += ["distill.method=dfad", "distill.data_free=true", "distill.cache=false"]
         cfg = load_config(result.best_yaml, None, sets)
-        if not (d / "metrics.json").is_file():
-            t0 = time.time()
-            steps.distill(cfg, work / "data", work / "teacher" / "model.pt", d)
-            (d / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
-        runs[seed] = {**json.loads((d / "metrics.json").read_text()), **json.loads((d / "wall.json").read_text())}
+        distil = lambda d: steps.distill(cfg, work / "data", work / "teacher" / "model.pt", d)  # noqa: B023, E731
+        runs[seed] = _trained(out / f"dfad-seed{seed}", distil)
         print(f"data-free seed {seed}: test {runs[seed]['test_accuracy']:.4f}", flush=True)
     acc = [runs[s]["test_accuracy"] for s in seeds]
     with_data = [finals[s]["distill"]["test_accuracy"] for s in seeds if s in finals]

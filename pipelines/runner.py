@@ -78,14 +78,15 @@ def run_local(
         if runner == "container":
             local_runner = _container_runner(engine, state, root_path, cfg)
         elif runner == "subprocess":
-            # the steps' scratch (kfp's mktemp -d per task with its ephemeral_component.py, the temp folders of
-            # mlflow and the steps) goes under one folder removed when the run ends, not left in /tmp
-            scratch = engine.enter_context(tempfile.TemporaryDirectory(prefix="kdflow-run-"))
-            engine.enter_context(_env("TMPDIR", scratch))
             if warm:
                 from pipelines.warm import warm_worker
 
                 engine.enter_context(warm_worker(keep=True))  # the next run in this process reuses it
+            # the steps' scratch (kfp's mktemp -d per task with its ephemeral_component.py, the temp folders of
+            # mlflow and the steps) goes under one folder removed when the run ends, not left in /tmp; set after
+            # the worker starts, which outlives this run (tasks bring their own environment)
+            scratch = engine.enter_context(tempfile.TemporaryDirectory(prefix="kdflow-run-"))
+            engine.enter_context(_env("TMPDIR", scratch))
             local_runner = local.SubprocessRunner(use_venv=False)
         else:
             raise ConfigError("--runner", f"'{runner}' is not a runner", "use subprocess or container")

@@ -117,6 +117,7 @@ def test_a_kept_worker_serves_the_next_run_and_stops_when_idle_or_at_exit(tmp_pa
     (mods / "probe_task.py").write_text(PROBE)
     (mods / "probe_state.py").write_text("CALLS = []\n")
     socket_before = os.environ.get(SOCKET_ENV)  # the module's worker fixture may hold one
+    warm._stop_kept()  # a worker an earlier DAG run of this process kept (idle 600 s) is not this test's
     try:
         with warm_worker(keep=True, idle_seconds=5) as first:
             assert _task(mods).returncode == 0

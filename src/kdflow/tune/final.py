@@ -8,8 +8,8 @@ pick is the best of them on validation; the scratch twin's k best likewise, so t
 the length a user trains to. Validation only: test is never read. Each final run is kept in
 ``final/<study>-<trial>.json`` with its recipe, epochs and data digest, so a tune run again continues; a run
 killed part-way (each is a full-length training, minutes to hours) continues from its last epoch's checkpoint
-in ``final/runs/<study>-<trial>-<key>``, the key a hash of what the run depends on, so a changed recipe or
-split never resumes another run's weights.
+in ``final/runs/<study>-<trial>-<key>``, the key a hash of what the run depends on (recipe, split, the
+weight-shaping code), so a changed one never resumes another run's weights.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 
 from kdflow.config import Config
+from kdflow.infra.fingerprint import training_code_digest
 from kdflow.infra.io import atomic_write_json
 from kdflow.infra.loaders import read_json_state
 from kdflow.tune.trial import Study, run_trial
@@ -83,6 +84,7 @@ def train_best(trials: list[optuna.trial.FrozenTrial], st: Study, kind: str, arc
             trial = optuna.trial.FixedTrial(params, number=t.number)
             print(f"[tune] final rung: {kind} trial {t.number} ({t.user_attrs['arch']}) at {epochs} epochs", flush=True)
             key = {"study": kind, "arch": arch, "trial": t.number, "params": params, "data_digest": digest}
+            key["kdflow_code"] = training_code_digest()  # as every step checkpoint: other code, other weights
             try:
                 run_trial(trial, st, kind, arch, resume_in=(_run_dir(path, key), key))
             except optuna.TrialPruned:  # diverged at full length: not a candidate
