@@ -11,6 +11,7 @@ the section is rewritten after every run from all of them, so a long run leaves 
     .venv/bin/python bench/protocol.py --quick         # minutes: 3 epochs, a 10k subset, one seed
     .venv/bin/python bench/protocol.py --rows scratch,kd,kd-cached --seeds 0,1,2
     .venv/bin/python bench/protocol.py --report        # rewrite the table from finished runs only
+    .venv/bin/python bench/protocol.py --teacher-only  # the split and the teacher only (what bench/tune.py reads)
 """
 
 from __future__ import annotations
@@ -201,6 +202,7 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--work", default="bench/_work")
     p.add_argument("--report", action="store_true", help="train nothing; rewrite the section from finished runs")
+    p.add_argument("--teacher-only", action="store_true", help="prepare the split and train the teacher; no rows")
     a = p.parse_args()
     seeds = [0] if a.quick else [int(s) for s in a.seeds.split(",")]
     rows = [] if a.report else a.rows.split(",")
@@ -220,6 +222,9 @@ def main() -> int:
         t0 = time.time()
         steps.train(cfg, "teacher", data_dir, teacher_dir)
         (teacher_dir / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
+    if a.teacher_only:
+        print(f"teacher ready: {teacher_dir / 'model.pt'}")
+        return 0
     header = (
         "Recipe of bench/PROTOCOL.md (`configs/fashion_mnist.yaml`, profile `full`): SGD nesterov lr 0.1, "
         "wd 5e-4, 1 warm-up epoch then cosine, batch 128, T=4, alpha=0.1 (hard weight), 15 epochs"
