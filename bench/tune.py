@@ -218,25 +218,46 @@ def main() -> int:
         out = work / "tune" / a.name
     result, wall = _search(a, work, out)
     seeds = [] if a.no_final else [int(s) for s in a.seeds.split(",")]
-    finals = {s: _final(result.best_yaml, work, a, s, out / "final") for s in seeds}
+    finals: dict[int, dict] = {}
+    report(a, out, result, wall, finals, seeds)  # the search and its rung now; each final seed as it ends
+    for s in seeds:
+        finals[s] = _final(result.best_yaml, work, a, s, out / "final")
+        report(a, out, result, wall, finals, seeds)
+    if a.patient_epochs:
+        patient(a, result, work, out, finals)
+    if a.dfad_seeds:
+        data_free(a, result, work, out, finals)
+    return 0
+
+
+def report(a, out: Path, result, wall: float, finals: dict[int, dict], seeds: list[int]) -> None:
+    """The study's section of RESULTS.md from what is finished: rewritten after the search and after each final
+    seed, so a run stopped for hours leaves its partial results (with their seeds) in RESULTS.md."""
     rows = list(csv.DictReader((out / "trials.csv").open()))
     walls = [float(r["wall_s"]) for r in rows if r["wall_s"]]
     if not a.profile:  # a resumed study's search took no time: count the trials' own wall time
         wall = sum(walls)
     done = [r for r in rows if r["state"] in ("complete", "pruned")]
     shutil.copy(out / "pareto.png", RESULTS.parent / f"tune-{a.name}-pareto.png")  # beside the section
-    kd = [finals[s]["distill"]["test_accuracy"] for s in seeds]
-    twin = [finals[s]["scratch"]["test_accuracy"] for s in seeds]
+    have = [s for s in seeds if s in finals]
+    kd = [finals[s]["distill"]["test_accuracy"] for s in have]
+    twin = [finals[s]["scratch"]["test_accuracy"] for s in have]
     gains = [k - t for k, t in zip(kd, twin, strict=True)]
+    done_seeds = ",".join(map(str, have))
     final_rows = (
         [
-            f"| pick, distilled | {fmt(kd)} | {a.seeds} |",
-            f"| its scratch twin (tuned) | {fmt(twin)} | {a.seeds} |",
-            f"| KD gain (paired by seed) | {fmt_pt(gains)} | {a.seeds} |",
+            f"| pick, distilled | {fmt(kd)} | {done_seeds} |",
+            f"| its scratch twin (tuned) | {fmt(twin)} | {done_seeds} |",
+            f"| KD gain (paired by seed) | {fmt_pt(gains)} | {done_seeds} |",
         ]
-        if seeds
-        else ["| (the final, protocol-length runs were not made in this measurement) | - | - |"]
+        if have
+        else []
     )
+    if len(have) < len(seeds):
+        pending = ",".join(str(s) for s in seeds if s not in finals)
+        final_rows.append(f"| (partial: the finals of seed(s) {pending} are still running) | - | - |")
+    if not seeds:
+        final_rows = ["| (the final, protocol-length runs were not made in this measurement) | - | - |"]
     pick, tw = result.pick, result.twin or {}
     front = list(csv.DictReader((out / "pareto.csv").open()))
     cfg = load_config(result.best_yaml)
@@ -302,12 +323,7 @@ def main() -> int:
         f"![Pareto front](tune-{a.name}-pareto.png)",
     ]
     write_section(f"Automated distillation: {a.name}", "\n".join(body))
-    print("\n".join(body))
-    if a.patient_epochs:
-        patient(a, result, work, out, finals)
-    if a.dfad_seeds:
-        data_free(a, result, work, out, finals)
-    return 0
+    print("\n".join(body), flush=True)
 
 
 if __name__ == "__main__":
