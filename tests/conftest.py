@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: LONGEST_FIRST.get(item.path.name, len(LONGEST_FIRST)))  # stable: files stay whole
 
 
-# The slowest files of the integration and e2e tiers by their measured wall (--durations), longest first:
+# The slowest files of the integration and e2e tiers by their measured wall (--durations, 2026-12-01), longest first:
 # pytest-xdist (--dist loadfile --no-loadscope-reorder, scripts/test_tiers.py) hands whole files out in this
 # order, the next one to a worker once two tests or fewer of its files are left, so the longest start first
 # and the short ones fill the gaps at the end. Files not listed keep their order, after these.
@@ -65,24 +65,29 @@ LONGEST_FIRST = {
     name: rank
     for rank, name in enumerate(
         [
-            "test_container.py",  # e2e: ~165 s, the smoke DAG in containers (and the session smoke DAG it compares to)
-            "test_adversarial.py",  # e2e: ~140 s, the ARD and DFAD DAGs and CLIs
-            "test_faults.py",  # integration: ~110 s
-            "test_text.py",  # integration: ~50 s, the MiniLM view at prep, two text students exported
-            "test_tune.py",  # e2e: ~90 s
-            "test_retraining.py",  # e2e: ~90 s, three DAG runs
-            "test_ddp.py",  # integration: ~35 s
-            "test_integration_stack.py",  # e2e ~85 s, integration ~20 s
-            "test_readme_cli.py",  # e2e: ~75 s
-            "test_autodistill_local.py",  # e2e: ~60 s
-            "test_named_inputs_dag.py",  # e2e: ~50 s, the multiview and text DAGs
-            "test_release_safety.py",
-            "test_components.py",
-            "test_e2e.py",
+            "test_container.py",  # e2e: ~130 s, the smoke DAG in containers (and the session smoke DAG it compares to)
+            "test_faults.py",  # integration: ~105 s
+            "test_adversarial.py",  # e2e: ~100 s, the ARD and DFAD DAGs and CLIs
+            "test_tune.py",  # e2e: ~65 s
+            "test_retraining.py",  # e2e: ~57 s, three DAG runs
+            "test_integration_stack.py",  # e2e ~50 s, integration ~15 s
+            "test_readme_cli.py",  # e2e: ~50 s
+            "test_text.py",  # integration: ~44 s, the MiniLM view at prep, two text students exported
+            "test_named_inputs_dag.py",  # e2e: ~35 s, the multiview and text DAGs
+            "test_autodistill_local.py",  # e2e: ~35 s
+            "test_ddp.py",  # integration: ~30 s
+            "test_warm_worker.py",  # integration: ~23 s
+            "test_release_safety.py",  # integration: ~20 s
+            "test_compile_teacher.py",  # integration: ~17 s
+            "test_e2e.py",  # e2e: ~13 s (and the session smoke DAG, when test_container has not made it yet)
+            "test_lease.py",
             "test_imagefolder_dag.py",
-            "test_reuse.py",
-            "test_multiview.py",
+            "test_mlflow_store.py",
+            "test_components.py",
+            "test_bad_input.py",
             "test_tune_final.py",
+            "test_multiview.py",
+            "test_reuse.py",
         ]
     )
 }
