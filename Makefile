@@ -66,7 +66,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy src
+	$(BIN)/mypy src pipelines components
 
 ## What CI runs before the full suite: lint, format, types, the unit tier.
 check: lint typecheck test-unit

@@ -16,5 +16,6 @@ def distill_student(config: Input[Artifact], dataset: Input[Dataset], teacher: I
 
     info = steps.distill(load_config(config.path), dataset.path, os.path.join(teacher.path, "model.pt"), student.path,
                          steps.RunContext(pipeline_run_id))
+    assert info is not None  # None only on a DDP rank other than the main one; a component is one process
     fill_model_metadata(student, info)
     log_scalar_metrics(metrics, info["metrics"])

@@ -13,5 +13,6 @@ def train_student_scratch(config: Input[Artifact], dataset: Input[Dataset], pipe
     from kdflow.infra.kfp_io import fill_model_metadata, log_scalar_metrics
 
     info = steps.train(load_config(config.path), "scratch", dataset.path, student.path, steps.RunContext(pipeline_run_id))
+    assert info is not None  # None only on a DDP rank other than the main one; a component is one process
     fill_model_metadata(student, info)
     log_scalar_metrics(metrics, info["metrics"])

@@ -125,7 +125,7 @@ def podman_service(state: Path, ready_timeout: float = 60.0) -> Iterator[str]:
 def check_image(docker_host: str, image: str) -> None:
     import docker
 
-    client = docker.DockerClient(base_url=docker_host)
+    client = docker.DockerClient(base_url=docker_host)  # type: ignore[attr-defined]  # docker ships no stubs
     try:
         tags = {t for i in client.images.list() for t in i.tags}
     finally:

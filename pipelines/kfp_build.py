@@ -39,7 +39,7 @@ def cheap_self_naming() -> Iterator[None]:
     from kfp.dsl import pipeline_task
 
     original = pipeline_task.inspect
-    pipeline_task.inspect = _FrameNames()  # type: ignore[assignment]
+    pipeline_task.inspect = _FrameNames()
     try:
         yield
     finally:

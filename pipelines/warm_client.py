@@ -58,8 +58,8 @@ def main(argv: list[str]) -> int:
     socket.send_fds(conn, [len(request).to_bytes(8, "big")], [0, 1, 2])
     conn.sendall(request)
     child.append(int(_read_line(conn)))
-    for sig in held:
-        os.kill(child[0], sig)
+    for pending in held:
+        os.kill(child[0], pending)
     return int(_read_line(conn))
 
 
