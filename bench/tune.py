@@ -15,7 +15,8 @@ The teacher is the protocol's (``--work`` holds ``data/`` and ``teacher/`` as be
 Beyer et al. 2022: the student sees the cached views its teacher's logits were computed on, cycled over the
 longer schedule; ``--final-views`` sets how many) on ``--patient-seeds``, into the section "Patient
 distillation: NAME", beside the same seeds at ``--final-epochs``. ``--dfad-seeds`` distils the pick
-data-free from the same teacher (section "Data-free distillation: NAME").
+data-free from the same teacher (section "Data-free distillation: NAME"). ``--progress`` trains nothing and
+writes the section from what a running (or stopped) study has finished: search, final rung, finals so far.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import ROOT, fmt, fmt_pt  # noqa: E402
 from results import RESULTS, write_section  # noqa: E402
+from tune_progress import progress_section  # noqa: E402
 
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
@@ -207,6 +209,9 @@ def main() -> int:
     p.add_argument("--patient-epochs", type=int, default=0, help="then the pick and its twin at this many epochs")
     p.add_argument("--patient-seeds", default="0")
     p.add_argument("--dfad-seeds", default="", help="then the pick distilled data-free on these seeds")
+    p.add_argument(
+        "--progress", action="store_true", help="train nothing: write the section from what the study has finished"
+    )
     a = p.parse_args()
     if a.profile:
         out = work = Path(a.out or "local_outputs/tune")
@@ -216,6 +221,12 @@ def main() -> int:
         if not (work / "teacher" / "model.pt").is_file() or not (work / "data" / "manifest.json").is_file():
             raise SystemExit(f"error: --work: no data/ and teacher/ under {work}; fix: run bench/protocol.py first")
         out = work / "tune" / a.name
+    if a.progress:
+        command = " ".join(["bench/tune.py", *(x for x in sys.argv[1:] if x != "--progress")])
+        body = progress_section(out, command)
+        write_section(f"Automated distillation: {a.name}", body)
+        print(body)
+        return 0
     result, wall = _search(a, work, out)
     seeds = [] if a.no_final else [int(s) for s in a.seeds.split(",")]
     finals: dict[int, dict] = {}
