@@ -128,17 +128,26 @@ def test_kill_9_then_the_same_command_finishes_without_rerunning(tmp_path, fashi
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+    def one_done_next_running() -> bool:
+        try:
+            states = [t.state for t in _trials(out)]
+        except (KeyError, Exception):  # the study is being created
+            return False
+        return optuna.trial.TrialState.COMPLETE in states and states[-1] == optuna.trial.TrialState.RUNNING
+
     deadline = time.time() + 400
     try:
         while time.time() < deadline:  # kill once a trial has finished and the next one is running
-            time.sleep(1)
-            if (out / "study.db").is_file():
-                try:
-                    states = [t.state for t in _trials(out)]
-                except (KeyError, Exception):  # the study is being created
-                    continue
-                if optuna.trial.TrialState.COMPLETE in states and states[-1] == optuna.trial.TrialState.RUNNING:
-                    break
+            time.sleep(0.2)
+            if not ((out / "study.db").is_file() and one_done_next_running()):
+                continue
+            # stopped, the study cannot move on between this look and the kill (a trial of a few seconds
+            # could finish in between and leave no trial to kill): look again, then kill or let it go on
+            os.killpg(proc.pid, signal.SIGSTOP)
+            if one_done_next_running():
+                break
+            os.killpg(proc.pid, signal.SIGCONT)
         else:
             pytest.fail("no trial finished in time")
     finally:
