@@ -62,6 +62,14 @@ def left_out(rel: Path, size: int, max_bytes: int) -> str | None:
     return None
 
 
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (state T in /proc/PID/stat)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
 def queue_commit(pid: int | None) -> str:
     """The commit of the code the queue runs (the runner's folder, often a worktree), else of this checkout:
     carried checkpoints resume only under the same weight-shaping code."""
@@ -74,6 +82,7 @@ def save(work: Path, carry: Path, max_mb: float) -> int:
     # The queue is paused while files are copied: checkpoints are renamed into place, but the files of a job
     # should come from one moment (a study record and the checkpoint it names).
     pid = runner_pid()
+    was_paused = pid is not None and _stopped(pid)  # paused by bench/suite.py or by hand: left paused
     if pid is not None:
         os.killpg(pid, signal.SIGSTOP)
     try:
@@ -91,7 +100,7 @@ def save(work: Path, carry: Path, max_mb: float) -> int:
             shutil.copy2(path, dest)
             files[rel.as_posix()] = {"sha256": _sha256(dest), "bytes": dest.stat().st_size}
     finally:
-        if pid is not None:
+        if pid is not None and not was_paused:
             os.killpg(pid, signal.SIGCONT)
     manifest = {
         "saved": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
