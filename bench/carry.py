@@ -5,7 +5,7 @@ it every checkpoint of the hours-long jobs of bench/queue.txt. ``save`` copies t
 resume (the queue's state and logs, step and final-rung checkpoints, trained teachers, study records) into
 bench/carry/, which is committed; ``restore`` puts them back where they were before ``queue_runner.py start``.
 What a job rebuilds by itself is left out: prepared splits (``data/``) and teacher caches (deterministic, and
-tens of MB each); so is any file over ``--max-mb``.
+tens of MB each); so are the resume states of finished steps and any file over ``--max-mb``.
 
     .venv/bin/python bench/carry.py save       # at a session's end (pauses the queue while it copies)
     .venv/bin/python bench/carry.py restore    # at a session's start, before `queue_runner.py start` (from a
@@ -49,10 +49,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def left_out(rel: Path, size: int, max_bytes: int) -> str | None:
+def left_out(rel: Path, size: int, max_bytes: int, work: Path = WORK) -> str | None:
     """Why a file under bench/_work is not carried, or None when it is."""
     if rel.name in NEVER or rel.suffix == ".tmp":
         return "transient"
+    if "train_state" in rel.parts:  # a step's resume state: needed only while the step has not finished
+        step_dir = work.joinpath(*rel.parts[: rel.parts.index("train_state")])
+        if (step_dir / "metrics.json").is_file():
+            return "finished step's resume state"
     if REBUILT_DIRS & set(rel.parts[:-1]):
         return "prepared split (rebuilt)"
     if any(m in part for part in rel.parts for m in REBUILT_MARKERS):
@@ -91,7 +95,7 @@ def save(work: Path, carry: Path, max_mb: float) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         for path in sorted(p for p in work.rglob("*") if p.is_file() and not p.is_symlink()):
             rel = path.relative_to(work)
-            why = left_out(rel, path.stat().st_size, int(max_mb * 1e6))
+            why = left_out(rel, path.stat().st_size, int(max_mb * 1e6), work)
             if why:
                 skipped[rel.as_posix()] = why
                 continue

@@ -218,7 +218,8 @@ def main() -> int:
         a.name = a.profile
     else:
         work = Path(a.work)
-        if not (work / "teacher" / "model.pt").is_file() or not (work / "data" / "manifest.json").is_file():
+        ready = (work / "teacher" / "model.pt").is_file() and (work / "data" / "manifest.json").is_file()
+        if not ready and not a.progress:  # --progress reads the study's records only
             raise SystemExit(f"error: --work: no data/ and teacher/ under {work}; fix: run bench/protocol.py first")
         out = work / "tune" / a.name
     if a.progress:
