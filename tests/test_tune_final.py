@@ -6,6 +6,7 @@ part-way that continues from its checkpoint to the same result."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import pytest
@@ -80,6 +81,20 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
     again = tune(_config(tmp_path), out)  # the same command: every final run is kept
     assert "[tune] final rung:" not in capsys.readouterr().out
     assert again.pick == result.pick and again.kd_gain_val == result.kd_gain_val
+
+    # the final rung ranks the search's second best first (its kept record edited): the search's front and
+    # plot mark that pick, not the search's best
+    reranked = tmp_path / "reranked"
+    shutil.copytree(out, reranked, ignore=shutil.ignore_patterns("final.csv", "best.yaml"))
+    second = searched[1]["number"]
+    record = reranked / "final" / f"distill-{int(second):04d}.json"
+    kept = json.loads(record.read_text())
+    kept["user_attrs"]["val_accuracy"] = 1.0
+    record.write_text(json.dumps(kept))
+    assert tune(_config(tmp_path), reranked).pick["arch"] == kept["user_attrs"]["arch"]
+    front = list(csv.DictReader((reranked / "pareto.csv").open()))
+    marked = [r["number"] for r in front if r["pick"] == "True"]
+    assert marked == [r["number"] for r in front if r["number"] == second] and searched[0]["number"] not in marked
 
     # the same study with one final run gone, trained again and interrupted after its first epoch
     resumed = tmp_path / "resumed"

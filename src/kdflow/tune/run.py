@@ -214,10 +214,13 @@ def finish(
         final_rows = final.rows(rung[0], "distill", chosen) + final.rows(rung[1], "scratch", twin)
         atomic_write_text(out / "final.csv", csv_text(final_rows))
     front = report.pareto_front(kd_trials, cost)
-    front_rows = report.pareto_rows(front, searched)
+    # the front and its plot are the search's, but they mark the pick: the final rung's choice where there is
+    # one (at its searched score; it may lie off the front), not the search's best
+    marked = next((t for t in kd_trials if t.number == chosen.number), searched)
+    front_rows = report.pareto_rows(front, marked)
     report.write_tables(out, rows, front_rows)
     costs = ["params", *(["latency_ms"] if "latency_ms" in searched.user_attrs else [])]
-    report.plot_pareto(out / "pareto.png", kd_trials, costs, searched, searched_twin_acc)
+    report.plot_pareto(out / "pareto.png", kd_trials, costs, marked, searched_twin_acc)
     best = _best_config(cfg, st, chosen, twin, teacher_path)
     if rung is not None:  # trained as the final rung trained it
         best.data.train_subset = final.final_config(cfg).data.train_subset
