@@ -19,7 +19,9 @@ Writes the section "Pipeline cost: DAG wall (<profile>, <runner>[, <modes>])" of
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -47,12 +49,14 @@ def main() -> int:
     from pipelines.runner import run_local
 
     n_ref = args.reference_epochs if args.reference_epochs is not None else (2 if args.profile == "full" else 0)
-    ref_work = Path(tempfile.mkdtemp(prefix="kdflow-bench-dag-ref-"))
+    # the runs' roots, state folders and the reference's unzipped dataset (hundreds of MB): removed at exit
+    work = Path(tempfile.mkdtemp(prefix="kdflow-bench-dag-"))
+    atexit.register(lambda: (os.chdir(ROOT), shutil.rmtree(work, ignore_errors=True)))
+    ref_work = work / "reference"
     reference: dict[str, list[float]] = {"teacher": [], "kd": []}
     hand_written_epochs(ref_work, n_ref - n_ref // 2, reference)  # before the DAG
 
     modes = args.modes.split(",") if args.runner == "subprocess" else ["container"]
-    work = Path(tempfile.mkdtemp(prefix="kdflow-bench-dag-"))
     runs, labels = [], []
     for i in range(args.runs):
         for mode in modes:
