@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import ROOT, fmt, fmt_pt  # noqa: E402
 from results import RESULTS, write_section  # noqa: E402
 from tune_progress import progress_section  # noqa: E402
+from tune_verdict import verdict_lines  # noqa: E402
 
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
@@ -206,6 +207,8 @@ def main() -> int:
         help="the study's own final rung (tune.final.top_k): its k best trained again at --final-epochs on all data, "
         "the pick chosen there on validation",
     )
+    p.add_argument("--target-acc", type=float, help="the issue's target test accuracy (%%) of the pick, reported")
+    p.add_argument("--target-gain", type=float, help="the issue's target KD gain on test (pt), reported")
     p.add_argument("--patient-epochs", type=int, default=0, help="then the pick and its twin at this many epochs")
     p.add_argument("--patient-seeds", default="0")
     p.add_argument("--dfad-seeds", default="", help="then the pick distilled data-free on these seeds")
@@ -317,6 +320,7 @@ def report(a, out: Path, result, wall: float, finals: dict[int, dict], seeds: li
             else f"- search (validation, {schedule}): distilled {100 * pick['val_accuracy']:.2f}% vs twin"
         )
         + f" {100 * tw.get('val_accuracy', float('nan')):.2f}%",
+        *verdict_lines(result, kd, twin, done_seeds, a.target_acc, a.target_gain),
         "",
         "| final model | test accuracy | seeds |",
         "|---|---|---|",

@@ -12,9 +12,10 @@ from kdflow import steps
 from kdflow.cli import main
 from kdflow.config import build_config
 from kdflow.errors import ConfigError
+from kdflow.evaluation.significance import mcnemar
 from kdflow.infra import checkpoints
 from kdflow.models import zoo as models
-from kdflow.release.registry import judge, mcnemar
+from kdflow.release.registry import judge
 
 
 @pytest.mark.integration

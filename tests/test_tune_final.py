@@ -17,6 +17,7 @@ from helpers import tiny_config
 from kdflow.config import build_config
 from kdflow.data import prepared as data
 from kdflow.errors import ConfigError
+from kdflow.evaluation.significance import unpack_correct
 from kdflow.tune import rounds, tune
 
 pytestmark = pytest.mark.integration
@@ -74,6 +75,16 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
     assert result.kd_gain_val == pytest.approx(
         float(best_kd["final_val_accuracy"]) - max(float(r["final_val_accuracy"]) for r in twin)
     )
+    # the verdict is tested against chance on the validation images both got right or wrong (per-image records)
+    kept_pick = json.loads((out / "final" / f"distill-{int(best_kd['trial']):04d}.json").read_text())["user_attrs"]
+    pick_correct = unpack_correct(kept_pick["val_correct"])
+    assert len(pick_correct) == len(full.val.y) and pick_correct.float().mean().item() == pytest.approx(
+        kept_pick["val_accuracy"]
+    )
+    test = json.loads((out / "tune.json").read_text())["kd_gain_val_mcnemar"]
+    assert test["images"] == len(full.val.y) and 0 <= test["p_value"] <= 1
+    assert test["distilled_only_correct"] - test["twin_only_correct"] == round(result.kd_gain_val * test["images"])
+    assert result.pays == (result.kd_gain_val > 0 and test["p_value"] < 0.05)
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["data"]["train_subset"] is None and best["distill"]["cache_views"] == 2
     assert best["student"]["arch"] == best_kd["arch"]

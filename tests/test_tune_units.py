@@ -194,3 +194,49 @@ def test_a_tune_that_does_not_pay_says_why_with_its_figures(tmp_path):
     assert not any(
         x.startswith("why") for x in verdict_lines(TuneResult(tmp_path, pick, twin, 0.01, tmp_path, summary))
     )
+
+
+def test_a_gain_within_chance_does_not_pay_and_one_beyond_it_does(tmp_path):
+
+    from kdflow.evaluation.significance import pack_correct, unpack_correct
+    from kdflow.tune import verdict
+    from kdflow.tune.run import TuneResult, verdict_lines
+
+    twin_correct = torch.zeros(1000, dtype=torch.bool)
+    twin_correct[:900] = True
+    assert torch.equal(unpack_correct(pack_correct(twin_correct)), twin_correct)  # 1,000 bits, not a multiple of 8
+    assert unpack_correct(pack_correct(twin_correct[:13])).tolist() == twin_correct[:13].tolist()
+    close, far = twin_correct.clone(), twin_correct.clone()
+    close[900:904] = True  # +0.4 pt: 4 images only the distilled student gets right, none only the twin
+    far[900:940] = True  # +4.0 pt
+    far[:5] = False  # and 5 the other way: +3.5 pt
+    twin = {"arch": "cnn-39x3", "params": 79960, "trial": 1, "val_accuracy": 0.900, "train_accuracy": 0.93}
+    twin_attrs = {"val_correct": pack_correct(twin_correct)}
+
+    def result(correct, acc):
+        pick = {"arch": "cnn-39x3", "params": 79960, "trial": 3, "val_accuracy": acc, "recipe": {}}
+        test = verdict.paired({"val_correct": pack_correct(correct)}, twin_attrs)
+        summary = {"scratch_trials": 8, "kd_gain_val_mcnemar": test, "verdict_alpha": 0.05}
+        return TuneResult(tmp_path, pick, twin, acc - 0.900, tmp_path / "best.yaml", summary)
+
+    within = result(close, 0.904)
+    assert within.summary["kd_gain_val_mcnemar"] == {
+        "images": 1000,
+        "distilled_only_correct": 4,
+        "twin_only_correct": 0,
+        "p_value": 0.0625,  # 0.5 ** 4: four coin flips all one way
+    }
+    lines = verdict_lines(within)
+    assert not within.pays and lines[2].startswith("distillation did not pay beyond noise for this budget: +0.40 pt")
+    assert "McNemar p=0.062" in lines[2] and lines[3].startswith("why: the scratch twin is not capacity-bound")
+    beyond = result(far, 0.935)
+    assert beyond.pays and verdict_lines(beyond)[2].startswith("distillation pays for this budget")
+    assert (
+        "40 of 1,000 validation images only the distilled student gets right, 5 only the twin"
+        in (verdict_lines(beyond)[2])
+    )
+    # a study recorded before trials kept per-image results: judged on the gain, and it says so
+    old = TuneResult(tmp_path, within.pick, twin, 0.004, tmp_path / "best.yaml", {"scratch_trials": 8})
+    assert old.pays and "not tested against chance" in verdict_lines(old)[2]
+    # two records of different validation sets are not paired
+    assert verdict.paired({"val_correct": pack_correct(close[:999])}, twin_attrs) is None

@@ -140,6 +140,13 @@ class TuneConfig(Section):
         None, ge=0, description="trials of the scratch twin's study; None = as many as the distillation study"
     )
     cache_views: int = Field(0, ge=0, description="teacher-cache views shared by the trials; 0 = the most epochs")
+    verdict_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="distillation pays only when the pick beats its twin on validation beyond noise: one-sided "
+        "exact McNemar p on the images they disagree on below this",
+    )
     seed: int = 0
     space: SearchSpace = Field(default_factory=SearchSpace)
     final: FinalRung = Field(default_factory=FinalRung)

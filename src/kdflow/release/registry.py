@@ -27,6 +27,7 @@ from kdflow.data.batches import Split
 from kdflow.data.prepared import PreparedData
 from kdflow.errors import GateError, TrackingError
 from kdflow.evaluation.metrics import accuracy, predict_logits
+from kdflow.evaluation.significance import mcnemar
 from kdflow.release import lease
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
@@ -74,16 +75,6 @@ def accuracy_of_registered(name: str, version: str, prepared: PreparedData, spli
 
 def _rate(correct: torch.Tensor) -> float:
     return int(correct.sum()) / len(correct) if len(correct) else 0.0
-
-
-def mcnemar(challenger_correct: torch.Tensor, champion_correct: torch.Tensor) -> dict:
-    """Paired comparison on the same examples: the discordant counts and the one-sided exact p-value."""
-    from scipy.stats import binomtest
-
-    wins = int((challenger_correct & ~champion_correct).sum())
-    losses = int((~challenger_correct & champion_correct).sum())
-    p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
-    return {"challenger_only_correct": wins, "champion_only_correct": losses, "p_value": float(p)}
 
 
 def judge(challenger_correct: torch.Tensor, champion_correct: torch.Tensor, g: GateConfig) -> dict:

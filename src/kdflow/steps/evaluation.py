@@ -112,7 +112,7 @@ def _versus_selftrain(scores: dict, release_logits: dict, release) -> dict:
     (test reported; on the release split with the paired McNemar test promotion uses)."""
     out = {"kd_gain_vs_selftrain": scores["student"]["accuracy"] - scores["selftrain"]["accuracy"]}
     if release is not None:
-        from kdflow.release.registry import mcnemar
+        from kdflow.evaluation.significance import mcnemar
 
         correct = {n: release_logits[n].argmax(1) == release.y for n in ("student", "selftrain")}
         out["kd_gain_release_vs_selftrain"] = (

@@ -14,8 +14,9 @@ from kdflow.data import prepared as data
 from kdflow.errors import TrainingDiverged
 from kdflow.infra.io import atomic_write_json, atomic_write_text, csv_text
 from kdflow.steps.context import RunContext, start_pipeline
-from kdflow.tune import final, record, report, space, study
+from kdflow.tune import final, record, report, space, study, verdict
 from kdflow.tune.trial import Study, feature_specs, run_trial
+from kdflow.tune.verdict import verdict_lines
 
 
 # input shape and classes of the built-in datasets: the budget is checked before any work
@@ -44,7 +45,8 @@ class TuneResult:
 
     @property
     def pays(self) -> bool:
-        return self.kd_gain_val is not None and self.kd_gain_val > 0
+        """A positive validation gain beyond chance (McNemar, ``tune.verdict_alpha``): see :mod:`kdflow.tune.verdict`."""
+        return verdict.pays(self.kd_gain_val, self.summary)
 
 
 def _prepared(cfg: Config, out: Path, ctx: RunContext) -> Path:
@@ -120,32 +122,6 @@ def _print(result: TuneResult, front_rows: list[dict], cost: str) -> None:
     print(report.markdown_table(rows))
     for line in verdict_lines(result):
         print(line)
-
-
-def verdict_lines(result: TuneResult) -> list[str]:
-    p, t = result.pick, result.twin
-    rung = result.summary.get("final_epochs")
-    where = f" at the final rung ({rung} epochs, final.csv)" if rung else ""
-    lines = [
-        f"pick: {p['arch']} ({p['params']:,} params), trial {p['trial']}: val accuracy {100 * p['val_accuracy']:.2f}% "
-        f"distilled{where}"
-    ]
-    if t is None or result.kd_gain_val is None:
-        lines.append("no scratch twin trained: the KD gain is unknown")
-    else:
-        lines.append(
-            f"scratch twin ({t['arch']}, tuned over the same shared knobs, {result.summary['scratch_trials']} trials): "
-            f"val accuracy {100 * t['val_accuracy']:.2f}%; KD gain {100 * result.kd_gain_val:+.2f} pt on validation"
-        )
-        lines.append(
-            "distillation pays for this budget: use the distilled student"
-            if result.pays
-            else "distillation did not pay for this budget: use the scratch model"
-        )
-        if not result.pays and (why := report.why_it_did_not_pay(p, t)):
-            lines.append(why)
-    lines.append(f"train it for real: kdflow distill --config {result.best_yaml} --out OUT")
-    return lines
 
 
 def study_key(out: Path, cfg: Config) -> str:
@@ -241,6 +217,8 @@ def finish(
         "pick_val_accuracy": pick_summary["val_accuracy"],
         "twin_val_accuracy": twin_summary["val_accuracy"] if twin_summary else None,
         "kd_gain_val": gain,
+        "kd_gain_val_mcnemar": verdict.paired(chosen.user_attrs, twin.user_attrs) if twin is not None else None,
+        "verdict_alpha": cfg.tune.verdict_alpha,
         "pareto_size": len(front),
         **({"final_top_k": cfg.tune.final.top_k, "final_epochs": final.final_epochs(cfg)} if rung else {}),
         **({"search_pick_trial": searched.number} if rung else {}),

@@ -35,6 +35,7 @@ BUDGET_KEYS = {
     "tune.final.top_k",
     "tune.final.epochs",
     "tune.final.all_data",
+    "tune.verdict_alpha",  # how the verdict reads the trials, not what they train
 }
 
 

@@ -16,6 +16,8 @@ from kdflow.config import Config
 from kdflow.data import cache
 from kdflow.data.prepared import PreparedData, Split
 from kdflow.errors import KdflowError
+from kdflow.evaluation.metrics import predict_logits
+from kdflow.evaluation.significance import pack_correct
 from kdflow.infra.io import sha256_file
 from kdflow.models.compiled import frozen_forward
 from kdflow.training.objective import DistillObjective, SupervisedObjective
@@ -86,6 +88,14 @@ class Study:
                 self.cfg.distill.cache_topk,
             )
         return self.caches[(mix, which)]
+
+
+def _val_correct(model: nn.Module, cfg: Config, prepared: PreparedData) -> str:
+    """Which validation images the trained student gets right (packed): the pick and its twin are judged on
+    the same images, so the verdict can test its gain against chance (McNemar), not read a few images as one."""
+    val = prepared.val
+    logits = predict_logits(model, val, prepared.normalizer(), channels_last=cfg.train_for("student").channels_last)
+    return pack_correct(logits.argmax(1) == val.y)
 
 
 def feature_specs(study: Study, student: nn.Module, method: str) -> list[dict] | None:
@@ -190,5 +200,6 @@ def run_trial(
         trial.set_user_attr("val_accuracy", val)
         if history:  # the last epoch's, on augmented batches: beside val, whether the student underfits
             trial.set_user_attr("train_accuracy", history[-1]["train_acc"])
+        trial.set_user_attr("val_correct", _val_correct(model, cfg, study.prepared))  # the verdict's paired test
         study.recorder.finish(trial, val, cost)
     return (val, cost[tune.objectives[1]]) if not single else val
