@@ -182,3 +182,20 @@ def test_publish_keeps_the_first_entry_and_leaves_no_staging(tmp_path):
     restored = tmp_path / "restored"
     assert reuse.restore(entry, restored) == ["metrics.json", "model.pt"]
     assert not list(restored.glob(".*"))
+
+
+@pytest.mark.integration
+def test_a_model_trained_on_augmented_views_is_not_reused_for_plain_ones(tiny_data, tmp_path):
+    """Training reads the augmentation the data was prepared with (its manifest), not the config's
+    data.augment: the same samples prepared without augmentation, trained under that config, must train."""
+    plain = tiny_config(tmp_path, data={"augment": False})
+    assert data.load_manifest(tiny_data)["augmentation"]["enabled"]  # the session's data: augmented
+    first = _train(plain, "scratch", tiny_data, tmp_path / "augmented")  # config says plain, the data augments
+    assert first["fingerprint"]["data_augmentation"]["enabled"]
+    unaugmented = tmp_path / "prepared-plain"
+    data.prepare(plain.data, unaugmented)
+    assert data.load_manifest(unaugmented)["digest"] == data.load_manifest(tiny_data)["digest"]  # same samples
+    second = _train(plain, "scratch", unaugmented, tmp_path / "plain")
+    assert "reused_from" not in second and "data_augmentation" not in second["fingerprint"]
+    # config and data agreeing (the usual case): the fingerprint has no extra field, as before this check
+    assert "data_augmentation" not in _train(tiny_config(tmp_path), "scratch", tiny_data, tmp_path / "c")["fingerprint"]

@@ -117,8 +117,16 @@ def defaults_snapshot() -> dict[str, Any]:
     }
 
 
-def fingerprint(cfg: Config, role: str, data_digest: str, teacher_digest: str = "") -> dict[str, Any]:
+def fingerprint(
+    cfg: Config, role: str, data_digest: str, teacher_digest: str = "", augmentation: dict | None = None
+) -> dict[str, Any]:
     """Flat ``{field: value}``: config fields of ``role``'s sections, then data, teacher and code versions.
+
+    ``augmentation`` is the prepared data's train view (its manifest's), which training reads instead of the
+    config's ``data.augment``, crop and flip fields: where the two disagree (data prepared with augmentation,
+    trained under a config without, or the reverse) the view trained on joins the fingerprint as
+    ``data_augmentation``, so a model is never reused for a view it was not trained on; where they agree the
+    fingerprint is as it always was.
 
     Only fields this role's training reads, and only those away from their schema default: an upgrade that
     adds a field whose default keeps the old behaviour keeps every fingerprint (and checkpoint) valid, and a
@@ -133,6 +141,10 @@ def fingerprint(cfg: Config, role: str, data_digest: str, teacher_digest: str = 
                 fields[k] = v
     if trains_adversarially(cfg, role):
         fields.update(_training_attack(cfg))
+    from kdflow.data.prepared import augmentation_spec  # here: kdflow.data imports this module's neighbours
+
+    if augmentation is not None and augmentation != augmentation_spec(cfg.data):
+        fields["data_augmentation"] = augmentation
     return {
         **fields,
         "data_digest": data_digest,

@@ -196,7 +196,7 @@ def train_model(job: TrainingJob) -> TrainResult | None:
         pool = data.load_split(job.data_dir, "unlabeled")  # read here only: no other step opens the pool
         job.lineage["kdflow.transfer_set"] = str(len(pool))
         prepared = replace(prepared, train=with_pool(prepared.train, pool))
-    fp = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest)
+    fp = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest, prepared.manifest.get("augmentation"))
     name = _section_name(job.role)
     section = getattr(cfg, name)
     pretrained = default_weights(job.arch, section.weights) or encoder_weights(job.arch)  # weights=, hf:, minilm
