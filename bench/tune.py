@@ -7,16 +7,15 @@ on ``--seeds``, and their test accuracy is reported once per final model. Select
 The teacher is the protocol's (``--work`` holds ``data/`` and ``teacher/`` as bench/protocol.py leaves them).
 
     .venv/bin/python bench/tune.py --profile tune --out local_outputs/tune   # the `make tune` study, 3 seeds
-    .venv/bin/python bench/tune.py --work bench/_work/full --name under-100k --max-params 100000
     .venv/bin/python bench/tune.py --work bench/_work/full --name under-100k-rung --final-top-k 2 --seeds 0,1,2
-    .venv/bin/python bench/tune.py --work bench/_work/full --name mlp --students mlp --subset 0 --search-epochs 15
+    .venv/bin/python bench/tune.py --work bench/_work/full --name mlp-plain --students mlp --subset 0 --no-augment
 
 ``--patient-epochs N`` then trains the pick and its twin again at N epochs (patient, consistent distillation,
 Beyer et al. 2022: the student sees the cached views its teacher's logits were computed on, cycled over the
 longer schedule; ``--final-views`` sets how many) on ``--patient-seeds``, into the section "Patient
 distillation: NAME", beside the same seeds at ``--final-epochs``. ``--dfad-seeds`` distils the pick
 data-free from the same teacher (section "Data-free distillation: NAME"). ``--progress`` trains nothing and
-writes the section from what a running (or stopped) study has finished: search, final rung, finals so far.
+writes the section from what a running (or stopped) study has finished. ``--no-augment``: no crop or flip.
 """
 
 from __future__ import annotations
@@ -68,6 +67,7 @@ def _search(a, work: Path, out: Path):
     if a.cache_views:
         sets.append(f"tune.cache_views={a.cache_views}")
     sets.append(f"tune.max_params={a.max_params or 'null'}")  # 0: no size budget
+    sets += ["data.augment=false"] if a.no_augment else []  # the study preps its split without (same samples)
     cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", sets)
     t0 = time.time()
     result = tune(cfg, out)
@@ -88,7 +88,9 @@ def _final(best: Path, work: Path, a, seed: int, out: Path) -> dict[str, dict]:
             f"distill.cache_dir={work / 'state' / 'teacher_cache'}",
         ]
     cfg = load_config(best, None, sets)
-    data_dir = best.parent / "data" if (a.profile or a.final_as_searched) else work / "data"  # the study's own split
+    rung = best.parent / "final" / "data"  # unaugmented: the study's own prep of the whole split (rung or search)
+    own = best.parent / "data" if a.profile or a.final_as_searched else rung if rung.is_dir() else best.parent / "data"
+    data_dir = own if (a.profile or a.final_as_searched or a.no_augment) else work / "data"
     runs = {
         "distill": _trained(
             out / f"distill-seed{seed}", lambda d: steps.distill(cfg, data_dir, work / "teacher" / "model.pt", d)
@@ -197,9 +199,7 @@ def main() -> int:
         action="store_true",
         help="train the finals exactly as the search did (its subset and epochs), on --seeds, test reported",
     )
-    p.add_argument(
-        "--final-views", type=int, default=0, help="teacher-cache views of the final run (0 = one per epoch)"
-    )
+    p.add_argument("--final-views", type=int, default=0, help="teacher-cache views of the final run (0: one an epoch)")
     p.add_argument(
         "--final-top-k",
         type=int,
@@ -207,6 +207,7 @@ def main() -> int:
         help="the study's own final rung (tune.final.top_k): its k best trained again at --final-epochs on all data, "
         "the pick chosen there on validation",
     )
+    p.add_argument("--no-augment", action="store_true", help="no crop or flip: the split prepared without (MLPs)")
     p.add_argument("--target-acc", type=float, help="the issue's target test accuracy (%%) of the pick, reported")
     p.add_argument("--target-gain", type=float, help="the issue's target KD gain on test (pt), reported")
     p.add_argument("--patient-epochs", type=int, default=0, help="then the pick and its twin at this many epochs")
@@ -224,6 +225,8 @@ def main() -> int:
         ready = (work / "teacher" / "model.pt").is_file() and (work / "data" / "manifest.json").is_file()
         if not ready and not a.progress:  # --progress reads the study's records only
             raise SystemExit(f"error: --work: no data/ and teacher/ under {work}; fix: run bench/protocol.py first")
+        if a.no_augment and a.subset and not a.final_top_k:
+            raise SystemExit("error: --no-augment: the finals train on the study's own split; fix: --subset 0")
         out = work / "tune" / a.name
     if a.progress:
         command = " ".join(["bench/tune.py", *(x for x in sys.argv[1:] if x != "--progress")])
@@ -292,11 +295,11 @@ def report(a, out: Path, result, wall: float, finals: dict[int, dict], seeds: li
     body = [
         setting
         or f"Search: {a.trials} distillation trials + as many scratch-twin trials, {a.search_epochs} epochs each on "
-        f"{a.subset or 'all'} train samples (students `{a.students}`, budget {f'{a.max_params:,} parameters' if a.max_params else 'none'}, mix `{a.mix}`), "
+        f"{a.subset or 'all'} train samples (students `{a.students}`, budget {f'{a.max_params:,} parameters' if a.max_params else 'none'}, mix `{a.mix}`{', no crop or flip' if a.no_augment else ''}), "
         f"the protocol's resnet20 teacher cached (views shared by every trial). Final: the pick and its twin with their "
         + (
             f"tuned recipes, {a.final_epochs} epochs on the whole train split "
-            f"({a.final_views or a.final_epochs} cached teacher views), seeds {a.seeds}."
+            f"({a.final_views or a.final_epochs} cached teacher view(s)), seeds {a.seeds}."
             if not a.final_as_searched
             else f"tuned recipes exactly as searched ({a.search_epochs} epochs, {a.subset or 'all'} train samples), "
             f"seeds {a.seeds}, test reported once per model."
