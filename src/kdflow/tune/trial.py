@@ -90,6 +90,11 @@ class Study:
         return self.caches[(mix, which)]
 
 
+# Per-image records travel with each trial (Optuna's store; on a cluster, a KFP output parameter collected
+# over every trial of a round): at most 8 KB of bits each. Above it the verdict reads the gain alone, and says so.
+MAX_PAIRED_VAL = 65_536
+
+
 def _val_correct(model: nn.Module, cfg: Config, prepared: PreparedData) -> str:
     """Which validation images the trained student gets right (packed): the pick and its twin are judged on
     the same images, so the verdict can test its gain against chance (McNemar), not read a few images as one."""
@@ -200,6 +205,7 @@ def run_trial(
         trial.set_user_attr("val_accuracy", val)
         if history:  # the last epoch's, on augmented batches: beside val, whether the student underfits
             trial.set_user_attr("train_accuracy", history[-1]["train_acc"])
-        trial.set_user_attr("val_correct", _val_correct(model, cfg, study.prepared))  # the verdict's paired test
+        if len(study.prepared.val) <= MAX_PAIRED_VAL:  # the verdict's paired test
+            trial.set_user_attr("val_correct", _val_correct(model, cfg, study.prepared))
         study.recorder.finish(trial, val, cost)
     return (val, cost[tune.objectives[1]]) if not single else val
