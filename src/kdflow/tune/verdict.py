@@ -3,8 +3,8 @@
 A validation gain of a tenth of a point is a handful of images. The pick and its twin are judged on the same
 validation images, and each trial keeps which of them it got right (``val_correct``), so the exact one-sided
 McNemar test on the images the two disagree on says whether the gain is more than chance: distillation pays
-only when it is (p below ``tune.verdict_alpha``). A study recorded before trials kept those records is judged
-on the gain alone, and says so.
+only when it is (p below ``tune.verdict_alpha``). Without those records (a study recorded before they were
+kept, or a validation set too large to carry them) the verdict reads the gain alone, and says so.
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ def pays(kd_gain_val: float | None, summary: dict[str, Any]) -> bool:
 def _evidence(summary: dict[str, Any]) -> str:
     test = summary.get("kd_gain_val_mcnemar")
     if test is None:
-        return "not tested against chance: the study's trials predate their per-image validation records"
+        return (
+            "not tested against chance: the trials have no per-image validation records (recorded before they "
+            "were kept, or over 65,536 validation images)"
+        )
     return (
         f"{test['distilled_only_correct']:,} of {test['images']:,} validation images only the distilled student "
         f"gets right, {test['twin_only_correct']:,} only the twin: McNemar p={test['p_value']:.2g}, "
