@@ -126,12 +126,12 @@ def patient(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None:
         gains = [k - t for k, t in zip(kd, twin, strict=True)]
         wall = sum(found[s][k]["seconds"] for s in have for k in ("distill", "scratch")) / len(have)
         seeds_text = ",".join(map(str, have))
-        rows.append(f"| {epochs} | {fmt(kd)} | {fmt(twin)} | {fmt_pt(gains)} | {wall / 60:.0f} | {seeds_text} |")
+        rows.append(f"| {epochs} | {fmt(kd)} | {fmt(twin)} | {fmt_pt(gains)} | {wall / 60:.1f} | {seeds_text} |")
     views = a.final_views or a.patient_epochs
     body = [
         f"The pick of `{a.name}` (`{result.pick['arch']}`, {result.pick['params']:,} params) distilled with its tuned "
         f"recipe from the protocol's resnet20 teacher, and its tuned scratch twin, on the whole train split; "
-        f"{views} cached teacher views cycled over the schedule; test accuracy once per final model.",
+        f"{views} cached teacher view(s) cycled over the schedule; test accuracy once per final model.",
         "",
         "| epochs | distilled | scratch twin | KD gain (paired) | wall per seed, both models (min) | seeds |",
         "|---|---|---|---|---|---|",
