@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 
@@ -129,13 +130,32 @@ def test_study_of_another_config_is_refused_without_touching_it(tmp_path):
     with pytest.raises(ConfigError, match=r"tune.space.lr"):
         study.check_identity(tmp_path, other)
     assert db.read_bytes() == before
+    # a study recorded before tune.space.augment existed is the same study at its default, not with it searched
+    ident = tmp_path / study.IDENTITY
+    ident.write_text(json.dumps({k: v for k, v in json.loads(ident.read_text()).items() if k != "tune.space.augment"}))
+    study.check_identity(tmp_path, cfg)
+    with pytest.raises(ConfigError, match=r"tune.space.augment"):
+        study.check_identity(tmp_path, build_config({**cfg.to_dict(), "tune": {"space": {"augment": [True, False]}}}))
 
 
 def test_scratch_twin_recipe_applies_to_the_scratch_step_only():
-    cfg = build_config({"scratch_twin": {"lr": 0.03, "epochs": 7, "mix": "mixup"}, "student": {"lr": 0.1}})
+    cfg = build_config(
+        {"scratch_twin": {"lr": 0.03, "epochs": 7, "mix": "mixup", "augment": False}, "student": {"lr": 0.1}}
+    )
     twin = cfg.scratch_config()
     assert (twin.lr_for("student"), twin.epochs_for("student"), twin.train.mix) == (0.03, 7, "mixup")
+    assert not twin.data.augment and cfg.data.augment  # its own train view
     assert (cfg.lr_for("student"), cfg.train.mix) == (0.1, "none")
+
+
+def test_the_train_view_is_a_shared_knob_only_when_asked():
+    cfg = build_config({"tune": {"space": {"augment": [True, False]}}})
+    trial = optuna.trial.FixedTrial({"lr": 0.05, "weight_decay": 5e-4, "epochs": 15, "mix": "none", "augment": False})
+    recipe = space.sample_recipe(trial, cfg.tune, distill=False)
+    assert recipe["augment"] is False
+    assert not space.trial_config(cfg, "mlp", recipe).data.augment  # best.yaml prepares its data without
+    plain = space.sample_recipe(trial, build_config({}).tune, distill=False)  # not searched: no parameter
+    assert "augment" not in plain and space.trial_config(cfg, "mlp", plain).data.augment
 
 
 def test_min_kd_gain_gate_reads_the_release_gain():

@@ -43,6 +43,7 @@ class ScratchTwinConfig(_Section):
     epochs: int | None = Field(None, ge=0)
     weight_decay: float | None = Field(None, ge=0)
     mix: Literal["none", "mixup", "cutmix"] | None = None
+    augment: bool | None = Field(None, description="its own train view (data.augment) where it differs from the pick's")
 
 
 class AssistantConfig(_Section):

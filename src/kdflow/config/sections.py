@@ -316,6 +316,8 @@ class Config(_Section):
             out.train.weight_decay = twin.weight_decay
         if twin.mix is not None:
             out.train.mix = twin.mix
+        if twin.augment is not None:  # the scratch step trains on this view of the prepared data
+            out.data.augment = twin.augment
         return out
 
     def to_dict(self) -> dict[str, Any]:

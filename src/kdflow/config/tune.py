@@ -46,6 +46,11 @@ class SearchSpace(Section):
         default_factory=lambda: ["none"],  # type: ignore[arg-type]
         description="function matching: teacher and student see one mixed image",
     )
+    augment: list[bool] | None = Field(
+        None,
+        description="the train view (random crop and flip) as a shared knob, e.g. [true, false]: an MLP learns "
+        "more without; None: the prepared data's view, not searched",
+    )
     teacher_checkpoints: list[str] = Field(
         default_factory=lambda: ["final"],
         description="final, best_val, epoch:N (N in teacher.snapshot_epochs): which teacher to distil from",

@@ -31,6 +31,7 @@ from kdflow.steps.context import PathArg, RunContext, start_pipeline, upload
 from kdflow.steps.results import TrainResult
 from kdflow.steps.teacher_checkpoints import TEACHER_CHECKPOINTS, save_variant, with_snapshots
 from kdflow.steps.timing import timed
+from kdflow.steps.train_view import with_train_view
 from kdflow.training.adversarial import TrainingAttack
 from kdflow.training.distributed import LR_SCALING_RULE, DistInfo, info_from_env
 from kdflow.training.trainer import FitResult, check_resumable, fit
@@ -196,6 +197,8 @@ def train_model(job: TrainingJob) -> TrainResult | None:
         pool = data.load_split(job.data_dir, "unlabeled")  # read here only: no other step opens the pool
         job.lineage["kdflow.transfer_set"] = str(len(pool))
         prepared = replace(prepared, train=with_pool(prepared.train, pool))
+    if job.role == "scratch" and cfg.scratch_twin.augment is not None:  # its own view, tuned apart (kdflow tune)
+        prepared = with_train_view(prepared, cfg.data)
     fp = fingerprint(cfg, job.role, prepared.digest, job.teacher_digest, prepared.manifest.get("augmentation"))
     name = _section_name(job.role)
     section = getattr(cfg, name)

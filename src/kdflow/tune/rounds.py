@@ -53,7 +53,8 @@ def check_cluster_form(cfg: Config) -> None:
 
 
 def setup(cfg: Config, data_dir: Path, teacher_path: Path, study_out: Path, cache_out: Path) -> None:
-    """Create the empty studies and build the teacher caches every trial reads (one per mixing choice)."""
+    """Create the empty studies and build the teacher caches every trial reads (one per mixing choice, teacher
+    checkpoint and train view)."""
     check_cluster_form(cfg)
     study_out.mkdir(parents=True, exist_ok=True)
     study.write_identity(study_out, cfg)
@@ -61,7 +62,9 @@ def setup(cfg: Config, data_dir: Path, teacher_path: Path, study_out: Path, cach
     st = open_context(cfg, data_dir, teacher_path, study_out, record.TrialRecorder(None, None), cache_out)
     for mix in cfg.tune.space.mix:
         for which in cfg.tune.space.teacher_checkpoints:
-            st.teacher_cache(mix, which)
+            views: list[bool | None] = [None]  # one per train view searched; None: the prepared one
+            for augment in cfg.tune.space.augment or views:
+                st.teacher_cache(mix, which, augment)
 
 
 def ask(cfg: Config, study_in: Path, study_out: Path, data_dir: Path, kind: str, count: int) -> list[dict[str, Any]]:

@@ -71,8 +71,9 @@ def _recipe(trial) -> dict[str, Any]:
     p = trial.params
     recipe = {k: p[k] for k in ("lr", "weight_decay", "epochs", "method", "temperature", "alpha") if k in p}
     recipe["mix"] = p.get("mix", p.get("mix_dkd", "none"))
-    if "teacher_checkpoint" in p:
-        recipe["teacher_checkpoint"] = p["teacher_checkpoint"]
+    for k in ("teacher_checkpoint", "augment"):
+        if k in p:
+            recipe[k] = p[k]
     return recipe
 
 
@@ -100,7 +101,7 @@ def _best_config(cfg: Config, st: Study, chosen, twin, teacher_path: Path) -> Co
     if twin is not None:
         r = _recipe(twin)
         best.scratch_twin = ScratchTwinConfig(
-            lr=r["lr"], epochs=r["epochs"], weight_decay=r["weight_decay"], mix=r["mix"]
+            lr=r["lr"], epochs=r["epochs"], weight_decay=r["weight_decay"], mix=r["mix"], augment=r.get("augment")
         )
     return best
 

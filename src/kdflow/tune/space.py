@@ -134,6 +134,8 @@ def sample_recipe(trial, tune: TuneConfig, distill: bool) -> dict[str, Any]:
         params["teacher_checkpoint"] = trial.suggest_categorical("teacher_checkpoint", space.teacher_checkpoints)
     mixes = [m for m in space.mix if not (params.get("method", "").startswith("dkd") and m != "none")] or ["none"]
     params["mix"] = trial.suggest_categorical("mix" if len(mixes) == len(space.mix) else "mix_dkd", mixes)
+    if space.augment is not None:
+        params["augment"] = bool(trial.suggest_categorical("augment", space.augment))
     return params
 
 
@@ -164,6 +166,8 @@ def trial_config(base: Config, student: str, recipe: dict[str, Any], features: l
     raw = base.to_dict()
     raw["student"].update(arch=student, lr=recipe["lr"], epochs=recipe["epochs"])
     raw["train"].update(weight_decay=recipe["weight_decay"], mix=recipe["mix"])
+    if "augment" in recipe:  # the train view searched: best.yaml prepares its data so
+        raw["data"]["augment"] = recipe["augment"]
     if "method" in recipe:
         soft, _, _ = recipe["method"].partition("+")
         raw["distill"].update(

@@ -55,7 +55,8 @@ def check_identity(out: Path, cfg: Config) -> None:
     if not isinstance(recorded, dict):
         raise ConfigError("--out", f"'{ident}' is not a study identity", "choose a new --out")
     check_study_db(db)
-    expected = identity(cfg)
+    defaults = identity(Config())  # a field added by an upgrade, at its default, is the study it always was
+    expected = {k: v for k, v in identity(cfg).items() if k in recorded or k not in defaults or v != defaults[k]}
     if recorded != expected:
         raise ConfigError(
             "--out",

@@ -38,7 +38,7 @@ class Study:
     feasible: space.Feasible
     recorder: TrialRecorder
     cache_dir: Path | None = None  # default: out/teacher_cache
-    caches: dict[tuple[str, str], cache.TeacherCache] = field(default_factory=dict)
+    caches: dict[tuple[str, str, bool | None], cache.TeacherCache] = field(default_factory=dict)
     teachers: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
     pool: Split | None = None  # the unlabeled transfer set, which distillation trials learn from too (not scratch)
 
@@ -72,22 +72,32 @@ class Study:
     def cache_views(self) -> int:
         return self.cfg.tune.cache_views or self.cfg.tune.space.epochs[1]
 
-    def teacher_cache(self, mix: str, which: str = "final") -> cache.TeacherCache:
-        """One cache per mixing choice and teacher, built once and shared by every trial (memory and disk)."""
-        if (mix, which) not in self.caches:
+    def data_for(self, kind: str, augment: bool | None) -> PreparedData:
+        """What a trial of ``kind`` trains on, under the train view it sampled (None: the prepared one)."""
+        base = self.distill_data if kind == "distill" else self.prepared
+        if augment is None:
+            return base
+        from kdflow.steps.train_view import with_train_view
+
+        return with_train_view(base, self.cfg.data.model_copy(update={"augment": augment}))
+
+    def teacher_cache(self, mix: str, which: str = "final", augment: bool | None = None) -> cache.TeacherCache:
+        """One cache per mixing choice, teacher and train view, built once and shared by every trial (memory
+        and disk)."""
+        if (mix, which, augment) not in self.caches:
             spec = {"kind": mix, "alpha": self.cfg.train.mix_alpha} if mix != "none" else None
             teacher, sha = self.teacher(which)
-            self.caches[(mix, which)], _, _ = cache.get_or_build(
+            self.caches[(mix, which, augment)], _, _ = cache.get_or_build(
                 frozen_forward(teacher, bool(self.cfg.teacher.channels_last), compiled=False),
                 sha,
-                self.distill_data,
+                self.data_for("distill", augment),
                 self.cache_views,
                 self.cfg.distill.cache_seed,
                 self.cache_dir or self.out / "teacher_cache",
                 spec,
                 self.cfg.distill.cache_topk,
             )
-        return self.caches[(mix, which)]
+        return self.caches[(mix, which, augment)]
 
 
 # Per-image records travel with each trial (Optuna's store; on a cluster, a KFP output parameter collected
@@ -159,7 +169,7 @@ def run_trial(
             study.prepared.num_classes,
             teacher_channels_last=bool(cfg.teacher.channels_last),
         )
-        teacher_cache = study.teacher_cache(recipe["mix"], which) if cfg.distill.cache else None
+        teacher_cache = study.teacher_cache(recipe["mix"], which, recipe.get("augment")) if cfg.distill.cache else None
     else:
         objective, teacher_cache = SupervisedObjective(), None
     single = kind == "scratch" or len(tune.objectives) == 1  # the twin's study maximises accuracy alone
@@ -178,7 +188,7 @@ def run_trial(
             fitted = fit(
                 model,
                 objective,
-                study.distill_data if kind == "distill" else study.prepared,
+                study.data_for(kind, recipe.get("augment")),
                 cfg.train_for("student"),
                 epochs=cfg.epochs_for("student"),
                 lr=cfg.lr_for("student"),
