@@ -32,11 +32,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import ROOT, fmt, fmt_pt  # noqa: E402
 from results import RESULTS, write_section  # noqa: E402
+from tune_args import parse_args  # noqa: E402
 from tune_progress import progress_section  # noqa: E402
 from tune_verdict import verdict_lines  # noqa: E402
 
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
+from kdflow.data import prepared as data  # noqa: E402
+from kdflow.data.prepared import augmentation_spec  # noqa: E402
 from kdflow.tune import tune  # noqa: E402
 
 
@@ -68,6 +71,7 @@ def _search(a, work: Path, out: Path):
         sets.append(f"tune.cache_views={a.cache_views}")
     sets.append(f"tune.max_params={a.max_params or 'null'}")  # 0: no size budget
     sets += ["data.augment=false"] if a.no_augment else []  # the study preps its split without (same samples)
+    sets += [f"tune.space.augment=[{a.augment}]"] if a.augment else []  # the train view searched as a knob
     cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", sets)
     t0 = time.time()
     result = tune(cfg, out)
@@ -91,6 +95,10 @@ def _final(best: Path, work: Path, a, seed: int, out: Path) -> dict[str, dict]:
     rung = best.parent / "final" / "data"  # unaugmented: the study's own prep of the whole split (rung or search)
     own = best.parent / "data" if a.profile or a.final_as_searched else rung if rung.is_dir() else best.parent / "data"
     data_dir = own if (a.profile or a.final_as_searched or a.no_augment) else work / "data"
+    if not (a.profile or a.final_as_searched) and data.load_manifest(data_dir)["augmentation"] != augmentation_spec(
+        cfg.data
+    ):
+        data_dir = _with_view(cfg, data_dir)  # the pick searched another view: the split prepared with it
     runs = {
         "distill": _trained(
             out / f"distill-seed{seed}", lambda d: steps.distill(cfg, data_dir, work / "teacher" / "model.pt", d)
@@ -100,6 +108,17 @@ def _final(best: Path, work: Path, a, seed: int, out: Path) -> dict[str, dict]:
     for kind, m in runs.items():
         print(f"final {kind} seed {seed}: test {m['test_accuracy']:.4f}", flush=True)
     return runs
+
+
+def _with_view(cfg, data_dir: Path) -> Path:
+    """The same samples prepared with the pick's train view (once, beside them): the distill step trains on the
+    view its data was prepared with (the twin applies its own, scratch_twin.augment)."""
+    plain = data_dir.parent / f"{data_dir.name}-augment-{str(cfg.data.augment).lower()}"
+    if not (plain / "manifest.json").is_file():
+        steps.prep(load_config(data_dir / "config.resolved.yaml", None, [f"data.augment={cfg.data.augment}"]), plain)
+    if data.load_manifest(plain)["digest"] != data.load_manifest(data_dir)["digest"]:
+        raise SystemExit(f"error: {plain}: not the samples of {data_dir}; fix: remove it and run again")
+    return plain
 
 
 def _trained(d: Path, train) -> dict:
@@ -178,45 +197,7 @@ def data_free(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", help="tune this config profile as is (its data, budget and space) into --out")
-    p.add_argument("--out", help="with --profile: the study directory (default local_outputs/tune)")
-    p.add_argument("--work", default="bench/_work/full")
-    p.add_argument("--name", default="under-100k")
-    p.add_argument("--students", default="cnn")
-    p.add_argument("--max-params", type=int, default=100_000)
-    p.add_argument("--mix", default="none")
-    p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--startup", type=int, default=4)
-    p.add_argument("--subset", type=int, default=15_000, help="train samples the search sees (0 = all)")
-    p.add_argument("--search-epochs", type=int, default=4)
-    p.add_argument("--final-epochs", type=int, default=15)
-    p.add_argument("--seeds", default="0")
-    p.add_argument("--no-final", action="store_true", help="report the search only (no final training)")
-    p.add_argument("--cache-views", type=int, default=0, help="teacher-cache views of the search (0 = one per epoch)")
-    p.add_argument(
-        "--final-as-searched",
-        action="store_true",
-        help="train the finals exactly as the search did (its subset and epochs), on --seeds, test reported",
-    )
-    p.add_argument("--final-views", type=int, default=0, help="teacher-cache views of the final run (0: one an epoch)")
-    p.add_argument(
-        "--final-top-k",
-        type=int,
-        default=0,
-        help="the study's own final rung (tune.final.top_k): its k best trained again at --final-epochs on all data, "
-        "the pick chosen there on validation",
-    )
-    p.add_argument("--no-augment", action="store_true", help="no crop or flip: the split prepared without (MLPs)")
-    p.add_argument("--target-acc", type=float, help="the issue's target test accuracy (%%) of the pick, reported")
-    p.add_argument("--target-gain", type=float, help="the issue's target KD gain on test (pt), reported")
-    p.add_argument("--patient-epochs", type=int, default=0, help="then the pick and its twin at this many epochs")
-    p.add_argument("--patient-seeds", default="0")
-    p.add_argument("--dfad-seeds", default="", help="then the pick distilled data-free on these seeds")
-    p.add_argument(
-        "--progress", action="store_true", help="train nothing: write the section from what the study has finished"
-    )
-    a = p.parse_args()
+    a = parse_args(__doc__)
     if a.profile:
         out = work = Path(a.out or "local_outputs/tune")
         a.name = a.profile
@@ -295,7 +276,7 @@ def report(a, out: Path, result, wall: float, finals: dict[int, dict], seeds: li
     body = [
         setting
         or f"Search: {a.trials} distillation trials + as many scratch-twin trials, {a.search_epochs} epochs each on "
-        f"{a.subset or 'all'} train samples (students `{a.students}`, budget {f'{a.max_params:,} parameters' if a.max_params else 'none'}, mix `{a.mix}`{', no crop or flip' if a.no_augment else ''}), "
+        f"{a.subset or 'all'} train samples (students `{a.students}`, budget {f'{a.max_params:,} parameters' if a.max_params else 'none'}, mix `{a.mix}`{', no crop or flip' if a.no_augment else ''}{f', train view searched: augment {a.augment}' if a.augment else ''}), "
         f"the protocol's resnet20 teacher cached (views shared by every trial). Final: the pick and its twin with their "
         + (
             f"tuned recipes, {a.final_epochs} epochs on the whole train split "
