@@ -62,6 +62,6 @@ def verdict_lines(
         return lines
     where = "rung" if result.summary.get("final_epochs") else "search"
     if not any(x.startswith("why") for x in tune_lines) and result.twin:
-        if why := tune_report.why_it_did_not_pay(result.pick, result.twin):
+        if why := tune_report.why_it_did_not_pay(result.pick, result.twin, result.summary.get("teacher_val_accuracy")):
             lines.append(f"- why (the twin at the tune's {where}): {why.removeprefix('why: ')}")
     return lines

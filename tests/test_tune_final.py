@@ -85,6 +85,8 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
     assert test["images"] == len(full.val.y) and 0 <= test["p_value"] <= 1
     assert test["distilled_only_correct"] - test["twin_only_correct"] == round(result.kd_gain_val * test["images"])
     assert result.pays == (result.kd_gain_val > 0 and test["p_value"] < 0.05)
+    teacher = json.loads((out / "tune.json").read_text())["teacher_val_accuracy"]  # the "why" reads its lead
+    assert 0.1 < teacher <= 1 and teacher * len(full.val.y) == pytest.approx(round(teacher * len(full.val.y)))
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["data"]["train_subset"] is None and best["distill"]["cache_views"] == 2
     assert best["student"]["arch"] == best_kd["arch"]

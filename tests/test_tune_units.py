@@ -206,6 +206,15 @@ def test_a_tune_that_does_not_pay_says_why_with_its_figures(tmp_path):
     fits = {**twin, "train_accuracy": 0.95}
     lines = verdict_lines(TuneResult(tmp_path, pick, fits, -0.0006, tmp_path / "best.yaml", summary))
     assert lines[3].startswith("why: the scratch twin is not capacity-bound (last-epoch training accuracy 95.00%")
+    # a teacher barely above the twin has little to teach: said first, with both figures
+    near = {**summary, "teacher_val_accuracy": 0.9110}
+    lines = verdict_lines(TuneResult(tmp_path, pick, twin, -0.0006, tmp_path / "best.yaml", near))
+    assert lines[3].startswith(
+        "why: the teacher leads the twin by only +0.44 pt on validation (91.10% vs 90.66%): it has little to teach"
+    )
+    far = {**summary, "teacher_val_accuracy": 0.9400}
+    lines = verdict_lines(TuneResult(tmp_path, pick, twin, -0.0006, tmp_path / "best.yaml", far))
+    assert lines[3].startswith("why: the scratch twin underfits") and "the teacher leads it by +3.34 pt" in lines[3]
     # a study recorded before training accuracy was kept, or one that pays: no "why" line
     old = {k: v for k, v in twin.items() if k != "train_accuracy"}
     assert not any(

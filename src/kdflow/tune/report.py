@@ -150,9 +150,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def why_it_did_not_pay(pick: dict[str, Any], twin: dict[str, Any]) -> str | None:
-    """The figures behind a "does not pay" (None without the twin's training accuracy): whether the twin
-    underfits (its last-epoch training accuracy, on augmented batches, at or below its validation accuracy:
+# Below this lead over the twin on validation the teacher has little to teach: the "why" says so first.
+SMALL_TEACHER_LEAD = 0.01
+
+
+def why_it_did_not_pay(pick: dict[str, Any], twin: dict[str, Any], teacher_acc: float | None = None) -> str | None:
+    """The figures behind a "does not pay" (None without the twin's training accuracy): whether the teacher
+    stands far enough above the twin to teach it anything (its validation accuracy, where known), whether the
+    twin underfits (its last-epoch training accuracy, on training batches, at or below its validation accuracy:
     the student's capacity limits it, not the teacher's signal), and how much teacher the kept recipe uses."""
     train, val = twin.get("train_accuracy"), float(twin["val_accuracy"])
     if train is None:
@@ -164,14 +169,22 @@ def why_it_did_not_pay(pick: dict[str, Any], twin: dict[str, Any]) -> str | None
         else ""
     )
     figures = f"last-epoch training accuracy {100 * float(train):.2f}%, validation {100 * val:.2f}%"
+    lead = None if teacher_acc is None else float(teacher_acc) - val
+    if lead is not None and lead < SMALL_TEACHER_LEAD:
+        return (
+            f"why: the teacher leads the twin by only {100 * lead:+.2f} pt on validation ({100 * (val + lead):.2f}% "
+            f"vs {100 * val:.2f}%): it has little to teach this student; a stronger teacher (or an ensemble) is "
+            f"where distillation can pay (the twin: {figures})" + (f"; {kept}" if kept else "")
+        )
+    led = "" if lead is None else f"; the teacher leads it by {100 * lead:+.2f} pt on validation"
     if float(train) <= val:
         return (
-            f"why: the scratch twin underfits ({figures}): {twin['arch']} ({whole(twin.get('params', 0)):,} params) is "
+            f"why: the scratch twin underfits ({figures}{led}): {twin['arch']} ({whole(twin.get('params', 0)):,} params) is "
             "capacity-bound and the teacher's extra signal has nowhere to go"
             + (f"; {kept}" if kept else "")
             + "; a larger student is where distillation can pay"
         )
     return (
-        f"why: the scratch twin is not capacity-bound ({figures}): the teacher's soft targets added nothing the "
+        f"why: the scratch twin is not capacity-bound ({figures}{led}): the teacher's soft targets added nothing the "
         "labels did not at this budget" + (f" ({kept})" if kept else "")
     )

@@ -218,6 +218,7 @@ def finish(
         "pick_val_accuracy": pick_summary["val_accuracy"],
         "twin_val_accuracy": twin_summary["val_accuracy"] if twin_summary else None,
         "kd_gain_val": gain,
+        "teacher_val_accuracy": st.teacher_val_accuracy(pick_summary["recipe"].get("teacher_checkpoint", "final")),
         "kd_gain_val_mcnemar": verdict.paired(chosen.user_attrs, twin.user_attrs) if twin is not None else None,
         "verdict_alpha": cfg.tune.verdict_alpha,
         "pareto_size": len(front),

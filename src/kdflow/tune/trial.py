@@ -16,7 +16,7 @@ from kdflow.config import Config
 from kdflow.data import cache
 from kdflow.data.prepared import PreparedData, Split
 from kdflow.errors import KdflowError
-from kdflow.evaluation.metrics import predict_logits
+from kdflow.evaluation.metrics import accuracy, predict_logits
 from kdflow.evaluation.significance import pack_correct
 from kdflow.infra.io import sha256_file
 from kdflow.models.compiled import frozen_forward
@@ -71,6 +71,14 @@ class Study:
     @property
     def cache_views(self) -> int:
         return self.cfg.tune.cache_views or self.cfg.tune.space.epochs[1]
+
+    def teacher_val_accuracy(self, which: str = "final") -> float:
+        """The teacher's accuracy on the validation images: how far above the twin it stands is how much it has
+        to teach (the verdict's "why" reads the lead)."""
+        teacher, _ = self.teacher(which)
+        forward = frozen_forward(teacher, bool(self.cfg.teacher.channels_last), compiled=False)
+        val = self.prepared.val
+        return accuracy(predict_logits(forward, val, self.prepared.normalizer()), val.y)
 
     def data_for(self, kind: str, augment: bool | None) -> PreparedData:
         """What a trial of ``kind`` trains on, under the train view it sampled (None: the prepared one)."""

@@ -81,7 +81,7 @@ def verdict_lines(result: TuneResult) -> list[str]:
             )
         else:
             lines.append("distillation did not pay for this budget: use the scratch model")
-        if not result.pays and (why := report.why_it_did_not_pay(p, t)):
+        if not result.pays and (why := report.why_it_did_not_pay(p, t, result.summary.get("teacher_val_accuracy"))):
             lines.append(why)
     lines.append(f"train it for real: kdflow distill --config {result.best_yaml} --out OUT")
     return lines
