@@ -57,7 +57,7 @@ def left_out(rel: Path, size: int, max_bytes: int, work: Path = WORK) -> str | N
         step_dir = work.joinpath(*rel.parts[: rel.parts.index("train_state")])
         if (step_dir / "metrics.json").is_file():
             return "finished step's resume state"
-    if REBUILT_DIRS & set(rel.parts[:-1]):
+    if any(part in REBUILT_DIRS or part.startswith("data-") for part in rel.parts[:-1]):  # data-augment-false too
         return "prepared split (rebuilt)"
     if any(m in part for part in rel.parts for m in REBUILT_MARKERS):
         return "teacher cache (rebuilt)"
