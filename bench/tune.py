@@ -162,9 +162,10 @@ def patient(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None:
 
 def data_free(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None:
     """The pick distilled data-free (DFAD with the teacher's BN statistics and class balance) from the study's
-    teacher on ``--dfad-seeds``: no training image read; beside the pick distilled with the data."""
+    teacher on ``--dfad-seeds``: no training image read; beside the pick distilled with the data. The section is
+    written after each seed (the pending ones named), as the finals' is."""
     seeds = [int(s) for s in a.dfad_seeds.split(",")]
-    runs = {}
+    runs: dict[int, dict] = {}
     for seed in seeds:
         sets = ["tracking.enabled=false", f"train.seed={seed}", f"storage.state_dir={work / 'state'}"]
         sets += ["distill.method=dfad", "distill.data_free=true", "distill.cache=false"]
@@ -172,8 +173,13 @@ def data_free(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None
         distil = lambda d: steps.distill(cfg, work / "data", work / "teacher" / "model.pt", d)  # noqa: B023, E731
         runs[seed] = _trained(out / f"dfad-seed{seed}", distil)
         print(f"data-free seed {seed}: test {runs[seed]['test_accuracy']:.4f}", flush=True)
-    acc = [runs[s]["test_accuracy"] for s in seeds]
-    with_data = [finals[s]["distill"]["test_accuracy"] for s in seeds if s in finals]
+        _data_free_section(a, result, cfg, runs, [s for s in seeds if s not in runs], finals)
+
+
+def _data_free_section(a, result, cfg, runs: dict[int, dict], pending: list[int], finals: dict[int, dict]) -> None:
+    done = list(runs)
+    acc = [runs[s]["test_accuracy"] for s in done]
+    with_data = [finals[s]["distill"]["test_accuracy"] for s in done if s in finals]
     g = cfg.distill.generator
     body = [
         f"The pick of `{a.name}` (`{result.pick['arch']}`, {result.pick['params']:,} params) distilled data-free from "
@@ -183,14 +189,16 @@ def data_free(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None
         "",
         "| model | test accuracy | wall per seed (min) | seeds |",
         "|---|---|---|---|",
-        f"| pick, data-free (DFAD) | {fmt(acc)} | {statistics.mean(runs[s]['seconds'] for s in seeds) / 60:.0f} | "
-        f"{a.dfad_seeds} |",
+        f"| pick, data-free (DFAD) | {fmt(acc)} | {statistics.mean(runs[s]['seconds'] for s in done) / 60:.0f} | "
+        f"{','.join(map(str, done))} |",
     ]
     if with_data:
         body.append(
             f"| pick, distilled with the train split ({a.final_epochs} epochs) | {fmt(with_data)} | - | "
-            f"{','.join(str(s) for s in seeds if s in finals)} |"
+            f"{','.join(str(s) for s in done if s in finals)} |"
         )
+    if pending:
+        body.append(f"| (partial: seed(s) {','.join(map(str, pending))} still to run) | - | - | - |")
     body += ["", f"Target >= 85% test (mean): {'met' if statistics.mean(acc) >= 0.85 else 'MISSED'}."]
     write_section(f"Data-free distillation: {a.name}", "\n".join(body))
     print("\n".join(body))
