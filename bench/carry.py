@@ -61,6 +61,10 @@ def left_out(rel: Path, size: int, max_bytes: int, work: Path = WORK) -> str | N
         return "prepared split (rebuilt)"
     if any(m in part for part in rel.parts for m in REBUILT_MARKERS):
         return "teacher cache (rebuilt)"
+    if "state" in rel.parts and "trained" in rel.parts:  # the reuse store: a cache of models kept elsewhere too
+        return "reuse store (a cache)"
+    if "tune" in rel.parts and rel.suffix == ".pt" and (work / rel.parent / "metrics.json").is_file():
+        return "a finished student's weights (its metrics are carried)"  # sections read metrics, never these
     if size > max_bytes:
         return f"{size / 1e6:.1f} MB > --max-mb"
     return None
