@@ -63,8 +63,9 @@ def left_out(rel: Path, size: int, max_bytes: int, work: Path = WORK) -> str | N
         return "teacher cache (rebuilt)"
     if "state" in rel.parts and "trained" in rel.parts:  # the reuse store: a cache of models kept elsewhere too
         return "reuse store (a cache)"
-    if "tune" in rel.parts and rel.suffix == ".pt" and (work / rel.parent / "metrics.json").is_file():
-        return "a finished student's weights (its metrics are carried)"  # sections read metrics, never these
+    finished = (work / rel.parent / "metrics.json").is_file() and rel.name not in ("metrics.json", "wall.json")
+    if "tune" in rel.parts and "teacher" not in rel.parts and finished:  # not half a step: only what sections read
+        return "a finished student's files (its metrics.json and wall.json are carried)"
     if size > max_bytes:
         return f"{size / 1e6:.1f} MB > --max-mb"
     return None

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import ROOT, fmt, fmt_pt  # noqa: E402
 from results import write_section  # noqa: E402
-from tune_verdict import _t_test  # noqa: E402
+from tune_verdict import t_test  # noqa: E402
 
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
@@ -134,7 +134,7 @@ def main() -> int:
         "",
         f"Lead over the tuned twin on validation ({100 * twin_val:.2f}% at the study's rung): the protocol's teacher "
         f"{100 * (acc['teacher']['val'] - twin_val):+.2f} pt, the ensemble {100 * (acc['ensemble']['val'] - twin_val):+.2f} pt. "
-        f"KD gain from the ensemble {100 * statistics.mean(gains):+.2f} pt: {_t_test(gains)[0]}; "
+        f"KD gain from the ensemble {100 * statistics.mean(gains):+.2f} pt: {t_test(gains)[0]}; "
         f"{statistics.mean(runs[s]['seconds'] for s in seeds) / 60:.0f} min per seed to distil.",
     ]
     write_section(f"Ensemble teacher: {a.study}", "\n".join(body))

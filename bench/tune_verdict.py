@@ -13,7 +13,7 @@ import statistics
 from kdflow.tune import report as tune_report
 
 
-def _t_test(gains: list[float]) -> tuple[str, str]:
+def t_test(gains: list[float]) -> tuple[str, str]:
     """The test's text and its reading: "ahead", "behind" (beyond seed noise either way) or "noise"."""
     if len(gains) < 2:
         return "one seed: no test against seed noise", "noise"
@@ -51,7 +51,7 @@ def verdict_lines(
         return lines
     gains = [k - t for k, t in zip(kd, twin, strict=True)]
     acc, gain = 100 * statistics.mean(kd), 100 * statistics.mean(gains)
-    test, reading = _t_test(gains)
+    test, reading = t_test(gains)
     lines.append(
         f"- on test (finals, seeds {seeds}): distilled {acc:.2f}%{_target(acc, target_acc, '%')}; KD gain "
         f"{gain:+.2f} pt{_target(gain, target_gain, 'pt')}; {test}"
