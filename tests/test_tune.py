@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
+import threading
+from collections import deque
 from pathlib import Path
 
 import optuna
@@ -124,35 +126,45 @@ def test_kill_9_then_the_same_command_finishes_without_rerunning(tmp_path, fashi
     proc = subprocess.Popen(
         [*KDFLOW, "tune", "--config", str(config), "--out", str(out)],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
     )
 
     def one_done_next_running() -> bool:
         try:
             states = [t.state for t in _trials(out)]
-        except (KeyError, Exception):  # the study is being created
+        except Exception:  # the study is being created, or the stopped process holds the database's lock
             return False
         return optuna.trial.TrialState.COMPLETE in states and states[-1] == optuna.trial.TrialState.RUNNING
 
-    deadline = time.time() + 400
+    # The kill is timed by the tune's own epoch lines, not by polling the database: a trial of 3 epochs lasts
+    # about a second, and a poll can miss every trial's running window on a fast machine (it did in CI). A line
+    # "[distill trial N] epoch k/3" with N >= 1 and k < 3 means trial N runs, with an epoch to go, and one
+    # before it has finished; the process is stopped at once, then looked at, then killed (or let go on).
+    mid_trial = re.compile(r"\[distill trial [1-9]\d*\] epoch [12]/3 ")
+    watchdog = threading.Timer(400, os.killpg, (proc.pid, signal.SIGKILL))
+    watchdog.start()
+    printed: deque[str] = deque(maxlen=60)
     try:
-        while time.time() < deadline:  # kill once a trial has finished and the next one is running
-            time.sleep(0.2)
-            if not ((out / "study.db").is_file() and one_done_next_running()):
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            printed.append(line)
+            if not mid_trial.match(line):
                 continue
-            # stopped, the study cannot move on between this look and the kill (a trial of a few seconds
-            # could finish in between and leave no trial to kill): look again, then kill or let it go on
             os.killpg(proc.pid, signal.SIGSTOP)
             if one_done_next_running():
                 break
             os.killpg(proc.pid, signal.SIGCONT)
         else:
-            pytest.fail("no trial finished in time")
+            pytest.fail("no trial was killed while running; the tune printed:\n" + "".join(printed))
     finally:
+        watchdog.cancel()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
     before = {t.number: (t.params, t.values) for t in _trials(out) if t.state.is_finished()}
     killed = [t.number for t in _trials(out) if t.state == optuna.trial.TrialState.RUNNING]
     assert before and killed
