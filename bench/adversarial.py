@@ -14,6 +14,9 @@ every run, so a long run leaves its partial results.
     .venv/bin/python bench/adversarial.py --rows at,ard --seeds 0
     .venv/bin/python bench/adversarial.py --report
     .venv/bin/python bench/adversarial.py --rows dfad --seeds 0,1,2 --section "Data-free distillation over seeds"
+    .venv/bin/python bench/adversarial.py --rows dfad --iterations 2000 --section "Data-free distillation, 2000 steps"
+
+Data-free runs of another ``--iterations`` than 1000 live in ``dfad-it<N>`` beside ``dfad``.
 """
 
 from __future__ import annotations
@@ -77,9 +80,14 @@ def robust(out: Path, cfg, prepared) -> dict:
     return json.loads(path.read_text())
 
 
+def _folder(args, row: str) -> Path:
+    """A row's runs; data-free runs of another generator length than the default 1000 steps keep their own."""
+    return WORK / (f"{row}-it{args.iterations}" if row == "dfad" and args.iterations != 1000 else row)
+
+
 def run(args, row: str, seed: int, prepared) -> None:
     kind, extra = ROWS[row]
-    out = WORK / row / f"seed{seed}"
+    out = _folder(args, row) / f"seed{seed}"
     cfg = config(args, [*extra, f"train.seed={seed}"])
     if args.robust_only and not (out / "metrics.json").is_file():
         return
@@ -94,9 +102,9 @@ def run(args, row: str, seed: int, prepared) -> None:
         print(f"{row} seed {seed}: PGD {r['pgd_accuracy']:.4f} FGSM {r['fgsm_accuracy']:.4f}", flush=True)
 
 
-def _runs(row: str) -> dict[int, dict]:
+def _runs(args, row: str) -> dict[int, dict]:
     found = {}
-    for path in sorted((WORK / row).glob("seed*/metrics.json")):
+    for path in sorted(_folder(args, row).glob("seed*/metrics.json")):
         m = json.loads(path.read_text())
         m["wall"] = json.loads((path.parent / "wall.json").read_text())["seconds"]
         m["epoch_seconds"] = [h["seconds"] for h in json.loads((path.parent / "history.json").read_text())]
@@ -150,7 +158,7 @@ def _teacher_line(name: str, label: str) -> list[str]:
 
 
 def report(args) -> str:
-    runs = {row: _runs(row) for row in ROWS}
+    runs = {row: _runs(args, row) for row in ROWS}
     lines = [
         "| row | clean test acc | PGD-10 acc eps 0.1 | FGSM acc eps 0.1 | s/epoch (fastest) | wall per seed (s) | seeds |",
         "|---|---|---|---|---|---|---|",
@@ -169,7 +177,8 @@ def report(args) -> str:
         "ard-rt": "cnn-small ARD from the PGD-AT teacher",
         "ard-rt20": "cnn-small ARD from the PGD-AT resnet20 teacher",
         "kd": "cnn-small plain KD (cost reference)",
-        "dfad": "cnn-small data-free DFAD (no training image)",
+        "dfad": "cnn-small data-free DFAD (no training image)"
+        + (f", {args.iterations} generator steps" if args.iterations != 1000 else ""),
     }
     for row, found in runs.items():
         if not found:
