@@ -139,10 +139,6 @@ class DistillConfig(_Section):
                 "a teacher cache holds logits only, feature losses need the live teacher; "
                 "fix: set distill.cache=false or remove distill.features"
             )
-        if self.cache and self.extra_teachers:
-            raise ValueError(
-                "the teacher cache supports one teacher; fix: set distill.cache=false or drop extra_teachers"
-            )
         if self.compile_teacher and self.features:
             raise ValueError(
                 "a compiled teacher exposes no intermediate features to the feature taps; "

@@ -115,6 +115,10 @@ class TeacherCache:
     def mix_for_epoch(self, epoch: int) -> MixParams | None:
         return self.mix[self.view_of(epoch)] if self.mix is not None else None
 
+    def teacher_logits(self, indices: torch.Tensor, epoch: int) -> list[torch.Tensor]:
+        """The teachers' logits for these samples at this epoch's view: one teacher here (see ensemble_cache)."""
+        return [self.logits_for(indices, epoch)]
+
     def logits_for(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         v = self.view_of(epoch)
         values = self.logits[v][indices].float()

@@ -150,7 +150,7 @@ def distill(
         ctx or RunContext(),
         objective,
         _teacher_lineage(cfg, str(teacher_path), teacher_meta["arch"]),
-        cache_factory(cfg, teacher, digests[0]) if cfg.distill.cache else None,
+        cache_factory(cfg, teachers, digests) if cfg.distill.cache else None,
         teacher_digest=",".join(digests),
         fresh=fresh,
         transfer_set=cfg.distill.unlabeled,

@@ -147,7 +147,9 @@ def train_one_epoch(
         xb, yb = xb.to(state.device, non_blocking=True), yb.to(state.device, non_blocking=True)
         if cfg.channels_last and xb.dim() == 4:  # feature rows have no channels to lay out
             xb = xb.contiguous(memory_format=torch.channels_last)
-        cached = [teacher_cache.logits_for(idx, epoch).to(state.device)] if teacher_cache is not None else None
+        cached = (
+            None if teacher_cache is None else [t.to(state.device) for t in teacher_cache.teacher_logits(idx, epoch)]
+        )
         with autocast_for(state.device, cfg.amp):
             loss, logits, parts = state.step_module(xb, yb, epoch, cached)
         if not torch.isfinite(loss):
@@ -265,7 +267,7 @@ def fit(
 ) -> FitResult:
     """Train ``student`` with ``objective``; checkpoint every epoch to ``out_dir/checkpoint.pt``.
 
-    ``teacher_cache`` (a :class:`kdflow.data.cache.TeacherCache`) replays the stored augmented views and
+    ``teacher_cache`` (a :class:`kdflow.data.cache.TeacherCache`, or an ``EnsembleCache`` of several) replays the stored augmented views and
     supplies the teacher logits recorded for exactly those views, instead of a live teacher forward.
     ``fingerprint`` (what the result depends on) is stored in every checkpoint; a checkpoint recording
     another one is refused instead of resumed.

@@ -173,8 +173,9 @@ def why_it_did_not_pay(pick: dict[str, Any], twin: dict[str, Any], teacher_acc: 
     if lead is not None and lead < SMALL_TEACHER_LEAD:
         return (
             f"why: the teacher leads the twin by only {100 * lead:+.2f} pt on validation ({100 * (val + lead):.2f}% "
-            f"vs {100 * val:.2f}%): it has little to teach this student; a stronger teacher (or an ensemble) is "
-            f"where distillation can pay (the twin: {figures})" + (f"; {kept}" if kept else "")
+            f"vs {100 * val:.2f}%): it has little to teach this student; a stronger teacher (or an ensemble: "
+            f"distill.extra_teachers) is where distillation can pay (the twin: {figures})"
+            + (f"; {kept}" if kept else "")
         )
     led = "" if lead is None else f"; the teacher leads it by {100 * lead:+.2f} pt on validation"
     if float(train) <= val:

@@ -148,7 +148,7 @@ def open_context(
         check_transfer_set(cfg, "distill")
         _check_space_for_pool(cfg)
         st.pool = data.load_split(data_dir, "unlabeled")
-    st.teacher()  # a missing or corrupt teacher fails here, before any trial
+    st.ensemble()  # a missing or corrupt teacher (or extra teacher) fails here, before any trial
     return st
 
 
@@ -290,6 +290,10 @@ def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
     study.check_identity(out, cfg)  # a study of another config is refused before anything is touched
     if cfg.distill.unlabeled and (cfg.data.labels_kept or cfg.data.unlabeled):  # refused before any work
         _check_space_for_pool(cfg)
+    for i, extra in enumerate(cfg.distill.extra_teachers):  # an unreadable extra teacher is refused before any work
+        from kdflow.steps.preflight import check_teacher
+
+        check_teacher(extra.source, f"distill.extra_teachers[{i}].source")
     known = known_inputs(cfg)
     if known is not None:  # an unmeetable budget (size, MACs, latency) is refused before any work
         shape, num_classes, layout = known

@@ -14,10 +14,12 @@ import torch.nn as nn
 
 from kdflow.config import Config
 from kdflow.data import cache
+from kdflow.data.ensemble_cache import EnsembleCache, get_or_build_all
 from kdflow.data.prepared import PreparedData, Split
 from kdflow.errors import KdflowError
 from kdflow.evaluation.metrics import accuracy, predict_logits
 from kdflow.evaluation.significance import pack_correct
+from kdflow.infra import checkpoints
 from kdflow.infra.io import sha256_file
 from kdflow.models.compiled import frozen_forward
 from kdflow.training.objective import DistillObjective, SupervisedObjective
@@ -38,7 +40,7 @@ class Study:
     feasible: space.Feasible
     recorder: TrialRecorder
     cache_dir: Path | None = None  # default: out/teacher_cache
-    caches: dict[tuple[str, str, bool | None], cache.TeacherCache] = field(default_factory=dict)
+    caches: dict[tuple[str, str, bool | None], cache.TeacherCache | EnsembleCache] = field(default_factory=dict)
     teachers: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
     pool: Split | None = None  # the unlabeled transfer set, which distillation trials learn from too (not scratch)
 
@@ -64,6 +66,21 @@ class Study:
             self.teachers[which] = (model, sha256_file(path))
         return self.teachers[which]
 
+    def ensemble(self, which: str = "final") -> list[tuple[nn.Module, str]]:
+        """Every teacher a distillation trial learns from: ``which`` checkpoint of the study's teacher, then the
+        ``distill.extra_teachers`` (their final weights), each with its sha256 (loaded once)."""
+        from kdflow.steps.train import load_teacher
+
+        members = [self.teacher(which)]
+        for i, extra in enumerate(self.cfg.distill.extra_teachers):
+            name = f"extra:{i}"
+            if name not in self.teachers:
+                where = f"distill.extra_teachers[{i}].source"
+                model, _ = load_teacher(extra.source, self.prepared.num_classes, where, self.input_shape)
+                self.teachers[name] = (model, sha256_file(checkpoints.resolve_source(extra.source, "teacher")))
+            members.append(self.teachers[name])
+        return members
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.prepared.input_shape
@@ -73,12 +90,18 @@ class Study:
         return self.cfg.tune.cache_views or self.cfg.tune.space.epochs[1]
 
     def teacher_val_accuracy(self, which: str = "final") -> float:
-        """The teacher's accuracy on the validation images: how far above the twin it stands is how much it has
-        to teach (the verdict's "why" reads the lead)."""
-        teacher, _ = self.teacher(which)
-        forward = frozen_forward(teacher, bool(self.cfg.teacher.channels_last), compiled=False)
-        val = self.prepared.val
-        return accuracy(predict_logits(forward, val, self.prepared.normalizer()), val.y)
+        """The teacher's accuracy on the validation images (of the ensemble, combined by ``distill.ensemble``, when
+        there are extra teachers): how far above the twin it stands is how much it has to teach (the verdict's
+        "why" reads the lead)."""
+        from kdflow.training.losses import ensemble_soft_targets
+
+        val, norm = self.prepared.val, self.prepared.normalizer()
+        logits = [
+            predict_logits(frozen_forward(t, bool(self.cfg.teacher.channels_last), compiled=False), val, norm)
+            for t, _ in self.ensemble(which)
+        ]
+        combined = logits[0] if len(logits) == 1 else ensemble_soft_targets(logits, 1.0, self.cfg.distill.ensemble)
+        return accuracy(combined, val.y)
 
     def data_for(self, kind: str, augment: bool | None) -> PreparedData:
         """What a trial of ``kind`` trains on, under the train view it sampled (None: the prepared one)."""
@@ -89,15 +112,17 @@ class Study:
 
         return with_train_view(base, self.cfg.data.model_copy(update={"augment": augment}))
 
-    def teacher_cache(self, mix: str, which: str = "final", augment: bool | None = None) -> cache.TeacherCache:
-        """One cache per mixing choice, teacher and train view, built once and shared by every trial (memory
-        and disk)."""
+    def teacher_cache(
+        self, mix: str, which: str = "final", augment: bool | None = None
+    ) -> cache.TeacherCache | EnsembleCache:
+        """One cache per mixing choice, teacher checkpoint and train view (a file per teacher of an ensemble),
+        built once and shared by every trial (memory and disk)."""
         if (mix, which, augment) not in self.caches:
             spec = {"kind": mix, "alpha": self.cfg.train.mix_alpha} if mix != "none" else None
-            teacher, sha = self.teacher(which)
-            self.caches[(mix, which, augment)], _, _ = cache.get_or_build(
-                frozen_forward(teacher, bool(self.cfg.teacher.channels_last), compiled=False),
-                sha,
+            members = self.ensemble(which)
+            self.caches[(mix, which, augment)], _, _ = get_or_build_all(
+                [frozen_forward(t, bool(self.cfg.teacher.channels_last), compiled=False) for t, _ in members],
+                [sha for _, sha in members],
                 self.data_for("distill", augment),
                 self.cache_views,
                 self.cfg.distill.cache_seed,
@@ -170,7 +195,7 @@ def run_trial(
     if kind == "distill":
         which = cfg.distill.teacher_checkpoint
         objective: nn.Module = DistillObjective(
-            [study.teacher(which)[0]],
+            [t for t, _ in study.ensemble(which)],
             model,
             cfg.distill,
             study.input_shape,
