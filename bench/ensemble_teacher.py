@@ -35,7 +35,7 @@ from kdflow.evaluation.metrics import predict_logits  # noqa: E402
 from kdflow.steps.train import load_teacher  # noqa: E402
 
 
-def _teachers(work: Path, n: int) -> list[Path]:
+def train_teachers(work: Path, n: int) -> list[Path]:
     """The protocol's teacher (seed 0) and ``n - 1`` more trained on seeds 1.. with its recipe (resumable)."""
     base = ["tracking.enabled=false", f"storage.state_dir={work / 'state'}", "train.num_threads=2"]
     paths = [work / "teacher"]
@@ -103,7 +103,7 @@ def main() -> int:
     twins = {s: study / "final" / f"scratch-seed{s}" / "metrics.json" for s in seeds}
     if not (study / "best.yaml").is_file() or not all(t.is_file() for t in twins.values()):
         raise SystemExit(f"error: --study: {study} has no best.yaml or finals on seeds {a.seeds}; fix: run it first")
-    teachers = _teachers(work, a.teachers)
+    teachers = train_teachers(work, a.teachers)
     acc = _accuracies(teachers, data.load_prepared(work / "data"))
     runs = {s: _distilled(study, work, teachers, s, a.epochs) for s in seeds}
     kd = [runs[s]["test_accuracy"] for s in seeds]

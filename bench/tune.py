@@ -16,6 +16,7 @@ longer schedule; ``--final-views`` sets how many) on ``--patient-seeds``, into t
 distillation: NAME", beside the same seeds at ``--final-epochs``. ``--dfad-seeds`` distils the pick
 data-free from the same teacher (section "Data-free distillation: NAME"). ``--progress`` trains nothing and
 writes the section from what a running (or stopped) study has finished. ``--no-augment``: no crop or flip.
+``--extra-teachers N``: the study (search, rung, finals) learns from the protocol's teacher and N more resnet20s.
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ def _search(a, work: Path, out: Path):
     sets.append(f"tune.max_params={a.max_params or 'null'}")  # 0: no size budget
     sets += ["data.augment=false"] if a.no_augment else []  # the study preps its split without (same samples)
     sets += [f"tune.space.augment=[{a.augment}]"] if a.augment else []  # the train view searched as a knob
+    if a.extra_teachers:  # an ensemble: the protocol's teacher and more of its recipe on seeds 1.. (cached)
+        from ensemble_teacher import train_teachers
+
+        more = train_teachers(work, 1 + a.extra_teachers)[1:]
+        sets.append(
+            f"distill.extra_teachers=[{', '.join(f'{{arch: resnet20, source: {p.resolve()}/model.pt}}' for p in more)}]"
+        )
     cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", sets)
     t0 = time.time()
     result = tune(cfg, out)
@@ -168,7 +176,7 @@ def data_free(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None
     runs: dict[int, dict] = {}
     for seed in seeds:
         sets = ["tracking.enabled=false", f"train.seed={seed}", f"storage.state_dir={work / 'state'}"]
-        sets += ["distill.method=dfad", "distill.data_free=true", "distill.cache=false"]
+        sets += ["distill.method=dfad", "distill.data_free=true", "distill.cache=false", "distill.extra_teachers=[]"]
         cfg = load_config(result.best_yaml, None, sets)
         distil = lambda d: steps.distill(cfg, work / "data", work / "teacher" / "model.pt", d)  # noqa: B023, E731
         runs[seed] = _trained(out / f"dfad-seed{seed}", distil)
@@ -285,7 +293,7 @@ def report(a, out: Path, result, wall: float, finals: dict[int, dict], seeds: li
         setting
         or f"Search: {a.trials} distillation trials + as many scratch-twin trials, {a.search_epochs} epochs each on "
         f"{a.subset or 'all'} train samples (students `{a.students}`, budget {f'{a.max_params:,} parameters' if a.max_params else 'none'}, mix `{a.mix}`{', no crop or flip' if a.no_augment else ''}{f', train view searched: augment {a.augment}' if a.augment else ''}), "
-        f"the protocol's resnet20 teacher cached (views shared by every trial). Final: the pick and its twin with their "
+        f"the protocol's resnet20 teacher{f' and {a.extra_teachers} more (an ensemble, mean of probabilities)' if a.extra_teachers else ''} cached (views shared by every trial). Final: the pick and its twin with their "
         + (
             f"tuned recipes, {a.final_epochs} epochs on the whole train split "
             f"({a.final_views or a.final_epochs} cached teacher view(s)), seeds {a.seeds}."

@@ -35,6 +35,13 @@ def parse_args(doc: str | None) -> argparse.Namespace:
         help="the study's own final rung (tune.final.top_k): its k best trained again at --final-epochs on all data, "
         "the pick chosen there on validation",
     )
+    p.add_argument(
+        "--extra-teachers",
+        type=int,
+        default=0,
+        help="learn from an ensemble: the protocol's teacher and N more resnet20s of its recipe (seeds 1..N, "
+        "trained once by bench/ensemble_teacher.py's rule; distill.extra_teachers)",
+    )
     p.add_argument("--no-augment", action="store_true", help="no crop or flip: the split prepared without (MLPs)")
     p.add_argument("--target-acc", type=float, help="the issue's target test accuracy (%%) of the pick, reported")
     p.add_argument("--target-gain", type=float, help="the issue's target KD gain on test (pt), reported")
