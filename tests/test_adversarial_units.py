@@ -121,6 +121,54 @@ def test_ard_with_zero_radius_is_plain_kd():
         DistillObjective([teacher], student, DistillConfig(method="ard"), (1, 28, 28), 10)
 
 
+def test_rslad_attacks_the_teachers_soft_labels_and_keeps_a_sixth_on_the_clean_image():
+    """RSLAD (Zi et al. 2021): the attack maximises the student's cross-entropy to the teacher's soft labels at
+    T=1 (not to the hard label), and the soft term is 5/6 on the attacked image, 1/6 on the clean one."""
+    from kdflow.training import losses
+    from kdflow.training.objective import DistillObjective
+
+    torch.manual_seed(0)
+    teacher, student = models.build_model("cnn-wide"), models.build_model("cnn-small")
+    x, y = (torch.rand(16, 1, 28, 28) - MEAN[0]) / STD[0], torch.randint(0, 10, (16,))
+    student.eval()
+    seen = []
+
+    class Spy(TrainingAttack):
+        def forward(self, model, x_, target):
+            seen.append(target)
+            return super().forward(model, x_, target)
+
+    attack = Spy(AdversarialConfig(eps=0.2, train_steps=2), MEAN, STD, seed=0)
+    cfg = DistillConfig(method="rslad", temperature=1.0, alpha=0.0)
+    rslad = DistillObjective([teacher], student, cfg, (1, 28, 28), 10, attack)
+    total, s_clean, parts = rslad(student, x, y, 0)
+    with torch.no_grad():
+        t = teacher(x)
+    assert torch.allclose(seen[0], torch.softmax(t, 1), atol=1e-6)  # soft labels, not y
+    replay = TrainingAttack(AdversarialConfig(eps=0.2, train_steps=2), MEAN, STD, seed=0)  # the same random start
+    s_adv = student(replay(student, x, torch.softmax(t, 1)))
+    want = 5 / 6 * losses.kd_soft_loss(s_adv, t, 1.0) + 1 / 6 * losses.kd_soft_loss(s_clean, t, 1.0)
+    assert torch.allclose(parts["soft"], want, rtol=1e-5) and torch.allclose(total, want, rtol=1e-5)  # alpha 0
+    ard_seen = []
+
+    class ArdSpy(TrainingAttack):
+        def forward(self, model, x_, target):
+            ard_seen.append(target)
+            return super().forward(model, x_, target)
+
+    ard = DistillObjective(
+        [teacher], student, DistillConfig(method="ard"), (1, 28, 28), 10, ArdSpy(AdversarialConfig(), MEAN, STD, 0)
+    )
+    ard(student, x, y, 0)
+    assert torch.equal(ard_seen[0], y)  # ARD attacks the hard label
+    twin = build_config({"distill": {"method": "rslad"}})
+    assert twin.adversarial_scratch_twin and twin.distill.adversarial  # its baseline: the PGD-AT twin
+    with pytest.raises(ConfigError, match="distill.features"):
+        build_config(
+            {"distill": {"method": "rslad", "features": [{"kind": "at", "student_module": "a", "teacher_module": "b"}]}}
+        )
+
+
 @pytest.mark.parametrize(
     "override, field",
     [

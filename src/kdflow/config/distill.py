@@ -62,7 +62,9 @@ class DistillConfig(_Section):
     method: str = Field(
         "kd",
         description="a name in kdflow.training.loss_registry.SOFT_LOSSES: kd, dkd, ard (robust student: the soft "
-        "term on PGD examples of the student, Goldblum et al. 2020), dfad (data-free, with data_free)",
+        "term on PGD examples of the student, Goldblum et al. 2020), rslad (ARD with robust soft labels: the attack "
+        "and 5/6 of the soft term against the teacher's soft labels, 1/6 on the clean image; Zi et al. 2021; use "
+        "with temperature 1 and alpha 0), dfad (data-free, with data_free)",
     )
     temperature: float = 4.0
     alpha: float = Field(0.1, description="weight of the HARD loss: L = alpha*CE + (1-alpha)*soft")
@@ -144,9 +146,9 @@ class DistillConfig(_Section):
                 "a compiled teacher exposes no intermediate features to the feature taps; "
                 "fix: set distill.compile_teacher=false or remove distill.features"
             )
-        if self.method == "ard" and self.features:
+        if self.adversarial and self.features:
             raise ValueError(
-                "ARD matches the teacher's outputs on the student's adversarial examples, not features; "
+                "ARD and RSLAD match the teacher's outputs on the student's adversarial examples, not features; "
                 "fix: remove distill.features or set distill.method=kd"
             )
         return self._data_free_is_consistent()
@@ -173,6 +175,13 @@ class DistillConfig(_Section):
     @property
     def hard_weight(self) -> float:
         return self.alpha
+
+    @property
+    def adversarial(self) -> bool:
+        """The student's soft term is on its own PGD examples (ard, rslad): its scratch twin trains adversarially."""
+        from kdflow.training.loss_registry import SOFT_LOSSES
+
+        return SOFT_LOSSES[self.method].adversarial
 
     @property
     def soft_weight(self) -> float:

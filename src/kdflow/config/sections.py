@@ -251,7 +251,7 @@ class Config(_Section):
             return self
         for wanted, field in (
             (self.distill.data_free, "distill.data_free"),
-            (self.distill.method == "ard", "distill.method"),
+            (self.distill.adversarial, "distill.method"),
             (self.teacher.adversarial, "teacher.adversarial"),
             (self.train.mix != "none", "train.mix"),
         ):
@@ -270,8 +270,8 @@ class Config(_Section):
 
     @property
     def adversarial_scratch_twin(self) -> bool:
-        """ARD's baseline is a scratch twin trained adversarially the same way (labels only)."""
-        return self.distill.method == "ard"
+        """ARD's (and RSLAD's) baseline is a scratch twin trained adversarially the same way (labels only)."""
+        return self.distill.adversarial
 
     @model_validator(mode="after")
     def _snapshots_exist_for_the_space(self) -> Config:

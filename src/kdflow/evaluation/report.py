@@ -13,7 +13,12 @@ def _num(v, fmt: str = "{:,}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
-METHOD_LABELS = {"ard": "student (ARD)", "dfad": "student (data-free DFAD)", "dkd": "student (DKD)"}
+METHOD_LABELS = {
+    "ard": "student (ARD)",
+    "rslad": "student (RSLAD)",
+    "dfad": "student (data-free DFAD)",
+    "dkd": "student (DKD)",
+}
 
 
 def row_labels(evaluation: dict) -> dict[str, str]:

@@ -60,7 +60,7 @@ def trains_adversarially(cfg: Config, role: str) -> bool:
     """Whether ``role`` trains on PGD examples: ARD, its scratch twin, an adversarial teacher."""
     if role == "teacher":
         return cfg.teacher.adversarial
-    return cfg.distill.method == "ard"
+    return cfg.distill.adversarial
 
 
 def _training_attack(cfg: Config) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def check_transfer_set(cfg: Config, role: str) -> None:
     from kdflow.errors import ConfigError
 
     method, fix = cfg.distill.method, "set distill.unlabeled=false, or drop the pool (data.labels_kept, data.unlabeled)"
-    if method.startswith("dkd") or method == "ard":
+    if method.startswith("dkd") or cfg.distill.adversarial:
         raise ConfigError(
             "distill.method", f"{method} needs every training image's label; the unlabeled transfer set has none", fix
         )

@@ -31,6 +31,10 @@ class SoftLoss:
     fn: Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor, DistillConfig, int], torch.Tensor]
     adversarial: bool = False  # the student's logits are on its own PGD examples (ARD), the teacher's on clean
     data_free: bool = False  # the images come from a generator (kdflow.training.data_free), never from the data
+    # RSLAD (Zi et al., ICCV 2021): the attack pushes the student away from the teacher's soft labels on the clean
+    # image (not from the hard label), and this share of the soft term is taken on the clean image itself
+    attack_teacher: bool = False
+    clean_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ SOFT_LOSSES: dict[str, SoftLoss] = {
     "kd": SoftLoss(_kd_soft),
     "dkd": SoftLoss(_dkd_soft),
     "ard": SoftLoss(_kd_soft, adversarial=True),
+    # robust soft labels: the paper's 5/6 on the adversarial image, 1/6 on the clean one, at T=1 with no hard term
+    "rslad": SoftLoss(_kd_soft, adversarial=True, attack_teacher=True, clean_share=1 / 6),
     "dfad": SoftLoss(_dfad_soft, data_free=True),
 }
 

@@ -135,6 +135,31 @@ class DistillObjective(nn.Module):
     ) -> torch.Tensor:
         return SOFT_LOSSES[self.cfg.method].fn(s_logits, t_logits, y, self.cfg, epoch)
 
+    def _soft_term(
+        self,
+        student: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        s_logits: torch.Tensor,
+        teacher_logits: list[torch.Tensor],
+        epoch: int,
+    ) -> torch.Tensor:
+        """The soft term; ARD and RSLAD take it on the student's adversarial examples, the teacher on the clean image.
+
+        RSLAD's attack maximises the student's cross-entropy to the teacher's soft labels (T=1, combined by
+        ``distill.ensemble``) instead of to the hard label, and a share of its soft term stays on the clean image."""
+        if self.adversary is None:
+            return self.soft_loss(s_logits, teacher_logits, y, epoch)
+        entry = SOFT_LOSSES[self.cfg.method]
+        target = y
+        if entry.attack_teacher:
+            target = losses.ensemble_soft_targets([t.float() for t in teacher_logits], 1.0, self.cfg.ensemble)
+        adv = self.soft_loss(student(self.adversary(student, x, target)), teacher_logits, y, epoch)
+        if not entry.clean_share:
+            return adv
+        clean = self.soft_loss(s_logits, teacher_logits, y, epoch)
+        return (1 - entry.clean_share) * adv + entry.clean_share * clean
+
     def feature_loss(self, i: int, s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
         spec = self.specs[i]
         entry = FEATURE_LOSSES[spec.kind]
@@ -154,10 +179,8 @@ class DistillObjective(nn.Module):
             teacher_logits, t_feats = self.teacher_forward(x)
         s_logits = student(x)
         s_feats = self.student_tap.pop() if self.student_tap else {}
-        # ARD: the soft term on the student's adversarial examples, the teacher's outputs on the clean image
-        s_soft = student(self.adversary(student, x, y)) if self.adversary is not None else s_logits
         terms = losses.distillation_terms(
-            s_logits, y, self.soft_loss(s_soft, teacher_logits, y, epoch), self.cfg.hard_weight
+            s_logits, y, self._soft_term(student, x, y, s_logits, teacher_logits, epoch), self.cfg.hard_weight
         )
         total = terms.total
         parts = {"hard": terms.hard.detach(), "soft": terms.soft.detach()}

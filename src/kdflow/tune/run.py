@@ -159,8 +159,10 @@ def _check_space_for_pool(cfg: Config) -> None:
     fix = "set distill.unlabeled=false, or keep only such choices in the space"
     if any(m != "none" for m in cfg.tune.space.mix):
         raise ConfigError("tune.space.mix", "mixed targets need labels; the unlabeled transfer set has none", fix)
-    if any(m.startswith("dkd") or m == "ard" for m in cfg.tune.space.methods):
-        raise ConfigError("tune.space.methods", "DKD and ARD need every image's label; the transfer set has none", fix)
+    if any(m.startswith(("dkd", "ard", "rslad")) for m in cfg.tune.space.methods):
+        raise ConfigError(
+            "tune.space.methods", "DKD, ARD and RSLAD need every image's label; the transfer set has none", fix
+        )
 
 
 def finish(
