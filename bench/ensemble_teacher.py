@@ -5,11 +5,13 @@ scratch twin by only +0.62 pt on validation (93.90% vs 93.28%): it has little to
 student. This trains ``--teachers - 1`` more resnet20 teachers with the protocol's recipe on other seeds
 (the split and recipe of bench/protocol.py, resumable), reports each teacher and their ensemble (mean of
 probabilities) on validation and test, and distils the study's pick with its tuned recipe from the ensemble
-(online: the teacher cache holds one teacher) at the finals' length on ``--seeds``. The twin does not depend
-on the teacher: the study's finals of the same seeds are its baseline. Test is reported once per model; the
-number of teachers is fixed before anything is measured (no selection on test).
+(live, or ``--cached``: a cache file per teacher) at the finals' length on ``--seeds``, on the split its finals
+trained on (the pick's train view). The twin does not depend on the teacher: the study's finals of the same
+seeds are its baseline. Test is reported once per model; the number of teachers is fixed before anything is
+measured (no selection on test).
 
     .venv/bin/python bench/ensemble_teacher.py --work bench/_work/full --study under-100k-rung --seeds 0,1,2
+    .venv/bin/python bench/ensemble_teacher.py --work bench/_work/full --study mlp-view --cached
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tune_verdict import t_test  # noqa: E402
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
 from kdflow.data import prepared as data  # noqa: E402
+from kdflow.data.prepared import augmentation_spec  # noqa: E402
 from kdflow.evaluation.metrics import predict_logits  # noqa: E402
 from kdflow.steps.train import load_teacher  # noqa: E402
 
@@ -70,8 +73,19 @@ def _accuracies(paths: list[Path], prepared: data.PreparedData) -> dict[str, dic
     return out
 
 
-def _distilled(study: Path, work: Path, teachers: list[Path], seed: int, epochs: int) -> dict:
-    out = study / f"final-ensemble-{len(teachers)}" / f"distill-seed{seed}"
+def _data_dir(work: Path, best) -> Path:
+    """The split the study's finals trained on: the protocol's, or its copy prepared with the pick's train view
+    (bench/tune.py prepares it beside, e.g. data-augment-false for an MLP on the plain view)."""
+    if data.load_manifest(work / "data")["augmentation"] == augmentation_spec(best.data):
+        return work / "data"
+    view = work / f"data-augment-{str(best.data.augment).lower()}"
+    if not (view / "manifest.json").is_file():
+        raise SystemExit(f"error: --study: no split prepared with the pick's view ({view}); fix: run its bench/tune.py")
+    return view
+
+
+def _distilled(study: Path, work: Path, teachers: list[Path], seed: int, epochs: int, cached: bool) -> dict:
+    out = study / f"final-ensemble-{len(teachers)}{'-cached' if cached else ''}" / f"distill-seed{seed}"
     if not (out / "metrics.json").is_file():
         extra = ", ".join(f"{{arch: resnet20, source: {(t / 'model.pt').resolve()}}}" for t in teachers[1:])
         sets = [
@@ -80,12 +94,14 @@ def _distilled(study: Path, work: Path, teachers: list[Path], seed: int, epochs:
             f"storage.state_dir={work / 'state'}",
             "data.train_subset=null",
             f"student.epochs={epochs}",
-            "distill.cache=false",
+            f"distill.cache={str(cached).lower()}",
             f"distill.extra_teachers=[{extra}]",
         ]
+        if cached:  # a file per teacher, one view per epoch, beside the finals' single-teacher caches
+            sets += [f"distill.cache_views={epochs}", f"distill.cache_dir={work / 'state' / 'teacher_cache'}"]
         cfg = load_config(study / "best.yaml", None, sets)
         t0 = time.time()
-        steps.distill(cfg, work / "data", teachers[0] / "model.pt", out)
+        steps.distill(cfg, _data_dir(work, cfg), teachers[0] / "model.pt", out)
         (out / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
     return {**json.loads((out / "metrics.json").read_text()), **json.loads((out / "wall.json").read_text())}
 
@@ -97,6 +113,9 @@ def main() -> int:
     p.add_argument("--teachers", type=int, default=3, help="resnet20 teachers in the ensemble (the protocol's + more)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=15, help="the finals' length (the twin's finals must match)")
+    p.add_argument(
+        "--cached", action="store_true", help="the ensemble from the teacher cache (a file per teacher) instead of live"
+    )
     a = p.parse_args()
     work, seeds = Path(a.work), [int(s) for s in a.seeds.split(",")]
     study = work / "tune" / a.study
@@ -105,7 +124,7 @@ def main() -> int:
         raise SystemExit(f"error: --study: {study} has no best.yaml or finals on seeds {a.seeds}; fix: run it first")
     teachers = train_teachers(work, a.teachers)
     acc = _accuracies(teachers, data.load_prepared(work / "data"))
-    runs = {s: _distilled(study, work, teachers, s, a.epochs) for s in seeds}
+    runs = {s: _distilled(study, work, teachers, s, a.epochs, a.cached) for s in seeds}
     kd = [runs[s]["test_accuracy"] for s in seeds]
     twin = [json.loads(twins[s].read_text())["test_accuracy"] for s in seeds]
     single = [
@@ -113,11 +132,13 @@ def main() -> int:
     ]
     gains = [k - t for k, t in zip(kd, twin, strict=True)]
     best = load_config(study / "best.yaml")
-    twin_val = float(json.loads((study / "tune.json").read_text())["twin"]["val_accuracy"])
+    # the twin's finals on validation (same length and data as the distilled finals; the study's own tune.json is
+    # not carried for every study)
+    twin_val = statistics.mean(json.loads(twins[s].read_text())["final_val_accuracy"] for s in seeds)
     body = [
         f"The pick of `{a.study}` (`{best.student.arch}`) distilled with its tuned recipe from an ensemble of "
         f"{a.teachers} resnet20 teachers (the protocol's and {a.teachers - 1} more trained with its recipe on seeds "
-        f"1..{a.teachers - 1}; mean of probabilities, online), {a.epochs} epochs on the whole train split; its "
+        f"1..{a.teachers - 1}; mean of probabilities, {'cached, one view per epoch' if a.cached else 'online'}), {a.epochs} epochs on the whole train split; its "
         "tuned scratch twin and the pick distilled from the protocol's teacher alone are the study's finals of the "
         "same seeds. Test once per model.",
         "",
@@ -132,7 +153,7 @@ def main() -> int:
         f"| its scratch twin (tuned) | {fmt(twin)} | {a.seeds} |",
         f"| KD gain from the ensemble (paired by seed) | {fmt_pt(gains)} | {a.seeds} |",
         "",
-        f"Lead over the tuned twin on validation ({100 * twin_val:.2f}% at the study's rung): the protocol's teacher "
+        f"Lead over the tuned twin on validation ({100 * twin_val:.2f}%, its finals' mean): the protocol's teacher "
         f"{100 * (acc['teacher']['val'] - twin_val):+.2f} pt, the ensemble {100 * (acc['ensemble']['val'] - twin_val):+.2f} pt. "
         f"KD gain from the ensemble {100 * statistics.mean(gains):+.2f} pt: {t_test(gains)[0]}; "
         f"{statistics.mean(runs[s]['seconds'] for s in seeds) / 60:.0f} min per seed to distil.",
