@@ -84,8 +84,9 @@ def _data_dir(work: Path, best) -> Path:
     return view
 
 
-def _distilled(study: Path, work: Path, teachers: list[Path], seed: int, epochs: int, cached: bool) -> dict:
-    out = study / f"final-ensemble-{len(teachers)}{'-cached' if cached else ''}" / f"distill-seed{seed}"
+def _distilled(study: Path, work: Path, teachers: list[Path], seed: int, a: argparse.Namespace) -> dict:
+    epochs, cached = a.epochs, a.cached
+    out = study / f"{a.finals}-ensemble-{len(teachers)}{'-cached' if cached else ''}" / f"distill-seed{seed}"
     if not (out / "metrics.json").is_file():
         extra = ", ".join(f"{{arch: resnet20, source: {(t / 'model.pt').resolve()}}}" for t in teachers[1:])
         sets = [
@@ -98,7 +99,10 @@ def _distilled(study: Path, work: Path, teachers: list[Path], seed: int, epochs:
             f"distill.extra_teachers=[{extra}]",
         ]
         if cached:  # a file per teacher, one view per epoch, beside the finals' single-teacher caches
-            sets += [f"distill.cache_views={epochs}", f"distill.cache_dir={work / 'state' / 'teacher_cache'}"]
+            sets += [
+                f"distill.cache_views={a.views or epochs}",
+                f"distill.cache_dir={work / 'state' / 'teacher_cache'}",
+            ]
         cfg = load_config(study / "best.yaml", None, sets)
         t0 = time.time()
         steps.distill(cfg, _data_dir(work, cfg), teachers[0] / "model.pt", out)
@@ -116,29 +120,34 @@ def main() -> int:
     p.add_argument(
         "--cached", action="store_true", help="the ensemble from the teacher cache (a file per teacher) instead of live"
     )
+    p.add_argument("--views", type=int, default=0, help="with --cached: views cycled (0: one per epoch)")
+    p.add_argument(
+        "--finals", default="final", help="the study's folder of finals at --epochs (bench/tune.py: patient-45 for 45)"
+    )
     a = p.parse_args()
     work, seeds = Path(a.work), [int(s) for s in a.seeds.split(",")]
     study = work / "tune" / a.study
-    twins = {s: study / "final" / f"scratch-seed{s}" / "metrics.json" for s in seeds}
+    twins = {s: study / a.finals / f"scratch-seed{s}" / "metrics.json" for s in seeds}
     if not (study / "best.yaml").is_file() or not all(t.is_file() for t in twins.values()):
         raise SystemExit(f"error: --study: {study} has no best.yaml or finals on seeds {a.seeds}; fix: run it first")
     teachers = train_teachers(work, a.teachers)
     acc = _accuracies(teachers, data.load_prepared(work / "data"))
-    runs = {s: _distilled(study, work, teachers, s, a.epochs, a.cached) for s in seeds}
+    runs = {s: _distilled(study, work, teachers, s, a) for s in seeds}
     kd = [runs[s]["test_accuracy"] for s in seeds]
     twin = [json.loads(twins[s].read_text())["test_accuracy"] for s in seeds]
     single = [
-        json.loads((study / "final" / f"distill-seed{s}" / "metrics.json").read_text())["test_accuracy"] for s in seeds
+        json.loads((study / a.finals / f"distill-seed{s}" / "metrics.json").read_text())["test_accuracy"] for s in seeds
     ]
     gains = [k - t for k, t in zip(kd, twin, strict=True)]
     best = load_config(study / "best.yaml")
     # the twin's finals on validation (same length and data as the distilled finals; the study's own tune.json is
     # not carried for every study)
     twin_val = statistics.mean(json.loads(twins[s].read_text())["final_val_accuracy"] for s in seeds)
+    how = f"cached, {runs[seeds[0]]['cache_views']} view(s) cycled" if a.cached else "online"
     body = [
         f"The pick of `{a.study}` (`{best.student.arch}`) distilled with its tuned recipe from an ensemble of "
         f"{a.teachers} resnet20 teachers (the protocol's and {a.teachers - 1} more trained with its recipe on seeds "
-        f"1..{a.teachers - 1}; mean of probabilities, {'cached, one view per epoch' if a.cached else 'online'}), {a.epochs} epochs on the whole train split; its "
+        f"1..{a.teachers - 1}; mean of probabilities, {how}), {a.epochs} epochs on the whole train split; its "
         "tuned scratch twin and the pick distilled from the protocol's teacher alone are the study's finals of the "
         "same seeds. Test once per model.",
         "",
@@ -158,7 +167,8 @@ def main() -> int:
         f"KD gain from the ensemble {100 * statistics.mean(gains):+.2f} pt: {t_test(gains)[0]}; "
         f"{statistics.mean(runs[s]['seconds'] for s in seeds) / 60:.0f} min per seed to distil.",
     ]
-    write_section(f"Ensemble teacher: {a.study}", "\n".join(body))
+    title = f"Ensemble teacher: {a.study}" + (f", {a.epochs} epochs" if a.finals != "final" else "")
+    write_section(title, "\n".join(body))
     print("\n".join(body))
     return 0
 
