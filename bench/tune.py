@@ -25,7 +25,6 @@ import argparse
 import csv
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from protocol import ROOT, fmt, fmt_pt  # noqa: E402
 from results import RESULTS, write_section  # noqa: E402
 from tune_args import parse_args  # noqa: E402
 from tune_progress import progress_section  # noqa: E402
+from tune_runs import data_free, trained  # noqa: E402
 from tune_verdict import verdict_lines  # noqa: E402
 
 from kdflow import steps  # noqa: E402
@@ -108,10 +108,10 @@ def _final(best: Path, work: Path, a, seed: int, out: Path) -> dict[str, dict]:
     ):
         data_dir = _with_view(cfg, data_dir)  # the pick searched another view: the split prepared with it
     runs = {
-        "distill": _trained(
+        "distill": trained(
             out / f"distill-seed{seed}", lambda d: steps.distill(cfg, data_dir, work / "teacher" / "model.pt", d)
         ),
-        "scratch": _trained(out / f"scratch-seed{seed}", lambda d: steps.train(cfg, "scratch", data_dir, d)),
+        "scratch": trained(out / f"scratch-seed{seed}", lambda d: steps.train(cfg, "scratch", data_dir, d)),
     }
     for kind, m in runs.items():
         print(f"final {kind} seed {seed}: test {m['test_accuracy']:.4f}", flush=True)
@@ -127,15 +127,6 @@ def _with_view(cfg, data_dir: Path) -> Path:
     if data.load_manifest(plain)["digest"] != data.load_manifest(data_dir)["digest"]:
         raise SystemExit(f"error: {plain}: not the samples of {data_dir}; fix: remove it and run again")
     return plain
-
-
-def _trained(d: Path, train) -> dict:
-    """The metrics of the model in ``d`` with the wall it took, trained by ``train(d)`` first unless done."""
-    if not (d / "metrics.json").is_file():
-        t0 = time.time()
-        train(d)
-        (d / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
-    return {**json.loads((d / "metrics.json").read_text()), **json.loads((d / "wall.json").read_text())}
 
 
 def patient(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None:
@@ -165,50 +156,6 @@ def patient(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None:
         *rows,
     ]
     write_section(f"Patient distillation: {a.name}", "\n".join(body))
-    print("\n".join(body))
-
-
-def data_free(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None:
-    """The pick distilled data-free (DFAD with the teacher's BN statistics and class balance) from the study's
-    teacher on ``--dfad-seeds``: no training image read; beside the pick distilled with the data. The section is
-    written after each seed (the pending ones named), as the finals' is."""
-    seeds = [int(s) for s in a.dfad_seeds.split(",")]
-    runs: dict[int, dict] = {}
-    for seed in seeds:
-        sets = ["tracking.enabled=false", f"train.seed={seed}", f"storage.state_dir={work / 'state'}"]
-        sets += ["distill.method=dfad", "distill.data_free=true", "distill.cache=false", "distill.extra_teachers=[]"]
-        cfg = load_config(result.best_yaml, None, sets)
-        distil = lambda d: steps.distill(cfg, work / "data", work / "teacher" / "model.pt", d)  # noqa: B023, E731
-        runs[seed] = _trained(out / f"dfad-seed{seed}", distil)
-        print(f"data-free seed {seed}: test {runs[seed]['test_accuracy']:.4f}", flush=True)
-        _data_free_section(a, result, cfg, runs, [s for s in seeds if s not in runs], finals)
-
-
-def _data_free_section(a, result, cfg, runs: dict[int, dict], pending: list[int], finals: dict[int, dict]) -> None:
-    done = list(runs)
-    acc = [runs[s]["test_accuracy"] for s in done]
-    with_data = [finals[s]["distill"]["test_accuracy"] for s in done if s in finals]
-    g = cfg.distill.generator
-    body = [
-        f"The pick of `{a.name}` (`{result.pick['arch']}`, {result.pick['params']:,} params) distilled data-free from "
-        f"the protocol's resnet20 teacher (DFAD, generator width {g.width}, {g.iterations} generator steps of "
-        f"{g.batch} images, {g.student_steps} student steps each, BN-statistics weight {g.bn_weight}, class-balance "
-        f"weight {g.balance_weight}); no training image read; test accuracy once per model.",
-        "",
-        "| model | test accuracy | wall per seed (min) | seeds |",
-        "|---|---|---|---|",
-        f"| pick, data-free (DFAD) | {fmt(acc)} | {statistics.mean(runs[s]['seconds'] for s in done) / 60:.0f} | "
-        f"{','.join(map(str, done))} |",
-    ]
-    if with_data:
-        body.append(
-            f"| pick, distilled with the train split ({a.final_epochs} epochs) | {fmt(with_data)} | - | "
-            f"{','.join(str(s) for s in done if s in finals)} |"
-        )
-    if pending:
-        body.append(f"| (partial: seed(s) {','.join(map(str, pending))} still to run) | - | - | - |")
-    body += ["", f"Target >= 85% test (mean): {'met' if statistics.mean(acc) >= 0.85 else 'MISSED'}."]
-    write_section(f"Data-free distillation: {a.name}", "\n".join(body))
     print("\n".join(body))
 
 

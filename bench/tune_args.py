@@ -49,6 +49,12 @@ def parse_args(doc: str | None) -> argparse.Namespace:
     p.add_argument("--patient-seeds", default="0")
     p.add_argument("--dfad-seeds", default="", help="then the pick distilled data-free on these seeds")
     p.add_argument(
+        "--dfad-confidence",
+        type=float,
+        default=0.0,
+        help="data-free: distill.generator.confidence_weight (DAFL one-hot)",
+    )
+    p.add_argument(
         "--progress", action="store_true", help="train nothing: write the section from what the study has finished"
     )
     p.add_argument(

@@ -239,6 +239,31 @@ def test_generator_makes_pixels_and_bn_statistics_measure_the_distance():
     assert float(class_balance(uniform)) < float(class_balance(peaked))  # balanced batches cost less
 
 
+def test_the_confidence_term_is_the_teachers_cross_entropy_to_its_top_class_and_joins_the_generator_loss():
+    """DAFL's one-hot term: low for images the teacher sees as one class, high for ambiguous ones; the generator
+    step adds it times distill.generator.confidence_weight (same state and batch: the losses differ by exactly it)."""
+    import copy
+
+    from kdflow.training.data_free import DataFreeState, Generator, generator_step, teacher_confidence
+
+    peaked, uniform = torch.zeros(8, 10), torch.zeros(8, 10)
+    peaked[:, 3] = 10
+    assert float(teacher_confidence(peaked)) < 1e-3 < float(teacher_confidence(uniform))
+    logits = torch.randn(8, 10)
+    assert torch.isclose(teacher_confidence(logits), nn.functional.cross_entropy(logits, logits.argmax(1)))
+    losses = {}
+    for w in (0.0, 2.0):
+        torch.manual_seed(0)
+        teacher, student = models.build_model("cnn-wide").eval(), models.build_model("cnn-small")
+        generator = Generator(16, 8, 1, 28)
+        gen = {"latent": 16, "width": 8, "batch": 8, "confidence_weight": w, "iterations": 2}
+        cfg = build_config({"distill": {"method": "dfad", "data_free": True, "generator": gen}})
+        st = DataFreeState(copy.deepcopy(student), teacher, generator, cfg, MEAN, STD)
+        losses[w] = generator_step(st, 0, 0)
+    assert losses[0.0]["confidence"] == pytest.approx(losses[2.0]["confidence"], rel=1e-5)
+    assert losses[2.0]["generator"] - losses[0.0]["generator"] == pytest.approx(2 * losses[0.0]["confidence"], rel=1e-4)
+
+
 def test_dfad_soft_loss_is_the_mean_absolute_logit_difference():
     from kdflow.training.loss_registry import SOFT_LOSSES
 

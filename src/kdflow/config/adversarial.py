@@ -84,6 +84,12 @@ class GeneratorConfig(Section):
     balance_weight: float = Field(
         1.0, ge=0, description="keep the teacher's mean prediction over a batch spread over classes (DAFL); 0 = off"
     )
+    confidence_weight: float = Field(
+        0.0,
+        ge=0,
+        description="make each generated image one the teacher classifies confidently (DAFL's one-hot term: its "
+        "cross-entropy to its own top class); with balance_weight every class gets clear examples; 0 = off",
+    )
     memory_limit_mb: int | None = Field(
         None, ge=1, description="refuse a generator whose training needs more; default the machine's memory limit"
     )

@@ -4,8 +4,9 @@ A generator maps noise to images; the student learns to match the frozen teacher
 ``dfad`` soft loss: mean |student - teacher| logits) while the generator learns to make images on
 which the two disagree most (the min-max). Optional extra signals for the generator: the teacher's
 batch-norm statistics (DeepInversion: generated batches should look like the data the teacher's BN
-layers saw) and class balance (DAFL: the teacher's mean prediction over a batch should be spread
-over the classes). No real image enters the loop.
+layers saw), class balance (DAFL: the teacher's mean prediction over a batch should be spread
+over the classes) and confidence (DAFL's one-hot term: each image clearly one class to the teacher).
+No real image enters the loop.
 """
 
 from __future__ import annotations
@@ -133,6 +134,13 @@ class BatchNormStatistics:
             h.remove()
 
 
+def teacher_confidence(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """DAFL's one-hot term: the teacher's cross-entropy to its own top class, low when each image is clearly one
+    class (the balance term alone is met by a batch of ambiguous images whose mean prediction is uniform)."""
+    t = teacher_logits.float()
+    return F.cross_entropy(t, t.argmax(1))
+
+
 def class_balance(teacher_logits: torch.Tensor) -> torch.Tensor:
     """DAFL's information-entropy term: minus the entropy of the teacher's mean prediction over the batch."""
     p = F.softmax(teacher_logits.float(), 1).mean(0)
@@ -224,15 +232,20 @@ def generator_step(st: DataFreeState, iteration: int, epoch: int) -> dict[str, f
     s = st.student(x)
     discrepancy = st.soft(s, [t], t.argmax(1), st.cfg.distill, epoch)
     bn = st.bn.pop() if st.bn is not None else torch.zeros(())
-    balance = class_balance(t)
-    loss = -discrepancy + g.bn_weight * bn + g.balance_weight * balance
+    balance, confidence = class_balance(t), teacher_confidence(t)
+    loss = -discrepancy + g.bn_weight * bn + g.balance_weight * balance + g.confidence_weight * confidence
     grads = torch.autograd.grad(loss, list(st.generator.parameters()))
     st.opt_g.zero_grad(set_to_none=True)
     for p, gr in zip(st.generator.parameters(), grads, strict=True):
         p.grad = gr
     st.opt_g.step()
     st.sched_g.step()
-    return {"generator": float(loss.detach()), "bn": float(bn.detach()), "balance": float(balance.detach())}
+    return {
+        "generator": float(loss.detach()),
+        "bn": float(bn.detach()),
+        "balance": float(balance.detach()),
+        "confidence": float(confidence.detach()),
+    }
 
 
 def fit_data_free(
@@ -265,7 +278,7 @@ def fit_data_free(
         t0 = time.perf_counter()
         st.student.train()
         st.generator.train()
-        sums = {"soft": 0.0, "agreement": 0.0, "generator": 0.0, "bn": 0.0, "balance": 0.0}
+        sums = {"soft": 0.0, "agreement": 0.0, "generator": 0.0, "bn": 0.0, "balance": 0.0, "confidence": 0.0}
         first, last = epoch * per_epoch, min((epoch + 1) * per_epoch, g.iterations)
         for it in tqdm(range(first, last), desc=f"{desc} {epoch + 1}/{st.epochs}", leave=False, mininterval=1.0):
             for k in range(g.student_steps):
