@@ -204,6 +204,10 @@ def test_bad_input_exits_2_and_leaves_the_study_untouched(tmp_path, fashion_avai
         assert code == 2, (extra, err)
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("kdflow"), err
         assert (out / "study.db").read_bytes() == db
+    # an extra teacher that cannot be read is refused before the data or the teacher is written
+    fresh, missing = tmp_path / "fresh", "distill.extra_teachers=[{arch: cnn-wide, source: /nowhere/teacher.pt}]"
+    assert main(["tune", "--config", str(config), "--out", str(fresh), "--set", missing]) == 2
+    assert "distill.extra_teachers[0].source" in capsys.readouterr().err and not fresh.exists()
 
 
 def test_latency_budget_is_measured_and_enforced(tmp_path, fashion_available, monkeypatch):
