@@ -17,7 +17,8 @@ every run, so a long run leaves its partial results.
     .venv/bin/python bench/adversarial.py --rows dfad --seeds 0,1,2 --section "Data-free distillation over seeds"
     .venv/bin/python bench/adversarial.py --rows dfad --iterations 2000 --section "Data-free distillation, 2000 steps"
 
-Data-free runs of another ``--iterations`` than 1000 live in ``dfad-it<N>`` beside ``dfad``.
+Data-free runs of another ``--iterations`` than 1000 live in ``dfad-it<N>`` beside ``dfad``, with
+``--confidence W`` (DAFL's one-hot term) in ``dfad[-it<N>]-conf<W>``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def config(args, extra: list[str]):
         f"adversarial.eval_samples={args.robust_samples}",
         f"distill.generator.iterations={args.iterations}",
     ]
+    base += [f"distill.generator.confidence_weight={args.confidence}"] if args.confidence else []
     return load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", base + extra)
 
 
@@ -89,7 +91,13 @@ def robust(out: Path, cfg, prepared) -> dict:
 
 def _folder(args, row: str) -> Path:
     """A row's runs; data-free runs of another generator length than the default 1000 steps keep their own."""
-    return WORK / (f"{row}-it{args.iterations}" if row == "dfad" and args.iterations != 1000 else row)
+    if row != "dfad":
+        return WORK / row
+    return WORK / (
+        row
+        + (f"-it{args.iterations}" if args.iterations != 1000 else "")
+        + (f"-conf{args.confidence:g}" if args.confidence else "")
+    )
 
 
 def run(args, row: str, seed: int, prepared) -> None:
@@ -186,7 +194,8 @@ def report(args) -> str:
         "rslad-rt20": "cnn-small RSLAD from the PGD-AT resnet20 teacher",
         "kd": "cnn-small plain KD (cost reference)",
         "dfad": "cnn-small data-free DFAD (no training image)"
-        + (f", {args.iterations} generator steps" if args.iterations != 1000 else ""),
+        + (f", {args.iterations} generator steps" if args.iterations != 1000 else "")
+        + (f", confidence weight {args.confidence:g}" if args.confidence else ""),
     }
     for row, found in runs.items():
         if not found:
@@ -239,6 +248,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--teacher-epochs", type=int, default=10)
     p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--confidence", type=float, default=0.0, help="data-free: distill.generator.confidence_weight")
     p.add_argument("--robust-samples", type=int, default=2000)
     p.add_argument("--report", action="store_true")
     p.add_argument(
