@@ -25,6 +25,7 @@ def test_a_searched_train_view_trains_as_data_prepared_with_it(tmp_path, tiny_da
         "trials": 2,
         "objectives": ["val_accuracy"],
         "startup_trials": 2,
+        "cache_views": 3,  # asked for, yet a plain view needs one
         "space": {"students": ["cnn-small"], "epochs": [1, 1], "augment": [False]},
     }
     out = tmp_path / "study"
@@ -34,6 +35,7 @@ def test_a_searched_train_view_trains_as_data_prepared_with_it(tmp_path, tiny_da
     assert rows and {r["augment"] for r in rows} == {"False"}  # every trial of both studies sampled the view
     caches = [safe_torch_load(p, "distill.cache") for p in (out / "teacher_cache").glob("*.pt")]
     assert caches and all(not c["key"]["augmentation"]["enabled"] for c in caches)  # the teacher saw that view
+    assert all(c["key"]["views"] == 1 for c in caches)  # every view the same image: one teacher pass, exact
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["data"]["augment"] is False and best["scratch_twin"]["augment"] is False
     assert result.pick["recipe"]["augment"] is False
