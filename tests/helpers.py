@@ -44,3 +44,23 @@ def experiment_config(name: str, tmp: Path, *extra: str):
 
     base = ["tracking.enabled=false", "storage.reuse=false", f"storage.state_dir={tmp / 'state'}"]
     return load_config(ROOT / "configs" / name, "smoke", [*base, "train.num_threads=1", *extra])
+
+
+def view_batch(prepared, cache, epoch: int, batch: int = 64, mix: dict | None = None):
+    """The first training batch of ``epoch`` as the trainer draws it from a teacher cache's stored view (its mixing
+    partners too, when ``mix``): (images, targets, sample indices)."""
+    from kdflow.data import prepared as data
+
+    return next(
+        data.iterate(
+            prepared.train,
+            batch,
+            data.Normalizer(prepared.mean, prepared.std),
+            shuffle=True,
+            augment=prepared.manifest["augmentation"],
+            seed=epoch,
+            views=cache.params_for_epoch(epoch),
+            mix=mix,
+            mix_views=cache.mix_for_epoch(epoch) if mix else None,
+        )
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import tiny_config, view_batch
 
 from kdflow.config import build_config
 from kdflow.data import cache
@@ -42,18 +42,8 @@ def setup(tiny_data, tmp_path_factory):
 
 def test_student_sees_exactly_the_view_the_teacher_saw(setup):
     d, tc, teacher = setup["d"], setup["cache"], setup["teacher"]
-    norm = data.Normalizer(d.mean, d.std)
     for epoch in (0, 1, 4):  # epoch 4 wraps to view 1
-        batches = data.iterate(
-            d.train,
-            64,
-            norm,
-            shuffle=True,
-            augment=d.manifest["augmentation"],
-            seed=epoch,
-            views=tc.params_for_epoch(epoch),
-        )
-        xb, _, idx = next(batches)
+        xb, _, idx = view_batch(d, tc, epoch)
         with torch.no_grad():
             live = teacher(xb)
         assert torch.allclose(tc.logits_for(idx, epoch), live, atol=2e-2, rtol=1e-2)
@@ -142,23 +132,11 @@ def test_mixed_views_the_teacher_saw_are_the_ones_the_student_gets(setup, tmp_pa
     """Function matching offline: the cache stores each view's partner and weight and the teacher's
     logits on the mixed image; the trainer's batches rebuild exactly that image."""
     d, teacher = setup["d"], setup["teacher"]
-    norm = data.Normalizer(d.mean, d.std)
     for kind in ("mixup", "cutmix"):
         tc, path, _ = cache.get_or_build(teacher, setup["sha"], d, 2, 5, tmp_path, {"kind": kind, "alpha": 1.0})
         reloaded = cache.load(path, tc.key)
         for epoch in (0, 1):
-            batches = data.iterate(
-                d.train,
-                64,
-                norm,
-                shuffle=True,
-                augment=d.manifest["augmentation"],
-                seed=epoch,
-                views=reloaded.params_for_epoch(epoch),
-                mix={"kind": kind, "alpha": 1.0, "num_classes": 10},
-                mix_views=reloaded.mix_for_epoch(epoch),
-            )
-            xb, targets, idx = next(batches)
+            xb, targets, idx = view_batch(d, reloaded, epoch, mix={"kind": kind, "alpha": 1.0, "num_classes": 10})
             with torch.no_grad():
                 live = teacher(xb)
             assert torch.allclose(reloaded.logits_for(idx, epoch), live, atol=2e-2, rtol=1e-2)

@@ -7,7 +7,7 @@ import optuna
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_config
+from helpers import tiny_config, view_batch
 
 from kdflow.data import cache
 from kdflow.data import prepared as data
@@ -43,18 +43,8 @@ def test_each_teacher_serves_its_own_logits_on_the_view_all_of_them_saw(teachers
     assert isinstance(ec, EnsembleCache) and len(ec.members) == 2 and not reused
     assert paths[0] == alone_path and alone_path.stat().st_mtime_ns == before  # the first teacher's file reused
     assert ec.bytes_per_view() == 2 * alone.bytes_per_view() and ec.views == 2
-    norm = data.Normalizer(d.mean, d.std)
     for epoch in (0, 1, 2):  # epoch 2 wraps to view 0
-        batches = data.iterate(
-            d.train,
-            64,
-            norm,
-            shuffle=True,
-            augment=d.manifest["augmentation"],
-            seed=epoch,
-            views=ec.params_for_epoch(epoch),
-        )
-        xb, _, idx = next(batches)
+        xb, _, idx = view_batch(d, ec, epoch)
         got = ec.teacher_logits(idx, epoch)
         with torch.no_grad():
             live = [t0(xb), t1(xb)]
@@ -85,17 +75,7 @@ def test_the_cached_ensemble_loss_is_the_live_ensemble_loss(teachers, tiny_data,
     ec, _, _ = get_or_build_all([t0, t1], [sha0, sha1], d, 1, 5, tmp_path)
     torch.manual_seed(0)
     student = models.build_model("cnn-small")
-    xb, yb, idx = next(
-        data.iterate(
-            d.train,
-            64,
-            data.Normalizer(d.mean, d.std),
-            shuffle=True,
-            augment=d.manifest["augmentation"],
-            seed=0,
-            views=ec.params_for_epoch(0),
-        )
-    )
+    xb, yb, idx = view_batch(d, ec, 0)
     for rule in ("mean_probs", "mean_logits"):
         cfg = build_config({"distill": {"temperature": 4.0, "alpha": 0.0, "ensemble": rule}}).distill
         objective = DistillObjective([t0, t1], student, cfg, (1, 28, 28), 10)
