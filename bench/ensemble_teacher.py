@@ -28,12 +28,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocol import ROOT, fmt, fmt_pt  # noqa: E402
 from results import write_section  # noqa: E402
+from tune_runs import with_view  # noqa: E402
 from tune_verdict import t_test  # noqa: E402
 
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
 from kdflow.data import prepared as data  # noqa: E402
-from kdflow.data.prepared import augmentation_spec  # noqa: E402
 from kdflow.evaluation.metrics import predict_logits  # noqa: E402
 from kdflow.steps.train import load_teacher  # noqa: E402
 
@@ -73,17 +73,6 @@ def _accuracies(paths: list[Path], prepared: data.PreparedData) -> dict[str, dic
     return out
 
 
-def _data_dir(work: Path, best) -> Path:
-    """The split the study's finals trained on: the protocol's, or its copy prepared with the pick's train view
-    (bench/tune.py prepares it beside, e.g. data-augment-false for an MLP on the plain view)."""
-    if data.load_manifest(work / "data")["augmentation"] == augmentation_spec(best.data):
-        return work / "data"
-    view = work / f"data-augment-{str(best.data.augment).lower()}"
-    if not (view / "manifest.json").is_file():
-        raise SystemExit(f"error: --study: no split prepared with the pick's view ({view}); fix: run its bench/tune.py")
-    return view
-
-
 def _distilled(study: Path, work: Path, teachers: list[Path], seed: int, a: argparse.Namespace) -> dict:
     epochs, cached = a.epochs, a.cached
     out = study / f"{a.finals}-ensemble-{len(teachers)}{'-cached' if cached else ''}" / f"distill-seed{seed}"
@@ -105,7 +94,7 @@ def _distilled(study: Path, work: Path, teachers: list[Path], seed: int, a: argp
             ]
         cfg = load_config(study / "best.yaml", None, sets)
         t0 = time.time()
-        steps.distill(cfg, _data_dir(work, cfg), teachers[0] / "model.pt", out)
+        steps.distill(cfg, with_view(cfg, work / "data"), teachers[0] / "model.pt", out)
         (out / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
     return {**json.loads((out / "metrics.json").read_text()), **json.loads((out / "wall.json").read_text())}
 

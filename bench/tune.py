@@ -34,13 +34,11 @@ from protocol import ROOT, fmt, fmt_pt  # noqa: E402
 from results import RESULTS, write_section  # noqa: E402
 from tune_args import parse_args  # noqa: E402
 from tune_progress import progress_section  # noqa: E402
-from tune_runs import data_free, trained  # noqa: E402
+from tune_runs import data_free, trained, with_view  # noqa: E402
 from tune_verdict import verdict_lines  # noqa: E402
 
 from kdflow import steps  # noqa: E402
 from kdflow.config import load_config  # noqa: E402
-from kdflow.data import prepared as data  # noqa: E402
-from kdflow.data.prepared import augmentation_spec  # noqa: E402
 from kdflow.tune import tune  # noqa: E402
 
 
@@ -103,10 +101,8 @@ def _final(best: Path, work: Path, a, seed: int, out: Path) -> dict[str, dict]:
     rung = best.parent / "final" / "data"  # unaugmented: the study's own prep of the whole split (rung or search)
     own = best.parent / "data" if a.profile or a.final_as_searched else rung if rung.is_dir() else best.parent / "data"
     data_dir = own if (a.profile or a.final_as_searched or a.no_augment) else work / "data"
-    if not (a.profile or a.final_as_searched) and data.load_manifest(data_dir)["augmentation"] != augmentation_spec(
-        cfg.data
-    ):
-        data_dir = _with_view(cfg, data_dir)  # the pick searched another view: the split prepared with it
+    if not (a.profile or a.final_as_searched):
+        data_dir = with_view(cfg, data_dir)  # the pick searched another view: the split prepared with it
     runs = {
         "distill": trained(
             out / f"distill-seed{seed}", lambda d: steps.distill(cfg, data_dir, work / "teacher" / "model.pt", d)
@@ -116,17 +112,6 @@ def _final(best: Path, work: Path, a, seed: int, out: Path) -> dict[str, dict]:
     for kind, m in runs.items():
         print(f"final {kind} seed {seed}: test {m['test_accuracy']:.4f}", flush=True)
     return runs
-
-
-def _with_view(cfg, data_dir: Path) -> Path:
-    """The same samples prepared with the pick's train view (once, beside them): the distill step trains on the
-    view its data was prepared with (the twin applies its own, scratch_twin.augment)."""
-    plain = data_dir.parent / f"{data_dir.name}-augment-{str(cfg.data.augment).lower()}"
-    if not (plain / "manifest.json").is_file():
-        steps.prep(load_config(data_dir / "config.resolved.yaml", None, [f"data.augment={cfg.data.augment}"]), plain)
-    if data.load_manifest(plain)["digest"] != data.load_manifest(data_dir)["digest"]:
-        raise SystemExit(f"error: {plain}: not the samples of {data_dir}; fix: remove it and run again")
-    return plain
 
 
 def patient(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None:

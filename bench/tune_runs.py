@@ -12,6 +12,8 @@ from results import write_section
 
 from kdflow import steps
 from kdflow.config import load_config
+from kdflow.data import prepared as data
+from kdflow.data.prepared import augmentation_spec
 
 
 def trained(d: Path, train) -> dict:
@@ -21,6 +23,20 @@ def trained(d: Path, train) -> dict:
         train(d)
         (d / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
     return {**json.loads((d / "metrics.json").read_text()), **json.loads((d / "wall.json").read_text())}
+
+
+def with_view(cfg, data_dir: Path) -> Path:
+    """``data_dir``, or the same samples prepared with the config's train view when they were prepared with another
+    (once, beside them, e.g. data-augment-false): the distill step trains on the view its data was prepared with
+    (the twin applies its own, scratch_twin.augment)."""
+    if data.load_manifest(data_dir)["augmentation"] == augmentation_spec(cfg.data):
+        return data_dir
+    viewed = data_dir.parent / f"{data_dir.name}-augment-{str(cfg.data.augment).lower()}"
+    if not (viewed / "manifest.json").is_file():
+        steps.prep(load_config(data_dir / "config.resolved.yaml", None, [f"data.augment={cfg.data.augment}"]), viewed)
+    if data.load_manifest(viewed)["digest"] != data.load_manifest(data_dir)["digest"]:
+        raise SystemExit(f"error: {viewed}: not the samples of {data_dir}; fix: remove it and run again")
+    return viewed
 
 
 def data_free(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -16,6 +17,8 @@ import optuna
 import pytest
 import yaml
 from helpers import ROOT, tiny_config
+
+from kdflow.infra.io import sha256_file
 
 pytestmark = pytest.mark.e2e
 KDFLOW = [sys.executable, "-m", "kdflow.cli"]
@@ -70,6 +73,7 @@ def test_tune_writes_study_outputs_and_mlflow_runs(tmp_path, fashion_available):
     assert sum(r["pick"] == "True" for r in front) == 1
     assert "KD gain" in done.stdout and ("distillation pays" in done.stdout or "did not pay" in done.stdout)
     assert "test" not in (out / "trials.csv").read_text().lower()  # the study never reads the test split
+    assert json.loads((out / "teachers.json").read_text()) == [sha256_file(out / "teacher" / "model.pt")]
 
     from mlflow.tracking import MlflowClient
 

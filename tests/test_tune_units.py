@@ -13,7 +13,7 @@ from helpers import tiny_config
 
 from kdflow.config import build_config
 from kdflow.data.mixing import apply_mix, draw_mix, mixed_targets
-from kdflow.errors import ConfigError, ModelError
+from kdflow.errors import ConfigError, KdflowError, ModelError
 from kdflow.models import zoo as models
 from kdflow.tune import report, space, study
 
@@ -136,6 +136,20 @@ def test_study_of_another_config_is_refused_without_touching_it(tmp_path):
     study.check_identity(tmp_path, cfg)
     with pytest.raises(ConfigError, match=r"tune.space.augment"):
         study.check_identity(tmp_path, build_config({**cfg.to_dict(), "tune": {"space": {"augment": [True, False]}}}))
+
+
+def test_a_study_continued_with_another_teacher_file_is_refused(tmp_path):
+    """An extra teacher is named by its path; the study records every teacher's sha256 and refuses to continue
+    when a file there changed (trials of two ensembles would mix)."""
+    study.check_teachers(tmp_path, ["a" * 64, "b" * 64])  # the first run records them
+    study.check_teachers(tmp_path, ["a" * 64, "b" * 64])
+    with pytest.raises(ConfigError, match=r"^distill.extra_teachers\[0\].source: .*another file there"):
+        study.check_teachers(tmp_path, ["a" * 64, "c" * 64])
+    with pytest.raises(ConfigError, match=r"^teacher: "):
+        study.check_teachers(tmp_path, ["d" * 64, "b" * 64])
+    (tmp_path / study.TEACHERS).write_text("{not json")
+    with pytest.raises(KdflowError, match=r"^--out: .*not readable JSON"):  # damaged: one line
+        study.check_teachers(tmp_path, ["a" * 64, "b" * 64])
 
 
 def test_scratch_twin_recipe_applies_to_the_scratch_step_only():

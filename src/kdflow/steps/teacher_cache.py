@@ -10,6 +10,12 @@ from kdflow.config import Config
 from kdflow.data.prepared import PreparedData
 
 
+def exact_views(prepared: PreparedData, views: int, mix: str) -> int:
+    """The views a cache needs: one when every view is the same input (no augmentation, or feature rows, and no
+    mixing): one teacher pass is exact; else ``views``."""
+    return 1 if not prepared.manifest["augmentation"].get("enabled") and mix == "none" else views
+
+
 def cache_factory(cfg: Config, teachers: list[nn.Module], teacher_sha256s: list[str]):
     """A function that builds (or reuses) the cache for the prepared data and says what it did: one cache file per
     teacher (the first is ``--teacher``, then ``distill.extra_teachers``), each keyed by its own checkpoint."""
@@ -22,9 +28,7 @@ def cache_factory(cfg: Config, teachers: list[nn.Module], teacher_sha256s: list[
 
         if cfg.train.keep_freed_memory:
             keep_freed_memory()
-        views = cfg.distill.cache_views or max(1, cfg.epochs_for("student"))
-        if not prepared.manifest["augmentation"].get("enabled") and cfg.train.mix == "none":
-            views = 1  # every view the same input (feature rows, or augmentation off): one teacher pass is exact
+        views = exact_views(prepared, cfg.distill.cache_views or max(1, cfg.epochs_for("student")), cfg.train.mix)
         cache_dir = Path(cfg.distill.cache_dir or Path(cfg.storage.state_dir) / "teacher_cache")
         device = pick_device(cfg.train.device)
         forwards = [  # built where training runs, stored on CPU

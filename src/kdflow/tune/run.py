@@ -159,7 +159,10 @@ def _check_space_for_pool(cfg: Config) -> None:
     fix = "set distill.unlabeled=false, or keep only such choices in the space"
     if any(m != "none" for m in cfg.tune.space.mix):
         raise ConfigError("tune.space.mix", "mixed targets need labels; the unlabeled transfer set has none", fix)
-    if any(m.startswith(("dkd", "ard", "rslad")) for m in cfg.tune.space.methods):
+    from kdflow.training.loss_registry import SOFT_LOSSES
+
+    soft = [m.partition("+")[0] for m in cfg.tune.space.methods]
+    if any(m.startswith("dkd") or SOFT_LOSSES[m].adversarial for m in soft):
         raise ConfigError(
             "tune.space.methods", "DKD, ARD and RSLAD need every image's label; the transfer set has none", fix
         )
@@ -310,6 +313,7 @@ def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
         study.write_identity(out, cfg)
         run_id = record.study_run(ctx.tracker, key, cfg)
         st = open_context(cfg, data_dir, teacher_path, out, record.TrialRecorder(ctx.tracker, run_id))
+        study.check_teachers(out, [sha for _, sha in st.ensemble()])
         top = _final_study(cfg, out, ctx, teacher_path, st)
         print(plan(cfg, st, top), flush=True)
         kd = study.open_study(out, "distill", cfg, len(cfg.tune.objectives))

@@ -25,6 +25,7 @@ from kdflow.infra.loaders import check_study_db, read_json_state
 
 DB = "study.db"
 IDENTITY = "study.json"
+TEACHERS = "teachers.json"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # What a trial's result depends on; trial counts and timeouts may change between runs of one study.
 IDENTITY_SECTIONS = ("data", "teacher", "distill", "train", "tune")
@@ -63,6 +64,26 @@ def check_identity(out: Path, cfg: Config) -> None:
             f"'{out}' holds a study of another config: {differences(recorded, expected, shown=1)}",
             "rerun with the study's config, or choose a new --out",
         )
+
+
+def check_teachers(out: Path, shas: list[str]) -> None:
+    """The study's teachers by content (sha256 of each checkpoint, the study's teacher first): the config names an
+    extra teacher by its path, read again every run, so a continued study whose file there changed is refused
+    rather than mixing trials of two ensembles. The first run records them."""
+    path = out / TEACHERS
+    if not path.is_file():
+        atomic_write_json(path, shas)
+        return
+    recorded = read_json_state(path, "--out", "restore the study's teachers.json, or choose a new --out")
+    fix = "restore that checkpoint, or choose a new --out"
+    if not isinstance(recorded, list) or len(recorded) != len(shas):  # the count is in the identity: a damaged file
+        raise ConfigError("--out", f"'{path}' does not list the study's {len(shas)} teachers", fix)
+    for i, (was, now) in enumerate(zip(recorded, shas, strict=True)):
+        if was != now:
+            field = "teacher" if i == 0 else f"distill.extra_teachers[{i - 1}].source"
+            raise ConfigError(
+                field, f"'{out}' was studied with another file there (sha256 {was[:12]}, now {now[:12]})", fix
+            )
 
 
 def write_identity(out: Path, cfg: Config) -> None:

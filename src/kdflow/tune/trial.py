@@ -116,17 +116,18 @@ class Study:
         self, mix: str, which: str = "final", augment: bool | None = None
     ) -> cache.TeacherCache | EnsembleCache:
         """One cache per mixing choice, teacher checkpoint and train view (a file per teacher of an ensemble),
-        built once and shared by every trial (memory and disk). Without augmentation or mixing every view is the
-        same image: one view, one teacher pass, exact (as the distill step does)."""
+        built once and shared by every trial (memory and disk); one view where every view is the same image, as in
+        the distill step."""
         if (mix, which, augment) not in self.caches:
             spec = {"kind": mix, "alpha": self.cfg.train.mix_alpha} if mix != "none" else None
+            from kdflow.steps.teacher_cache import exact_views
+
             members, data = self.ensemble(which), self.data_for("distill", augment)
-            same = spec is None and not data.manifest["augmentation"].get("enabled")
             self.caches[(mix, which, augment)], _, _ = get_or_build_all(
                 [frozen_forward(t, bool(self.cfg.teacher.channels_last), compiled=False) for t, _ in members],
                 [sha for _, sha in members],
                 data,
-                1 if same else self.cache_views,
+                exact_views(data, self.cache_views, mix),
                 self.cfg.distill.cache_seed,
                 self.cache_dir or self.out / "teacher_cache",
                 spec,
