@@ -1,5 +1,6 @@
-"""Cached ensembles (``distill.extra_teachers`` with ``distill.cache``): a cache file per teacher over the same
-views, every teacher's logits read at each step, combined as the live teachers are; the step and the tune."""
+"""Ensembles of teachers (``distill.extra_teachers``): with ``distill.cache`` a cache file per teacher over the same
+views, every teacher's logits read at each step, combined as the live teachers are (the step and the tune); the
+evaluate step compares the student with the ensemble that taught it."""
 
 from __future__ import annotations
 
@@ -137,3 +138,50 @@ def test_the_tune_learns_from_every_teacher_and_reads_the_ensembles_lead(teacher
     assert seen == [2]
     tc = next(iter(st.caches.values()))
     assert isinstance(tc, EnsembleCache) and len(tc.members) == 2
+
+
+def test_the_evaluation_is_against_the_ensemble_that_taught_the_student(teachers, tiny_data, tmp_path):
+    """The evaluate step's teacher row is the ensemble (distill.ensemble over --teacher and the extra teachers):
+    accuracy of the averaged distribution, the members' parameters together, agreement and KL against it; a
+    config whose extra teachers are not the files the student learnt from is refused before anything is written."""
+    import shutil
+
+    from kdflow import steps
+    from kdflow.evaluation.metrics import predict_logits
+
+    (t0, p0, _), (t1, p1, _) = teachers
+    (tmp_path / "teacher").mkdir()
+    shutil.copy(p0, tmp_path / "teacher" / "model.pt")  # a teacher directory made by hand
+    extra = {"extra_teachers": [{"arch": "cnn-wide", "source": str(p1)}]}
+    cfg = tiny_config(tmp_path, distill=extra, student={"epochs": 1}, storage={"reuse": False})
+    steps.distill(cfg, tiny_data, tmp_path / "teacher" / "model.pt", tmp_path / "kd")
+    s = steps.evaluate_models(cfg, tiny_data, tmp_path / "teacher", None, tmp_path / "kd", tmp_path / "eval")
+    d = data.load_prepared(tiny_data)
+    test = [predict_logits(t, d.test, d.normalizer()) for t in (t0, t1)]
+    probs = [F.softmax(t, 1) for t in test]
+    ensemble_pred = (probs[0] + probs[1]).argmax(1)
+    teacher = s["models"]["teacher"]
+    assert teacher["accuracy"] == pytest.approx(float((ensemble_pred == d.test.y).float().mean()))
+    assert teacher["parameters"] == 2 * models.num_parameters(t0)
+    assert [m["accuracy"] for m in s["teacher_members"]] == pytest.approx(
+        [float((t.argmax(1) == d.test.y).float().mean()) for t in test]
+    )
+    student = predict_logits(checkpoints.load_model(tmp_path / "kd" / "model.pt")[0], d.test, d.normalizer())
+    assert s["models"]["student"]["agreement_with_teacher"] == pytest.approx(
+        float((student.argmax(1) == ensemble_pred).float().mean())
+    )
+    t = cfg.distill.temperature
+    target = (F.softmax(test[0] / t, 1) + F.softmax(test[1] / t, 1)) / 2  # mean_probs at T, as the student learnt
+    kl = F.kl_div(F.log_softmax(student / t, 1), target, reduction="batchmean")
+    assert s["models"]["student"]["kl_teacher_student"] == pytest.approx(float(kl), rel=1e-4)
+    assert s["models"]["student"]["retention"] == pytest.approx(
+        s["models"]["student"]["accuracy"] / teacher["accuracy"]
+    )
+    assert "ensemble of 2" in (tmp_path / "eval" / "report.md").read_text()
+    alone = tiny_config(tmp_path, student={"epochs": 1}, storage={"reuse": False})
+    with pytest.raises(ConfigError, match=r"distill\.extra_teachers: the student .* learnt from 2 teacher"):
+        steps.evaluate_models(alone, tiny_data, tmp_path / "teacher", None, tmp_path / "kd", tmp_path / "e1")
+    other = tiny_config(tmp_path, distill={"extra_teachers": [{"arch": "cnn-wide", "source": str(p0)}]})
+    with pytest.raises(ConfigError, match=r"distill\.extra_teachers\[0\]\.source: the file is not the teacher"):
+        steps.evaluate_models(other, tiny_data, tmp_path / "teacher", None, tmp_path / "kd", tmp_path / "e2")
+    assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()  # refused before any write

@@ -98,10 +98,17 @@ def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int) 
     return float((gap * count[filled] / len(y)).sum())
 
 
-def teacher_comparison(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> dict:
-    """Top-1 agreement and KL(teacher || student) at T (the seed's soft-target loss), batchmean."""
+def teacher_comparison(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    teacher_targets: torch.Tensor | None = None,
+) -> dict:
+    """Top-1 agreement and KL(teacher || student) at T (the seed's soft-target loss), batchmean.
+    ``teacher_targets``: the teacher's distribution at T when it is not softmax(logits / T) (an ensemble's
+    ``mean_probs`` averages its members' distributions at T)."""
     log_p_s = F.log_softmax(student_logits.float() / temperature, 1)
-    p_t = F.softmax(teacher_logits.float() / temperature, 1)
+    p_t = teacher_targets if teacher_targets is not None else F.softmax(teacher_logits.float() / temperature, 1)
     return {
         "agreement_with_teacher": float((student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()),
         "kl_teacher_student": float(F.kl_div(log_p_s, p_t, reduction="batchmean")),

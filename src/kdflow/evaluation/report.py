@@ -23,8 +23,11 @@ METHOD_LABELS = {
 
 def row_labels(evaluation: dict) -> dict[str, str]:
     """Row names that say how each model was trained (the method, adversarial baselines)."""
+    teacher = "teacher (PGD-AT)" if evaluation.get("teacher_adversarial") else "teacher"
+    if evaluation.get("teacher_members"):
+        teacher = f"{teacher} ensemble of {len(evaluation['teacher_members'])}"
     return {
-        "teacher": "teacher (PGD-AT)" if evaluation.get("teacher_adversarial") else "teacher",
+        "teacher": teacher,
         "scratch": "student (scratch, PGD-AT)" if evaluation.get("scratch_adversarial") else "student (scratch)",
         "student": METHOD_LABELS.get(evaluation.get("method", "kd"), "student (distilled)"),
         "selftrain": "student (self-training twin)",
@@ -118,6 +121,17 @@ def _transfer_set_line(evaluation: dict) -> str:
     return line + " (test unless named)."
 
 
+def _ensemble_line(evaluation: dict) -> str:
+    """What the teacher row is when the student learnt from several teachers."""
+    members = evaluation["teacher_members"]
+    accs = ", ".join(_pct(m["accuracy"]) for m in members)
+    return (
+        f"Teacher: the ensemble the student learnt from (--teacher and distill.extra_teachers, {len(members)} "
+        f"members combined as distill.ensemble); the members' test accuracy {accs}. Its parameters, size and "
+        "latency are the members' together; retention, agreement, the transfer rate and the gate read the ensemble."
+    )
+
+
 def robust_settings(evaluation: dict) -> dict | None:
     s = evaluation["models"]["student"]
     if s.get("pgd_accuracy") is None:
@@ -136,6 +150,8 @@ def render_report(evaluation: dict, export: dict | None = None, gate: Gate | Non
         render_table(summary_rows(evaluation, export), robust_settings(evaluation)),
         "",
     ]
+    if evaluation.get("teacher_members"):
+        parts += [_ensemble_line(evaluation), ""]
     robust = robust_settings(evaluation)
     if robust:
         parts += [

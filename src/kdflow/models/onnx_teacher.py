@@ -21,8 +21,9 @@ ARCH = "onnx"
 
 
 def is_black_box(model: nn.Module) -> bool:
-    """A teacher given as an ONNX file: logits only, no gradients, no modules to tap."""
-    return isinstance(model, OnnxTeacher)
+    """A teacher given as an ONNX file (or an ensemble with one among its members): logits only, no gradients,
+    no modules to tap."""
+    return any(isinstance(m, OnnxTeacher) for m in model.modules())
 
 
 class OnnxTeacher(nn.Module):

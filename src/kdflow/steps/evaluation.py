@@ -20,6 +20,7 @@ from kdflow.steps import record, results
 from kdflow.steps.chain import student_sha256
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.results import EvaluationResult, TrainResult
+from kdflow.steps.taught_by import evaluation_teacher
 from kdflow.steps.teacher_checkpoints import chosen_teacher
 from kdflow.steps.timing import timed
 
@@ -61,13 +62,44 @@ def teacher_file(teacher_dir: Path, student_dir: Path) -> str:
     return Path(chosen_teacher(str(teacher_dir / "model.pt"), which)).name
 
 
+def _teacher_logits(
+    cfg: Config, teacher: nn.Module, prepared: data.PreparedData
+) -> tuple[torch.Tensor, torch.Tensor | None, list[dict]]:
+    """The teacher's test logits; for an ensemble also its distribution at T (the targets the student learnt,
+    ``distill.ensemble`` over the members at T) and each member's test and val accuracy (reported)."""
+    from kdflow.models.ensemble import TeacherEnsemble
+    from kdflow.training.losses import ensemble_soft_targets
+
+    norm = prepared.normalizer()
+    if not isinstance(teacher, TeacherEnsemble):
+        return evaluate.predict_logits(teacher, prepared.test, norm), None, []
+    test = [evaluate.predict_logits(m, prepared.test, norm) for m in teacher.members]
+    members = [
+        {
+            "accuracy": evaluate.accuracy(t, prepared.test.y),
+            "val_accuracy": evaluate.accuracy(evaluate.predict_logits(m, prepared.val, norm), prepared.val.y),
+            "parameters": models.num_parameters(m),
+        }
+        for m, t in zip(teacher.members, test, strict=True)
+    ]
+    targets = ensemble_soft_targets(test, cfg.distill.temperature, teacher.rule)
+    return teacher.combine(test), targets, members
+
+
 def _model_metrics(
-    name: str, model: nn.Module, logits, prepared: data.PreparedData, cfg: Config, out: Path, example: torch.Tensor
+    name: str,
+    model: nn.Module,
+    logits,
+    prepared: data.PreparedData,
+    cfg: Config,
+    out: Path,
+    example: torch.Tensor,
+    teacher_targets: torch.Tensor | None = None,
 ) -> dict:
     """Test metrics, size and speed (timed on ``example``, real test rows: token ids have no random stand-in)."""
     r = evaluate.classification_metrics(logits[name], prepared.test.y, prepared.num_classes, cfg.evaluate.ece_bins)
     if name != "teacher":
-        r.update(evaluate.teacher_comparison(logits[name], logits["teacher"], cfg.distill.temperature))
+        r.update(evaluate.teacher_comparison(logits[name], logits["teacher"], cfg.distill.temperature, teacher_targets))
     input_shape = tuple(prepared.test.x.shape[1:])
     r.update(models.model_report(model, input_shape))
     r.update(evaluate.torch_speed(model, input_shape, cfg.evaluate, example))
@@ -134,9 +166,10 @@ def compare(
 ) -> dict:
     """The evaluation summary (``evaluation.json``): per-model metrics, KD gain, transfer rate, gate, plots."""
     norm = prepared.normalizer()
-    logits = {name: evaluate.predict_logits(m, prepared.test, norm) for name, m in loaded.items()}
+    logits = {name: evaluate.predict_logits(m, prepared.test, norm) for name, m in loaded.items() if name != "teacher"}
+    logits["teacher"], targets, members = _teacher_logits(cfg, loaded["teacher"], prepared)
     example = norm(prepared.test.x[:64])
-    scores = {name: _model_metrics(name, m, logits, prepared, cfg, out, example) for name, m in loaded.items()}
+    scores = {name: _model_metrics(name, m, logits, prepared, cfg, out, example, targets) for name, m in loaded.items()}
     release = prepared.release if prepared.release is not None and len(prepared.release) else None
     release_logits = {n: evaluate.predict_logits(m, release, norm) for n, m in loaded.items()} if release else {}
     for name, m in loaded.items():  # val: what selection read; release: what the gate reads; both beside test
@@ -190,6 +223,8 @@ def compare(
     histories = {LABELS[n]: read_json(d / "history.json") for n, d in dirs.items() if (d / "history.json").is_file()}
     evaluate.plot_history(histories, out / "loss_curves.png")
     summary["lineage"] = _lineage(dirs["student"])
+    if members:
+        summary["teacher_members"] = members
     return summary
 
 
@@ -220,9 +255,16 @@ def evaluate_models(
     loaded = {  # before any write
         name: load_step_model(d, prepared.num_classes, name, files.get(name, "model.pt")) for name, d in dirs.items()
     }
+    loaded["teacher"], extra_digests = evaluation_teacher(
+        cfg, loaded["teacher"], dirs["student"], prepared.num_classes, prepared.input_shape
+    )
     step_manifest.claim(out, "evaluate")
     summary = compare(cfg, prepared, dirs, loaded, out)
     summary["teacher_checkpoint"] = files["teacher"]  # retention and agreement are against this teacher
+    if extra_digests:  # ... and its ensemble with these
+        summary["extra_teachers"] = [
+            {"source": t.source, "sha256": d} for t, d in zip(cfg.distill.extra_teachers, extra_digests, strict=True)
+        ]
     atomic_write_json(out / "evaluation.json", summary)
     atomic_write_text(out / "report.md", render_report(summary))
     write_resolved(cfg, out)
@@ -235,5 +277,7 @@ def evaluate_models(
     result = results.merged(result, record.evaluation(ctx.tracker, ctx, prepared, summary, out))
     inputs = {"data_digest": prepared.digest, "student_sha256": summary["student_sha256"]}
     inputs.update({f"{n}_sha256": sha256_file(d / files.get(n, "model.pt")) for n, d in dirs.items() if n != "student"})
+    if extra_digests:
+        inputs["extra_teachers_sha256"] = ",".join(extra_digests)
     results.write(out, result, inputs)
     return summary

@@ -114,6 +114,8 @@ def evaluation(
             tracker.log_metrics(run_id, scalars, prefix=f"{name}.")
             curve = {f"pgd_accuracy_eps_{c['eps']:g}": c["pgd_accuracy"] for c in r.get("robustness_curve", [])}
             tracker.log_metrics(run_id, curve, prefix=f"{name}.robustness_curve.")
+        for i, member in enumerate(summary.get("teacher_members", [])):  # the ensemble's members, one by one
+            tracker.log_metrics(run_id, member, prefix=f"teacher_member_{i}.")
         tracker.log_dataset(prepared.manifest, prepared.manifest["source"], "release")
         for k in (
             "transfer_rate",

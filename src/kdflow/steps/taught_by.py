@@ -1,0 +1,75 @@
+"""The teacher a student is evaluated against: the one that taught it. With ``distill.extra_teachers`` that is the
+ensemble of ``--teacher`` and the extra teachers (:class:`kdflow.models.ensemble.TeacherEnsemble`), so retention,
+agreement, the transfer rate and the gate read the ensemble, not its first member.
+
+The extra teachers are named by path in the config; the distill step recorded the sha256 of every teacher it
+learnt from in the student's manifest. A config whose extra teachers are not those files (another count, a file
+changed at its path) is refused in one line: the evaluation would be against teachers the student never saw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from kdflow.config import Config
+from kdflow.errors import ConfigError
+from kdflow.infra import checkpoints, step_manifest
+from kdflow.infra.io import sha256_file
+
+
+def recorded_teacher_digests(student_dir: Path) -> list[str] | None:
+    """The sha256 of every teacher the student learnt from, in order (None: no record, e.g. a file by hand)."""
+    manifest = step_manifest.read(student_dir) or {}
+    digests = manifest.get("inputs", {}).get("teacher_sha256")
+    return str(digests).split(",") if digests else None
+
+
+def extra_teacher_digests(cfg: Config) -> list[str]:
+    return [
+        sha256_file(checkpoints.resolve_source(t.source, f"distill.extra_teachers[{i}].source"))
+        for i, t in enumerate(cfg.distill.extra_teachers)
+    ]
+
+
+def check_extra_teachers(cfg: Config, student_dir: Path) -> list[str]:
+    """The extra teachers' sha256, checked against the teachers the student's distill step recorded."""
+    digests = extra_teacher_digests(cfg)
+    recorded = recorded_teacher_digests(student_dir)
+    if recorded is None:
+        return digests
+    fix = "evaluate with the config the student was distilled with"
+    if len(recorded) != 1 + len(digests):
+        raise ConfigError(
+            "distill.extra_teachers",
+            f"the student in '{student_dir}' learnt from {len(recorded)} teacher(s); this config names "
+            f"{1 + len(digests)} (--teacher and {len(digests)} extra)",
+            fix,
+        )
+    for i, (mine, theirs) in enumerate(zip(digests, recorded[1:], strict=True)):
+        if mine != theirs:
+            raise ConfigError(
+                f"distill.extra_teachers[{i}].source",
+                f"the file is not the teacher the student learnt from (sha256 {mine[:12]}, recorded {theirs[:12]})",
+                fix,
+            )
+    return digests
+
+
+def evaluation_teacher(
+    cfg: Config, teacher: nn.Module, student_dir: Path, num_classes: int, input_shape: tuple[int, ...]
+) -> tuple[nn.Module, list[str]]:
+    """``teacher`` alone, or the ensemble with the extra teachers (and their sha256) combined by
+    ``distill.ensemble``; loaded and checked before the evaluate step writes anything."""
+    digests = check_extra_teachers(cfg, student_dir)
+    if not cfg.distill.extra_teachers:
+        return teacher, []
+    from kdflow.models.ensemble import TeacherEnsemble
+    from kdflow.steps.train import load_teacher
+
+    extra = [
+        load_teacher(t.source, num_classes, f"distill.extra_teachers[{i}].source", input_shape)[0]
+        for i, t in enumerate(cfg.distill.extra_teachers)
+    ]
+    return TeacherEnsemble([teacher, *extra], cfg.distill.ensemble), digests
