@@ -17,12 +17,17 @@ from kdflow.data.prepared import augmentation_spec
 
 
 def trained(d: Path, train) -> dict:
-    """The metrics of the model in ``d`` with the wall it took, trained by ``train(d)`` first unless done."""
+    """The metrics of the model in ``d`` with the wall it took, trained by ``train(d)`` first unless done. A run
+    resumed from its checkpoint timed only its last stretch: its epochs' own seconds (history.json, every epoch
+    since the start) count when they are more."""
     if not (d / "metrics.json").is_file():
         t0 = time.time()
         train(d)
         (d / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
-    return {**json.loads((d / "metrics.json").read_text()), **json.loads((d / "wall.json").read_text())}
+    wall = json.loads((d / "wall.json").read_text())["seconds"]
+    history = json.loads((d / "history.json").read_text()) if (d / "history.json").is_file() else []
+    epochs = sum(h.get("seconds", 0.0) for h in history)
+    return {**json.loads((d / "metrics.json").read_text()), "seconds": max(wall, epochs)}
 
 
 def with_view(cfg, data_dir: Path) -> Path:
