@@ -18,7 +18,8 @@ every run, so a long run leaves its partial results.
     .venv/bin/python bench/adversarial.py --rows dfad --iterations 2000 --section "Data-free distillation, 2000 steps"
 
 Data-free runs of another ``--iterations`` than 1000 live in ``dfad-it<N>`` beside ``dfad``, with
-``--confidence W`` (DAFL's one-hot term) in ``dfad[-it<N>]-conf<W>``.
+``--confidence W`` (DAFL's one-hot term) in ``dfad[-it<N>]-conf<W>``, with ``--ema D`` (the student's weight
+average reported) in ``...-ema<D>``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def config(args, extra: list[str]):
         f"distill.generator.iterations={args.iterations}",
     ]
     base += [f"distill.generator.confidence_weight={args.confidence}"] if args.confidence else []
+    base += [f"distill.generator.student_ema={args.ema}"] if args.ema else []
     return load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", base + extra)
 
 
@@ -97,6 +99,7 @@ def _folder(args, row: str) -> Path:
         row
         + (f"-it{args.iterations}" if args.iterations != 1000 else "")
         + (f"-conf{args.confidence:g}" if args.confidence else "")
+        + (f"-ema{args.ema:g}" if args.ema else "")
     )
 
 
@@ -195,7 +198,8 @@ def report(args) -> str:
         "kd": "cnn-small plain KD (cost reference)",
         "dfad": "cnn-small data-free DFAD (no training image)"
         + (f", {args.iterations} generator steps" if args.iterations != 1000 else "")
-        + (f", confidence weight {args.confidence:g}" if args.confidence else ""),
+        + (f", confidence weight {args.confidence:g}" if args.confidence else "")
+        + (f", the student's weight average (EMA {args.ema:g}) reported" if args.ema else ""),
     }
     for row, found in runs.items():
         if not found:
@@ -249,6 +253,7 @@ def main() -> int:
     p.add_argument("--teacher-epochs", type=int, default=10)
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--confidence", type=float, default=0.0, help="data-free: distill.generator.confidence_weight")
+    p.add_argument("--ema", type=float, default=0.0, help="data-free: distill.generator.student_ema")
     p.add_argument("--robust-samples", type=int, default=2000)
     p.add_argument("--report", action="store_true")
     p.add_argument(

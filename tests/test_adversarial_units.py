@@ -208,7 +208,7 @@ def test_data_free_refuses_what_needs_real_images():
 
 
 def test_generator_too_large_for_the_memory_limit():
-    from kdflow.training.data_free import check_generator_fits
+    from kdflow.training.generator_memory import check_generator_fits
 
     check_generator_fits(GeneratorConfig(), 1, 28)  # the default fits this machine
     with pytest.raises(ConfigError, match=r"^distill\.generator: width 4096 .*fix: lower"):

@@ -90,6 +90,14 @@ class GeneratorConfig(Section):
         description="make each generated image one the teacher classifies confidently (DAFL's one-hot term: its "
         "cross-entropy to its own top class); with balance_weight every class gets clear examples; 0 = off",
     )
+    student_ema: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="decay of an exponential moving average of the student's weights and BN buffers, updated after "
+        "every student step; the average is the model reported and saved (no real image can select an epoch, and "
+        "the student's accuracy swings between blocks as the generator moves), e.g. 0.999; 0 = the final weights",
+    )
     memory_limit_mb: int | None = Field(
         None, ge=1, description="refuse a generator whose training needs more; default the machine's memory limit"
     )

@@ -21,7 +21,8 @@ from kdflow.models import zoo as models
 from kdflow.steps import record, results
 from kdflow.steps.context import RunContext, start_pipeline, upload
 from kdflow.steps.results import TrainResult
-from kdflow.training.data_free import DataFreeState, build_generator, check_generator_fits, fit_data_free, plot_samples
+from kdflow.training.data_free import DataFreeState, build_generator, fit_data_free, plot_samples
+from kdflow.training.generator_memory import check_generator_fits
 from kdflow.training.trainer import check_resumable
 
 UPLOADED = ["model.pt", "generator.pt", "generator_samples.png", "history.csv", "metrics.json", "config.resolved.yaml"]

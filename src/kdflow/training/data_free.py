@@ -12,7 +12,6 @@ No real image enters the loop.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from kdflow.training.loss_registry import SOFT_LOSSES
 from kdflow.training.optim import build_optimizer, lr_factor
 from kdflow.training.setup import pick_device
 from kdflow.training.trainer import FitResult, _refuse_if_stale
+from kdflow.training.weight_average import weight_average
 
 
 class Generator(nn.Module):
@@ -66,44 +66,6 @@ class Generator(nn.Module):
 
 def build_generator(g: GeneratorConfig, channels: int, image_size: int) -> Generator:
     return Generator(g.latent, g.width, channels, image_size)
-
-
-def memory_limit_bytes() -> int:
-    """The cgroup's memory limit, else the machine's physical memory."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            return int(text)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def generator_training_bytes(g: GeneratorConfig, channels: int, image_size: int) -> int:
-    """An estimate of one generator step's memory: weights, Adam state and grads, and its activations
-    (kept for the backward pass, about 3 tensors per layer output) at ``g.batch``."""
-    side = image_size // 4
-    params = g.latent * 2 * g.width * side * side + 9 * (4 * g.width * g.width + 2 * g.width * g.width)
-    acts_per_image = (
-        2 * g.width * side * side * 3  # fc out, BN
-        + 2 * g.width * (2 * side) ** 2 * 4  # up, conv, BN, act
-        + g.width * (4 * side) ** 2 * 4  # up, conv, BN, act
-        + channels * (4 * side) ** 2 * 2
-    )
-    return 4 * (4 * params + 3 * acts_per_image * g.batch)
-
-
-def check_generator_fits(g: GeneratorConfig, channels: int, image_size: int) -> None:
-    need = generator_training_bytes(g, channels, image_size)
-    limit = g.memory_limit_mb * 2**20 if g.memory_limit_mb else memory_limit_bytes()
-    if need > limit // 2:  # the teacher, the student and their activations need the other half
-        raise ConfigError(
-            "distill.generator",
-            f"width {g.width} at batch {g.batch} needs about {need / 2**30:.1f} GiB, over half of the "
-            f"{limit / 2**30:.1f} GiB memory limit",
-            "lower distill.generator.width or distill.generator.batch",
-        )
 
 
 class BatchNormStatistics:
@@ -179,6 +141,11 @@ class DataFreeState:
         self.std = torch.tensor(std).view(1, -1, 1, 1).to(self.device)
         self.bn = BatchNormStatistics(self.teacher) if g.bn_weight > 0 else None
         self.soft = SOFT_LOSSES[cfg.distill.method].fn
+        self.average = weight_average(self.student, g.student_ema)  # the model reported, when on
+
+    def reported(self) -> nn.Module:
+        """The student as it will be saved: the weight average when ``student_ema`` is on."""
+        return self.average.module if self.average is not None else self.student
 
     def images(self, z: torch.Tensor) -> torch.Tensor:
         """Generated images, normalised as the models expect."""
@@ -197,6 +164,7 @@ class DataFreeState:
             "opt_g": self.opt_g.state_dict(),
             "sched_s": self.sched_s.state_dict(),
             "sched_g": self.sched_g.state_dict(),
+            "average": self.average.state_dict() if self.average is not None else None,
         }
 
     def load_state_dict(self, ck: dict) -> None:
@@ -206,6 +174,8 @@ class DataFreeState:
         self.opt_g.load_state_dict(ck["opt_g"])
         self.sched_s.load_state_dict(ck["sched_s"])
         self.sched_g.load_state_dict(ck["sched_g"])
+        if self.average is not None:
+            self.average.load_state_dict(ck["average"])
 
 
 def student_step(st: DataFreeState, iteration: int, k: int, epoch: int) -> tuple[float, float]:
@@ -221,6 +191,8 @@ def student_step(st: DataFreeState, iteration: int, k: int, epoch: int) -> tuple
     loss.backward()
     st.opt_s.step()
     st.sched_s.step()
+    if st.average is not None:
+        st.average.update_parameters(st.student)
     return float(loss.detach()), float((s.detach().argmax(1) == t.argmax(1)).float().mean())
 
 
@@ -291,7 +263,9 @@ def fit_data_free(
         row = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()}, "total": sums["soft"] / n}
         row["train_acc"] = row.pop("agreement")  # agreement with the teacher on generated images
         if val is not None and norm is not None:
-            row["val_acc"] = accuracy(predict_logits(st.student, val, norm, device=st.device), val.y)
+            row["val_acc"] = accuracy(predict_logits(st.reported(), val, norm, device=st.device), val.y)
+            if st.average is not None:  # the last weights beside their average
+                row["val_acc_last"] = accuracy(predict_logits(st.student, val, norm, device=st.device), val.y)
         row.update(lr=st.opt_s.param_groups[0]["lr"], seconds=time.perf_counter() - t0, iterations=last)
         result.history.append(row)
         atomic_torch_save(
@@ -308,6 +282,8 @@ def fit_data_free(
             on_epoch(row)
     if st.bn is not None:
         st.bn.remove()
+    if st.average is not None:
+        st.student.load_state_dict(st.average.module.state_dict())
     st.student.eval().to("cpu")
     st.generator.eval().to("cpu")
     st.teacher.to("cpu")
