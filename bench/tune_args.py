@@ -54,6 +54,7 @@ def parse_args(doc: str | None) -> argparse.Namespace:
         default=0.0,
         help="data-free: distill.generator.confidence_weight (DAFL one-hot)",
     )
+    p.add_argument("--dfad-ema", type=float, default=0.0, help="data-free: distill.generator.student_ema")
     p.add_argument(
         "--progress", action="store_true", help="train nothing: write the section from what the study has finished"
     )

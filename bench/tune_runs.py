@@ -51,10 +51,12 @@ def data_free(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None
     seeds = [int(s) for s in a.dfad_seeds.split(",")]
     runs: dict[int, dict] = {}
     variant = f"-confidence{a.dfad_confidence:g}" if a.dfad_confidence else ""  # the recipe's runs keep their own
+    variant += f"-ema{a.dfad_ema:g}" if a.dfad_ema else ""
     for seed in seeds:
         sets = ["tracking.enabled=false", f"train.seed={seed}", f"storage.state_dir={work / 'state'}"]
         sets += ["distill.method=dfad", "distill.data_free=true", "distill.cache=false", "distill.extra_teachers=[]"]
         sets += [f"distill.generator.confidence_weight={a.dfad_confidence}"] if a.dfad_confidence else []
+        sets += [f"distill.generator.student_ema={a.dfad_ema}"] if a.dfad_ema else []
         cfg = load_config(result.best_yaml, None, sets)
         distil = lambda d: steps.distill(cfg, work / "data", work / "teacher" / "model.pt", d)  # noqa: B023, E731
         runs[seed] = trained(out / f"dfad{variant}-seed{seed}", distil)
@@ -71,8 +73,8 @@ def _data_free_section(a, result, cfg, runs: dict[int, dict], pending: list[int]
         f"The pick of `{a.name}` (`{result.pick['arch']}`, {result.pick['params']:,} params) distilled data-free from "
         f"the protocol's resnet20 teacher (DFAD, generator width {g.width}, {g.iterations} generator steps of "
         f"{g.batch} images, {g.student_steps} student steps each, BN-statistics weight {g.bn_weight}, class-balance "
-        f"weight {g.balance_weight}, confidence weight {g.confidence_weight}); no training image read; test accuracy "
-        "once per model.",
+        f"weight {g.balance_weight}, confidence weight {g.confidence_weight}, student weight average "
+        f"{g.student_ema or 'off'}); no training image read; test accuracy once per model.",
         "",
         "| model | test accuracy | wall per seed (min) | seeds |",
         "|---|---|---|---|",
@@ -87,8 +89,10 @@ def _data_free_section(a, result, cfg, runs: dict[int, dict], pending: list[int]
     if pending:
         body.append(f"| (partial: seed(s) {','.join(map(str, pending))} still to run) | - | - | - |")
     body += ["", f"Target >= 85% test (mean): {'met' if statistics.mean(acc) >= 0.85 else 'MISSED'}."]
-    title = f"Data-free distillation: {a.name}" + (
-        f", confidence {g.confidence_weight:g}" if g.confidence_weight else ""
+    title = (
+        f"Data-free distillation: {a.name}"
+        + (f", confidence {g.confidence_weight:g}" if g.confidence_weight else "")
+        + (f", student EMA {g.student_ema:g}" if g.student_ema else "")
     )
     write_section(title, "\n".join(body))
     print("\n".join(body))
