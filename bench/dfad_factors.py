@@ -4,7 +4,7 @@ The two records differ in three things at once: the student (cnn-39x3 vs cnn-sma
 protocol's resnet20 vs bench/adversarial.py's cnn-wide) and the student's recipe (the pick's tuned lr 0.067,
 wd 3.9e-4 vs the config's 0.1, 5e-4). This grid holds the recipe at the config's and crosses the two students
 with the two teachers, at a short generator schedule (``--iterations``, default 300: both records had settled
-within 250 steps, cnn-small at ~83% val, the pick at ~70%), one seed. The factor that moves validation
+within 250 steps, cnn-small at ~83% val, the pick at ~70%), seed 0 (``--seeds``: more). The factor that moves validation
 accuracy by ~15 pt is the cause. Test accuracy is reported once per model; nothing selects on it.
 
     .venv/bin/python bench/dfad_factors.py                    # the 2x2 grid, seed 0
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,9 +36,9 @@ TEACHERS = {  # the cheaper teacher first
 STUDENTS = ["cnn-small", "cnn-39x3"]  # cnn-39x3: the under-100K study's pick
 
 
-def cell(student: str, teacher: str, a) -> Path:
+def cell(student: str, teacher: str, seed: int, a) -> Path:
     bn = f"-bn{a.bn_weight:g}" if a.bn_weight != 1.0 else ""  # another BN-statistics weight: its own runs
-    return WORK / f"it{a.iterations}{bn}" / f"{student}-from-{teacher}-seed{a.seed}"
+    return WORK / f"it{a.iterations}{bn}" / f"{student}-from-{teacher}-seed{seed}"
 
 
 def cells(a) -> list[tuple[str, str]]:
@@ -47,8 +48,8 @@ def cells(a) -> list[tuple[str, str]]:
     return [(s, t) for t in TEACHERS for s in STUDENTS]
 
 
-def run(student: str, teacher: str, a) -> dict:
-    out = cell(student, teacher, a)
+def run(student: str, teacher: str, seed: int, a) -> dict:
+    out = cell(student, teacher, seed, a)
     if not (out / "metrics.json").is_file():
         sets = [
             f"student.arch={student}",
@@ -57,7 +58,7 @@ def run(student: str, teacher: str, a) -> dict:
             "distill.data_free=true",
             f"distill.generator.iterations={a.iterations}",
             f"distill.generator.bn_weight={a.bn_weight}",
-            f"train.seed={a.seed}",
+            f"train.seed={seed}",
             "tracking.enabled=false",
             f"storage.state_dir={WORK / 'state'}",
         ]
@@ -65,7 +66,8 @@ def run(student: str, teacher: str, a) -> dict:
         t0 = time.time()
         steps.distill(cfg, DATA, TEACHERS[teacher], out)
         (out / "wall.json").write_text(json.dumps({"seconds": time.time() - t0}))
-    return json.loads((out / "metrics.json").read_text())
+    m = json.loads((out / "metrics.json").read_text())
+    return {**m, "wall": json.loads((out / "wall.json").read_text())["seconds"]}
 
 
 def teacher_accuracy(teacher: str) -> str:
@@ -73,23 +75,33 @@ def teacher_accuracy(teacher: str) -> str:
     return f"{100 * json.loads(path.read_text())['test_accuracy']:.2f}%" if path.is_file() else "-"
 
 
-def report(a, found: dict[tuple[str, str], dict]) -> str:
+def fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}%"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}%"
+
+
+Found = dict[tuple[str, str], dict[int, dict]]
+
+
+def report(a, found: Found) -> str:
     lines = [
         f"Data-free (DFAD, BN-statistics weight {a.bn_weight:g}, class-balance weight 1, {a.iterations} generator "
-        "steps of 128 images, "
-        f"5 student steps each), seed {a.seed}; the student's recipe held at configs/fashion_mnist.yaml's (SGD lr "
-        "0.1, wd 5e-4, cosine); the split is the protocol's. Final weights (no real image selects them).",
+        "steps of 128 images, 5 student steps each); the student's recipe held at configs/fashion_mnist.yaml's (SGD "
+        "lr 0.1, wd 5e-4, cosine); the split is the protocol's. Final weights (no real image selects them).",
         "",
-        "| student | teacher (its test accuracy) | val accuracy | test accuracy | wall (min) |",
-        "|---|---|---|---|---|",
+        "| student | teacher (its test accuracy) | val accuracy | test accuracy | wall per seed (min) | seeds |",
+        "|---|---|---|---|---|---|",
     ]
-    for (student, teacher), m in found.items():
-        wall = json.loads((cell(student, teacher, a) / "wall.json").read_text())["seconds"] / 60
+    for (student, teacher), runs in found.items():
+        ms = list(runs.values())
         lines.append(
-            f"| {student} | {teacher} ({teacher_accuracy(teacher)}) | {100 * m['final_val_accuracy']:.2f}% | "
-            f"{100 * m['test_accuracy']:.2f}% | {wall:.1f} |"
+            f"| {student} | {teacher} ({teacher_accuracy(teacher)}) | {fmt([m['final_val_accuracy'] for m in ms])} | "
+            f"{fmt([m['test_accuracy'] for m in ms])} | {statistics.mean(m['wall'] for m in ms) / 60:.1f} | "
+            f"{','.join(map(str, runs))} |"
         )
-    pending = [f"{s} from {t}" for s, t in cells(a) if (s, t) not in found]
+    seeds = [int(x) for x in a.seeds.split(",")]
+    pending = [f"{s} from {t} seed {k}" for s, t in cells(a) for k in seeds if k not in found.get((s, t), {})]
     if pending:
         lines += ["", f"(partial: {', '.join(pending)} still to run)"]
     elif len(found) == len(STUDENTS) * len(TEACHERS):
@@ -97,9 +109,9 @@ def report(a, found: dict[tuple[str, str], dict]) -> str:
     return "\n".join(lines)
 
 
-def verdict(found: dict[tuple[str, str], dict]) -> str:
+def verdict(found: Found) -> str:
     """The mean val-accuracy effect of each factor over the other's two levels."""
-    v = {k: m["final_val_accuracy"] for k, m in found.items()}
+    v = {k: statistics.mean(m["final_val_accuracy"] for m in runs.values()) for k, runs in found.items()}
     teacher_effect = sum(v[(s, "resnet20")] - v[(s, "cnn-wide")] for s in STUDENTS) / 2
     student_effect = sum(v[("cnn-39x3", t)] - v[("cnn-small", t)] for t in TEACHERS) / 2
     cause = "the teacher" if abs(teacher_effect) > abs(student_effect) else "the student"
@@ -113,7 +125,7 @@ def verdict(found: dict[tuple[str, str], dict]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0")
     p.add_argument("--bn-weight", type=float, default=1.0, help="distill.generator.bn_weight (default 1)")
     p.add_argument("--cells", default="", help="student:teacher pairs, e.g. cnn-small:resnet20 (default: the grid)")
     p.add_argument("--report", action="store_true", help="write the section from finished cells; train nothing")
@@ -125,14 +137,16 @@ def main() -> int:
             f"dfad_factors: no teacher at {', '.join(missing)}; fix: run bench/protocol.py --teacher-only "
             "(resnet20) and bench/adversarial.py --rows kd --seeds 0 (cnn-wide) first"
         )
-    found: dict[tuple[str, str], dict] = {}
-    for student, teacher in cells(a):
-        if a.report and not (cell(student, teacher, a) / "metrics.json").is_file():
-            continue
-        found[(student, teacher)] = run(student, teacher, a)
-        m = found[(student, teacher)]
-        print(f"{student} from {teacher}: val {m['final_val_accuracy']:.4f} test {m['test_accuracy']:.4f}")
-        write_section(a.section, report(a, found))
+    found: Found = {}
+    for seed in map(int, a.seeds.split(",")):
+        for student, teacher in cells(a):
+            if a.report and not (cell(student, teacher, seed, a) / "metrics.json").is_file():
+                continue
+            m = found.setdefault((student, teacher), {})[seed] = run(student, teacher, seed, a)
+            print(
+                f"{student} from {teacher} seed {seed}: val {m['final_val_accuracy']:.4f} test {m['test_accuracy']:.4f}"
+            )
+            write_section(a.section, report(a, found))
     print(report(a, found))
     write_section(a.section, report(a, found))
     return 0
