@@ -64,7 +64,8 @@ def left_out(rel: Path, size: int, max_bytes: int, work: Path = WORK) -> str | N
     if "state" in rel.parts and "trained" in rel.parts:  # the reuse store: a cache of models kept elsewhere too
         return "reuse store (a cache)"
     finished = (work / rel.parent / "metrics.json").is_file() and rel.name not in ("metrics.json", "wall.json")
-    if "tune" in rel.parts and "teacher" not in rel.parts and finished:  # not half a step: only what sections read
+    sections_read_metrics = ("tune" in rel.parts and "teacher" not in rel.parts) or "dfad-factors" in rel.parts
+    if sections_read_metrics and finished:  # not half a step: only what sections read
         return "a finished student's files (its metrics.json and wall.json are carried)"
     if size > max_bytes:
         return f"{size / 1e6:.1f} MB > --max-mb"
