@@ -2,28 +2,22 @@
 evaluate step compares the student with, so retention, agreement, the transfer rate and the gate are against the
 ensemble that taught it, not its first member.
 
-Combined by the rule distillation used (``distill.ensemble``): ``mean_probs`` averages the members' softmax and
-returns it as log-probabilities (valid logits: their softmax is the averaged distribution); ``mean_logits``
-averages the logits. Parameters, size, MACs and latency are the members' together: serving the ensemble runs
-every member, one after the other.
+Combined by the rule distillation used (``distill.ensemble``, :func:`kdflow.training.losses.ensemble_soft_targets`
+at T = 1), returned as log-probabilities: valid logits whose softmax is the ensemble's distribution. Parameters,
+size, MACs and latency are the members' together: serving the ensemble runs every member, one after the other.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-RULES = ("mean_probs", "mean_logits")
+from kdflow.training.losses import ensemble_soft_targets
 
 
 class TeacherEnsemble(nn.Module):
     def __init__(self, members: list[nn.Module], rule: str):
         super().__init__()
-        if rule not in RULES:
-            raise ValueError(f"unknown ensemble rule {rule!r}; use one of {RULES}")
         self.members, self.rule = nn.ModuleList(members), rule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,7 +25,4 @@ class TeacherEnsemble(nn.Module):
 
     def combine(self, member_logits: list[torch.Tensor]) -> torch.Tensor:
         """The ensemble's logits from its members' (computed once, e.g. over a whole split)."""
-        logits = torch.stack([t.float() for t in member_logits])
-        if self.rule == "mean_logits":
-            return logits.mean(0)
-        return torch.logsumexp(F.log_softmax(logits, -1), 0) - math.log(len(member_logits))
+        return ensemble_soft_targets(member_logits, 1.0, self.rule).clamp_min(1e-30).log()
