@@ -214,7 +214,7 @@ def test_ensemble_rules(rule):
     want = (F.softmax(t1 / 2, 1) + F.softmax(t2 / 2, 1)) / 2 if rule == "mean_probs" else F.softmax((t1 + t2) / 4, 1)
     assert torch.allclose(got, want, atol=1e-6)
     assert torch.allclose(got.sum(1), torch.ones(4))
-    from kdflow.models.ensemble import TeacherEnsemble
+    from kdflow.training.teacher_ensemble import TeacherEnsemble
 
     members = [torch.nn.Linear(3, 5), torch.nn.Linear(3, 5)]
     x = torch.randn(4, 3, generator=g)

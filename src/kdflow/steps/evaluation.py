@@ -67,8 +67,8 @@ def _teacher_logits(
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[dict]]:
     """The teacher's test logits; for an ensemble also its distribution at T (the targets the student learnt,
     ``distill.ensemble`` over the members at T) and each member's test and val accuracy (reported)."""
-    from kdflow.models.ensemble import TeacherEnsemble
     from kdflow.training.losses import ensemble_soft_targets
+    from kdflow.training.teacher_ensemble import TeacherEnsemble
 
     norm = prepared.normalizer()
     if not isinstance(teacher, TeacherEnsemble):

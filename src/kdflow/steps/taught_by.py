@@ -1,5 +1,5 @@
 """The teacher a student is evaluated against: the one that taught it. With ``distill.extra_teachers`` that is the
-ensemble of ``--teacher`` and the extra teachers (:class:`kdflow.models.ensemble.TeacherEnsemble`), so retention,
+ensemble of ``--teacher`` and the extra teachers (:class:`kdflow.training.teacher_ensemble.TeacherEnsemble`), so retention,
 agreement, the transfer rate and the gate read the ensemble, not its first member.
 
 The extra teachers are named by path in the config; the distill step recorded the sha256 of every teacher it
@@ -65,8 +65,8 @@ def evaluation_teacher(
     digests = check_extra_teachers(cfg, student_dir)
     if not cfg.distill.extra_teachers:
         return teacher, []
-    from kdflow.models.ensemble import TeacherEnsemble
     from kdflow.steps.train import load_teacher
+    from kdflow.training.teacher_ensemble import TeacherEnsemble
 
     extra = [
         load_teacher(t.source, num_classes, f"distill.extra_teachers[{i}].source", input_shape)[0]
