@@ -13,7 +13,8 @@ The teacher is the protocol's (``--work`` holds ``data/`` and ``teacher/`` as be
 ``--patient-epochs N`` then trains the pick and its twin again at N epochs (patient, consistent distillation,
 Beyer et al. 2022: the student sees the cached views its teacher's logits were computed on, cycled over the
 longer schedule; ``--final-views`` sets how many) on ``--patient-seeds``, into the section "Patient
-distillation: NAME", beside the same seeds at ``--final-epochs``. ``--dfad-seeds`` distils the pick
+distillation: NAME", beside the same seeds at ``--final-epochs``; ``--patient-mix mixup`` adds the pick with
+function matching (teacher and student see one mixed image) against the same twin. ``--dfad-seeds`` distils the pick
 data-free from the same teacher (section "Data-free distillation: NAME"). ``--progress`` trains nothing and
 writes the section from what a running (or stopped) study has finished. ``--no-augment``: no crop or flip.
 ``--extra-teachers N``: the study (search, rung, finals) learns from the protocol's teacher and N more resnet20s.
@@ -84,10 +85,11 @@ def _search(a, work: Path, out: Path):
     return result, time.time() - t0
 
 
-def _final(best: Path, work: Path, a, seed: int, out: Path) -> dict[str, dict]:
+def _final(best: Path, work: Path, a, seed: int, out: Path, mix: str = "") -> dict[str, dict]:
     """The pick (distilled) and its scratch twin at the protocol's length on the whole train split
-    (with --profile: exactly as the study trained them, on the study's data, other seeds)."""
-    sets = ["tracking.enabled=false", f"train.seed={seed}"]
+    (with --profile: exactly as the study trained them, on the study's data, other seeds). ``mix``: the pick
+    with function matching (train.mix) into OUT-MIX; its twin is the one without (scratch_twin.mix is its own)."""
+    sets = ["tracking.enabled=false", f"train.seed={seed}", *([f"train.mix={mix}"] if mix else [])]
     if not (a.profile or a.final_as_searched):
         sets += [
             f"storage.state_dir={work / 'state'}",
@@ -105,7 +107,8 @@ def _final(best: Path, work: Path, a, seed: int, out: Path) -> dict[str, dict]:
         data_dir = with_view(cfg, data_dir)  # the pick searched another view: the split prepared with it
     runs = {
         "distill": trained(
-            out / f"distill-seed{seed}", lambda d: steps.distill(cfg, data_dir, work / "teacher" / "model.pt", d)
+            out.with_name(f"{out.name}-{mix}" if mix else out.name) / f"distill-seed{seed}",
+            lambda d: steps.distill(cfg, data_dir, work / "teacher" / "model.pt", d),
         ),
         "scratch": trained(out / f"scratch-seed{seed}", lambda d: steps.train(cfg, "scratch", data_dir, d)),
     }
@@ -119,8 +122,16 @@ def patient(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None:
     seeds = [int(s) for s in a.patient_seeds.split(",")]
     long = argparse.Namespace(**{**vars(a), "final_epochs": a.patient_epochs})
     runs = {s: _final(result.best_yaml, work, long, s, out / f"patient-{a.patient_epochs}") for s in seeds}
+    mixed = {
+        s: _final(result.best_yaml, work, long, s, out / f"patient-{a.patient_epochs}", a.patient_mix)
+        for s in (seeds if a.patient_mix else [])
+    }
     rows = []
-    for epochs, found in ((a.final_epochs, finals), (a.patient_epochs, runs)):
+    for epochs, found in (
+        (a.final_epochs, finals),
+        (a.patient_epochs, runs),
+        (f"{a.patient_epochs}, {a.patient_mix} function matching", mixed),
+    ):
         have = [s for s in seeds if s in found]
         if not have:
             continue
@@ -134,7 +145,14 @@ def patient(a, result, work: Path, out: Path, finals: dict[int, dict]) -> None:
     body = [
         f"The pick of `{a.name}` (`{result.pick['arch']}`, {result.pick['params']:,} params) distilled with its tuned "
         f"recipe from the protocol's resnet20 teacher, and its tuned scratch twin, on the whole train split; "
-        f"{views} cached teacher view(s) cycled over the schedule; test accuracy once per final model.",
+        f"{views} cached teacher view(s) cycled over the schedule; test accuracy once per final model."
+        + (
+            f" Function matching (Beyer et al. 2022): the pick again with {a.patient_mix} (teacher and student see "
+            f"one mixed image; the cached views hold the teacher's logits of the mixed images), its recipe otherwise "
+            f"unchanged, against the same twin (its tuned recipe, no mixing)."
+            if a.patient_mix
+            else ""
+        ),
         "",
         "| epochs | distilled | scratch twin | KD gain (paired) | wall per seed, both models (min) | seeds |",
         "|---|---|---|---|---|---|",

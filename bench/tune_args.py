@@ -47,6 +47,13 @@ def parse_args(doc: str | None) -> argparse.Namespace:
     p.add_argument("--target-gain", type=float, help="the issue's target KD gain on test (pt), reported")
     p.add_argument("--patient-epochs", type=int, default=0, help="then the pick and its twin at this many epochs")
     p.add_argument("--patient-seeds", default="0")
+    p.add_argument(
+        "--patient-mix",
+        default="",
+        choices=["", "mixup", "cutmix"],
+        help="the patient pick also with function matching (train.mix: teacher and student see one mixed image), "
+        "beside the same schedule without; its twin is the patient twin (its tuned recipe)",
+    )
     p.add_argument("--dfad-seeds", default="", help="then the pick distilled data-free on these seeds")
     p.add_argument(
         "--dfad-confidence",
