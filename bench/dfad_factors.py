@@ -48,8 +48,9 @@ def cells(a) -> list[tuple[str, str]]:
     return [(s, t) for t in TEACHERS for s in STUDENTS]
 
 
-def run(student: str, teacher: str, seed: int, a) -> dict:
-    out = cell(student, teacher, seed, a)
+def run(student: str, teacher: str, seed: int, a, extra: list[str] | None = None, out: Path | None = None) -> dict:
+    """One cell trained once (reused when done); ``extra`` overrides on top, in ``out`` (bench/dfad_recipe.py)."""
+    out = out or cell(student, teacher, seed, a)
     if not (out / "metrics.json").is_file():
         sets = [
             f"student.arch={student}",
@@ -61,6 +62,7 @@ def run(student: str, teacher: str, seed: int, a) -> dict:
             f"train.seed={seed}",
             "tracking.enabled=false",
             f"storage.state_dir={WORK / 'state'}",
+            *(extra or []),
         ]
         cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", "full", sets)
         t0 = time.time()
