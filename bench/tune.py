@@ -85,11 +85,10 @@ def _search(a, work: Path, out: Path):
     return result, time.time() - t0
 
 
-def _final(best: Path, work: Path, a, seed: int, out: Path, mix: str = "") -> dict[str, dict]:
-    """The pick (distilled) and its scratch twin at the protocol's length on the whole train split
-    (with --profile: exactly as the study trained them, on the study's data, other seeds). ``mix``: the pick
-    with function matching (train.mix) into OUT-MIX; its twin is the one without (scratch_twin.mix is its own)."""
-    sets = ["tracking.enabled=false", f"train.seed={seed}", *([f"train.mix={mix}"] if mix else [])]
+def final_config(best: Path, work: Path, a, seed: int, extra: list[str] | None = None):
+    """The pick's best.yaml set for a final run at ``a.final_epochs`` on the whole train split (with --profile or
+    --final-as-searched: as the study trained it), seed ``seed``, with ``extra`` overrides on top."""
+    sets = ["tracking.enabled=false", f"train.seed={seed}", *(extra or [])]
     if not (a.profile or a.final_as_searched):
         sets += [
             f"storage.state_dir={work / 'state'}",
@@ -99,12 +98,25 @@ def _final(best: Path, work: Path, a, seed: int, out: Path, mix: str = "") -> di
             f"distill.cache_views={a.final_views or a.final_epochs}",
             f"distill.cache_dir={work / 'state' / 'teacher_cache'}",
         ]
-    cfg = load_config(best, None, sets)
+    return load_config(best, None, sets)
+
+
+def final_data(cfg, best: Path, work: Path, a) -> Path:
+    """The prepared split a final run trains on: the protocol's, in the view the pick was tuned with."""
     rung = best.parent / "final" / "data"  # unaugmented: the study's own prep of the whole split (rung or search)
     own = best.parent / "data" if a.profile or a.final_as_searched else rung if rung.is_dir() else best.parent / "data"
     data_dir = own if (a.profile or a.final_as_searched or a.no_augment) else work / "data"
     if not (a.profile or a.final_as_searched):
         data_dir = with_view(cfg, data_dir)  # the pick searched another view: the split prepared with it
+    return data_dir
+
+
+def _final(best: Path, work: Path, a, seed: int, out: Path, mix: str = "") -> dict[str, dict]:
+    """The pick (distilled) and its scratch twin at the protocol's length on the whole train split
+    (with --profile: exactly as the study trained them, on the study's data, other seeds). ``mix``: the pick
+    with function matching (train.mix) into OUT-MIX; its twin is the one without (scratch_twin.mix is its own)."""
+    cfg = final_config(best, work, a, seed, [f"train.mix={mix}"] if mix else [])
+    data_dir = final_data(cfg, best, work, a)
     runs = {
         "distill": trained(
             out.with_name(f"{out.name}-{mix}" if mix else out.name) / f"distill-seed{seed}",
