@@ -39,6 +39,12 @@ def test_distil_from_a_snapshot_of_the_teacher(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="no epoch:2 checkpoint"):
         steps.distill(unsaved, tiny_data, final, tmp_path / "student2")
 
+    # evaluated against the snapshot it learnt from: the teacher folder's epoch-1 file, accepted
+    summary = steps.evaluate_models(
+        from_snapshot, tiny_data, tmp_path / "teacher", None, tmp_path / "student", tmp_path / "eval"
+    )
+    assert summary["teacher_checkpoint"] == "model-epoch1.pt"
+
 
 def test_teacher_assistant_chain(tiny_data, tmp_path):
     """distill.assistant: the teacher teaches the assistant, the assistant teaches the student."""
@@ -55,5 +61,16 @@ def test_teacher_assistant_chain(tiny_data, tmp_path):
     from kdflow.infra import checkpoints
 
     assert checkpoints.load_model(str(assistant))[1]["arch"] == "cnn-16x2"
+
+    # evaluated against the teacher that taught its assistant, or the assistant itself: the teachers it learnt from
+    for taught_by in (teacher, tmp_path / "student" / "assistant"):
+        out = tmp_path / f"eval-{taught_by.name}"
+        assert steps.evaluate_models(cfg, tiny_data, taught_by, None, tmp_path / "student", out)["models"]["student"]
+    # another teacher (another seed, the same recipe) never taught it: refused before anything is written
+    other = tmp_path / "other-teacher"
+    steps.train(tiny_config(tmp_path, train={"seed": 1}), "teacher", tiny_data, other)
+    with pytest.raises(ConfigError, match=r"--teacher: .*other-teacher/model.pt' is not the teacher the student"):
+        steps.evaluate_models(cfg, tiny_data, other, None, tmp_path / "student", tmp_path / "eval-other")
+    assert not (tmp_path / "eval-other").exists()
     with pytest.raises(Exception, match="distill.assistant.arch"):
         steps.prep(tiny_config(tmp_path, distill={"assistant": {"arch": "nonesuch"}}), tmp_path / "p")

@@ -20,7 +20,7 @@ from kdflow.steps import record, results
 from kdflow.steps.chain import student_sha256
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.results import EvaluationResult, TrainResult
-from kdflow.steps.taught_by import evaluation_teacher
+from kdflow.steps.taught_by import check_teacher, evaluation_teacher
 from kdflow.steps.teacher_checkpoints import chosen_teacher
 from kdflow.steps.timing import timed
 
@@ -252,6 +252,8 @@ def evaluate_models(
         dirs["scratch"] = Path(scratch_dir)
     dirs.update(trained_baselines(baselines_dir))
     files = {"teacher": teacher_file(dirs["teacher"], dirs["student"])}
+    if (dirs["teacher"] / files["teacher"]).is_file():  # a missing file is load_step_model's one-line error
+        check_teacher(dirs["teacher"] / files["teacher"], dirs["student"])
     loaded = {  # before any write
         name: load_step_model(d, prepared.num_classes, name, files.get(name, "model.pt")) for name, d in dirs.items()
     }

@@ -2,6 +2,11 @@
 ensemble of ``--teacher`` and the extra teachers (:class:`kdflow.training.teacher_ensemble.TeacherEnsemble`), so retention,
 agreement, the transfer rate and the gate read the ensemble, not its first member.
 
+``--teacher`` must be the teacher the student learnt from: the first teacher its distill step recorded (the
+snapshot it learnt from, with ``distill.teacher_checkpoint``), or, with ``distill.assistant``, the teacher its
+assistant learnt from. Another file (a teacher retrained in the same folder, another run's teacher) is refused
+in one line: retention, agreement, the transfer rate and a gate on them would read a teacher that never taught it.
+
 The extra teachers are named by path in the config; the distill step recorded the sha256 of every teacher it
 learnt from in the student's manifest. A config whose extra teachers are not those files (another count, a file
 changed at its path) is refused in one line: the evaluation would be against teachers the student never saw.
@@ -24,6 +29,23 @@ def recorded_teacher_digests(student_dir: Path) -> list[str] | None:
     manifest = step_manifest.read(student_dir) or {}
     digests = manifest.get("inputs", {}).get("teacher_sha256")
     return str(digests).split(",") if digests else None
+
+
+def check_teacher(teacher_file: Path, student_dir: Path) -> None:
+    """``teacher_file`` is the teacher the student in ``student_dir`` learnt from (directly, or through its
+    assistant in ``student_dir/assistant``); a student without a record (a file by hand) is not checked."""
+    recorded = recorded_teacher_digests(student_dir)
+    if recorded is None:
+        return
+    taught = {recorded[0], *(recorded_teacher_digests(student_dir / "assistant") or [])[:1]}
+    mine = sha256_file(teacher_file)
+    if mine not in taught:
+        raise ConfigError(
+            "--teacher",
+            f"'{teacher_file}' is not the teacher the student in '{student_dir}' learnt from (sha256 {mine[:12]}, "
+            f"recorded {recorded[0][:12]})",
+            "evaluate against the teacher the student was distilled from, or distil the student again from this one",
+        )
 
 
 def extra_teacher_digests(cfg: Config) -> list[str]:
