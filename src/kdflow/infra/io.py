@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,12 @@ def _atomic(path: Path, write) -> Path:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return _atomic(Path(path), lambda fh: fh.write(data))
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """``src``'s bytes at ``dst``, complete or absent (a copy keeps the sha256 a record names)."""
+    with open(src, "rb") as source:
+        return _atomic(Path(dst), lambda fh: shutil.copyfileobj(source, fh))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

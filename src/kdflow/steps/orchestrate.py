@@ -40,12 +40,19 @@ class Layout:
 
 
 def _given_teacher(source: str, data_dir: Path, target: Path) -> Path:
-    """A teacher passed by path or URI, written as a step directory so evaluate can read it like a trained one."""
+    """A teacher passed by path or URI, written as a step directory so evaluate can read it like a trained one.
+    A kdflow checkpoint is copied byte for byte: evaluate checks it is the file the student learnt from (the
+    sha256 its distill step recorded)."""
     from kdflow.data.prepared import load_manifest
     from kdflow.infra import checkpoints
+    from kdflow.infra.io import atomic_copy
+    from kdflow.infra.onnx_file import is_onnx
 
     manifest = load_manifest(data_dir)
     model, meta = load_teacher(source, manifest["num_classes"], input_shape=tuple(manifest["input_shape"]))
+    if not is_onnx(source):
+        atomic_copy(checkpoints.resolve_source(source, "--teacher"), target / "model.pt")
+        return target
     checkpoints.save_model(
         model, meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"], target / "model.pt"
     )
