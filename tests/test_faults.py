@@ -224,6 +224,22 @@ def test_full_disk_during_checkpoint_writes(tiny_data, tmp_path, small_disk):
     assert not list(disk.rglob("*.tmp"))  # no half-written file
 
 
+def test_full_disk_during_a_copy_leaves_the_old_file(tmp_path, small_disk):
+    """kdflow run's copy of a given teacher: complete with the source's sha256, or the earlier file untouched."""
+    from kdflow.errors import StorageError
+    from kdflow.infra.io import atomic_copy
+
+    small, big = tmp_path / "small.pt", tmp_path / "big.pt"
+    small.write_bytes(os.urandom(8 * 1024))
+    big.write_bytes(os.urandom(256 * 1024))
+    disk = small_disk(64 * 1024)
+    assert sha256_file(atomic_copy(small, disk / "given" / "model.pt")) == sha256_file(small)
+    with pytest.raises(StorageError, match="no space left"):
+        atomic_copy(big, disk / "given" / "model.pt")
+    assert sha256_file(disk / "given" / "model.pt") == sha256_file(small)
+    assert not list(disk.rglob("*.tmp"))
+
+
 def test_full_disk_during_export(tiny_data, tmp_path, small_disk):
     cfg = tiny_config(tmp_path)
     steps.train(cfg, "scratch", tiny_data, tmp_path / "student")
