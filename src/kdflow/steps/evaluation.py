@@ -252,11 +252,10 @@ def evaluate_models(
         dirs["scratch"] = Path(scratch_dir)
     dirs.update(trained_baselines(baselines_dir))
     files = {"teacher": teacher_file(dirs["teacher"], dirs["student"])}
-    if (dirs["teacher"] / files["teacher"]).is_file():  # a missing file is load_step_model's one-line error
-        check_teacher(dirs["teacher"] / files["teacher"], dirs["student"])
     loaded = {  # before any write
         name: load_step_model(d, prepared.num_classes, name, files.get(name, "model.pt")) for name, d in dirs.items()
     }
+    teacher_sha256 = check_teacher(dirs["teacher"] / files["teacher"], dirs["student"])
     loaded["teacher"], extra_digests = evaluation_teacher(
         cfg, loaded["teacher"], dirs["student"], prepared.num_classes, prepared.input_shape
     )
@@ -278,7 +277,10 @@ def evaluate_models(
     }
     result = results.merged(result, record.evaluation(ctx.tracker, ctx, prepared, summary, out))
     inputs = {"data_digest": prepared.digest, "student_sha256": summary["student_sha256"]}
-    inputs.update({f"{n}_sha256": sha256_file(d / files.get(n, "model.pt")) for n, d in dirs.items() if n != "student"})
+    inputs.update(
+        {f"{n}_sha256": sha256_file(d / "model.pt") for n, d in dirs.items() if n not in ("student", "teacher")}
+    )
+    inputs["teacher_sha256"] = teacher_sha256
     if extra_digests:
         inputs["extra_teachers_sha256"] = ",".join(extra_digests)
     results.write(out, result, inputs)

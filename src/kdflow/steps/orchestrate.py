@@ -48,11 +48,11 @@ def _given_teacher(source: str, data_dir: Path, target: Path) -> Path:
     from kdflow.infra.io import atomic_copy
     from kdflow.infra.onnx_file import is_onnx
 
-    manifest = load_manifest(data_dir)
-    model, meta = load_teacher(source, manifest["num_classes"], input_shape=tuple(manifest["input_shape"]))
-    if not is_onnx(source):
+    if not is_onnx(source):  # distill loaded and checked it already
         atomic_copy(checkpoints.resolve_source(source, "--teacher"), target / "model.pt")
         return target
+    manifest = load_manifest(data_dir)
+    model, meta = load_teacher(source, manifest["num_classes"], input_shape=tuple(manifest["input_shape"]))
     checkpoints.save_model(
         model, meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"], target / "model.pt"
     )

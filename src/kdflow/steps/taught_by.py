@@ -31,14 +31,15 @@ def recorded_teacher_digests(student_dir: Path) -> list[str] | None:
     return str(digests).split(",") if digests else None
 
 
-def check_teacher(teacher_file: Path, student_dir: Path) -> None:
-    """``teacher_file`` is the teacher the student in ``student_dir`` learnt from (directly, or through its
-    assistant in ``student_dir/assistant``); a student without a record (a file by hand) is not checked."""
+def check_teacher(teacher_file: Path, student_dir: Path) -> str:
+    """``teacher_file``'s sha256, checked to be the teacher the student in ``student_dir`` learnt from (directly,
+    or through its assistant in ``student_dir/assistant``); a student without a record (a file by hand) is not
+    checked."""
+    mine = sha256_file(teacher_file)
     recorded = recorded_teacher_digests(student_dir)
     if recorded is None:
-        return
+        return mine
     taught = {recorded[0], *(recorded_teacher_digests(student_dir / "assistant") or [])[:1]}
-    mine = sha256_file(teacher_file)
     if mine not in taught:
         raise ConfigError(
             "--teacher",
@@ -46,6 +47,7 @@ def check_teacher(teacher_file: Path, student_dir: Path) -> None:
             f"recorded {recorded[0][:12]})",
             "evaluate against the teacher the student was distilled from, or distil the student again from this one",
         )
+    return mine
 
 
 def extra_teacher_digests(cfg: Config) -> list[str]:
