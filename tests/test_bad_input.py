@@ -16,6 +16,7 @@ from helpers import ROOT
 from kdflow.cli import main
 from kdflow.infra import checkpoints
 from kdflow.models import zoo as models
+from kdflow.release.export import export_onnx
 
 
 class Evil:  # pickled code: weights_only loading must refuse it
@@ -35,6 +36,9 @@ def inputs(tmp_path_factory, tiny_data):
     (d / "random.pt").write_bytes(bytes(range(256)) * 4)
     torch.save({"weights": torch.zeros(3)}, d / "foreign.pt")  # a torch file, but not a kdflow checkpoint
     torch.save({"state_dict": Evil()}, d / "evil.pt")
+    export_onnx(models.build_model("cnn-small").eval(), (1, 28, 28), d / "teacher.onnx", 17)
+    export_onnx(models.build_model("cnn-small", in_channels=3, image_size=32).eval(), (3, 32, 32), d / "rgb.onnx", 17)
+    (d / "junk.onnx").write_bytes(b"not a protobuf")
     idx = d / "idx_truncated"
     idx.mkdir()
     for f in Path("/usr/share/datasets/fashion-mnist").glob("*.gz"):
@@ -52,6 +56,7 @@ def inputs(tmp_path_factory, tiny_data):
         "foreign": str(d / "foreign.pt"),
         "resnet18": str(d / "resnet18.pt"),
         "idx_truncated": str(idx),
+        **{f"{n}_onnx": str(d / f"{n}.onnx") for n in ("teacher", "rgb", "junk")},
     }
 
 
@@ -88,6 +93,25 @@ CASES = [
     ("run: garbage teacher", ["run", "--teacher", "{garbage}"], "teacher"),
     ("run: random bytes", ["run", "--teacher", "{random}"], "teacher"),
     ("run: foreign torch file", ["run", "--teacher", "{foreign}"], "teacher"),
+    # an ONNX teacher by path: checked before the data is prepared (its file, its input, what a black box can't do)
+    ("run: junk ONNX teacher", ["run", "--teacher", "{junk_onnx}"], "teacher"),
+    ("run: ONNX teacher of another input", ["run", "--teacher", "{rgb_onnx}"], "teacher"),
+    (
+        "run: ONNX teacher with feature taps",
+        [
+            "run",
+            "--teacher",
+            "{teacher_onnx}",
+            "--set",
+            "distill.features=[{kind: at, student_module: block2, teacher_module: block2}]",
+        ],
+        "distill.features",
+    ),
+    (
+        "run: ONNX teacher data-free",
+        ["run", "--teacher", "{teacher_onnx}", "--set", "distill.data_free=true", "--set", "distill.method=dfad"],
+        "distill.data_free",
+    ),
     ("run: missing registry model", ["run", "--teacher", "models:/no-such-model@champion"], "teacher.source"),
     (
         "temperature<=0",

@@ -138,3 +138,18 @@ def test_a_fixed_batch_onnx_model_runs_in_chunks(tmp_path):
     checkpoints.save_model(teacher, "onnx", 3, 1, 4, tmp_path / "model.pt")
     loaded, meta = checkpoints.load_model(tmp_path / "model.pt")
     assert meta["arch"] == "onnx" and torch.allclose(loaded(x), net(x), atol=1e-5)
+
+
+@pytest.mark.integration
+def test_kdflow_run_takes_an_onnx_teacher_by_path(onnx_files, tiny_data, tmp_path):
+    """`kdflow run --teacher teacher.onnx`: distil and evaluate read the same teacher file, so evaluate's check that
+    it taught the student passes (the ONNX file re-saved after distillation would not be that file)."""
+    out = tmp_path / "run"
+    args = ["run", "--data", str(tiny_data), "--teacher", str(onnx_files["tmp"] / "teacher.onnx"), "--out", str(out)]
+    args += ["--set", "tracking.enabled=false", "--set", f"storage.state_dir={tmp_path / 'st'}"]
+    args += ["--set", "student.epochs=1"]
+    assert main(args) == 0
+    assert checkpoints.load_model(out / "teacher_given" / "model.pt")[1]["arch"] == "onnx"
+    summary = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    torch_acc = json.loads((onnx_files["tmp"] / "torch-teacher" / "metrics.json").read_text())["test_accuracy"]
+    assert summary["models"]["teacher"]["accuracy"] == pytest.approx(torch_acc, abs=0.004)

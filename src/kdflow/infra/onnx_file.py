@@ -19,16 +19,23 @@ def is_onnx(source: str | Path) -> bool:
     return str(source).lower().endswith(".onnx")
 
 
-def load_onnx_teacher(path: Path, num_classes: int, input_shape: tuple[int, ...], field: str) -> OnnxTeacher:
+def open_onnx(path: Path, num_classes: int, in_channels: int, field: str) -> OnnxTeacher:
+    """The file as a teacher whose ONNX Runtime session opens (a valid model); its shapes are not checked."""
     if not path.is_file():
         raise CheckpointError(field, f"'{path}' is not a file", "pass the path of an .onnx file")
-    model = OnnxTeacher.from_bytes(path.read_bytes(), num_classes, input_shape[0])
+    model = OnnxTeacher.from_bytes(path.read_bytes(), num_classes, in_channels)
     try:
-        inp = model.session().get_inputs()[0]
+        model.session()
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types for any damage
         raise CheckpointError(
             field, f"'{path}' is not a valid ONNX model ({str(e).splitlines()[0][:80]})", "export it again"
         ) from None
+    return model
+
+
+def load_onnx_teacher(path: Path, num_classes: int, input_shape: tuple[int, ...], field: str) -> OnnxTeacher:
+    model = open_onnx(path, num_classes, input_shape[0], field)
+    inp = model.session().get_inputs()[0]
     dims = list(inp.shape)
     fixed = [d if isinstance(d, int) else None for d in dims]
     if len(dims) != 4 or any(f is not None and f != want for f, want in zip(fixed[1:], input_shape, strict=True)):

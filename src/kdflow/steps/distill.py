@@ -9,12 +9,13 @@ import torch.nn as nn
 
 from kdflow.config import Config
 from kdflow.data import prepared as data
-from kdflow.errors import CheckpointError, ConfigError
+from kdflow.errors import CheckpointError
 from kdflow.infra import checkpoints, step_manifest
 from kdflow.infra.io import sha256_file
 from kdflow.models.inputs import Selected, check_same_inputs
 from kdflow.steps import results
 from kdflow.steps.context import PathArg, RunContext
+from kdflow.steps.preflight import check_black_box
 from kdflow.steps.results import TrainResult
 from kdflow.steps.teacher_checkpoints import TEACHER_CHECKPOINTS, chosen_teacher
 from kdflow.steps.timing import timed
@@ -47,26 +48,6 @@ def _check_teacher_step(teacher: Path) -> None:
             "--teacher",
             f"'{teacher}' is not an output of the step in {teacher.parent}",
             "pass a checkpoint that step wrote, or retrain the teacher with the snapshots you need",
-        )
-
-
-def _check_black_box(cfg: Config, teachers: list[nn.Module]) -> None:
-    """An ONNX teacher gives logits only: no gradients for data-free distillation, no modules to tap."""
-    from kdflow.models.onnx_teacher import is_black_box
-
-    if not any(is_black_box(t) for t in teachers):
-        return
-    if cfg.distill.data_free:
-        raise ConfigError(
-            "distill.data_free",
-            "data-free distillation backpropagates through the teacher, and an ONNX teacher gives no gradients",
-            "use a PyTorch teacher (a kdflow checkpoint) or distil on data",
-        )
-    if cfg.distill.features:
-        raise ConfigError(
-            "distill.features",
-            "an ONNX teacher is a black box: it has no modules to tap for feature or relation losses",
-            "remove distill.features (logit losses work) or use a PyTorch teacher",
         )
 
 
@@ -115,7 +96,7 @@ def distill(
         for i, t in enumerate(cfg.distill.extra_teachers)
     ]
     teachers = [teacher, *extra]
-    _check_black_box(cfg, teachers)
+    check_black_box(cfg, teachers)
     if "inputs" in manifest or any(isinstance(t, Selected) for t in teachers):  # the columns each teacher reads
         for i, t in enumerate(teachers):
             check_same_inputs(t, manifest.get("inputs"), "--teacher" if i == 0 else f"distill.extra_teachers[{i - 1}]")

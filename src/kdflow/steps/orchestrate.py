@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kdflow.config import Config
 from kdflow.errors import ConfigError
+from kdflow.infra.onnx_file import is_onnx
 from kdflow.steps.baselines import train_transfer_baselines, uses_transfer_set
 from kdflow.steps.context import PathArg, RunContext, start_pipeline
 from kdflow.steps.distill import distill
@@ -42,7 +43,8 @@ class Layout:
 def _given_teacher(source: str, data_dir: Path, target: Path) -> Path:
     """A teacher passed by path or URI, written as a step directory so evaluate can read it like a trained one.
     A kdflow checkpoint is copied byte for byte: evaluate checks it is the file the student learnt from (the
-    sha256 its distill step recorded)."""
+    sha256 its distill step recorded). An ONNX file is saved as a kdflow checkpoint holding its bytes, as the
+    teacher step saves ``teacher.source``; the student is then distilled from that file."""
     from kdflow.data.prepared import load_manifest
     from kdflow.infra import checkpoints
     from kdflow.infra.io import atomic_copy
@@ -52,9 +54,15 @@ def _given_teacher(source: str, data_dir: Path, target: Path) -> Path:
         atomic_copy(checkpoints.resolve_source(source, "--teacher"), target / "model.pt")
         return target
     manifest = load_manifest(data_dir)
-    model, meta = load_teacher(source, manifest["num_classes"], input_shape=tuple(manifest["input_shape"]))
+    model, meta = load_teacher(source, manifest["num_classes"], "teacher", tuple(manifest["input_shape"]))
     checkpoints.save_model(
-        model, meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"], target / "model.pt"
+        model,
+        meta["arch"],
+        meta["num_classes"],
+        meta["in_channels"],
+        meta["image_size"],
+        target / "model.pt",
+        extra={"role": "teacher", "source": source},
     )
     return target
 
@@ -81,7 +89,7 @@ def run_all(
             "a distributed run distils alone",
             "run prep and train-teacher first, then `kdflow distill --nproc N --data D --teacher T`",
         )
-    check_run(cfg, teacher)
+    check_run(cfg, teacher, Path(data_dir) if data_dir else None)
     start_pipeline(cfg, ctx)  # the store and the tracking server answer
     data = Path(data_dir) if data_dir else layout.data
     if not data_dir:
@@ -90,6 +98,9 @@ def run_all(
     if not teacher:
         train(cfg, "teacher", data, layout.teacher, ctx, fresh)
         teacher_dir, teacher = layout.teacher, str(layout.teacher / "model.pt")
+    elif is_onnx(teacher):  # distil from the file evaluate reads: its check compares their sha256
+        teacher_dir = _given_teacher(teacher, data, layout.given_teacher)
+        teacher = str(teacher_dir / "model.pt")
     scratch_dir = layout.scratch if scratch else None
     if scratch_dir is not None:
         train(cfg, "scratch", data, scratch_dir, ctx, fresh)

@@ -6,11 +6,13 @@ weights), teacher checkpoints and URIs are all validated up front.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch.nn as nn
 
 from kdflow.config import Config
 from kdflow.config.sections import FEATURE_DATASETS
-from kdflow.errors import ModelError
+from kdflow.errors import ConfigError, ModelError
 from kdflow.models import zoo as models
 from kdflow.models.inputs import build_for_data
 
@@ -77,16 +79,56 @@ def check_models(cfg: Config, teacher: nn.Module | None = None) -> None:
         DistillObjective([teacher], student, cfg.distill, shape, num_classes).close()
 
 
-def check_teacher(source: str, field: str = "teacher") -> nn.Module:
-    """A given teacher: reachable, a kdflow checkpoint, loadable without unpickling code."""
+def check_black_box(cfg: Config, teachers: list[nn.Module]) -> None:
+    """An ONNX teacher gives logits only: no gradients for data-free distillation, no modules to tap."""
+    from kdflow.models.onnx_teacher import is_black_box
+
+    if not any(is_black_box(t) for t in teachers):
+        return
+    if cfg.distill.data_free:
+        raise ConfigError(
+            "distill.data_free",
+            "data-free distillation backpropagates through the teacher, and an ONNX teacher gives no gradients",
+            "use a PyTorch teacher (a kdflow checkpoint) or distil on data",
+        )
+    if cfg.distill.features:
+        raise ConfigError(
+            "distill.features",
+            "an ONNX teacher is a black box: it has no modules to tap for feature or relation losses",
+            "remove distill.features (logit losses work) or use a PyTorch teacher",
+        )
+
+
+def _data_shape(cfg: Config, data_dir: Path | None) -> tuple[tuple[int, ...], int] | None:
+    """(input shape, classes) of the prepared data, or of a built-in dataset; None when unknown before prep."""
+    if data_dir is not None:
+        from kdflow.data.prepared import load_manifest
+
+        manifest = load_manifest(data_dir)
+        return tuple(manifest["input_shape"]), int(manifest["num_classes"])
+    if cfg.data.dataset in KNOWN_SHAPES or cfg.data.dataset in FEATURE_DATASETS:
+        return _known_shape(cfg)
+    return None
+
+
+def check_teacher(source: str, field: str = "teacher", cfg: Config | None = None, data_dir: Path | None = None):
+    """A given teacher: reachable, a kdflow checkpoint loadable without unpickling code, or (with ``cfg``) an
+    ONNX file that fits the data (checked on its shape when the data's shape is known) and the recipe."""
     from kdflow.infra import checkpoints
+    from kdflow.infra.onnx_file import is_onnx, load_onnx_teacher, open_onnx
 
-    return checkpoints.load_model(source, field=field)[0]
+    if cfg is None or not is_onnx(source):
+        return checkpoints.load_model(source, field=field)[0]
+    path = checkpoints.resolve_source(source, field)
+    known = _data_shape(cfg, data_dir)
+    model = load_onnx_teacher(path, known[1], known[0], field) if known else open_onnx(path, 1, 1, field)
+    check_black_box(cfg, [model])
+    return model if known else None
 
 
-def check_run(cfg: Config, teacher_source: str | None) -> None:
+def check_run(cfg: Config, teacher_source: str | None, data_dir: Path | None = None) -> None:
     """Everything `kdflow run` can know before it prepares data or trains a teacher."""
-    teacher = check_teacher(teacher_source) if teacher_source else None
+    teacher = check_teacher(teacher_source, "teacher", cfg, data_dir) if teacher_source else None
     for i, extra in enumerate(cfg.distill.extra_teachers):
         check_teacher(extra.source, f"distill.extra_teachers[{i}].source")
     check_models(cfg, teacher)
