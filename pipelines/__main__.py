@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--data-window", default="")
     r.add_argument(
-        "--teacher-source", default="", help="checkpoint path, s3:// or models:/ URI; skips teacher training"
+        "--teacher-source", default="", help="checkpoint or .onnx path, s3:// or models:/ URI; skips teacher training"
     )
     for p in (
         sub.add_parser("submit", help="create a one-off run on a KFP server"),

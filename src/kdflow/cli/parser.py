@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     _fresh(p)
     _nproc(p)
     p.add_argument("--data", help="output directory of `kdflow prep` (without it: every step, as `kdflow run`)")
-    p.add_argument("--teacher", help="teacher checkpoint (model.pt), s3:// or models:/ URI (default: teacher.source)")
+    p.add_argument(
+        "--teacher", help="teacher checkpoint (model.pt) or .onnx file, s3:// or models:/ URI (default: teacher.source)"
+    )
     p.add_argument("--scratch", action="store_true", help=argparse.SUPPRESS)  # the all-in-one form, kept working
 
     p = sub.add_parser(
@@ -159,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="output directory of `kdflow prep` (default: prepare into OUT/data)")
     p.add_argument(
         "--teacher",
-        help="teacher checkpoint, s3:// or models:/ URI (default: teacher.source, else train one into OUT/teacher)",
+        help="teacher checkpoint or .onnx file, s3:// or models:/ URI (default: teacher.source, else train one into OUT/teacher)",
     )
     p.add_argument("--scratch", action="store_true", help="also train the scratch baseline and compare")
 
