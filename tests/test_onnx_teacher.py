@@ -153,3 +153,8 @@ def test_kdflow_run_takes_an_onnx_teacher_by_path(onnx_files, tiny_data, tmp_pat
     summary = json.loads((out / "evaluation" / "evaluation.json").read_text())
     torch_acc = json.loads((onnx_files["tmp"] / "torch-teacher" / "metrics.json").read_text())["test_accuracy"]
     assert summary["models"]["teacher"]["accuracy"] == pytest.approx(torch_acc, abs=0.004)
+    # the same command again: the saved teacher has the same bytes, so the student is reused, not retrained
+    student = (out / "student" / "model.pt").read_bytes()
+    assert main(args) == 0
+    assert (out / "student" / "model.pt").read_bytes() == student
+    assert json.loads((out / "student" / "step.json").read_text())["started"]["how"] == "reused"
