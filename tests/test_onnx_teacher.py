@@ -158,3 +158,15 @@ def test_kdflow_run_takes_an_onnx_teacher_by_path(onnx_files, tiny_data, tmp_pat
     assert main(args) == 0
     assert (out / "student" / "model.pt").read_bytes() == student
     assert json.loads((out / "student" / "step.json").read_text())["started"]["how"] == "reused"
+
+
+@pytest.mark.integration
+def test_an_onnx_extra_teacher_joins_the_ensemble_of_kdflow_run(onnx_files, tiny_data, tmp_path):
+    """`distill.extra_teachers` may name an ONNX file: `kdflow run` checks it as one (not as a torch checkpoint)."""
+    out, onnx = tmp_path / "run", onnx_files["tmp"] / "teacher.onnx"
+    args = ["run", "--data", str(tiny_data), "--teacher", str(onnx_files["tmp"] / "torch-teacher" / "model.pt")]
+    args += ["--out", str(out), "--set", "tracking.enabled=false", "--set", f"storage.state_dir={tmp_path / 'st'}"]
+    args += ["--set", "student.epochs=1", "--set", f"distill.extra_teachers=[{{arch: onnx, source: {onnx}}}]"]
+    assert main(args) == 0
+    manifest = json.loads((out / "student" / "step-manifest.json").read_text())
+    assert len(manifest["inputs"]["teacher_sha256"].split(",")) == 2

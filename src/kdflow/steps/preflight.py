@@ -130,5 +130,5 @@ def check_run(cfg: Config, teacher_source: str | None, data_dir: Path | None = N
     """Everything `kdflow run` can know before it prepares data or trains a teacher."""
     teacher = check_teacher(teacher_source, "teacher", cfg, data_dir) if teacher_source else None
     for i, extra in enumerate(cfg.distill.extra_teachers):
-        check_teacher(extra.source, f"distill.extra_teachers[{i}].source")
+        check_teacher(extra.source, f"distill.extra_teachers[{i}].source", cfg, data_dir)
     check_models(cfg, teacher)

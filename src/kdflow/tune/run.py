@@ -298,7 +298,7 @@ def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
     for i, extra in enumerate(cfg.distill.extra_teachers):  # an unreadable extra teacher is refused before any work
         from kdflow.steps.preflight import check_teacher
 
-        check_teacher(extra.source, f"distill.extra_teachers[{i}].source")
+        check_teacher(extra.source, f"distill.extra_teachers[{i}].source", cfg)
     known = known_inputs(cfg)
     if known is not None:  # an unmeetable budget (size, MACs, latency) is refused before any work
         shape, num_classes, layout = known
