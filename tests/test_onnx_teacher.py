@@ -170,3 +170,23 @@ def test_an_onnx_extra_teacher_joins_the_ensemble_of_kdflow_run(onnx_files, tiny
     assert main(args) == 0
     manifest = json.loads((out / "student" / "step-manifest.json").read_text())
     assert len(manifest["inputs"]["teacher_sha256"].split(",")) == 2
+
+
+@pytest.mark.integration
+def test_the_teacher_step_of_the_file_a_student_learnt_from_is_its_teacher(onnx_files, tiny_data, tmp_path):
+    """Step by step: `kdflow distill --teacher x.onnx`, then `kdflow train-teacher --set teacher.source=x.onnx`
+    (the DAG's teacher step) for evaluate. The step's checkpoint wraps the file's bytes, so its own sha256 differs
+    from the one distill recorded; evaluate accepts it by the source sha256 the step recorded, and only that."""
+    cfg = onnx_files["cfg"].model_copy(deep=True)
+    onnx = onnx_files["tmp"] / "teacher.onnx"
+    assert steps.distill(cfg, tiny_data, onnx, tmp_path / "student") is not None
+    cfg.teacher.source = str(onnx)
+    steps.provide_teacher(cfg, tiny_data, tmp_path / "teacher")
+    summary = steps.evaluate_models(cfg, tiny_data, tmp_path / "teacher", None, tmp_path / "student", tmp_path / "e")
+    assert 0 <= summary["models"]["student"]["agreement_with_teacher"] <= 1
+    other = cfg.model_copy(deep=True)  # a teacher step of another file is still refused
+    other.teacher.source = str(onnx_files["tmp"] / "probs.onnx")
+    steps.provide_teacher(other, tiny_data, tmp_path / "other")
+    with pytest.raises(ConfigError, match=r"^--teacher: .* is not the teacher the student"):
+        steps.evaluate_models(cfg, tiny_data, tmp_path / "other", None, tmp_path / "student", tmp_path / "e2")
+    assert not (tmp_path / "e2").exists()

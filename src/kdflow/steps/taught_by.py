@@ -4,7 +4,8 @@ agreement, the transfer rate and the gate read the ensemble, not its first membe
 
 ``--teacher`` must be the teacher the student learnt from: the first teacher its distill step recorded (the
 snapshot it learnt from, with ``distill.teacher_checkpoint``), or, with ``distill.assistant``, the teacher its
-assistant learnt from. Another file (a teacher retrained in the same folder, another run's teacher) is refused
+assistant learnt from; or the teacher step's checkpoint of that file (``teacher.source``: an ONNX file or a
+checkpoint by path or URI, whose sha256 the step recorded). Another file (a teacher retrained in the same folder, another run's teacher) is refused
 in one line: retention, agreement, the transfer rate and a gate on them would read a teacher that never taught it.
 
 The extra teachers are named by path in the config; the distill step recorded the sha256 of every teacher it
@@ -31,6 +32,19 @@ def recorded_teacher_digests(student_dir: Path) -> list[str] | None:
     return str(digests).split(",") if digests else None
 
 
+def wrapped_source_digest(teacher_file: Path) -> str | None:
+    """The sha256 of the file a teacher step took as ``teacher.source`` (an ONNX file, a checkpoint by path or
+    URI) when ``teacher_file`` is that step's unchanged checkpoint of it; None otherwise. A student distilled from
+    the file itself learnt from this teacher, though the step's checkpoint has bytes of its own."""
+    manifest = step_manifest.read(teacher_file.parent) or {}
+    mine = manifest.get("outputs", {}).get(teacher_file.name)
+    if manifest.get("step") != "train_teacher" or manifest.get("status") != step_manifest.COMPLETE or not mine:
+        return None
+    if sha256_file(teacher_file) != mine:
+        return None
+    return manifest.get("fingerprint", {}).get("teacher.source_sha256")
+
+
 def check_teacher(teacher_file: Path, student_dir: Path) -> str:
     """``teacher_file``'s sha256, checked to be the teacher the student in ``student_dir`` learnt from (directly,
     or through its assistant in ``student_dir/assistant``); a student without a record (a file by hand) is not
@@ -40,7 +54,7 @@ def check_teacher(teacher_file: Path, student_dir: Path) -> str:
     if recorded is None:
         return mine
     taught = {recorded[0], *(recorded_teacher_digests(student_dir / "assistant") or [])[:1]}
-    if mine not in taught:
+    if mine not in taught and wrapped_source_digest(teacher_file) not in taught:
         raise ConfigError(
             "--teacher",
             f"'{teacher_file}' is not the teacher the student in '{student_dir}' learnt from (sha256 {mine[:12]}, "
