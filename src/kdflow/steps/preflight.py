@@ -111,7 +111,9 @@ def _data_shape(cfg: Config, data_dir: Path | None) -> tuple[tuple[int, ...], in
     return None
 
 
-def check_teacher(source: str, field: str = "teacher", cfg: Config | None = None, data_dir: Path | None = None):
+def check_teacher(
+    source: str, field: str = "teacher", cfg: Config | None = None, data_dir: Path | None = None
+) -> nn.Module | None:
     """A given teacher: reachable, a kdflow checkpoint loadable without unpickling code, or (with ``cfg``) an
     ONNX file that fits the data (checked on its shape when the data's shape is known) and the recipe."""
     from kdflow.infra import checkpoints

@@ -5,8 +5,9 @@ agreement, the transfer rate and the gate read the ensemble, not its first membe
 ``--teacher`` must be the teacher the student learnt from: the first teacher its distill step recorded (the
 snapshot it learnt from, with ``distill.teacher_checkpoint``), or, with ``distill.assistant``, the teacher its
 assistant learnt from; or the teacher step's checkpoint of that file (``teacher.source``: an ONNX file or a
-checkpoint by path or URI, whose sha256 the step recorded). Another file (a teacher retrained in the same folder, another run's teacher) is refused
-in one line: retention, agreement, the transfer rate and a gate on them would read a teacher that never taught it.
+checkpoint by path or URI, whose sha256 the step recorded). Another file (a teacher retrained in the same folder,
+another run's teacher) is refused in one line: retention, agreement, the transfer rate and a gate on them would
+read a teacher that never taught it.
 
 The extra teachers are named by path in the config; the distill step recorded the sha256 of every teacher it
 learnt from in the student's manifest. A config whose extra teachers are not those files (another count, a file
@@ -32,15 +33,13 @@ def recorded_teacher_digests(student_dir: Path) -> list[str] | None:
     return str(digests).split(",") if digests else None
 
 
-def wrapped_source_digest(teacher_file: Path) -> str | None:
+def wrapped_source_digest(teacher_file: Path, digest: str) -> str | None:
     """The sha256 of the file a teacher step took as ``teacher.source`` (an ONNX file, a checkpoint by path or
-    URI) when ``teacher_file`` is that step's unchanged checkpoint of it; None otherwise. A student distilled from
-    the file itself learnt from this teacher, though the step's checkpoint has bytes of its own."""
+    URI) when ``teacher_file`` (of sha256 ``digest``) is that step's unchanged checkpoint of it; None otherwise.
+    A student distilled from the file itself learnt from this teacher, though the checkpoint has bytes of its own."""
     manifest = step_manifest.read(teacher_file.parent) or {}
-    mine = manifest.get("outputs", {}).get(teacher_file.name)
-    if manifest.get("step") != "train_teacher" or manifest.get("status") != step_manifest.COMPLETE or not mine:
-        return None
-    if sha256_file(teacher_file) != mine:
+    finished = manifest.get("step") == "train_teacher" and manifest.get("status") == step_manifest.COMPLETE
+    if not finished or manifest.get("outputs", {}).get(teacher_file.name) != digest:  # not the file the step wrote
         return None
     return manifest.get("fingerprint", {}).get("teacher.source_sha256")
 
@@ -54,7 +53,7 @@ def check_teacher(teacher_file: Path, student_dir: Path) -> str:
     if recorded is None:
         return mine
     taught = {recorded[0], *(recorded_teacher_digests(student_dir / "assistant") or [])[:1]}
-    if mine not in taught and wrapped_source_digest(teacher_file) not in taught:
+    if mine not in taught and wrapped_source_digest(teacher_file, mine) not in taught:
         raise ConfigError(
             "--teacher",
             f"'{teacher_file}' is not the teacher the student in '{student_dir}' learnt from (sha256 {mine[:12]}, "
