@@ -77,6 +77,21 @@ def test_a_budget_nothing_meets_is_refused():
         space.feasible_students(cfg.tune, SHAPE, space.student_builder(cfg, SHAPE, 10, None))
 
 
+def test_the_budget_is_checked_at_the_size_prep_will_give(tmp_path):
+    """A built-in dataset resized by data.image_size (and data.channels) is budgeted at that shape before prep:
+    a CNN's MACs grow with the image's area, so the native 28 x 28 would pass students the data makes too costly."""
+    from kdflow.tune.run import known_inputs, tune
+
+    assert known_inputs(build_config({})) == ((1, 28, 28), 10, None)
+    assert known_inputs(build_config({"data": {"image_size": 56, "channels": 3}})) == ((3, 56, 56), 10, None)
+    cfg = build_config({"data": {"image_size": 56}, "tune": {"max_macs": 600_000, "space": {"students": ["cnn"]}}})
+    build = space.student_builder(cfg, SHAPE, 10, None)
+    assert space.feasible_students(cfg.tune, SHAPE, build).max_width  # at 28 x 28 cnn-8x2 fits (290K MACs)
+    with pytest.raises(ConfigError, match="no student in the search space meets the budget"):
+        tune(cfg, tmp_path / "study")  # at 56 x 56 none does (cnn-8x2: 1.16M MACs): refused before any work
+    assert not (tmp_path / "study").exists()
+
+
 def _trial(number: int, acc: float, params: int) -> optuna.trial.FrozenTrial:
     return optuna.trial.FrozenTrial(
         number=number,

@@ -39,11 +39,21 @@ def known_inputs_of(cfg: Config) -> tuple[tuple[int, ...], int, dict[str, dict]]
     return (width,), classes, layout
 
 
+def builtin_shape(cfg: Config) -> tuple[tuple[int, ...], int] | None:
+    """A built-in image dataset's input shape (at ``data.channels`` and ``data.image_size`` when set, as prep
+    fits it) and class count; None for any other dataset."""
+    if cfg.data.dataset not in KNOWN_SHAPES:
+        return None
+    (channels, height, width), classes = KNOWN_SHAPES[cfg.data.dataset]
+    size = cfg.data.image_size
+    return (cfg.data.channels or channels, size or height, size or width), classes
+
+
 def _known_shape(cfg: Config) -> tuple[tuple[int, ...], int]:
     known = known_inputs_of(cfg)
     if known is not None:
         return known[0], known[1]
-    return KNOWN_SHAPES.get(cfg.data.dataset, ((1, 28, 28), 10))
+    return builtin_shape(cfg) or ((1, 28, 28), 10)
 
 
 def build(
@@ -106,9 +116,8 @@ def _data_shape(cfg: Config, data_dir: Path | None) -> tuple[tuple[int, ...], in
 
         manifest = load_manifest(data_dir)
         return tuple(manifest["input_shape"]), int(manifest["num_classes"])
-    if cfg.data.dataset in KNOWN_SHAPES or cfg.data.dataset in FEATURE_DATASETS:
-        return _known_shape(cfg)
-    return None
+    known = known_inputs_of(cfg)
+    return (known[0], known[1]) if known is not None else builtin_shape(cfg)
 
 
 def check_teacher(

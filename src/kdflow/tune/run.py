@@ -22,12 +22,13 @@ from kdflow.tune.verdict import verdict_lines
 # input shape and classes of the built-in datasets: the budget is checked before any work
 def known_inputs(cfg: Config) -> tuple[tuple[int, ...], int, dict[str, dict] | None] | None:
     """(input shape, classes, named inputs) known before the data is prepared; None for an image folder."""
-    from kdflow.steps.preflight import KNOWN_SHAPES, known_inputs_of
+    from kdflow.steps.preflight import builtin_shape, known_inputs_of
 
     named = known_inputs_of(cfg)
     if named is not None:
         return named
-    return (*KNOWN_SHAPES[cfg.data.dataset], None) if cfg.data.dataset in KNOWN_SHAPES else None
+    shape = builtin_shape(cfg)
+    return (*shape, None) if shape is not None else None
 
 
 @dataclass
