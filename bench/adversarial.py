@@ -175,6 +175,25 @@ def _teacher_line(name: str, label: str) -> list[str]:
     ]
 
 
+def _teacher_lead(runs: dict) -> str:
+    """How much more robust each PGD-AT teacher is than the PGD-AT twin: ARD's premise (#28: clearly more)."""
+    twin = [m["pgd_accuracy"] for m in runs["at"].values() if "pgd_accuracy" in m]
+    text = ""
+    for folder, arch in dict.fromkeys(ROBUST_TEACHERS.values()):
+        path = WORK / folder / "robust.json"
+        if not twin or not path.is_file():
+            continue
+        teacher = json.loads(path.read_text())["pgd_accuracy"]
+        lead = teacher - statistics.mean(twin)
+        text += (
+            f"\n\nThe PGD-AT {arch} teacher against the PGD-AT cnn-small twin: PGD-10 {100 * teacher:.2f}% vs "
+            f"{_fmt(twin)}, {100 * lead:+.2f} pt ("
+            + ("clearly more robust" if lead >= 0.02 else "barely more robust, little robustness to pass on")
+            + ")."
+        )
+    return text
+
+
 def report(args) -> str:
     runs = {row: _runs(args, row) for row in ROWS}
     lines = [
@@ -212,7 +231,7 @@ def report(args) -> str:
             f"{min(e for m in ms for e in m['epoch_seconds']):.1f} | "
             f"{statistics.mean(m['wall'] for m in ms):.0f} | {','.join(map(str, found))} |"
         )
-    text = "\n".join(lines)
+    text = "\n".join(lines) + _teacher_lead(runs)
     for ard in ("ard", "ard-rt", "ard-rt20", "rslad-rt20"):
         text += _paired(runs, ard, names[ard])
     if runs["dfad"]:
