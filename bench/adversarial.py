@@ -5,6 +5,7 @@ Teacher cnn-wide (seed 0, plain training; the resnet20 of BENCH.md costs 2,200 s
 - ``ard``: ARD (the soft term on the student's own PGD examples, the teacher on the clean image) from
   the plain teacher; ``ard-rt``: ARD from a PGD-AT teacher (``teacher.adversarial``), as the paper distils;
   ``ard-rt20`` and ``rslad-rt20``: ARD and RSLAD (robust soft labels, Zi et al. 2021) from a PGD-AT resnet20;
+  ``ard-rt20-paper``: ARD from it with the paper's recipe (T 30, the soft term only; the rows above use T 4, alpha 0.1);
 - ``kd``: plain KD, for the cost per epoch;
 - ``dfad``: data-free (DFAD + the teacher's BN statistics + class balance), no training image read.
 Robust accuracy: PGD (eps 0.1, 10 steps, random start) and FGSM on the first ``--robust-samples`` test
@@ -50,6 +51,8 @@ ROWS = {
     "ard-rt": ("distill", ["distill.method=ard"]),
     # the same from a PGD-AT resnet20: a teacher of more capacity, so clearly more robust than the twin (#28)
     "ard-rt20": ("distill", ["distill.method=ard"]),
+    # ARD with the paper's recipe from the same teacher (Goldblum et al.'s code: temperature 30, the soft term only)
+    "ard-rt20-paper": ("distill", ["distill.method=ard", "distill.temperature=30", "distill.alpha=0"]),
     # RSLAD from the same teacher: its soft labels drive the attack and the loss (T 1, no hard term; Zi et al. 2021)
     "rslad-rt20": ("distill", ["distill.method=rslad", "distill.temperature=1", "distill.alpha=0"]),
     "kd": ("distill", []),
@@ -59,6 +62,7 @@ ROWS = {
 ROBUST_TEACHERS = {
     "ard-rt": ("teacher-pgd", "cnn-wide"),
     "ard-rt20": ("teacher-pgd-resnet20", "resnet20"),
+    "ard-rt20-paper": ("teacher-pgd-resnet20", "resnet20"),
     "rslad-rt20": ("teacher-pgd-resnet20", "resnet20"),
 }
 
@@ -213,6 +217,7 @@ def report(args) -> str:
         "ard": "cnn-small ARD from the plain teacher",
         "ard-rt": "cnn-small ARD from the PGD-AT teacher",
         "ard-rt20": "cnn-small ARD from the PGD-AT resnet20 teacher",
+        "ard-rt20-paper": "cnn-small ARD from the PGD-AT resnet20 teacher, the paper's recipe (T 30, soft term only)",
         "rslad-rt20": "cnn-small RSLAD from the PGD-AT resnet20 teacher",
         "kd": "cnn-small plain KD (cost reference)",
         "dfad": "cnn-small data-free DFAD (no training image)"
@@ -232,7 +237,7 @@ def report(args) -> str:
             f"{statistics.mean(m['wall'] for m in ms):.0f} | {','.join(map(str, found))} |"
         )
     text = "\n".join(lines) + _teacher_lead(runs)
-    for ard in ("ard", "ard-rt", "ard-rt20", "rslad-rt20"):
+    for ard in ("ard", "ard-rt", "ard-rt20", "ard-rt20-paper", "rslad-rt20"):
         text += _paired(runs, ard, names[ard])
     if runs["dfad"]:
         ms = list(runs["dfad"].values())
@@ -248,7 +253,7 @@ def report(args) -> str:
         )
     if runs["kd"] and (runs["ard"] or runs["at"]):
         kd = min(e for m in runs["kd"].values() for e in m["epoch_seconds"])
-        for row in ("at", "ard", "ard-rt", "ard-rt20", "rslad-rt20"):
+        for row in ("at", "ard", "ard-rt", "ard-rt20", "ard-rt20-paper", "rslad-rt20"):
             if runs[row]:
                 r = min(e for m in runs[row].values() for e in m["epoch_seconds"])
                 text += f"\n\n{names[row]}: {r:.1f} s/epoch = {r / kd:.1f}x plain KD ({kd:.1f} s/epoch)."
