@@ -159,6 +159,11 @@ def restore(work: Path, carry: Path) -> int:
     return 0
 
 
+def carried_commit(carry: Path) -> str:
+    """The commit of the code the carried checkpoints were made by (bench/queue_resume.py's worktree)."""
+    return str(json.loads((carry / "MANIFEST.json").read_text())["commit"])
+
+
 def status(work: Path, carry: Path) -> int:
     manifest_path = carry / "MANIFEST.json"
     if not manifest_path.is_file():
