@@ -203,3 +203,25 @@ def test_every_step_runs_on_a_mixed_size_tree(tmp_path):
     onnx_file = sorted((tmp_path / "export").rglob("*.onnx"))[0]
     photo = next(f for f in sorted((tmp_path / "imgs" / "ant").iterdir()) if f.suffix == ".png")
     assert main(["predict", "--model", str(onnx_file), str(photo)]) == 0  # a raw photo, resized as prep did
+
+
+@pytest.mark.integration
+def test_tune_on_a_folder_refuses_an_unmeetable_budget_before_the_teacher(tmp_path):
+    """An image folder's shape and classes are unknown before prep; the budget is checked as soon as prep has
+    them, so a budget no student meets never costs a teacher's training (nor a pretrained teacher's fine-tune)."""
+    from kdflow.errors import ConfigError
+    from kdflow.tune.run import tune
+
+    _write_mixed_tree(tmp_path / "tree")
+    cfg = build_config(
+        {
+            "data": {"dataset": "imagefolder", "source": str(tmp_path / "tree"), "val_size": 3, "image_size": 32},
+            "tracking": {"enabled": False},
+            "storage": {"state_dir": str(tmp_path / "state")},
+            "tune": {"max_params": 500, "space": {"students": ["cnn"]}},
+        }
+    )
+    with pytest.raises(ConfigError, match="no student in the search space meets the budget"):
+        tune(cfg, tmp_path / "study")
+    assert (tmp_path / "study" / "data" / "manifest.json").is_file()
+    assert not (tmp_path / "study" / "teacher").exists()
