@@ -72,6 +72,7 @@ def config(args, extra: list[str]):
         "teacher.arch=cnn-wide",
         f"teacher.epochs={args.teacher_epochs}",
         f"student.epochs={args.epochs}",
+        f"student.arch={args.student}",
         "tracking.enabled=false",
         f"adversarial.eval_samples={args.robust_samples}",
         f"distill.generator.iterations={args.iterations}",
@@ -98,7 +99,7 @@ def robust(out: Path, cfg, prepared) -> dict:
 def _folder(args, row: str) -> Path:
     """A row's runs; data-free runs of another generator length than the default 1000 steps keep their own."""
     if row != "dfad":
-        return WORK / row
+        return WORK / (row if args.student == "cnn-small" else f"{row}-{args.student}")
     return WORK / (
         row
         + (f"-it{args.iterations}" if args.iterations != 1000 else "")
@@ -179,7 +180,7 @@ def _teacher_line(name: str, label: str) -> list[str]:
     ]
 
 
-def _teacher_lead(runs: dict) -> str:
+def _teacher_lead(runs: dict, student: str) -> str:
     """How much more robust each PGD-AT teacher is than the PGD-AT twin: ARD's premise (#28: clearly more)."""
     twin = [m["pgd_accuracy"] for m in runs["at"].values() if "pgd_accuracy" in m]
     text = ""
@@ -190,7 +191,7 @@ def _teacher_lead(runs: dict) -> str:
         teacher = json.loads(path.read_text())["pgd_accuracy"]
         lead = teacher - statistics.mean(twin)
         text += (
-            f"\n\nThe PGD-AT {arch} teacher against the PGD-AT cnn-small twin: PGD-10 {100 * teacher:.2f}% vs "
+            f"\n\nThe PGD-AT {arch} teacher against the PGD-AT {student} twin: PGD-10 {100 * teacher:.2f}% vs "
             f"{_fmt(twin)}, {100 * lead:+.2f} pt ("
             + ("clearly more robust" if lead >= 0.02 else "barely more robust, little robustness to pass on")
             + ")."
@@ -225,6 +226,7 @@ def report(args) -> str:
         + (f", confidence weight {args.confidence:g}" if args.confidence else "")
         + (f", the student's weight average (EMA {args.ema:g}) reported" if args.ema else ""),
     }
+    names = {row: name.replace("cnn-small", args.student, 1) for row, name in names.items()}
     for row, found in runs.items():
         if not found:
             continue
@@ -236,7 +238,7 @@ def report(args) -> str:
             f"{min(e for m in ms for e in m['epoch_seconds']):.1f} | "
             f"{statistics.mean(m['wall'] for m in ms):.0f} | {','.join(map(str, found))} |"
         )
-    text = "\n".join(lines) + _teacher_lead(runs)
+    text = "\n".join(lines) + _teacher_lead(runs, args.student)
     for ard in ("ard", "ard-rt", "ard-rt20", "ard-rt20-paper", "rslad-rt20"):
         text += _paired(runs, ard, names[ard])
     if runs["dfad"]:
@@ -274,6 +276,7 @@ def main() -> int:
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--student", default="cnn-small", help="the student of every row (its runs in <row>-<student>)")
     p.add_argument("--teacher-epochs", type=int, default=10)
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--confidence", type=float, default=0.0, help="data-free: distill.generator.confidence_weight")
