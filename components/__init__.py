@@ -10,6 +10,7 @@ from components.train_student_scratch import train_student_scratch
 from components.train_teacher import train_teacher
 from components.train_transfer_baselines import train_transfer_baselines
 from components.tune_ask import tune_ask
+from components.tune_check import tune_check
 from components.tune_conclude import tune_conclude
 from components.tune_setup import tune_setup
 from components.tune_tell import tune_tell
@@ -17,4 +18,4 @@ from components.tune_trial import tune_trial
 
 __all__ = ["prep_data", "train_teacher", "train_student_scratch", "distill_student", "train_transfer_baselines",
            "evaluate", "export",
-           "register_and_promote", "finalize", "tune_setup", "tune_ask", "tune_trial", "tune_tell", "tune_conclude"]
+           "register_and_promote", "finalize", "tune_check", "tune_setup", "tune_ask", "tune_trial", "tune_tell", "tune_conclude"]

@@ -1,4 +1,4 @@
-"""The automated-distillation DAG: prep -> teacher -> tune (ask/tell rounds, trials in parallel pods)
+"""The automated-distillation DAG: prep -> check (the budget) -> teacher -> tune (ask/tell rounds, trials in parallel pods)
 -> the pick distilled || its tuned scratch twin -> evaluate -> export -> If(gate) promote, all inside the
 distillation DAG's ExitHandler (finalize closes the MLflow parent run with the final status).
 
@@ -9,7 +9,7 @@ same study in one process (with pruning, which needs trials to see each other).
 
 from kfp import dsl
 
-from components import train_teacher, tune_ask, tune_conclude, tune_setup, tune_tell, tune_trial
+from components import train_teacher, tune_ask, tune_check, tune_conclude, tune_setup, tune_tell, tune_trial
 from pipelines.distillation import EMBEDDED_CONFIG, _configure, _gpu, exit_handler, prep_task, students_and_release
 from pipelines.kfp_build import cheaply_named
 
@@ -43,7 +43,9 @@ def build_autodistill(use_gpu: bool = False, rounds: int = ROUNDS, parallel: int
         with exit_handler(config_yaml, profile, extra_overrides, run_id):
             prep = prep_task(config_yaml, profile, extra_overrides, run_id)
             cfg, ds = prep.outputs["config"], prep.outputs["dataset"]
-            teacher = train_teacher(config=cfg, dataset=ds, pipeline_run_id=run_id)
+            # a budget no student meets fails here, before the teacher (an image folder's shape is known only now)
+            check = _configure(tune_check(config=cfg, dataset=ds), "light", cache=False)
+            teacher = train_teacher(config=cfg, dataset=ds, pipeline_run_id=run_id).after(check)
             _gpu(_configure(teacher, "train", cache=True, retries=2, shm=True), use_gpu)
             teacher_model = teacher.outputs["teacher"]
 

@@ -47,6 +47,8 @@ def test_rounds_of_parallel_trials_feed_the_pick(ir):
         assert task["iteratorPolicy"]["parallelismLimit"] == PARALLEL
     deps = {n: set(t.get("dependentTasks", [])) for n, t in tasks.items()}
     assert "train-teacher" in deps["tune-setup"]
+    assert deps["train-teacher"] == {"prep-data", "tune-check"}  # a budget no student meets fails before the teacher
+    assert deps["tune-check"] == {"prep-data"}
     assert any(d.startswith("tune-tell") for d in deps["tune-conclude"])
     assert "tune-conclude" in deps["distill-student"] and "tune-conclude" in deps["train-student-scratch"]
     assert "export" in str(tasks) and any(n.startswith("condition") for n in tasks)

@@ -210,6 +210,7 @@ def test_tune_on_a_folder_refuses_an_unmeetable_budget_before_the_teacher(tmp_pa
     """An image folder's shape and classes are unknown before prep; the budget is checked as soon as prep has
     them, so a budget no student meets never costs a teacher's training (nor a pretrained teacher's fine-tune)."""
     from kdflow.errors import ConfigError
+    from kdflow.tune import rounds
     from kdflow.tune.run import tune
 
     _write_mixed_tree(tmp_path / "tree")
@@ -225,3 +226,8 @@ def test_tune_on_a_folder_refuses_an_unmeetable_budget_before_the_teacher(tmp_pa
         tune(cfg, tmp_path / "study")
     assert (tmp_path / "study" / "data" / "manifest.json").is_file()
     assert not (tmp_path / "study" / "teacher").exists()
+    # the cluster form (the autodistill DAG): nothing to check before prep, then its check step between prep
+    # and the teacher refuses the same budget from the prepared folder
+    rounds.check_cluster_form(cfg)
+    with pytest.raises(ConfigError, match="no student in the search space meets the budget"):
+        rounds.check_cluster_form(cfg, tmp_path / "study" / "data")

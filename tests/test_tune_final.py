@@ -149,3 +149,6 @@ def test_the_cluster_form_refuses_a_final_rung_before_any_step(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="tune.final.top_k"):
         run_local(profile="smoke", root=str(tmp_path / "root"), which="autodistill", overrides=["tune.final.top_k=2"])
     assert not (tmp_path / "root").exists()  # no pipeline root: no step ran
+    with pytest.raises(ConfigError, match="no student in the search space meets the budget"):  # inputs known
+        run_local(profile="smoke", root=str(tmp_path / "root"), which="autodistill", overrides=["tune.max_params=50"])
+    assert not (tmp_path / "root").exists()

@@ -48,7 +48,6 @@ def _given_teacher(source: str, data_dir: Path, target: Path) -> Path:
     from kdflow.data.prepared import load_manifest
     from kdflow.infra import checkpoints
     from kdflow.infra.io import atomic_copy
-    from kdflow.infra.onnx_file import is_onnx
 
     if not is_onnx(source):  # distill loaded and checked it already
         atomic_copy(checkpoints.resolve_source(source, "--teacher"), target / "model.pt")

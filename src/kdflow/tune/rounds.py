@@ -1,7 +1,8 @@
 """The cluster form of a tune: Optuna's ask/tell in rounds, each round's trials in parallel pods.
 
-The pipeline (pipelines/autodistill.py) calls, per round, :func:`ask` (sample ``count`` trials into a new
-copy of the study), one :func:`run_spec` per trial in a ``dsl.ParallelFor``, then :func:`tell`. Trials
+The pipeline (pipelines/autodistill.py) calls :func:`check_cluster_form` after prep, then per round
+:func:`ask` (sample ``count`` trials into a new copy of the study), one :func:`run_spec` per trial in a
+``dsl.ParallelFor``, then :func:`tell`. Trials
 in one round do not see each other, so the pruner does not act here (a local ``kdflow tune`` prunes).
 The study travels between pods as a small artifact (study.db + study.json); the teacher cache as another.
 """
@@ -19,7 +20,7 @@ from optuna.trial import TrialState
 from kdflow.config import Config
 from kdflow.steps.context import RunContext, start_pipeline
 from kdflow.tune import record, space, study
-from kdflow.tune.run import TuneResult, finish, open_context, pick_arch
+from kdflow.tune.run import TuneResult, check_budget, finish, open_context, pick_arch
 from kdflow.tune.trial import run_trial
 
 INT_PARAMS = {"epochs", "cnn_depth", *(f"cnn_width_d{d}" for d in range(2, 64))}
@@ -39,9 +40,10 @@ def _study(cfg: Config, where: Path, kind: str) -> optuna.Study:
     return study.open_study(where, f"scratch-{arch}", cfg, 1, reap_running=False)
 
 
-def check_cluster_form(cfg: Config) -> None:
-    """What the rounds cannot do is refused, not ignored: the local runner calls this before the DAG starts,
-    the setup step again (a submitted run)."""
+def check_cluster_form(cfg: Config, data_dir: Path | None = None) -> None:
+    """What the rounds cannot do, and a budget no student meets, are refused, not ignored: the local runner
+    calls this before the DAG starts (the budget when the inputs are known before prep), the check step
+    after prep and before the teacher (an image folder's budget), with ``data_dir``."""
     if cfg.tune.final.top_k:
         from kdflow.errors import ConfigError
 
@@ -50,12 +52,13 @@ def check_cluster_form(cfg: Config) -> None:
             "the autodistill DAG has no final rung yet (its trials run in rounds of pods)",
             "run the final rung with kdflow tune, or set tune.final.top_k=0",
         )
+    check_budget(cfg, data_dir)
 
 
 def setup(cfg: Config, data_dir: Path, teacher_path: Path, study_out: Path, cache_out: Path) -> None:
     """Create the empty studies and build the teacher caches every trial reads (one per mixing choice, teacher
     checkpoint and train view)."""
-    check_cluster_form(cfg)
+    check_cluster_form(cfg, data_dir)
     study_out.mkdir(parents=True, exist_ok=True)
     study.write_identity(study_out, cfg)
     study.open_study(study_out, "distill", cfg, len(cfg.tune.objectives), reap_running=False)

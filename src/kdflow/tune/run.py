@@ -289,8 +289,17 @@ def plan(cfg: Config, st: Study, top: Study | None) -> str:
     return text + f": ~{search / full_run:.1f} trainings of that length ({search:,} sample-passes)"
 
 
-def _check_budget(cfg: Config, shape: tuple[int, ...], num_classes: int, layout: dict[str, dict] | None) -> None:
-    """A budget (size, MACs, latency) no student in the space meets is a one-line error."""
+def check_budget(cfg: Config, data_dir: Path | None = None) -> None:
+    """A budget (size, MACs, latency) no student in the space meets is a one-line error: from the prepared
+    data's manifest when given, else from the inputs known before prep (nothing to check for an image folder)."""
+    if data_dir is None:
+        known = known_inputs(cfg)
+        if known is None:
+            return
+        shape, num_classes, layout = known
+    else:
+        manifest = data.load_manifest(data_dir)
+        shape, num_classes, layout = tuple(manifest["input_shape"]), manifest["num_classes"], manifest.get("inputs")
     build = space.student_builder(cfg, shape, num_classes, layout)
     space.check_latency_budget(cfg.tune, space.feasible_students(cfg.tune, shape, build), shape, build)
 
@@ -306,16 +315,14 @@ def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
         from kdflow.steps.preflight import check_teacher
 
         check_teacher(extra.source, f"distill.extra_teachers[{i}].source", cfg)
-    known = known_inputs(cfg)
-    if known is not None:  # an unmeetable budget (size, MACs, latency) is refused before any work
-        _check_budget(cfg, *known)
+    known = known_inputs(cfg) is not None
+    check_budget(cfg)  # an unmeetable budget (size, MACs, latency) is refused before any work
     with study.exclusive(out):
         key = study_key(out, cfg)
         ctx = start_pipeline(cfg, RunContext(pipeline_run_id=f"tune-{key}"))
         data_dir = _prepared(cfg, out, ctx)
-        if known is None:  # an image folder: its shape and classes are known now, before any teacher is trained
-            manifest = data.load_manifest(data_dir)
-            _check_budget(cfg, tuple(manifest["input_shape"]), manifest["num_classes"], manifest.get("inputs"))
+        if not known:  # an image folder: its shape and classes are known now, before any teacher is trained
+            check_budget(cfg, data_dir)
         teacher_path = _teacher(cfg, data_dir, out, ctx)
         study.write_identity(out, cfg)
         run_id = record.study_run(ctx.tracker, key, cfg)

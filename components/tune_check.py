@@ -1,0 +1,16 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input
+
+from components.image import KDFLOW_IMAGE
+
+
+@dsl.component(base_image=KDFLOW_IMAGE, install_kfp_package=False)
+def tune_check(config: Input[Artifact], dataset: Input[Dataset]):
+    """Refuse what the rounds cannot do, and a budget no student meets, before the teacher is trained: an image
+    folder's input shape and classes are known only once prep has run."""
+    from pathlib import Path
+
+    from kdflow.config import load_config
+    from kdflow.tune import rounds
+
+    rounds.check_cluster_form(load_config(config.path), Path(dataset.path))
