@@ -80,7 +80,8 @@ def test_a_budget_nothing_meets_is_refused():
 def test_the_budget_is_checked_at_the_size_prep_will_give(tmp_path):
     """A built-in dataset resized by data.image_size (and data.channels) is budgeted at that shape before prep:
     a CNN's MACs grow with the image's area, so the native 28 x 28 would pass students the data makes too costly."""
-    from kdflow.tune.run import known_inputs, tune
+    from kdflow.tune.checks import known_inputs
+    from kdflow.tune.run import tune
 
     assert known_inputs(build_config({})) == ((1, 28, 28), 10, None)
     assert known_inputs(build_config({"data": {"image_size": 56, "channels": 3}})) == ((3, 56, 56), 10, None)

@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from kdflow.config import Config
 from kdflow.steps.context import RunContext, start_pipeline
 from kdflow.tune import record, space, study
-from kdflow.tune.run import TuneResult, check_budget, finish, open_context, pick_arch
+from kdflow.tune.checks import check_budget
+from kdflow.tune.run import TuneResult, finish, open_context, pick_arch
 from kdflow.tune.trial import run_trial
 
 INT_PARAMS = {"epochs", "cnn_depth", *(f"cnn_width_d{d}" for d in range(2, 64))}

@@ -14,21 +14,9 @@ from kdflow.data import prepared as data
 from kdflow.errors import TrainingDiverged
 from kdflow.infra.io import atomic_write_json, atomic_write_text, csv_text
 from kdflow.steps.context import RunContext, start_pipeline
-from kdflow.tune import final, record, report, space, study, verdict
+from kdflow.tune import checks, final, record, report, space, study, verdict
 from kdflow.tune.trial import Study, feature_specs, run_trial
 from kdflow.tune.verdict import verdict_lines
-
-
-# input shape and classes of the built-in datasets: the budget is checked before any work
-def known_inputs(cfg: Config) -> tuple[tuple[int, ...], int, dict[str, dict] | None] | None:
-    """(input shape, classes, named inputs) known before the data is prepared; None for an image folder."""
-    from kdflow.steps.preflight import builtin_shape, known_inputs_of
-
-    named = known_inputs_of(cfg)
-    if named is not None:
-        return named
-    shape = builtin_shape(cfg)
-    return (*shape, None) if shape is not None else None
 
 
 @dataclass
@@ -147,26 +135,10 @@ def open_context(
         from kdflow.steps.train import check_transfer_set
 
         check_transfer_set(cfg, "distill")
-        _check_space_for_pool(cfg)
+        checks.check_space_for_pool(cfg)
         st.pool = data.load_split(data_dir, "unlabeled")
     st.ensemble()  # a missing or corrupt teacher (or extra teacher) fails here, before any trial
     return st
-
-
-def _check_space_for_pool(cfg: Config) -> None:
-    """A recipe the space may sample that needs every image's label cannot learn from the transfer set."""
-    from kdflow.errors import ConfigError
-
-    fix = "set distill.unlabeled=false, or keep only such choices in the space"
-    if any(m != "none" for m in cfg.tune.space.mix):
-        raise ConfigError("tune.space.mix", "mixed targets need labels; the unlabeled transfer set has none", fix)
-    from kdflow.training.loss_registry import SOFT_LOSSES
-
-    soft = [m.partition("+")[0] for m in cfg.tune.space.methods]
-    if any(m.startswith("dkd") or SOFT_LOSSES[m].adversarial for m in soft):
-        raise ConfigError(
-            "tune.space.methods", "DKD, ARD and RSLAD need every image's label; the transfer set has none", fix
-        )
 
 
 def finish(
@@ -289,40 +261,18 @@ def plan(cfg: Config, st: Study, top: Study | None) -> str:
     return text + f": ~{search / full_run:.1f} trainings of that length ({search:,} sample-passes)"
 
 
-def check_budget(cfg: Config, data_dir: Path | None = None) -> None:
-    """A budget (size, MACs, latency) no student in the space meets is a one-line error: from the prepared
-    data's manifest when given, else from the inputs known before prep (nothing to check for an image folder)."""
-    if data_dir is None:
-        known = known_inputs(cfg)
-        if known is None:
-            return
-        shape, num_classes, layout = known
-    else:
-        manifest = data.load_manifest(data_dir)
-        shape, num_classes, layout = tuple(manifest["input_shape"]), manifest["num_classes"], manifest.get("inputs")
-    build = space.student_builder(cfg, shape, num_classes, layout)
-    space.check_latency_budget(cfg.tune, space.feasible_students(cfg.tune, shape, build), shape, build)
-
-
 def tune(cfg: Config, out_dir: str | Path) -> TuneResult:
     """Run (or continue) the study in ``out_dir``; see the package docstring."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     study.check_identity(out, cfg)  # a study of another config is refused before anything is touched
-    if cfg.distill.unlabeled and (cfg.data.labels_kept or cfg.data.unlabeled):  # refused before any work
-        _check_space_for_pool(cfg)
-    for i, extra in enumerate(cfg.distill.extra_teachers):  # an unreadable extra teacher is refused before any work
-        from kdflow.steps.preflight import check_teacher
-
-        check_teacher(extra.source, f"distill.extra_teachers[{i}].source", cfg)
-    known = known_inputs(cfg) is not None
-    check_budget(cfg)  # an unmeetable budget (size, MACs, latency) is refused before any work
+    checks.check_before_work(cfg)
     with study.exclusive(out):
         key = study_key(out, cfg)
         ctx = start_pipeline(cfg, RunContext(pipeline_run_id=f"tune-{key}"))
         data_dir = _prepared(cfg, out, ctx)
-        if not known:  # an image folder: its shape and classes are known now, before any teacher is trained
-            check_budget(cfg, data_dir)
+        if checks.known_inputs(cfg) is None:  # an image folder: its shape is known now, before any teacher
+            checks.check_budget(cfg, data_dir)
         teacher_path = _teacher(cfg, data_dir, out, ctx)
         study.write_identity(out, cfg)
         run_id = record.study_run(ctx.tracker, key, cfg)
