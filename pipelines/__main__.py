@@ -1,6 +1,7 @@
 """Entry points: compile the IR YAML, run the DAG locally, submit or schedule it on a KFP server.
 
 python -m pipelines compile [--pipeline distillation|autodistill] [--out FILE] [--gpu] [--rounds R --parallel P]
+                         [--final-top-k K]
 python -m pipelines run --local [--runner subprocess|container] [--pipeline autodistill] [--profile default]
                      [--config configs/multiview_digits.yaml] [--root local_outputs] [--set k=v ...]
 python -m pipelines submit --host URL [--profile default]
@@ -16,7 +17,8 @@ from kdflow.errors import KdflowError
 
 
 def _shape(args) -> dict:
-    return {k: v for k, v in (("rounds", args.rounds), ("parallel", args.parallel)) if v is not None}
+    given = (("rounds", args.rounds), ("parallel", args.parallel), ("final_top_k", args.final_top_k))
+    return {k: v for k, v in given if v is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         p.add_argument("--rounds", type=int, default=None, help="autodistill: ask/tell rounds per study")
         p.add_argument("--parallel", type=int, default=None, help="autodistill: trials per round (pods in parallel)")
+        p.add_argument(
+            "--final-top-k",
+            type=int,
+            default=None,
+            help="autodistill: a final rung retraining each study's K best at full length (compile: default 0; "
+            "run: the config's tune.final.top_k); must equal tune.final.top_k",
+        )
     r.add_argument("--local", action="store_true", required=True, help="run on this machine with KFP's local runner")
     r.add_argument(
         "--runner",

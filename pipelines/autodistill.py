@@ -3,7 +3,10 @@
 distillation DAG's ExitHandler (finalize closes the MLflow parent run with the final status).
 
 Rounds and parallelism are fixed when the pipeline is compiled (KFP unrolls them): ``rounds`` rounds of
-``parallel`` distillation trials, then as many scratch-twin rounds. Locally, ``kdflow tune`` runs the
+``parallel`` distillation trials, then as many scratch-twin rounds. So is the final rung (``final_top_k``,
+which must equal the config's ``tune.final.top_k``; the check step says so): after each study's rounds, its
+``final_top_k`` best trials again in parallel pods at the final length on the whole train split, and the pick,
+its twin's student and the students trained after the tune come from there. Locally, ``kdflow tune`` runs the
 same study in one process (with pruning, which needs trials to see each other).
 """
 
@@ -32,8 +35,22 @@ def _tune_rounds(cfg, ds, teacher_model, cache, study, kind: str, rounds: int, p
     return study
 
 
+def _final_rung(cfg, final_ds, teacher_model, cache, study, kind: str, top_k: int, run_id, use_gpu: bool):
+    """The study's ``top_k`` best trials again at the final length, one pod each, their records told to it."""
+    ask = tune_ask(config=cfg, dataset=final_ds, study=study, kind=kind, count=top_k, rung="final")
+    _configure(ask, "light", cache=False).set_display_name(f"ask {kind} final rung")
+    with dsl.ParallelFor(ask.outputs["Output"], parallelism=top_k, name=f"{kind}-final") as spec:
+        trial = tune_trial(
+            config=cfg, dataset=final_ds, teacher=teacher_model, teacher_cache=cache, spec=spec, pipeline_run_id=run_id
+        )
+        _gpu(_configure(trial, "train", cache=False, retries=1, shm=True), use_gpu)
+    tell = tune_tell(config=cfg, study=ask.outputs["study_out"], results=dsl.Collected(trial.output))
+    _configure(tell, "light", cache=False).set_display_name(f"tell {kind} final rung")
+    return tell.outputs["study_out"]
+
+
 @cheaply_named
-def build_autodistill(use_gpu: bool = False, rounds: int = ROUNDS, parallel: int = PARALLEL):
+def build_autodistill(use_gpu: bool = False, rounds: int = ROUNDS, parallel: int = PARALLEL, final_top_k: int = 0):
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="Find the student and recipe for which distillation pays under a budget; train, gate, promote it.",
@@ -44,21 +61,25 @@ def build_autodistill(use_gpu: bool = False, rounds: int = ROUNDS, parallel: int
             prep = prep_task(config_yaml, profile, extra_overrides, run_id)
             cfg, ds = prep.outputs["config"], prep.outputs["dataset"]
             # a budget no student meets fails here, before the teacher (an image folder's shape is known only now)
-            check = _configure(tune_check(config=cfg, dataset=ds), "light", cache=False)
+            check = _configure(tune_check(config=cfg, dataset=ds, final_top_k=final_top_k), "light", cache=False)
             teacher = train_teacher(config=cfg, dataset=ds, pipeline_run_id=run_id).after(check)
             _gpu(_configure(teacher, "train", cache=True, retries=2, shm=True), use_gpu)
             teacher_model = teacher.outputs["teacher"]
 
-            setup = tune_setup(config=cfg, dataset=ds, teacher=teacher_model)
+            setup = tune_setup(config=cfg, dataset=ds, teacher=teacher_model, pipeline_run_id=run_id)
             _gpu(_configure(setup, "train", cache=True, shm=True), use_gpu)
-            cache = setup.outputs["teacher_cache"]
-            study = _tune_rounds(
-                cfg, ds, teacher_model, cache, setup.outputs["study"], "distill", rounds, parallel, run_id, use_gpu
-            )
-            study = _tune_rounds(cfg, ds, teacher_model, cache, study, "scratch", rounds, parallel, run_id, use_gpu)
+            cache, final_ds = setup.outputs["teacher_cache"], setup.outputs["final_dataset"]
+            study = setup.outputs["study"]
+            for kind in ("distill", "scratch"):  # the twin's study is of the distillation pick's student
+                study = _tune_rounds(cfg, ds, teacher_model, cache, study, kind, rounds, parallel, run_id, use_gpu)
+                if final_top_k:
+                    study = _final_rung(cfg, final_ds, teacher_model, cache, study, kind, final_top_k, run_id, use_gpu)
             pick = tune_conclude(config=cfg, dataset=ds, teacher=teacher_model, study=study)
             _configure(pick, "light", cache=False)
 
-            students_and_release(pick.outputs["best_config"], ds, teacher_model, run_id, use_gpu)
+            # the students are trained as the pick was: on the final rung's data where there is one
+            students_and_release(
+                pick.outputs["best_config"], final_ds if final_top_k else ds, teacher_model, run_id, use_gpu
+            )
 
     return kdflow_autodistill

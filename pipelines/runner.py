@@ -67,7 +67,8 @@ def run_local(
     if which == "autodistill":  # before any step runs
         from kdflow.tune.rounds import check_cluster_form
 
-        check_cluster_form(cfg)
+        shape.setdefault("final_top_k", cfg.tune.final.top_k)  # the DAG's final rung is the config's
+        check_cluster_form(cfg, final_top_k=shape["final_top_k"])
     if config:
         shape["config_yaml"] = json.dumps(yaml.safe_load(config_path.read_text()), sort_keys=True)
     state = Path(".kdflow").resolve()

@@ -57,3 +57,18 @@ def test_rounds_of_parallel_trials_feed_the_pick(ir):
 def test_every_step_runs_the_pinned_image(ir):
     images = {e["container"]["image"] for e in ir["deploymentSpec"]["executors"].values()}
     assert images == {KDFLOW_IMAGE}
+
+
+def test_a_final_rung_compiled_in_retrains_each_studys_best_and_feeds_the_students(tmp_path):
+    out = compile_pipeline(tmp_path / "f.yaml", which="autodistill", rounds=1, parallel=2, final_top_k=3)
+    ir = list(yaml.safe_load_all(out.read_text()))[0]
+    tasks = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    asks = {n: t["inputs"]["parameters"] for n, t in tasks.items() if n.startswith("tune-ask")}
+    finals = sorted(p["kind"]["runtimeValue"]["constant"] for p in asks.values() if "rung" in p)
+    assert finals == ["distill", "scratch"]  # one final rung per study, after its rounds
+    limits = sorted(t["iteratorPolicy"]["parallelismLimit"] for n, t in tasks.items() if n.startswith("for-loop"))
+    assert limits == [2, 2, 3, 3]  # the rounds' pods, then the final rung's k pods at once
+    assert tasks["tune-check"]["inputs"]["parameters"]["final_top_k"]["runtimeValue"]["constant"] == 3
+    for student in ("distill-student", "train-student-scratch"):  # trained on the final rung's data
+        source = tasks[student]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]
+        assert source == {"outputArtifactKey": "final_dataset", "producerTask": "tune-setup"}

@@ -28,6 +28,11 @@ def test_autodistill_pipeline_runs_locally(tmp_path, monkeypatch):
             "export.int8_min_agreement=0.9",
             "gate.min_accuracy=0.5",
             "adversarial.evaluate=false",
+            # the final rung: each study's best again in its own pod (at the search's length and data here, for
+            # time; test_tune_final: on the whole train split)
+            "tune.final.top_k=1",
+            "tune.final.epochs=2",
+            "tune.final.all_data=false",
         ],
         which="autodistill",
         rounds=1,
@@ -44,4 +49,10 @@ def test_autodistill_pipeline_runs_locally(tmp_path, monkeypatch):
     ev = summary["evaluation"]
     assert ev["models"]["student"]["parameters"] == ev["models"]["scratch"]["parameters"]  # the pick and its twin
     assert "kd_gain_val" in ev and ev["kd_verdict"]
-    assert json.loads(next(run_dir.rglob("tune.json")).read_text())["pick"]["arch"] == pick
+    tuned = json.loads(next(run_dir.rglob("tune.json")).read_text())
+    assert tuned["pick"]["arch"] == pick and tuned["final_top_k"] == 1
+    final = list(csv.DictReader(next(run_dir.rglob("final.csv")).open()))  # the pick and its twin: the final rung's
+    assert sorted(r["study"] for r in final) == ["distill", "scratch"] and all(r["pick"] == "*" for r in final)
+    assert {r["arch"] for r in final} == {pick}
+    picked = next(r for r in final if r["study"] == "distill")
+    assert tuned["pick"]["val_accuracy"] == pytest.approx(float(picked["final_val_accuracy"]))

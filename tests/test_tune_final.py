@@ -94,6 +94,7 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
     again = tune(_config(tmp_path), out)  # the same command: every final run is kept
     assert "[tune] final rung:" not in capsys.readouterr().out
     assert again.pick == result.pick and again.kd_gain_val == result.kd_gain_val
+    _the_cluster_form_picks_the_same(tmp_path, out, result, rows)
 
     # the final rung ranks the search's second best first (its kept record edited): the search's front and
     # plot mark that pick, not the search's best
@@ -138,17 +139,52 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
     assert not any((resumed / "final" / "runs").iterdir())  # each folder gone once its run ended
 
 
-def test_the_cluster_form_refuses_a_final_rung_before_any_step(tmp_path, monkeypatch):
+def _the_cluster_form_picks_the_same(tmp_path, local, result, rows):
+    """The autodistill DAG's steps, called in-process as its pods call them: each study's round, then its final
+    rung (the best trials asked again at the final length, trained on the whole train split prepared by setup,
+    their records told), then conclude. Same seeds, same trials: the final rung and the pick equal the local
+    tune's (its 3 trials are the sampler's startup draws, so one round asks what the local loop asked)."""
+    cfg, teacher, w = _config(tmp_path), local / "teacher" / "model.pt", tmp_path / "cluster"
+    rounds.setup(cfg, local / "data", teacher, w / "study-0", w / "cache", w / "final-data", "cluster-run")
+    assert data.load_prepared(w / "final-data").digest == data.load_prepared(local / "final" / "data").digest
+    study_dir = w / "study-0"
+    for kind in ("distill", "scratch"):
+        for rung, data_dir in (("search", local / "data"), ("final", w / "final-data")):
+            asked, told = w / f"{kind}-{rung}-asked", w / f"{kind}-{rung}-told"
+            specs = rounds.ask(cfg, study_dir, asked, data_dir, kind, 3, rung)
+            assert len(specs) == (3 if rung == "search" else 2)
+            results = [rounds.run_spec(cfg, data_dir, teacher, w / "cache", spec, "cluster-run") for spec in specs]
+            rounds.tell(cfg, asked, told, results)
+            study_dir = told
+    concluded = rounds.conclude(cfg, study_dir, local / "data", teacher, w / "out", w / "best.yaml")
+    assert list(csv.DictReader((w / "out" / "final.csv").open())) == rows
+    assert concluded.pick == result.pick and concluded.kd_gain_val == result.kd_gain_val
+    best = yaml.safe_load((w / "best.yaml").read_text())  # the students after the tune train as the rung did
+    assert best["data"]["train_subset"] is None and best["distill"]["cache_views"] == 2
+
+
+def test_the_cluster_form_refuses_a_final_rung_it_was_not_compiled_with_and_a_budget_before_any_step(
+    tmp_path, monkeypatch
+):
     from pipelines.runner import run_local
 
     cfg = build_config({"tune": {"final": {"top_k": 2}}})
-    with pytest.raises(ConfigError, match="tune.final.top_k: the autodistill DAG has no final rung"):
-        rounds.setup(cfg, tmp_path / "data", tmp_path / "t.pt", tmp_path / "study", tmp_path / "cache")
-    assert not (tmp_path / "study").exists()
-    monkeypatch.chdir(tmp_path)  # the local runner refuses it before any step
-    with pytest.raises(ConfigError, match="tune.final.top_k"):
-        run_local(profile="smoke", root=str(tmp_path / "root"), which="autodistill", overrides=["tune.final.top_k=2"])
+    with pytest.raises(ConfigError, match="tune.final.top_k: is 2 but the autodistill pipeline was compiled with a"):
+        rounds.check_cluster_form(cfg, final_top_k=0)  # the check step, between prep and the teacher
+    rounds.check_cluster_form(cfg, final_top_k=2)
+    monkeypatch.chdir(tmp_path)  # the local runner compiles the config's rung, and refuses another before any step
+    with pytest.raises(ConfigError, match="--final-top-k 2"):
+        run_local(
+            profile="smoke",
+            root=str(tmp_path / "root"),
+            which="autodistill",
+            overrides=["tune.final.top_k=2"],
+            final_top_k=1,
+        )
     assert not (tmp_path / "root").exists()  # no pipeline root: no step ran
+    with pytest.raises(ConfigError, match="no student in the search space meets the budget"):  # inputs known
+        run_local(profile="smoke", root=str(tmp_path / "root"), which="autodistill", overrides=["tune.max_params=50"])
+    assert not (tmp_path / "root").exists()
     with pytest.raises(ConfigError, match="no student in the search space meets the budget"):  # inputs known
         run_local(profile="smoke", root=str(tmp_path / "root"), which="autodistill", overrides=["tune.max_params=50"])
     assert not (tmp_path / "root").exists()

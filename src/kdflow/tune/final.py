@@ -69,15 +69,57 @@ def _run_dir(record: Path, key: dict[str, Any]) -> Path:
     return runs / f"{record.stem}-{h}"
 
 
+def top_trials(trials: list[optuna.trial.FrozenTrial], k: int) -> list[optuna.trial.FrozenTrial]:
+    """The ``k`` best completed trials by searched validation accuracy (ties: the earlier trial)."""
+    return sorted(trials, key=lambda t: (-float(t.user_attrs["val_accuracy"]), t.number))[:k]
+
+
+def record_path(out: Path, kind: str, number: int, arch: str | None = None) -> Path:
+    return out / "final" / f"{kind}{f'-{arch}' if arch else ''}-{number:04d}.json"  # a twin's study per arch
+
+
+def write_record(
+    path: Path, epochs: int, digest: str, params: dict[str, Any], user_attrs: dict[str, Any], searched: float
+) -> dict[str, Any]:
+    kept = {
+        "epochs": epochs,
+        "data_digest": digest,
+        "params": params,
+        "user_attrs": {**user_attrs, "searched_val_accuracy": searched},
+    }
+    atomic_write_json(path, kept)
+    return kept
+
+
+def recorded(
+    trials: list[optuna.trial.FrozenTrial],
+    out: Path,
+    kind: str,
+    k: int,
+    epochs: int,
+    digest: str | None,
+    arch: str | None = None,
+) -> list[FinalRun]:
+    """The final runs kept for the ``k`` best of ``trials`` at ``epochs`` (on the data of ``digest``; None: any,
+    a study folder made in one pipeline run); a missing or stopped (diverged) one is left out."""
+    runs = []
+    for t in top_trials(trials, k):
+        kept = _record(record_path(out, kind, t.number, arch))
+        params = {**t.params, "epochs": epochs}
+        if kept is None or kept.get("params") != params or digest not in (None, kept.get("data_digest")):
+            continue
+        if "val_accuracy" in kept["user_attrs"] and "stopped" not in kept["user_attrs"]:
+            runs.append(FinalRun(t.number, kept["params"], kept["user_attrs"]))
+    return runs
+
+
 def train_best(trials: list[optuna.trial.FrozenTrial], st: Study, kind: str, arch: str | None = None) -> list[FinalRun]:
     """The ``tune.final.top_k`` best of ``trials`` (completed, by searched val accuracy) trained again on the
     final study ``st``; a stopped one (diverged) is left out."""
     k = st.cfg.tune.final.top_k
-    best = sorted(trials, key=lambda t: (-float(t.user_attrs["val_accuracy"]), t.number))[:k]
     epochs, digest = st.cfg.tune.space.epochs[0], st.prepared.digest
-    runs = []
-    for t in best:
-        path = st.out / "final" / f"{kind}{f'-{arch}' if arch else ''}-{t.number:04d}.json"  # a twin's study per arch
+    for t in top_trials(trials, k):
+        path = record_path(st.out, kind, t.number, arch)
         params = {**t.params, "epochs": epochs}
         kept = _record(path)
         if kept is None or (kept.get("params"), kept.get("data_digest")) != (params, digest):
@@ -93,16 +135,8 @@ def train_best(trials: list[optuna.trial.FrozenTrial], st: Study, kind: str, arc
                 print(
                     f"[tune] final rung: {kind} trial {t.number} resumed from epoch {trial.user_attrs['resumed_from_epoch']}"
                 )
-            kept = {
-                "epochs": epochs,
-                "data_digest": digest,
-                "params": params,
-                "user_attrs": {**trial.user_attrs, "searched_val_accuracy": t.user_attrs["val_accuracy"]},
-            }
-            atomic_write_json(path, kept)
-        if "val_accuracy" in kept["user_attrs"] and "stopped" not in kept["user_attrs"]:
-            runs.append(FinalRun(t.number, kept["params"], kept["user_attrs"]))
-    return runs
+            write_record(path, epochs, digest, params, trial.user_attrs, t.user_attrs["val_accuracy"])
+    return recorded(trials, st.out, kind, k, epochs, digest, arch)
 
 
 def rows(runs: list[FinalRun], kind: str, chosen: FinalRun | None) -> list[dict[str, Any]]:

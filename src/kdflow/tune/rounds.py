@@ -4,7 +4,11 @@ The pipeline (pipelines/autodistill.py) calls :func:`check_cluster_form` after p
 :func:`ask` (sample ``count`` trials into a new copy of the study), one :func:`run_spec` per trial in a
 ``dsl.ParallelFor``, then :func:`tell`. Trials
 in one round do not see each other, so the pruner does not act here (a local ``kdflow tune`` prunes).
-The study travels between pods as a small artifact (study.db + study.json); the teacher cache as another.
+The study travels between pods as a small artifact (study.db + study.json, the final rung's records); the
+teacher cache as another. A final rung (``tune.final.top_k``, fixed when the pipeline is compiled) is one more
+round per study: the ``k`` best trials asked again at full fidelity (:func:`ask` with ``rung="final"``), trained
+in parallel pods on the whole train split, their records told into the study; the twin's study is then the
+final pick's student, and :func:`conclude` picks among the final runs, as ``kdflow tune`` does.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from optuna.trial import TrialState
 
 from kdflow.config import Config
 from kdflow.steps.context import RunContext, start_pipeline
-from kdflow.tune import record, space, study
+from kdflow.tune import final, record, report, space, study
 from kdflow.tune.checks import check_budget
-from kdflow.tune.run import TuneResult, finish, open_context, pick_arch
+from kdflow.tune.run import TuneResult, finish, none_completed, open_context, pick_arch
 from kdflow.tune.trial import run_trial
 
 INT_PARAMS = {"epochs", "cnn_depth", *(f"cnn_width_d{d}" for d in range(2, 64))}
@@ -32,51 +36,93 @@ def _copy(src: Path, dst: Path) -> None:
     for name in (study.DB, study.IDENTITY):
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
+    for kept in sorted((src / "final").glob("*.json")):  # the final rung's records
+        (dst / "final").mkdir(exist_ok=True)
+        shutil.copy2(kept, dst / "final" / kept.name)
+
+
+def _final_runs(cfg: Config, where: Path, s: optuna.Study, kind: str, arch: str | None = None) -> list:
+    k, epochs = cfg.tune.final.top_k, final.final_epochs(cfg)
+    return final.recorded(report.complete(s), where, kind, k, epochs, None, arch)
+
+
+def _pick_arch(cfg: Config, where: Path) -> str:
+    """The student of the twin's study: the final rung's pick where there is one, else the search's."""
+    kd = study.open_study(where, "distill", cfg, len(cfg.tune.objectives), reap_running=False)
+    best = report.pick(_final_runs(cfg, where, kd, "distill"), cfg.tune.cost) if cfg.tune.final.top_k else None
+    return str(best.user_attrs["arch"]) if best is not None else pick_arch(kd, cfg)
 
 
 def _study(cfg: Config, where: Path, kind: str) -> optuna.Study:
     if kind == "distill":
         return study.open_study(where, "distill", cfg, len(cfg.tune.objectives), reap_running=False)
-    arch = pick_arch(_study(cfg, where, "distill"), cfg)
-    return study.open_study(where, f"scratch-{arch}", cfg, 1, reap_running=False)
+    return study.open_study(where, f"scratch-{_pick_arch(cfg, where)}", cfg, 1, reap_running=False)
 
 
-def check_cluster_form(cfg: Config, data_dir: Path | None = None) -> None:
-    """What the rounds cannot do, and a budget no student meets, are refused, not ignored: the local runner
-    calls this before the DAG starts (the budget when the inputs are known before prep), the check step
-    after prep and before the teacher (an image folder's budget), with ``data_dir``."""
-    if cfg.tune.final.top_k:
+def check_cluster_form(cfg: Config, data_dir: Path | None = None, final_top_k: int | None = None) -> None:
+    """What the compiled DAG cannot do, and a budget no student meets, are refused, not ignored: the local
+    runner calls this before the DAG starts (the budget when the inputs are known before prep), the check step
+    after prep and before the teacher (an image folder's budget), with ``data_dir`` and the final rung the
+    pipeline was compiled with."""
+    if final_top_k is not None and cfg.tune.final.top_k != final_top_k:
         from kdflow.errors import ConfigError
 
         raise ConfigError(
             "tune.final.top_k",
-            "the autodistill DAG has no final rung yet (its trials run in rounds of pods)",
-            "run the final rung with kdflow tune, or set tune.final.top_k=0",
+            f"is {cfg.tune.final.top_k} but the autodistill pipeline was compiled with a final rung of {final_top_k}",
+            f"compile it with --final-top-k {cfg.tune.final.top_k}, or set tune.final.top_k={final_top_k}",
         )
     check_budget(cfg, data_dir)
 
 
-def setup(cfg: Config, data_dir: Path, teacher_path: Path, study_out: Path, cache_out: Path) -> None:
+def setup(
+    cfg: Config,
+    data_dir: Path,
+    teacher_path: Path,
+    study_out: Path,
+    cache_out: Path,
+    final_data: Path | None = None,
+    pipeline_run_id: str = "local",
+) -> None:
     """Create the empty studies and build the teacher caches every trial reads (one per mixing choice, teacher
-    checkpoint and train view)."""
+    checkpoint and train view); with a final rung, its data in ``final_data`` (the whole train split, prepared
+    when the search runs on a subset) and its caches (one view per epoch of the final length) too."""
     check_cluster_form(cfg, data_dir)
     study_out.mkdir(parents=True, exist_ok=True)
     study.write_identity(study_out, cfg)
     study.open_study(study_out, "distill", cfg, len(cfg.tune.objectives), reap_running=False)
-    st = open_context(cfg, data_dir, teacher_path, study_out, record.TrialRecorder(None, None), cache_out)
-    for mix in cfg.tune.space.mix:
-        for which in cfg.tune.space.teacher_checkpoints:
-            views: list[bool | None] = [None]  # one per train view searched; None: the prepared one
-            for augment in cfg.tune.space.augment or views:
-                st.teacher_cache(mix, which, augment)
+    contexts = [(cfg, data_dir)]
+    if cfg.tune.final.top_k:
+        if final_data is None:
+            raise ValueError("a final rung needs final_data, the folder of its data")
+        fcfg = final.final_config(cfg)
+        if fcfg.data.train_subset != cfg.data.train_subset:
+            from kdflow import steps
+
+            steps.prep(fcfg, final_data, RunContext(pipeline_run_id=pipeline_run_id))
+        else:  # the same data: a copy, so the final rung and the students it picks read one artifact either way
+            shutil.copytree(data_dir, final_data, dirs_exist_ok=True)
+        contexts.append((fcfg, final_data))
+    for c, d in contexts:
+        st = open_context(c, d, teacher_path, study_out, record.TrialRecorder(None, None), cache_out)
+        for mix in c.tune.space.mix:
+            for which in c.tune.space.teacher_checkpoints:
+                views: list[bool | None] = [None]  # one per train view searched; None: the prepared one
+                for augment in c.tune.space.augment or views:
+                    st.teacher_cache(mix, which, augment)
 
 
-def ask(cfg: Config, study_in: Path, study_out: Path, data_dir: Path, kind: str, count: int) -> list[dict[str, Any]]:
-    """Sample ``count`` trials of ``kind`` (distill, or scratch for the distillation pick's student)."""
+def ask(
+    cfg: Config, study_in: Path, study_out: Path, data_dir: Path, kind: str, count: int, rung: str = "search"
+) -> list[dict[str, Any]]:
+    """Sample ``count`` trials of ``kind`` (distill, or scratch for the distillation pick's student); with
+    ``rung="final"``, the ``tune.final.top_k`` best completed trials again, at the final length."""
     from kdflow.data import prepared as data
 
     _copy(study_in, study_out)
     s = _study(cfg, study_out, kind)
+    if rung == "final":
+        return _ask_final(cfg, s, kind)
     prepared = data.load_prepared(data_dir)
     feasible = space.feasible_students(cfg.tune, prepared.input_shape, space.builder_for(cfg, prepared))
     arch = None if kind == "distill" else s.study_name.removeprefix("scratch-")
@@ -89,13 +135,42 @@ def ask(cfg: Config, study_in: Path, study_out: Path, data_dir: Path, kind: str,
     return specs
 
 
+def _ask_final(cfg: Config, s: optuna.Study, kind: str) -> list[dict[str, Any]]:
+    complete = report.complete(s)
+    if not complete:
+        raise none_completed(s, None)
+    arch = None if kind == "distill" else s.study_name.removeprefix("scratch-")
+    epochs = final.final_epochs(cfg)
+    return [
+        {
+            "kind": kind,
+            "rung": "final",
+            "number": t.number,
+            "arch": arch or t.user_attrs["arch"],
+            "params": {**t.params, "epochs": epochs},
+            "searched_val_accuracy": t.user_attrs["val_accuracy"],
+        }
+        for t in final.top_trials(complete, cfg.tune.final.top_k)
+    ]
+
+
 def run_spec(
-    cfg: Config, data_dir: Path, teacher_path: Path, cache_dir: Path, spec: dict[str, Any], pipeline_run_id: str
+    cfg: Config,
+    data_dir: Path,
+    teacher_path: Path,
+    cache_dir: Path,
+    spec: dict[str, Any],
+    pipeline_run_id: str,
+    final_data: Path | None = None,
 ) -> dict[str, Any]:
-    """Train one asked trial (in its own pod); returns what :func:`tell` records."""
+    """Train one asked trial (in its own pod); returns what :func:`tell` records. A final-rung spec trains at
+    the final length on the final rung's data."""
     ctx = start_pipeline(cfg, RunContext(pipeline_run_id=pipeline_run_id))
+    is_final = spec.get("rung") == "final"
+    if is_final:  # at the final length, on the final rung's data (setup's; the search's when not given)
+        cfg, data_dir = final.final_config(cfg), final_data or data_dir
     with tempfile.TemporaryDirectory(prefix="kdflow-trial-") as tmp:
-        recorder = record.TrialRecorder(ctx.tracker, ctx.parent_run_id)
+        recorder = record.TrialRecorder(ctx.tracker, ctx.parent_run_id, rung="final" if is_final else "")
         st = open_context(cfg, data_dir, teacher_path, Path(tmp), recorder, cache_dir)
         # KFP passes a dict parameter through JSON: whole numbers come back as floats
         params = {
@@ -110,18 +185,31 @@ def run_spec(
         except optuna.TrialPruned:
             values, state = None, "pruned"
     values = list(values) if isinstance(values, tuple) else ([values] if values is not None else None)
-    return {
-        "kind": spec["kind"],
-        "number": spec["number"],
-        "state": state,
-        "values": values,
-        "user_attrs": trial.user_attrs,
-    }
+    result = {"kind": spec["kind"], "number": spec["number"], "state": state, "values": values}
+    result["user_attrs"] = trial.user_attrs
+    if is_final:
+        result.update(rung="final", params=params, data_digest=st.prepared.digest, arch=spec["arch"])
+        result["searched_val_accuracy"] = spec["searched_val_accuracy"]
+    return result
+
+
+def _tell_final(study_out: Path, results: list[dict[str, Any]]) -> None:
+    """Each final run's record, as ``kdflow tune`` keeps it (:mod:`kdflow.tune.final`)."""
+    for r in results:
+        arch = r["arch"] if r["kind"] == "scratch" else None
+        path = final.record_path(study_out, r["kind"], int(r["number"]), arch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        final.write_record(
+            path, int(r["params"]["epochs"]), r["data_digest"], r["params"], r["user_attrs"], r["searched_val_accuracy"]
+        )
 
 
 def tell(cfg: Config, study_in: Path, study_out: Path, results: list[dict[str, Any]]) -> None:
     _copy(study_in, study_out)
     if not results:
+        return
+    if results[0].get("rung") == "final":
+        _tell_final(study_out, results)
         return
     s = _study(cfg, study_out, results[0]["kind"])
     storage = optuna.storages.RDBStorage(study.storage_url(study_out))  # user attributes are set through it
@@ -145,4 +233,8 @@ def conclude(
     st = open_context(cfg, data_dir, teacher_path, out, record.TrialRecorder(None, None))
     kd = _study(cfg, out, "distill")
     scratch = _study(cfg, out, "scratch")
-    return finish(cfg, st, kd, scratch, teacher_path, best_config, portable=True)
+    rung = None
+    if cfg.tune.final.top_k:
+        arch = scratch.study_name.removeprefix("scratch-")
+        rung = (_final_runs(cfg, out, kd, "distill"), _final_runs(cfg, out, scratch, "scratch", arch))
+    return finish(cfg, st, kd, scratch, teacher_path, best_config, portable=True, rung=rung)

@@ -160,7 +160,7 @@ def finish(
     searched = report.pick(kd_trials, cost)
     rows = report.trial_rows(kd, "distill") + (report.trial_rows(scratch, "scratch") if scratch is not None else [])
     if searched is None:
-        raise _none_completed(kd, out)
+        raise none_completed(kd, out)
     twin = report.pick(report.complete(scratch), cost) if scratch is not None else None
     searched_twin_acc = twin.user_attrs["val_accuracy"] if twin else None  # the plot is the search's
     chosen = searched
@@ -212,7 +212,7 @@ def finish(
     return result
 
 
-def _none_completed(kd, out: Path | None) -> TrainingDiverged:
+def none_completed(kd, out: Path | None) -> TrainingDiverged:
     """Every distillation trial stopped: say why (the budget, or hopeless recipes), tables written first."""
     if out is not None:
         report.write_tables(out, report.trial_rows(kd, "distill"), [])
@@ -228,7 +228,7 @@ def _none_completed(kd, out: Path | None) -> TrainingDiverged:
 def pick_arch(kd, cfg: Config, out: Path | None = None) -> str:
     chosen = report.pick(report.complete(kd), cfg.tune.cost)
     if chosen is None:
-        raise _none_completed(kd, out)
+        raise none_completed(kd, out)
     return str(chosen.user_attrs["arch"])
 
 
