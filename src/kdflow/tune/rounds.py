@@ -2,8 +2,8 @@
 
 The pipeline (pipelines/autodistill.py) calls :func:`check_cluster_form` after prep, then per round
 :func:`ask` (sample ``count`` trials into a new copy of the study), one :func:`run_spec` per trial in a
-``dsl.ParallelFor``, then :func:`tell`. Trials
-in one round do not see each other, so the pruner does not act here (a local ``kdflow tune`` prunes).
+``dsl.ParallelFor``, then :func:`tell`. Trials in one round do not see each other, so the pruner does not
+act here (a local ``kdflow tune`` prunes).
 The study travels between pods as a small artifact (study.db + study.json, the final rung's records); the
 teacher cache as another. A final rung (``tune.final.top_k``, fixed when the pipeline is compiled) is one more
 round per study: the ``k`` best trials asked again at full fidelity (:func:`ask` with ``rung="final"``), trained
@@ -155,20 +155,14 @@ def _ask_final(cfg: Config, s: optuna.Study, kind: str) -> list[dict[str, Any]]:
 
 
 def run_spec(
-    cfg: Config,
-    data_dir: Path,
-    teacher_path: Path,
-    cache_dir: Path,
-    spec: dict[str, Any],
-    pipeline_run_id: str,
-    final_data: Path | None = None,
+    cfg: Config, data_dir: Path, teacher_path: Path, cache_dir: Path, spec: dict[str, Any], pipeline_run_id: str
 ) -> dict[str, Any]:
     """Train one asked trial (in its own pod); returns what :func:`tell` records. A final-rung spec trains at
-    the final length on the final rung's data."""
+    the final length; ``data_dir`` is then the final rung's data (setup's ``final_data``)."""
     ctx = start_pipeline(cfg, RunContext(pipeline_run_id=pipeline_run_id))
     is_final = spec.get("rung") == "final"
-    if is_final:  # at the final length, on the final rung's data (setup's; the search's when not given)
-        cfg, data_dir = final.final_config(cfg), final_data or data_dir
+    if is_final:
+        cfg = final.final_config(cfg)
     with tempfile.TemporaryDirectory(prefix="kdflow-trial-") as tmp:
         recorder = record.TrialRecorder(ctx.tracker, ctx.parent_run_id, rung="final" if is_final else "")
         st = open_context(cfg, data_dir, teacher_path, Path(tmp), recorder, cache_dir)
