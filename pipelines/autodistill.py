@@ -20,33 +20,31 @@ PIPELINE_NAME = "kdflow-autodistill"
 ROUNDS, PARALLEL = 3, 4
 
 
+def _round(cfg, ds, teacher_model, cache, study, kind: str, count: int, label: str, run_id, use_gpu: bool, **rung):
+    """Ask ``count`` trials (``rung="final"``: the study's best again at the final length), train each in its
+    own pod (``count`` at once), tell their results to a new copy of the study."""
+    ask = tune_ask(config=cfg, dataset=ds, study=study, kind=kind, count=count, **rung)
+    _configure(ask, "light", cache=False).set_display_name(f"ask {kind} {label}")
+    loop = f"{kind}-final" if rung else f"{kind}-trials-{label.removeprefix('round ')}"
+    with dsl.ParallelFor(ask.outputs["Output"], parallelism=count, name=loop) as spec:
+        trial = tune_trial(
+            config=cfg, dataset=ds, teacher=teacher_model, teacher_cache=cache, spec=spec, pipeline_run_id=run_id
+        )
+        _gpu(_configure(trial, "train", cache=False, retries=1, shm=True), use_gpu)
+    tell = tune_tell(config=cfg, study=ask.outputs["study_out"], results=dsl.Collected(trial.output))
+    _configure(tell, "light", cache=False).set_display_name(f"tell {kind} {label}")
+    return tell.outputs["study_out"]
+
+
 def _tune_rounds(cfg, ds, teacher_model, cache, study, kind: str, rounds: int, parallel: int, run_id, use_gpu: bool):
     for r in range(rounds):
-        ask = tune_ask(config=cfg, dataset=ds, study=study, kind=kind, count=parallel)
-        _configure(ask, "light", cache=False).set_display_name(f"ask {kind} round {r + 1}")
-        with dsl.ParallelFor(ask.outputs["Output"], parallelism=parallel, name=f"{kind}-trials-{r + 1}") as spec:
-            trial = tune_trial(
-                config=cfg, dataset=ds, teacher=teacher_model, teacher_cache=cache, spec=spec, pipeline_run_id=run_id
-            )
-            _gpu(_configure(trial, "train", cache=False, retries=1, shm=True), use_gpu)
-        tell = tune_tell(config=cfg, study=ask.outputs["study_out"], results=dsl.Collected(trial.output))
-        _configure(tell, "light", cache=False).set_display_name(f"tell {kind} round {r + 1}")
-        study = tell.outputs["study_out"]
+        study = _round(cfg, ds, teacher_model, cache, study, kind, parallel, f"round {r + 1}", run_id, use_gpu)
     return study
 
 
 def _final_rung(cfg, final_ds, teacher_model, cache, study, kind: str, top_k: int, run_id, use_gpu: bool):
     """The study's ``top_k`` best trials again at the final length, one pod each, their records told to it."""
-    ask = tune_ask(config=cfg, dataset=final_ds, study=study, kind=kind, count=top_k, rung="final")
-    _configure(ask, "light", cache=False).set_display_name(f"ask {kind} final rung")
-    with dsl.ParallelFor(ask.outputs["Output"], parallelism=top_k, name=f"{kind}-final") as spec:
-        trial = tune_trial(
-            config=cfg, dataset=final_ds, teacher=teacher_model, teacher_cache=cache, spec=spec, pipeline_run_id=run_id
-        )
-        _gpu(_configure(trial, "train", cache=False, retries=1, shm=True), use_gpu)
-    tell = tune_tell(config=cfg, study=ask.outputs["study_out"], results=dsl.Collected(trial.output))
-    _configure(tell, "light", cache=False).set_display_name(f"tell {kind} final rung")
-    return tell.outputs["study_out"]
+    return _round(cfg, final_ds, teacher_model, cache, study, kind, top_k, "final rung", run_id, use_gpu, rung="final")
 
 
 @cheaply_named
