@@ -6,16 +6,18 @@ from components.image import KDFLOW_IMAGE
 
 @dsl.component(base_image=KDFLOW_IMAGE, install_kfp_package=False)
 def tune_conclude(config: Input[Artifact], dataset: Input[Dataset], teacher: Input[Model], study: Input[Artifact],
-                  best_config: Output[Artifact], tune_report: Output[Artifact], summary: Output[Markdown]):
-    """Pick the student, compare it with its tuned scratch twin, write the Pareto front and the best config."""
+                  final_dataset: Input[Dataset], best_config: Output[Artifact], tune_report: Output[Artifact], summary: Output[Markdown]):
+    """Pick the student, compare it with its tuned scratch twin, write the Pareto front and the best config; a
+    final rung's records count only where trained on ``final_dataset`` (tune setup's, by its digest)."""
     import os
     from pathlib import Path
 
     from kdflow.config import load_config
     from kdflow.tune import rounds
 
-    result = rounds.conclude(load_config(config.path), Path(study.path), Path(dataset.path),
+    cfg = load_config(config.path)
+    result = rounds.conclude(cfg, Path(study.path), Path(dataset.path),
                              Path(os.path.join(teacher.path, "model.pt")), Path(tune_report.path),
-                             Path(best_config.path))
+                             Path(best_config.path), Path(final_dataset.path) if cfg.tune.final.top_k else None)
     with open(summary.path, "w") as fh:
         fh.write("\n\n".join(result.verdict))

@@ -72,7 +72,7 @@ def build_autodistill(use_gpu: bool = False, rounds: int = ROUNDS, parallel: int
                 study = _tune_rounds(cfg, ds, teacher_model, cache, study, kind, rounds, parallel, run_id, use_gpu)
                 if final_top_k:
                     study = _final_rung(cfg, final_ds, teacher_model, cache, study, kind, final_top_k, run_id, use_gpu)
-            pick = tune_conclude(config=cfg, dataset=ds, teacher=teacher_model, study=study)
+            pick = tune_conclude(config=cfg, dataset=ds, teacher=teacher_model, study=study, final_dataset=final_ds)
             _configure(pick, "light", cache=False)
 
             # the students are trained as the pick was: on the final rung's data where there is one

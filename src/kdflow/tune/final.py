@@ -51,7 +51,8 @@ class FinalRun:
         self.number, self.params, self.user_attrs = number, params, user_attrs
 
 
-def _record(path: Path) -> dict[str, Any] | None:
+def read_record(path: Path) -> dict[str, Any] | None:
+    """One final run's record (None where there is none); a corrupt one is refused in one line."""
     if not path.is_file():
         return None
     state = read_json_state(path, "--out", "remove the final/ directory of the study to train the final rung again")
@@ -80,7 +81,7 @@ def record_path(out: Path, kind: str, number: int, arch: str | None = None) -> P
 
 def write_record(
     path: Path, epochs: int, digest: str, params: dict[str, Any], user_attrs: dict[str, Any], searched: float
-) -> dict[str, Any]:
+) -> None:
     kept = {
         "epochs": epochs,
         "data_digest": digest,
@@ -88,7 +89,6 @@ def write_record(
         "user_attrs": {**user_attrs, "searched_val_accuracy": searched},
     }
     atomic_write_json(path, kept)
-    return kept
 
 
 def recorded(
@@ -104,7 +104,7 @@ def recorded(
     a study folder made in one pipeline run); a missing or stopped (diverged) one is left out."""
     runs = []
     for t in top_trials(trials, k):
-        kept = _record(record_path(out, kind, t.number, arch))
+        kept = read_record(record_path(out, kind, t.number, arch))
         params = {**t.params, "epochs": epochs}
         if kept is None or kept.get("params") != params or digest not in (None, kept.get("data_digest")):
             continue
@@ -121,7 +121,7 @@ def train_best(trials: list[optuna.trial.FrozenTrial], st: Study, kind: str, arc
     for t in top_trials(trials, k):
         path = record_path(st.out, kind, t.number, arch)
         params = {**t.params, "epochs": epochs}
-        kept = _record(path)
+        kept = read_record(path)
         if kept is None or (kept.get("params"), kept.get("data_digest")) != (params, digest):
             trial = optuna.trial.FixedTrial(params, number=t.number)
             print(f"[tune] final rung: {kind} trial {t.number} ({t.user_attrs['arch']}) at {epochs} epochs", flush=True)

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from kdflow.config import Config
+from kdflow.data.prepared import load_manifest
 from kdflow.steps.context import RunContext, start_pipeline
 from kdflow.tune import final, record, report, space, study
 from kdflow.tune.checks import check_budget
@@ -41,9 +42,23 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copy2(kept, dst / "final" / kept.name)
 
 
-def _final_runs(cfg: Config, where: Path, s: optuna.Study, kind: str, arch: str | None = None) -> list:
+def _final_runs(
+    cfg: Config, where: Path, s: optuna.Study, kind: str, arch: str | None = None, digest: str | None = None
+) -> list:
+    """The final rung's runs of ``s``; with ``digest``, only those trained on that data (conclude's check)."""
     k, epochs = cfg.tune.final.top_k, final.final_epochs(cfg)
-    return final.recorded(report.complete(s), where, kind, k, epochs, None, arch)
+    return final.recorded(report.complete(s), where, kind, k, epochs, digest, arch)
+
+
+def _check_final_data(where: Path, digest: str) -> None:
+    """Refuse final records trained on other data than the final rung's: the pick must not rest on them."""
+    for path in sorted((where / "final").glob("*.json")):
+        kept = final.read_record(path)
+        if kept is not None and kept.get("data_digest") != digest:
+            raise ValueError(
+                f"final rung record {path.name} was trained on data {kept.get('data_digest')}, not the final "
+                f"rung's {digest}: run the pipeline again so that its final pods read tune setup's final_dataset"
+            )
 
 
 def _pick_arch(cfg: Config, where: Path) -> str:
@@ -220,15 +235,28 @@ def tell(cfg: Config, study_in: Path, study_out: Path, results: list[dict[str, A
 
 
 def conclude(
-    cfg: Config, study_in: Path, data_dir: Path, teacher_path: Path, out: Path, best_config: Path
+    cfg: Config,
+    study_in: Path,
+    data_dir: Path,
+    teacher_path: Path,
+    out: Path,
+    best_config: Path,
+    final_data: Path | None = None,
 ) -> TuneResult:
-    """The pick, its twin, the Pareto front and the portable best config the pipeline trains next."""
+    """The pick, its twin, the Pareto front and the portable best config the pipeline trains next. With a final
+    rung, its records count only where trained on ``final_data`` (setup's data, by its manifest's digest)."""
     _copy(study_in, out)
     st = open_context(cfg, data_dir, teacher_path, out, record.TrialRecorder(None, None))
     kd = _study(cfg, out, "distill")
     scratch = _study(cfg, out, "scratch")
     rung = None
     if cfg.tune.final.top_k:
-        arch = scratch.study_name.removeprefix("scratch-")
-        rung = (_final_runs(cfg, out, kd, "distill"), _final_runs(cfg, out, scratch, "scratch", arch))
+        if final_data is None:
+            raise ValueError("a final rung needs final_data, the folder of its data")
+        arch, digest = scratch.study_name.removeprefix("scratch-"), load_manifest(final_data)["digest"]
+        _check_final_data(out, digest)
+        rung = (
+            _final_runs(cfg, out, kd, "distill", digest=digest),
+            _final_runs(cfg, out, scratch, "scratch", arch, digest),
+        )
     return finish(cfg, st, kd, scratch, teacher_path, best_config, portable=True, rung=rung)
