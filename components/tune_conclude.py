@@ -19,5 +19,6 @@ def tune_conclude(config: Input[Artifact], dataset: Input[Dataset], teacher: Inp
     result = rounds.conclude(cfg, Path(study.path), Path(dataset.path),
                              Path(os.path.join(teacher.path, "model.pt")), Path(tune_report.path),
                              Path(best_config.path), Path(final_dataset.path) if cfg.tune.final.top_k else None)
+    stated = rounds.read_plan(Path(study.path))  # the cost setup stated before any trial
     with open(summary.path, "w") as fh:
-        fh.write("\n\n".join(result.verdict))
+        fh.write("\n\n".join(([stated] if stated else []) + result.verdict))

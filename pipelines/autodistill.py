@@ -64,7 +64,9 @@ def build_autodistill(use_gpu: bool = False, rounds: int = ROUNDS, parallel: int
             _gpu(_configure(teacher, "train", cache=True, retries=2, shm=True), use_gpu)
             teacher_model = teacher.outputs["teacher"]
 
-            setup = tune_setup(config=cfg, dataset=ds, teacher=teacher_model, pipeline_run_id=run_id)
+            setup = tune_setup(
+                config=cfg, dataset=ds, teacher=teacher_model, pipeline_run_id=run_id, trials=rounds * parallel
+            )
             _gpu(_configure(setup, "train", cache=True, shm=True), use_gpu)
             cache, final_ds = setup.outputs["teacher_cache"], setup.outputs["final_dataset"]
             study = setup.outputs["study"]

@@ -56,3 +56,6 @@ def test_autodistill_pipeline_runs_locally(tmp_path, monkeypatch):
     assert {r["arch"] for r in final} == {pick}
     picked = next(r for r in final if r["study"] == "distill")
     assert tuned["pick"]["val_accuracy"] == pytest.approx(float(picked["final_val_accuracy"]))
+    # the cost setup stated before any trial (rounds x parallel per study, as compiled) heads conclude's summary
+    summaries = [p.read_text() for p in run_dir.rglob("summary") if p.is_file()]
+    assert any(s.startswith("[tune] plan: 2 distillation + up to 2 scratch trials of <= ") for s in summaries)

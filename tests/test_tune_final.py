@@ -94,7 +94,8 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
     again = tune(_config(tmp_path), out)  # the same command: every final run is kept
     assert "[tune] final rung:" not in capsys.readouterr().out
     assert again.pick == result.pick and again.kd_gain_val == result.kd_gain_val
-    _the_cluster_form_picks_the_same(tmp_path, out, result, rows)
+    stated = next(line for line in printed.splitlines() if line.startswith("[tune] plan:"))
+    _the_cluster_form_picks_the_same(tmp_path, out, result, rows, stated)
 
     # the final rung ranks the search's second best first (its kept record edited): the search's front and
     # plot mark that pick, not the search's best
@@ -139,13 +140,15 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
     assert not any((resumed / "final" / "runs").iterdir())  # each folder gone once its run ended
 
 
-def _the_cluster_form_picks_the_same(tmp_path, local, result, rows):
+def _the_cluster_form_picks_the_same(tmp_path, local, result, rows, stated):
     """The autodistill DAG's steps, called in-process as its pods call them: each study's round, then its final
     rung (the best trials asked again at the final length, trained on the whole train split prepared by setup,
     their records told), then conclude. Same seeds, same trials: the final rung and the pick equal the local
-    tune's (its 3 trials are the sampler's startup draws, so one round asks what the local loop asked)."""
+    tune's (its 3 trials are the sampler's startup draws, so one round asks what the local loop asked), and
+    setup states the same cost before any trial as the local tune's plan (3 trials per study, as compiled)."""
     cfg, teacher, w = _config(tmp_path), local / "teacher" / "model.pt", tmp_path / "cluster"
-    rounds.setup(cfg, local / "data", teacher, w / "study-0", w / "cache", w / "final-data", "cluster-run")
+    rounds.setup(cfg, local / "data", teacher, w / "study-0", w / "cache", w / "final-data", "cluster-run", 3)
+    assert rounds.read_plan(w / "study-0") == stated
     assert data.load_prepared(w / "final-data").digest == data.load_prepared(local / "final" / "data").digest
     study_dir = w / "study-0"
     for kind in ("distill", "scratch"):
@@ -162,6 +165,7 @@ def _the_cluster_form_picks_the_same(tmp_path, local, result, rows):
     assert not (w / "other.yaml").exists()
     concluded = rounds.conclude(cfg, study_dir, local / "data", teacher, w / "out", w / "best.yaml", w / "final-data")
     assert list(csv.DictReader((w / "out" / "final.csv").open())) == rows
+    assert rounds.read_plan(study_dir) == stated  # carried through every ask and tell to conclude
     assert concluded.pick == result.pick and concluded.kd_gain_val == result.kd_gain_val
     best = yaml.safe_load((w / "best.yaml").read_text())  # the students after the tune train as the rung did
     assert best["data"]["train_subset"] is None and best["distill"]["cache_views"] == 2

@@ -26,15 +26,16 @@ from kdflow.data.prepared import load_manifest
 from kdflow.steps.context import RunContext, start_pipeline
 from kdflow.tune import final, record, report, space, study
 from kdflow.tune.checks import check_budget
-from kdflow.tune.run import TuneResult, finish, none_completed, open_context, pick_arch
+from kdflow.tune.run import TuneResult, finish, none_completed, open_context, pick_arch, plan
 from kdflow.tune.trial import run_trial
 
+PLAN = "plan.txt"  # the study's cost, stated by setup before any trial; it travels with the study to conclude
 INT_PARAMS = {"epochs", "cnn_depth", *(f"cnn_width_d{d}" for d in range(2, 64))}
 
 
 def _copy(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
-    for name in (study.DB, study.IDENTITY):
+    for name in (study.DB, study.IDENTITY, PLAN):
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
     for kept in sorted((src / "final").glob("*.json")):  # the final rung's records
@@ -98,10 +99,12 @@ def setup(
     cache_out: Path,
     final_data: Path | None = None,
     pipeline_run_id: str = "local",
+    trials: int | None = None,
 ) -> None:
     """Create the empty studies and build the teacher caches every trial reads (one per mixing choice, teacher
     checkpoint and train view); with a final rung, its data in ``final_data`` (the whole train split, prepared
-    when the search runs on a subset) and its caches (one view per epoch of the final length) too."""
+    when the search runs on a subset) and its caches (one view per epoch of the final length) too. ``trials``
+    (each study's count, rounds x parallel as compiled) states the study's cost in :data:`PLAN` and the log."""
     check_cluster_form(cfg, data_dir)
     study_out.mkdir(parents=True, exist_ok=True)
     study.write_identity(study_out, cfg)
@@ -118,13 +121,25 @@ def setup(
         else:  # the same data: a copy, so the final rung and the students it picks read one artifact either way
             shutil.copytree(data_dir, final_data, dirs_exist_ok=True)
         contexts.append((fcfg, final_data))
+    opened = []
     for c, d in contexts:
         st = open_context(c, d, teacher_path, study_out, record.TrialRecorder(None, None), cache_out)
+        opened.append(st)
         for mix in c.tune.space.mix:
             for which in c.tune.space.teacher_checkpoints:
                 views: list[bool | None] = [None]  # one per train view searched; None: the prepared one
                 for augment in c.tune.space.augment or views:
                     st.teacher_cache(mix, which, augment)
+    if trials is not None:
+        stated = plan(cfg, opened[0], opened[1] if len(opened) > 1 else None, trials)
+        print(stated, flush=True)
+        (study_out / PLAN).write_text(stated + "\n")
+
+
+def read_plan(study_dir: Path) -> str | None:
+    """The cost setup stated (None for a study set up without one)."""
+    path = study_dir / PLAN
+    return path.read_text().strip() if path.is_file() else None
 
 
 def ask(

@@ -242,14 +242,19 @@ def _final_study(cfg: Config, out: Path, ctx: RunContext, teacher_path: Path, st
     return open_context(fcfg, data_dir or out / "data", teacher_path, out, recorder, st.cache_dir)
 
 
-def plan(cfg: Config, st: Study, top: Study | None) -> str:
-    """What the study will train, in sample-passes and full-length trainings, before it starts."""
+def plan(cfg: Config, st: Study, top: Study | None, trials: int | None = None) -> str:
+    """What the study will train, in sample-passes and full-length trainings, before it starts; ``trials``:
+    each study's count where it is fixed otherwise (the cluster form: rounds x parallel, as compiled)."""
     n = st.prepared.manifest["counts"]["train"]
     pool = len(st.pool) if st.pool is not None else 0
     epochs = cfg.tune.space.epochs[1]
-    n_scratch = cfg.tune.scratch_trials if cfg.tune.scratch_trials is not None else cfg.tune.trials
-    search = cfg.tune.trials * epochs * (n + pool) + n_scratch * epochs * n
-    text = f"[tune] plan: {cfg.tune.trials} distillation + up to {n_scratch} scratch trials of <= {epochs} epochs on {n:,} labelled"
+    n_kd = trials if trials is not None else cfg.tune.trials
+    n_scratch = trials if trials is not None else cfg.tune.scratch_trials
+    n_scratch = cfg.tune.trials if n_scratch is None else n_scratch
+    search = n_kd * epochs * (n + pool) + n_scratch * epochs * n
+    text = (
+        f"[tune] plan: {n_kd} distillation + up to {n_scratch} scratch trials of <= {epochs} epochs on {n:,} labelled"
+    )
     text += f" (+{pool:,} unlabeled)" if pool else ""
     full_n, full_e = (top.prepared.manifest["counts"]["train"], top.cfg.tune.space.epochs[0]) if top else (n, epochs)
     full_run = full_e * (full_n + pool)
