@@ -31,7 +31,8 @@ from kdflow.models import zoo as models
 from kdflow.release.registry import judge
 
 pytestmark = pytest.mark.integration
-# storage.reuse off: these runs resume and retrain on purpose, and run in the repository (its .kdflow store)
+# storage.reuse off: these runs resume and retrain on purpose, and run in the repository (its .kdflow store);
+# so does the kept checkpoint (a killed run's would be resumed by the next test's new --out), but where tested
 QUICK = [
     "--set",
     "tracking.enabled=false",
@@ -41,6 +42,8 @@ QUICK = [
     "train.warmup_epochs=0",
     "--set",
     "storage.reuse=false",
+    "--set",
+    "storage.carry_checkpoint=false",
 ]
 
 
@@ -94,6 +97,32 @@ def test_kill_9_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_data, tmp_pa
     a = checkpoints.load_model(tmp_path / "whole" / "model.pt")[0].state_dict()
     b = checkpoints.load_model(tmp_path / "killed" / "model.pt")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_9_then_a_new_out_resumes_from_the_checkpoint_kept_in_state_dir(tiny_data, tmp_path):
+    """A retried pod (or a rerun of the local DAG) gets a new, empty output folder: the step continues from the
+    last epoch kept in storage.state_dir/running, to the weights of an uninterrupted run."""
+    state, pod1, pod2 = tmp_path / "state", tmp_path / "pod-1", tmp_path / "pod-2"
+    carry = ["--set", "storage.carry_checkpoint=true", "--set", f"storage.state_dir={state}"]
+    args = ["train-student", "--data", str(tiny_data), *QUICK, *carry, "--set", "student.epochs=6"]
+    whole = _kdflow(*args, "--out", str(tmp_path / "whole"))
+    assert whole.wait(300) == 0, whole.stderr.read()[-2000:]
+    assert not list((state / "running").rglob("*.pt"))  # a finished step keeps nothing
+    proc = _kdflow(*args, "--out", str(pod1))
+    _wait_for(lambda: any((state / "running").rglob("checkpoint.pt")) or proc.poll() is not None, 120, "a kept one")
+    time.sleep(0.2)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed: make it longer"
+    retried = _kdflow(*args, "--out", str(pod2))
+    assert retried.wait(300) == 0, retried.stderr.read()[-2000:]
+    started = json.loads((pod2 / "step.json").read_text())["started"]
+    assert started["how"] == "resumed" and 0 < started["epoch"] < 6, started
+    assert "continuing from the checkpoint kept in" in retried.stdout.read()
+    a = checkpoints.load_model(tmp_path / "whole" / "model.pt")[0].state_dict()
+    b = checkpoints.load_model(pod2 / "model.pt")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((state / "running").rglob("*.pt"))
 
 
 def test_kill_9_then_a_changed_config_is_refused(tiny_data, tmp_path):

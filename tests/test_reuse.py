@@ -10,7 +10,7 @@ from helpers import tiny_config
 
 from kdflow import steps
 from kdflow.data import prepared as data
-from kdflow.infra import reuse, step_manifest
+from kdflow.infra import reuse, running, step_manifest
 from kdflow.infra.checkpoints import save_model
 from kdflow.infra.io import sha256_file
 from kdflow.models.zoo import build_model
@@ -140,6 +140,14 @@ def test_store_ls_and_gc_from_the_cli(tmp_path, capsys):
     assert main(["store", "gc", "--max-gb", "0.003", *common]) == 0
     out = capsys.readouterr().out
     assert "evicted teacher/" in out and "1 entries, 2.0 MB" in out
+    kept = running.folder(state, "distill", "k" * 20) / "train_state"  # a killed step's kept checkpoint
+    kept.mkdir(parents=True)
+    (kept / "checkpoint.pt").write_bytes(b"x" * 1_000_000)
+    assert main(["store", "ls", *common]) == 0
+    assert "1 checkpoints kept by unfinished steps (1.0 MB)" in capsys.readouterr().out
+    assert main(["store", "gc", "--max-gb", "0.003", *common]) == 0 and kept.is_dir()  # kept unless asked
+    assert main(["store", "gc", "--max-gb", "0.003", "--purge-running", *common]) == 0
+    assert "removed 1 checkpoints kept by unfinished steps" in capsys.readouterr().out and not kept.exists()
     with pytest.raises(SystemExit) as refused:  # argparse's own exit: usage, then one error line
         main(["store", "gc", "--max-gb", "-1", *common])
     err = capsys.readouterr().err

@@ -132,7 +132,7 @@ COMMANDS = {
 def _store(cfg, args) -> None:
     from kdflow.cli.store import store_command
 
-    store_command(cfg, args.action, args.max_gb, args.purge_quarantine)
+    store_command(cfg, args.action, args.max_gb, args.purge_quarantine, args.purge_running)
 
 
 def _steps():

@@ -225,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-gb", type=_positive("GB", "--max-gb 20"), help="gc: the size cap (default storage.reuse_max_gb)"
     )
     p.add_argument("--purge-quarantine", action="store_true", help="gc: also delete quarantined (damaged) entries")
+    p.add_argument(
+        "--purge-running",
+        action="store_true",
+        help="gc: also delete the checkpoints unfinished steps keep (storage.carry_checkpoint); none may be running",
+    )
 
     p = sub.add_parser("predict", help="classify images with an exported model (ONNX, TorchScript or models:/ URI)")
     p.add_argument("--model", required=True, help="path of a .onnx / .torchscript.pt export, or models:/NAME@ALIAS")

@@ -13,9 +13,28 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def store_command(cfg: Config, action: str, max_gb: float | None, purge_quarantine: bool) -> None:
-    from kdflow.infra import reuse
+def _running(kept: list, purge: bool) -> None:
+    """The checkpoints unfinished steps keep (storage.carry_checkpoint): a killed step's stays until a run of the
+    same fingerprint finishes, or until purged."""
+    if not kept:
+        return
+    size = _mb(sum(n for _, n in kept))
+    if purge:
+        for path, _ in kept:
+            shutil.rmtree(path, ignore_errors=True)
+        print(f"removed {len(kept)} checkpoints kept by unfinished steps ({size})")
+        return
+    print(f"{len(kept)} checkpoints kept by unfinished steps ({size}) in {kept[0][0].parent.parent}")
+    print("  (steps still running, or killed: a rerun of the same step resumes one; gc --purge-running removes them)")
+
+
+def store_command(
+    cfg: Config, action: str, max_gb: float | None, purge_quarantine: bool, purge_running: bool = False
+) -> None:
+    from kdflow.infra import reuse, running
     from kdflow.steps.train import reuse_store
+
+    _running(running.kept_folders(cfg.storage.state_dir), action == "gc" and purge_running)
 
     store = reuse_store(cfg)
     quarantined = sorted((store / reuse.QUARANTINE).glob("*")) if (store / reuse.QUARANTINE).is_dir() else []

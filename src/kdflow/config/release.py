@@ -86,6 +86,11 @@ class StorageConfig(_Section):
         description="a training step whose fingerprint (config fields, data content, teacher, kdflow version) "
         "matches a model an earlier run trained takes that model from <state_dir>/trained instead of retraining",
     )
+    carry_checkpoint: bool = Field(
+        True,
+        description="keep each training step's last epoch checkpoint in <state_dir>/running as well, so the step "
+        "started again in a new output folder (a retried pod, a rerun of the local DAG) resumes it",
+    )
     reuse_max_gb: float | None = Field(
         20.0,
         gt=0,

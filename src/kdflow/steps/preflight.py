@@ -143,3 +143,18 @@ def check_run(cfg: Config, teacher_source: str | None, data_dir: Path | None = N
     for i, extra in enumerate(cfg.distill.extra_teachers):
         check_teacher(extra.source, f"distill.extra_teachers[{i}].source", cfg, data_dir)
     check_models(cfg, teacher)
+
+
+def check_transfer_set(cfg: Config, role: str) -> None:
+    """What cannot learn from images without labels is refused in one line."""
+    from kdflow.infra.fingerprint import trains_adversarially
+
+    method, fix = cfg.distill.method, "set distill.unlabeled=false, or drop the pool (data.labels_kept, data.unlabeled)"
+    if method.startswith("dkd") or cfg.distill.adversarial:
+        raise ConfigError(
+            "distill.method", f"{method} needs every training image's label; the unlabeled transfer set has none", fix
+        )
+    if cfg.train_for("student").mix != "none":
+        raise ConfigError("train.mix", "mixed targets need labels; the unlabeled transfer set has none", fix)
+    if trains_adversarially(cfg, role):
+        raise ConfigError("adversarial", "adversarial training attacks the label; the transfer set has none", fix)

@@ -56,6 +56,11 @@ def with_snapshots(
     return on_epoch
 
 
+def snapshot_files(out: Path) -> list[Path]:
+    """The teacher's epoch snapshots written so far (kept with its checkpoint by :mod:`kdflow.infra.running`)."""
+    return sorted(out.glob(teacher_checkpoint_file("epoch:*")))
+
+
 def chosen_teacher(teacher_path: str, which: str) -> str:
     """The checkpoint ``distill.teacher_checkpoint`` names, next to a local teacher's model.pt."""
     if which == "final":

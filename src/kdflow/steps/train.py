@@ -20,7 +20,7 @@ from kdflow.data import prepared as data
 from kdflow.data.text import encoder_weights
 from kdflow.data.transfer_set import with_pool
 from kdflow.evaluation import metrics as evaluate
-from kdflow.infra import checkpoints, reuse, step_manifest
+from kdflow.infra import checkpoints, reuse, running, step_manifest
 from kdflow.infra.fingerprint import fingerprint, trains_adversarially
 from kdflow.infra.io import atomic_write_json, atomic_write_text, csv_text, sha256_file
 from kdflow.infra.pretrained import default_weights, start_from, weights_file
@@ -28,8 +28,9 @@ from kdflow.models import zoo as models
 from kdflow.models.inputs import build_for_data
 from kdflow.steps import record, results
 from kdflow.steps.context import PathArg, RunContext, start_pipeline, upload
+from kdflow.steps.preflight import check_transfer_set
 from kdflow.steps.results import TrainResult
-from kdflow.steps.teacher_checkpoints import TEACHER_CHECKPOINTS, save_variant, with_snapshots
+from kdflow.steps.teacher_checkpoints import TEACHER_CHECKPOINTS, save_variant, snapshot_files, with_snapshots
 from kdflow.steps.timing import timed
 from kdflow.steps.train_view import with_train_view
 from kdflow.training.adversarial import TrainingAttack
@@ -168,21 +169,6 @@ def _restore(job: TrainingJob, entry: Path, tracker, run_id: str | None) -> tupl
     return model, json.loads((job.out / "metrics.json").read_text())
 
 
-def check_transfer_set(cfg: Config, role: str) -> None:
-    """What cannot learn from images without labels is refused in one line."""
-    from kdflow.errors import ConfigError
-
-    method, fix = cfg.distill.method, "set distill.unlabeled=false, or drop the pool (data.labels_kept, data.unlabeled)"
-    if method.startswith("dkd") or cfg.distill.adversarial:
-        raise ConfigError(
-            "distill.method", f"{method} needs every training image's label; the unlabeled transfer set has none", fix
-        )
-    if cfg.train_for("student").mix != "none":
-        raise ConfigError("train.mix", "mixed targets need labels; the unlabeled transfer set has none", fix)
-    if trains_adversarially(cfg, role):
-        raise ConfigError("adversarial", "adversarial training attacks the label; the transfer set has none", fix)
-
-
 def _section_name(role: str) -> str:
     return "teacher" if role == "teacher" else "student"
 
@@ -220,8 +206,13 @@ def train_model(job: TrainingJob) -> TrainResult | None:
         step_manifest.claim(out, job.step, fp, job.fresh)
     if job.fresh:
         job.checkpoint.unlink(missing_ok=True)
-    check_resumable(job.checkpoint, fp)  # a stale checkpoint stops here: no MLflow run, no cache build
     entry = _reusable(job, fp, dist_info)
+    kept = None  # the last epoch kept in state_dir too: a retried pod's new, empty out resumes it
+    if entry is None and cfg.storage.carry_checkpoint and dist_info.world == 1:
+        kept = running.open_kept(
+            cfg.storage.state_dir, job.role, reuse.key(fp), out, job.checkpoint, job.fresh, job.step
+        )
+    check_resumable(job.checkpoint, fp)  # a stale checkpoint stops here: no MLflow run, no cache build
     if dist_info.is_main:  # fails fast on a bad tracking URI, before any training; only rank 0 talks to MLflow
         start_pipeline(cfg, ctx)
     tracker = ctx.tracker if dist_info.is_main else None
@@ -248,6 +239,8 @@ def train_model(job: TrainingJob) -> TrainResult | None:
                 print(f"[{job.step}] pretrained {pretrained}: {started['said']}")
             objective = job.objective_factory(model, prepared)
             on_epoch = with_snapshots(job, model, prepared, record.epoch_logger(tracker, run_id))
+            if kept is not None:
+                on_epoch = running.keeper(kept, out, job.checkpoint, snapshot_files, on_epoch)
             fitted, cache_info = _fit(job, fp, model, objective, prepared, on_epoch)
             start = results.started(fitted.resumed_from)
             if not dist_info.is_main:
@@ -265,6 +258,8 @@ def train_model(job: TrainingJob) -> TrainResult | None:
             )
             if job.role == "teacher" and fitted.best_state is not None:
                 save_variant(model, fitted.best_state, job.arch, prepared, out / TEACHER_CHECKPOINTS["best_val"])
+            if kept is not None:
+                running.drop(kept)
         result: TrainResult = {
             "role": job.role,
             "arch": job.arch,

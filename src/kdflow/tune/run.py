@@ -132,7 +132,7 @@ def open_context(
     feasible = space.feasible_students(cfg.tune, prepared.input_shape, space.builder_for(cfg, prepared))
     st = Study(cfg, prepared, teacher_path, out, feasible, recorder, cache_dir)
     if cfg.distill.unlabeled and prepared.manifest["counts"].get("unlabeled"):  # distillation trials read the pool
-        from kdflow.steps.train import check_transfer_set
+        from kdflow.steps.preflight import check_transfer_set
 
         check_transfer_set(cfg, "distill")
         checks.check_space_for_pool(cfg)
