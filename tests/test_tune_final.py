@@ -95,7 +95,7 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
     assert "[tune] final rung:" not in capsys.readouterr().out
     assert again.pick == result.pick and again.kd_gain_val == result.kd_gain_val
     stated = next(line for line in printed.splitlines() if line.startswith("[tune] plan:"))
-    _the_cluster_form_picks_the_same(tmp_path, out, result, rows, stated)
+    _the_cluster_form_picks_the_same(tmp_path, out, result, rows, stated, monkeypatch)
 
     # the final rung ranks the search's second best first (its kept record edited): the search's front and
     # plot mark that pick, not the search's best
@@ -140,12 +140,32 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
     assert not any((resumed / "final" / "runs").iterdir())  # each folder gone once its run ended
 
 
-def _the_cluster_form_picks_the_same(tmp_path, local, result, rows, stated):
+def _fit_interrupted_after_the_first_epoch(monkeypatch):
+    """trial.fit raising KeyboardInterrupt once its first epoch is checkpointed (as a pod lost then); returns
+    the real fit, to put back."""
+    from kdflow.tune import trial as trial_module
+
+    real_fit = trial_module.fit
+
+    def fit_interrupted(*args, **kwargs):
+        def on_epoch(row):
+            kwargs["on_epoch"](row)
+            raise KeyboardInterrupt
+
+        return real_fit(*args, **{**kwargs, "on_epoch": on_epoch})
+
+    monkeypatch.setattr(trial_module, "fit", fit_interrupted)
+    return real_fit
+
+
+def _the_cluster_form_picks_the_same(tmp_path, local, result, rows, stated, monkeypatch):
     """The autodistill DAG's steps, called in-process as its pods call them: each study's round, then its final
     rung (the best trials asked again at the final length, trained on the whole train split prepared by setup,
     their records told), then conclude. Same seeds, same trials: the final rung and the pick equal the local
     tune's (its 3 trials are the sampler's startup draws, so one round asks what the local loop asked), and
-    setup states the same cost before any trial as the local tune's plan (3 trials per study, as compiled)."""
+    setup states the same cost before any trial as the local tune's plan (3 trials per study, as compiled). The
+    first final pod is lost after its first epoch and retried: it continues from the checkpoint kept in
+    storage.state_dir, to the same final runs."""
     cfg, teacher, w = _config(tmp_path), local / "teacher" / "model.pt", tmp_path / "cluster"
     rounds.setup(cfg, local / "data", teacher, w / "study-0", w / "cache", w / "final-data", "cluster-run", 3)
     assert rounds.read_plan(w / "study-0") == stated
@@ -156,7 +176,18 @@ def _the_cluster_form_picks_the_same(tmp_path, local, result, rows, stated):
             asked, told = w / f"{kind}-{rung}-asked", w / f"{kind}-{rung}-told"
             specs = rounds.ask(cfg, study_dir, asked, data_dir, kind, 3, rung)
             assert len(specs) == (3 if rung == "search" else 2)
+            if (kind, rung) == ("distill", "final"):
+                from kdflow.tune import trial as trial_module
+
+                real_fit = _fit_interrupted_after_the_first_epoch(monkeypatch)
+                with pytest.raises(KeyboardInterrupt):
+                    rounds.run_spec(cfg, data_dir, teacher, w / "cache", specs[0], "cluster-run")
+                monkeypatch.setattr(trial_module, "fit", real_fit)
+                assert len(list((tmp_path / "state" / "running" / "tune-final").glob("*/checkpoint.pt"))) == 1
             results = [rounds.run_spec(cfg, data_dir, teacher, w / "cache", spec, "cluster-run") for spec in specs]
+            if (kind, rung) == ("distill", "final"):  # the retried pod continued; its kept folder is gone
+                assert results[0]["user_attrs"]["resumed_from_epoch"] == 1
+                assert not list((tmp_path / "state" / "running" / "tune-final").iterdir())
             rounds.tell(cfg, asked, told, results)
             study_dir = told
     with pytest.raises(ValueError, match=r"final rung record distill-\d{4}\.json was trained on data"):

@@ -70,6 +70,30 @@ def _run_dir(record: Path, key: dict[str, Any]) -> Path:
     return runs / f"{record.stem}-{h}"
 
 
+def pod_resume(
+    cfg: Config, spec: dict[str, Any], params: dict[str, Any], digest: str, teacher_path: Path, pipeline_run_id: str
+) -> tuple[Path, dict[str, Any]]:
+    """Where a final run in its own pod (the cluster form) keeps its checkpoint, and what it depends on: in
+    ``<storage.state_dir>/running/tune-final`` (a volume the pods share), so the pod retried after a lost node
+    continues from the last epoch; the key also names the pipeline run, the config and the teacher's sha256."""
+    from kdflow.infra import running
+    from kdflow.infra.io import sha256_file
+
+    key = {
+        "pipeline_run_id": pipeline_run_id,
+        "config": cfg.digest(),
+        "teacher_sha256": sha256_file(teacher_path),
+        "study": spec["kind"],
+        "arch": spec["arch"],
+        "trial": int(spec["number"]),
+        "params": params,
+        "data_digest": digest,
+        "kdflow_code": training_code_digest(),
+    }
+    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return running.folder(cfg.storage.state_dir, "tune-final", h), key
+
+
 def top_trials(trials: list[optuna.trial.FrozenTrial], k: int) -> list[optuna.trial.FrozenTrial]:
     """The ``k`` best completed trials by searched validation accuracy (ties: the earlier trial)."""
     return sorted(trials, key=lambda t: (-float(t.user_attrs["val_accuracy"]), t.number))[:k]

@@ -203,8 +203,12 @@ def run_spec(
         }
         trial = optuna.trial.FixedTrial(params, number=int(spec["number"]))
         arch = spec["arch"] if spec["kind"] == "scratch" else None
+        # a final run (full length) keeps its checkpoint where the pod retried after a lost node finds it
+        resume = (
+            final.pod_resume(cfg, spec, params, st.prepared.digest, teacher_path, pipeline_run_id) if is_final else None
+        )
         try:
-            values = run_trial(trial, st, spec["kind"], arch)
+            values = run_trial(trial, st, spec["kind"], arch, resume_in=resume)
             state = "complete"
         except optuna.TrialPruned:
             values, state = None, "pruned"
