@@ -82,7 +82,7 @@ def _kill_after_first_checkpoint(args: list[str], out: Path) -> None:
 # ----------------------------------------------------------------------------- training
 
 
-def test_kill_9_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_data, tmp_path, capsys):
+def test_kill_9_mid_epoch_resumes_to_the_uninterrupted_weights_in_its_out_or_a_new_one(tiny_data, tmp_path, capsys):
     args = ["train-student", "--data", str(tiny_data), *QUICK, "--set", "student.epochs=6"]
     whole = _kdflow(*args, "--out", str(tmp_path / "whole"))
     assert whole.wait(300) == 0, whole.stderr.read()[-2000:]
@@ -98,30 +98,23 @@ def test_kill_9_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_data, tmp_pa
     b = checkpoints.load_model(tmp_path / "killed" / "model.pt")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-
-def test_kill_9_then_a_new_out_resumes_from_the_checkpoint_kept_in_state_dir(tiny_data, tmp_path):
-    """A retried pod (or a rerun of the local DAG) gets a new, empty output folder: the step continues from the
-    last epoch kept in storage.state_dir/running, to the weights of an uninterrupted run."""
+    # a retried pod (or a rerun of the local DAG) gets a new, empty --out: with storage.carry_checkpoint the step
+    # continues from the last epoch kept in storage.state_dir/running, to the same weights, and keeps nothing after
     state, pod1, pod2 = tmp_path / "state", tmp_path / "pod-1", tmp_path / "pod-2"
-    carry = ["--set", "storage.carry_checkpoint=true", "--set", f"storage.state_dir={state}"]
-    args = ["train-student", "--data", str(tiny_data), *QUICK, *carry, "--set", "student.epochs=6"]
-    whole = _kdflow(*args, "--out", str(tmp_path / "whole"))
-    assert whole.wait(300) == 0, whole.stderr.read()[-2000:]
-    assert not list((state / "running").rglob("*.pt"))  # a finished step keeps nothing
-    proc = _kdflow(*args, "--out", str(pod1))
+    carry = [*args, "--set", "storage.carry_checkpoint=true", "--set", f"storage.state_dir={state}"]
+    proc = _kdflow(*carry, "--out", str(pod1))
     _wait_for(lambda: any((state / "running").rglob("checkpoint.pt")) or proc.poll() is not None, 120, "a kept one")
     time.sleep(0.2)  # into the next epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed: make it longer"
-    retried = _kdflow(*args, "--out", str(pod2))
+    retried = _kdflow(*carry, "--out", str(pod2))
     assert retried.wait(300) == 0, retried.stderr.read()[-2000:]
     started = json.loads((pod2 / "step.json").read_text())["started"]
     assert started["how"] == "resumed" and 0 < started["epoch"] < 6, started
     assert "continuing from the checkpoint kept in" in retried.stdout.read()
-    a = checkpoints.load_model(tmp_path / "whole" / "model.pt")[0].state_dict()
-    b = checkpoints.load_model(pod2 / "model.pt")[0].state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = checkpoints.load_model(pod2 / "model.pt")[0].state_dict()
+    assert all(torch.equal(a[k], c[k]) for k in a)
     assert not list((state / "running").rglob("*.pt"))
 
 

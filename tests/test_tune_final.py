@@ -115,6 +115,20 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
     resumed = tmp_path / "resumed"
     shutil.copytree(out, resumed, ignore=shutil.ignore_patterns("final.csv", "best.yaml"))
     sorted((resumed / "final").glob("distill-*.json"))[0].unlink()
+    interrupted = _interrupt_fit_once(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        tune(_config(tmp_path), resumed)
+    assert (interrupted[0] / "checkpoint.pt").is_file()  # kept for the next run
+    capsys.readouterr()
+    tune(_config(tmp_path), resumed)
+    assert "resumed from epoch 1" in capsys.readouterr().out
+    assert list(csv.DictReader((resumed / "final.csv").open())) == rows  # as if never interrupted
+    assert not any((resumed / "final" / "runs").iterdir())  # each folder gone once its run ended
+
+
+def _interrupt_fit_once(monkeypatch) -> list:
+    """The next trial.fit raises KeyboardInterrupt once its first epoch is checkpointed (a kill, a lost pod);
+    later calls train through. Returns the list its interrupted run folder goes to."""
     from kdflow.tune import trial as trial_module
 
     real_fit, interrupted = trial_module.fit, []
@@ -129,33 +143,7 @@ def test_the_final_rung_retrains_the_best_at_full_fidelity_and_picks_there(
         return real_fit(*args, **{**kwargs, "on_epoch": on_epoch})
 
     monkeypatch.setattr(trial_module, "fit", fit_interrupted_once)
-    with pytest.raises(KeyboardInterrupt):
-        tune(_config(tmp_path), resumed)
-    assert (interrupted[0] / "checkpoint.pt").is_file()  # kept for the next run
-    monkeypatch.setattr(trial_module, "fit", real_fit)
-    capsys.readouterr()
-    tune(_config(tmp_path), resumed)
-    assert "resumed from epoch 1" in capsys.readouterr().out
-    assert list(csv.DictReader((resumed / "final.csv").open())) == rows  # as if never interrupted
-    assert not any((resumed / "final" / "runs").iterdir())  # each folder gone once its run ended
-
-
-def _fit_interrupted_after_the_first_epoch(monkeypatch):
-    """trial.fit raising KeyboardInterrupt once its first epoch is checkpointed (as a pod lost then); returns
-    the real fit, to put back."""
-    from kdflow.tune import trial as trial_module
-
-    real_fit = trial_module.fit
-
-    def fit_interrupted(*args, **kwargs):
-        def on_epoch(row):
-            kwargs["on_epoch"](row)
-            raise KeyboardInterrupt
-
-        return real_fit(*args, **{**kwargs, "on_epoch": on_epoch})
-
-    monkeypatch.setattr(trial_module, "fit", fit_interrupted)
-    return real_fit
+    return interrupted
 
 
 def _the_cluster_form_picks_the_same(tmp_path, local, result, rows, stated, monkeypatch):
@@ -177,13 +165,11 @@ def _the_cluster_form_picks_the_same(tmp_path, local, result, rows, stated, monk
             specs = rounds.ask(cfg, study_dir, asked, data_dir, kind, 3, rung)
             assert len(specs) == (3 if rung == "search" else 2)
             if (kind, rung) == ("distill", "final"):
-                from kdflow.tune import trial as trial_module
-
-                real_fit = _fit_interrupted_after_the_first_epoch(monkeypatch)
+                interrupted = _interrupt_fit_once(monkeypatch)
                 with pytest.raises(KeyboardInterrupt):
                     rounds.run_spec(cfg, data_dir, teacher, w / "cache", specs[0], "cluster-run")
-                monkeypatch.setattr(trial_module, "fit", real_fit)
-                assert len(list((tmp_path / "state" / "running" / "tune-final").glob("*/checkpoint.pt"))) == 1
+                kept = tmp_path / "state" / "running" / "tune-final"  # in state_dir, not the pod's temp folder
+                assert interrupted[0].parent == kept and (interrupted[0] / "checkpoint.pt").is_file()
             results = [rounds.run_spec(cfg, data_dir, teacher, w / "cache", spec, "cluster-run") for spec in specs]
             if (kind, rung) == ("distill", "final"):  # the retried pod continued; its kept folder is gone
                 assert results[0]["user_attrs"]["resumed_from_epoch"] == 1

@@ -25,10 +25,6 @@ def folder(state_dir: str | Path, role: str, key: str) -> Path:
     return Path(state_dir) / RUNNING / role / key
 
 
-def _kept_files(out: Path, checkpoint: Path, snapshots: Callable[[Path], list[Path]]) -> list[Path]:
-    return [checkpoint, *snapshots(out)] if checkpoint.is_file() else []
-
-
 def restore(kept: Path, out: Path, checkpoint: Path) -> bool:
     """Copy the kept checkpoint (and snapshots) into ``out`` where ``out`` has none of its own; True if copied."""
     if checkpoint.is_file() or not (kept / checkpoint.relative_to(out)).is_file():
@@ -60,7 +56,7 @@ def keeper(
     def on_epoch(row: dict) -> None:
         if inner is not None:
             inner(row)
-        for path in _kept_files(out, checkpoint, snapshots):
+        for path in [checkpoint, *snapshots(out)] if checkpoint.is_file() else []:
             target = kept / path.relative_to(out)
             if path == checkpoint or not target.is_file():  # a snapshot is written once: copied once
                 atomic_copy(path, target)

@@ -76,7 +76,7 @@ def pod_resume(
     """Where a final run in its own pod (the cluster form) keeps its checkpoint, and what it depends on: in
     ``<storage.state_dir>/running/tune-final`` (a volume the pods share), so the pod retried after a lost node
     continues from the last epoch; the key also names the pipeline run, the config and the teacher's sha256."""
-    from kdflow.infra import running
+    from kdflow.infra import reuse, running
     from kdflow.infra.io import sha256_file
 
     key = {
@@ -90,8 +90,7 @@ def pod_resume(
         "data_digest": digest,
         "kdflow_code": training_code_digest(),
     }
-    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return running.folder(cfg.storage.state_dir, "tune-final", h), key
+    return running.folder(cfg.storage.state_dir, "tune-final", reuse.key(key)), key
 
 
 def top_trials(trials: list[optuna.trial.FrozenTrial], k: int) -> list[optuna.trial.FrozenTrial]:

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from kdflow.config import Config
 from kdflow.data.prepared import load_manifest
+from kdflow.infra.io import atomic_write_text
 from kdflow.steps.context import RunContext, start_pipeline
 from kdflow.tune import final, record, report, space, study
 from kdflow.tune.checks import check_budget
@@ -43,12 +44,10 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copy2(kept, dst / "final" / kept.name)
 
 
-def _final_runs(
-    cfg: Config, where: Path, s: optuna.Study, kind: str, arch: str | None = None, digest: str | None = None
-) -> list:
-    """The final rung's runs of ``s``; with ``digest``, only those trained on that data (conclude's check)."""
+def _final_runs(cfg: Config, where: Path, s: optuna.Study, kind: str, arch: str | None = None) -> list:
+    """The final rung's runs of ``s``, from records made in this pipeline run (conclude checks their data)."""
     k, epochs = cfg.tune.final.top_k, final.final_epochs(cfg)
-    return final.recorded(report.complete(s), where, kind, k, epochs, digest, arch)
+    return final.recorded(report.complete(s), where, kind, k, epochs, None, arch)
 
 
 def _check_final_data(where: Path, digest: str) -> None:
@@ -133,7 +132,7 @@ def setup(
     if trials is not None:
         stated = plan(cfg, opened[0], opened[1] if len(opened) > 1 else None, trials)
         print(stated, flush=True)
-        (study_out / PLAN).write_text(stated + "\n")
+        atomic_write_text(study_out / PLAN, stated + "\n")
 
 
 def read_plan(study_dir: Path) -> str | None:
@@ -272,10 +271,7 @@ def conclude(
     if cfg.tune.final.top_k:
         if final_data is None:
             raise ValueError("a final rung needs final_data, the folder of its data")
-        arch, digest = scratch.study_name.removeprefix("scratch-"), load_manifest(final_data)["digest"]
-        _check_final_data(out, digest)
-        rung = (
-            _final_runs(cfg, out, kd, "distill", digest=digest),
-            _final_runs(cfg, out, scratch, "scratch", arch, digest),
-        )
+        _check_final_data(out, load_manifest(final_data)["digest"])
+        arch = scratch.study_name.removeprefix("scratch-")
+        rung = (_final_runs(cfg, out, kd, "distill"), _final_runs(cfg, out, scratch, "scratch", arch))
     return finish(cfg, st, kd, scratch, teacher_path, best_config, portable=True, rung=rung)
