@@ -179,7 +179,7 @@ def _the_cluster_form_picks_the_same(tmp_path, local, result, rows, stated, monk
     with pytest.raises(ValueError, match=r"final rung record distill-\d{4}\.json was trained on data"):
         # records read against other data than theirs (here the search's subset) are refused, not skipped
         rounds.conclude(cfg, study_dir, local / "data", teacher, w / "other", w / "other.yaml", local / "data")
-    assert not (w / "other.yaml").exists()
+    assert not (w / "other.yaml").exists() and not (w / "other").exists()  # refused before anything is written
     concluded = rounds.conclude(cfg, study_dir, local / "data", teacher, w / "out", w / "best.yaml", w / "final-data")
     assert list(csv.DictReader((w / "out" / "final.csv").open())) == rows
     assert rounds.read_plan(study_dir) == stated  # carried through every ask and tell to conclude

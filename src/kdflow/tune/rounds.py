@@ -263,15 +263,16 @@ def conclude(
 ) -> TuneResult:
     """The pick, its twin, the Pareto front and the portable best config the pipeline trains next. With a final
     rung, its records count only where trained on ``final_data`` (setup's data, by its manifest's digest)."""
+    if cfg.tune.final.top_k:  # before anything is written: the pick must not rest on runs of other data
+        if final_data is None:
+            raise ValueError("a final rung needs final_data, the folder of its data")
+        _check_final_data(study_in, load_manifest(final_data)["digest"])
     _copy(study_in, out)
     st = open_context(cfg, data_dir, teacher_path, out, record.TrialRecorder(None, None))
     kd = _study(cfg, out, "distill")
     scratch = _study(cfg, out, "scratch")
     rung = None
     if cfg.tune.final.top_k:
-        if final_data is None:
-            raise ValueError("a final rung needs final_data, the folder of its data")
-        _check_final_data(out, load_manifest(final_data)["digest"])
         arch = scratch.study_name.removeprefix("scratch-")
         rung = (_final_runs(cfg, out, kd, "distill"), _final_runs(cfg, out, scratch, "scratch", arch))
     return finish(cfg, st, kd, scratch, teacher_path, best_config, portable=True, rung=rung)
